@@ -1,0 +1,223 @@
+// Package adapter is the adapter's setup code: its flags, their
+// validation, and the wiring of the Prometheus client, the informer-backed
+// resolver and the metrics provider into a custom-metrics-apiserver.
+//
+// It holds no query logic; that lives in package custommetrics.
+package adapter
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	promconfig "github.com/prometheus/common/config"
+	"github.com/spf13/pflag"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+)
+
+// Options are the adapter's own flags. The API server's flags (serving,
+// authentication, authorization, ...) come from custom-metrics-apiserver.
+type Options struct {
+	// ConfigFile is the rules file; empty means the built-in rules.
+	ConfigFile string
+
+	PrometheusURL              string
+	PrometheusVerb             string
+	PrometheusTimeout          time.Duration
+	PrometheusTokenFile        string
+	PrometheusCAFile           string
+	PrometheusClientCertFile   string
+	PrometheusClientKeyFile    string
+	PrometheusInsecureSkipTLS  bool
+	PrometheusHeaders          []string
+	PrometheusAuthConfig       string
+	PrometheusAuthInCluster    bool
+	MetricsRelistInterval      time.Duration
+	MetricsMaxAge              time.Duration
+	MaxConcurrentObjectQueries int
+	PrintDefaultConfig         bool
+	PrintVersion               bool
+}
+
+// NewOptions returns the defaults.
+func NewOptions() *Options {
+	return &Options{
+		PrometheusURL:              "http://prometheus.monitoring.svc:9090",
+		PrometheusVerb:             http.MethodPost,
+		PrometheusTimeout:          5 * time.Second,
+		MetricsRelistInterval:      time.Minute,
+		MaxConcurrentObjectQueries: 8,
+	}
+}
+
+// AddFlags registers the Prometheus flags on prom and the rest on rules.
+func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
+	prom.StringVar(&o.PrometheusURL, "prometheus-url", o.PrometheusURL,
+		"Base URL of the Prometheus HTTP API (http or https).")
+	prom.StringVar(&o.PrometheusVerb, "prometheus-verb", o.PrometheusVerb,
+		"HTTP method for queries: POST (no size limit; needs Prometheus 2.1+) or GET (for proxies that refuse POST; queries for very many pods may exceed URL limits).")
+	prom.DurationVar(&o.PrometheusTimeout, "prometheus-timeout", o.PrometheusTimeout,
+		"Deadline for each call to Prometheus. A request that hits it is answered 504; the HPA retries on its next sync.")
+	prom.StringVar(&o.PrometheusTokenFile, "prometheus-token-file", o.PrometheusTokenFile,
+		"File holding a bearer token for Prometheus. It is read again on every request, so a rotated token is picked up.")
+	prom.StringVar(&o.PrometheusCAFile, "prometheus-ca-file", o.PrometheusCAFile,
+		"PEM file of CA certificates to verify Prometheus' serving certificate. Reloaded when it changes.")
+	prom.StringVar(&o.PrometheusClientCertFile, "prometheus-client-tls-cert-file", o.PrometheusClientCertFile,
+		"Client certificate (PEM) to present to Prometheus. Needs --prometheus-client-tls-key-file.")
+	prom.StringVar(&o.PrometheusClientKeyFile, "prometheus-client-tls-key-file", o.PrometheusClientKeyFile,
+		"Key (PEM) of --prometheus-client-tls-cert-file.")
+	prom.BoolVar(&o.PrometheusInsecureSkipTLS, "prometheus-insecure-skip-tls-verify", o.PrometheusInsecureSkipTLS,
+		"Do not verify Prometheus' serving certificate. For testing only.")
+	prom.StringArrayVar(&o.PrometheusHeaders, "prometheus-header", o.PrometheusHeaders,
+		"Extra HTTP header for every request to Prometheus, as Name=value (e.g. X-Scope-OrgID=team-a). Repeatable.")
+	prom.StringVar(&o.PrometheusAuthConfig, "prometheus-auth-config", o.PrometheusAuthConfig,
+		"kubeconfig whose credentials and TLS settings are used to reach Prometheus (prometheus-adapter compatible). Excludes the token, CA and client certificate flags.")
+	prom.BoolVar(&o.PrometheusAuthInCluster, "prometheus-auth-incluster", o.PrometheusAuthInCluster,
+		"Reach Prometheus with the pod's service account credentials (prometheus-adapter compatible). Excludes --prometheus-auth-config.")
+
+	rules.StringVar(&o.ConfigFile, "config", o.ConfigFile,
+		"Rules file in prometheus-adapter's format. Empty: the built-in rules, which serve requests-per-second and packets-per-second from app_requests_total (see --print-default-config).")
+	rules.DurationVar(&o.MetricsRelistInterval, "metrics-relist-interval", o.MetricsRelistInterval,
+		"How often to rediscover the available metrics from Prometheus.")
+	rules.DurationVar(&o.MetricsMaxAge, "metrics-max-age", o.MetricsMaxAge,
+		"How far back discovery looks for series. Defaults to --metrics-relist-interval; may not be shorter.")
+	rules.IntVar(&o.MaxConcurrentObjectQueries, "max-concurrent-object-queries", o.MaxConcurrentObjectQueries,
+		"For a label-selector request over objects served through their pods (e.g. deployments.apps/*), how many objects are queried at once.")
+
+	general.BoolVar(&o.PrintDefaultConfig, "print-default-config", false, "Print the built-in rules file and exit.")
+	general.BoolVar(&o.PrintVersion, "version", false, "Print the version and exit.")
+}
+
+// Validate reports every problem with the options.
+func (o *Options) Validate() []error {
+	var errs []error
+	if u, err := url.Parse(o.PrometheusURL); err != nil {
+		errs = append(errs, fmt.Errorf("--prometheus-url %q: %w", o.PrometheusURL, err))
+	} else if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("--prometheus-url %q must be an absolute http or https URL", o.PrometheusURL))
+	}
+	switch strings.ToUpper(o.PrometheusVerb) {
+	case http.MethodGet, http.MethodPost:
+	default:
+		errs = append(errs, fmt.Errorf("--prometheus-verb must be GET or POST, got %q", o.PrometheusVerb))
+	}
+	if o.PrometheusTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--prometheus-timeout must be positive, got %v", o.PrometheusTimeout))
+	}
+	if (o.PrometheusClientCertFile == "") != (o.PrometheusClientKeyFile == "") {
+		errs = append(errs, fmt.Errorf("--prometheus-client-tls-cert-file and --prometheus-client-tls-key-file must be set together"))
+	}
+	if o.PrometheusAuthConfig != "" && o.PrometheusAuthInCluster {
+		errs = append(errs, fmt.Errorf("--prometheus-auth-config and --prometheus-auth-incluster exclude each other"))
+	}
+	if (o.PrometheusAuthConfig != "" || o.PrometheusAuthInCluster) &&
+		(o.PrometheusTokenFile != "" || o.PrometheusCAFile != "" || o.PrometheusClientCertFile != "" || o.PrometheusInsecureSkipTLS) {
+		errs = append(errs, fmt.Errorf("--prometheus-auth-config/--prometheus-auth-incluster take credentials and TLS from the kubeconfig; do not combine them with --prometheus-token-file, --prometheus-ca-file, --prometheus-client-tls-* or --prometheus-insecure-skip-tls-verify"))
+	}
+	for _, h := range o.PrometheusHeaders {
+		if _, _, err := parseHeader(h); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if o.MetricsRelistInterval <= 0 {
+		errs = append(errs, fmt.Errorf("--metrics-relist-interval must be positive, got %v", o.MetricsRelistInterval))
+	}
+	if o.MetricsMaxAge != 0 && o.MetricsMaxAge < o.MetricsRelistInterval {
+		errs = append(errs, fmt.Errorf("--metrics-max-age (%v) must not be shorter than --metrics-relist-interval (%v), or metrics would drop out between listings", o.MetricsMaxAge, o.MetricsRelistInterval))
+	}
+	if o.MaxConcurrentObjectQueries < 1 {
+		errs = append(errs, fmt.Errorf("--max-concurrent-object-queries must be at least 1, got %d", o.MaxConcurrentObjectQueries))
+	}
+	return errs
+}
+
+func parseHeader(h string) (string, string, error) {
+	name, value, ok := strings.Cut(h, "=")
+	name = strings.TrimSpace(name)
+	if !ok || name == "" {
+		return "", "", fmt.Errorf("--prometheus-header %q must be Name=value", h)
+	}
+	if strings.ContainsAny(name, " :\t\r\n") || strings.ContainsAny(value, "\r\n") {
+		return "", "", fmt.Errorf("--prometheus-header %q is not a valid HTTP header", h)
+	}
+	return name, value, nil
+}
+
+// PrometheusClientConfig builds the promclient configuration.
+func (o *Options) PrometheusClientConfig() (promclient.Config, error) {
+	var rt http.RoundTripper
+	switch {
+	case o.PrometheusAuthConfig != "" || o.PrometheusAuthInCluster:
+		var cfg *rest.Config
+		var err error
+		if o.PrometheusAuthInCluster {
+			cfg, err = rest.InClusterConfig()
+		} else {
+			rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: o.PrometheusAuthConfig}
+			cfg, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+		}
+		if err != nil {
+			return promclient.Config{}, fmt.Errorf("loading Prometheus credentials: %w", err)
+		}
+		if rt, err = rest.TransportFor(cfg); err != nil {
+			return promclient.Config{}, fmt.Errorf("building Prometheus transport from kubeconfig: %w", err)
+		}
+	default:
+		hc := promconfig.HTTPClientConfig{
+			TLSConfig: promconfig.TLSConfig{
+				CAFile:             o.PrometheusCAFile,
+				CertFile:           o.PrometheusClientCertFile,
+				KeyFile:            o.PrometheusClientKeyFile,
+				InsecureSkipVerify: o.PrometheusInsecureSkipTLS,
+			},
+			FollowRedirects: true,
+			EnableHTTP2:     true,
+		}
+		if o.PrometheusTokenFile != "" {
+			hc.Authorization = &promconfig.Authorization{Type: "Bearer", CredentialsFile: o.PrometheusTokenFile}
+		}
+		if err := hc.Validate(); err != nil {
+			return promclient.Config{}, fmt.Errorf("Prometheus client settings: %w", err)
+		}
+		var err error
+		if rt, err = promconfig.NewRoundTripperFromConfig(hc, "prometheus"); err != nil {
+			return promclient.Config{}, fmt.Errorf("building Prometheus transport: %w", err)
+		}
+	}
+	if len(o.PrometheusHeaders) > 0 {
+		h := http.Header{}
+		for _, raw := range o.PrometheusHeaders {
+			name, value, err := parseHeader(raw)
+			if err != nil {
+				return promclient.Config{}, err
+			}
+			h.Add(name, value)
+		}
+		rt = headerRoundTripper{headers: h, next: rt}
+	}
+	return promclient.Config{
+		URL:          o.PrometheusURL,
+		RoundTripper: rt,
+		Method:       promclient.Method(strings.ToUpper(o.PrometheusVerb)),
+		Timeout:      o.PrometheusTimeout,
+	}, nil
+}
+
+type headerRoundTripper struct {
+	headers http.Header
+	next    http.RoundTripper
+}
+
+func (h headerRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	for name, values := range h.headers {
+		req.Header[name] = values
+	}
+	return h.next.RoundTrip(req)
+}

@@ -1,0 +1,258 @@
+// Package promclient is the adapter's narrow client for Prometheus' HTTP
+// API: instant queries and series listing, each bounded by a deadline, sent
+// by GET or POST, with bearer-token, TLS and header settings, and with
+// identical concurrent queries collapsed into one request.
+//
+// It returns errors that keep their cause (context.DeadlineExceeded,
+// *v1.Error with Prometheus' error type, transport errors) so callers can
+// tell a slow Prometheus from a broken query. It knows nothing about
+// Kubernetes.
+package promclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/api"
+	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/common/model"
+	"golang.org/x/sync/singleflight"
+
+	"k8s.io/klog/v2"
+)
+
+// Querier runs instant queries. It is what the metrics provider needs.
+type Querier interface {
+	// Query evaluates expr at Prometheus' current time and returns the
+	// resulting instant vector.
+	Query(ctx context.Context, expr string) (model.Vector, error)
+}
+
+// SeriesLister lists series. It is what metric discovery needs.
+type SeriesLister interface {
+	// Series returns the label sets of the series matching any of matches
+	// that had samples between start and end.
+	Series(ctx context.Context, matches []string, start, end time.Time) ([]model.LabelSet, error)
+}
+
+// Method is the HTTP method used for queries.
+type Method string
+
+// Supported query methods.
+const (
+	MethodGET  Method = http.MethodGet
+	MethodPOST Method = http.MethodPost
+)
+
+// Config configures a Client.
+type Config struct {
+	// URL is Prometheus' base URL, e.g. http://prometheus.monitoring:9090.
+	URL string
+	// RoundTripper carries authentication and TLS; nil means
+	// http.DefaultTransport.
+	RoundTripper http.RoundTripper
+	// Method is GET or POST. POST has no limit on the query's size.
+	Method Method
+	// Timeout bounds every call, including waiting for a shared one.
+	Timeout time.Duration
+}
+
+// Client implements Querier and SeriesLister over Prometheus' HTTP API.
+type Client struct {
+	api     v1.API
+	timeout time.Duration
+	flight  singleflight.Group
+}
+
+var (
+	_ Querier      = (*Client)(nil)
+	_ SeriesLister = (*Client)(nil)
+)
+
+// New returns a Client for cfg.
+func New(cfg Config) (*Client, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("parsing Prometheus URL %q: %w", cfg.URL, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("Prometheus URL %q: scheme must be http or https", cfg.URL)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("Prometheus URL %q has no host", cfg.URL)
+	}
+	rt := cfg.RoundTripper
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	if cfg.Method == MethodGET {
+		rt = getRoundTripper{next: rt}
+	} else if cfg.Method != MethodPOST && cfg.Method != "" {
+		return nil, fmt.Errorf("query method %q: must be GET or POST", cfg.Method)
+	}
+	c, err := api.NewClient(api.Config{Address: cfg.URL, RoundTripper: rt})
+	if err != nil {
+		return nil, fmt.Errorf("creating Prometheus client for %q: %w", cfg.URL, err)
+	}
+	timeout := cfg.Timeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	return &Client{api: v1.NewAPI(c), timeout: timeout}, nil
+}
+
+// Query implements Querier. Concurrent calls with the same expr share one
+// request to Prometheus; each caller still waits no longer than its own
+// context and the client's timeout allow.
+func (c *Client) Query(ctx context.Context, expr string) (model.Vector, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+
+	ch := c.flight.DoChan(expr, func() (any, error) {
+		// The shared request must not die with the first caller's context,
+		// only with its own deadline.
+		qctx, qcancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+		defer qcancel()
+		start := time.Now()
+		val, warnings, _, err := c.api.Query(qctx, expr, time.Time{})
+		klog.V(4).InfoS("Prometheus query done", "expr", expr, "duration", time.Since(start), "err", err)
+		if len(warnings) > 0 {
+			klog.V(2).InfoS("Prometheus query returned warnings", "expr", expr, "warnings", warnings)
+		}
+		if err != nil {
+			return nil, err
+		}
+		vec, ok := val.(model.Vector)
+		if !ok {
+			return nil, &v1.Error{Type: v1.ErrBadResponse, Msg: fmt.Sprintf("query returned a %s, not an instant vector", val.Type())}
+		}
+		return vec, nil
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, &QueryError{Expr: expr, Err: r.Err}
+		}
+		return r.Val.(model.Vector), nil
+	case <-ctx.Done():
+		return nil, &QueryError{Expr: expr, Err: ctx.Err()}
+	}
+}
+
+// Series implements SeriesLister.
+func (c *Client) Series(ctx context.Context, matches []string, start, end time.Time) ([]model.LabelSet, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	sets, warnings, _, err := c.api.Series(ctx, matches, start, end)
+	if len(warnings) > 0 {
+		klog.V(2).InfoS("Prometheus series listing returned warnings", "matches", matches, "warnings", warnings)
+	}
+	if err != nil {
+		return nil, &QueryError{Expr: strings.Join(matches, " or "), Series: true, Err: err}
+	}
+	return sets, nil
+}
+
+// QueryError is a failed call, with the query that failed.
+type QueryError struct {
+	Expr   string
+	Series bool
+	Err    error
+}
+
+func (e *QueryError) Error() string {
+	what := "query"
+	if e.Series {
+		what = "series listing"
+	}
+	return fmt.Sprintf("Prometheus %s %q: %v", what, e.Expr, describe(e.Err))
+}
+
+func (e *QueryError) Unwrap() error { return e.Err }
+
+// Kind classifies a failure for the API's status codes.
+type Kind int
+
+// Kinds of failure.
+const (
+	// Unavailable: Prometheus could not be reached or failed internally.
+	Unavailable Kind = iota
+	// Timeout: the call did not finish before its deadline.
+	Timeout
+	// BadQuery: Prometheus rejected the query itself (a rule problem).
+	BadQuery
+	// Canceled: the caller went away.
+	Canceled
+)
+
+// Classify tells what kind of failure err is.
+func Classify(err error) Kind {
+	var apiErr *v1.Error
+	switch {
+	case errors.Is(err, context.Canceled):
+		return Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return Timeout
+	case errors.As(err, &apiErr) && apiErr.Type == v1.ErrTimeout:
+		return Timeout
+	case errors.As(err, &apiErr) && apiErr.Type == v1.ErrBadData:
+		return BadQuery
+	default:
+		return Unavailable
+	}
+}
+
+// describe renders v1.Error with its type, which its own Error() leaves out
+// for some types.
+func describe(err error) string {
+	var apiErr *v1.Error
+	if errors.As(err, &apiErr) {
+		msg := fmt.Sprintf("%s: %s", apiErr.Type, apiErr.Msg)
+		if apiErr.Detail != "" && len(apiErr.Detail) < 512 {
+			msg += ": " + strings.TrimSpace(apiErr.Detail)
+		}
+		return msg
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return "no answer before the deadline (" + err.Error() + ")"
+	}
+	return err.Error()
+}
+
+// getRoundTripper turns the form-encoded POST requests client_golang sends
+// into GET requests with the same parameters in the URL.
+type getRoundTripper struct {
+	next http.RoundTripper
+}
+
+func (g getRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Method != http.MethodPost || req.Body == nil ||
+		req.Header.Get("Content-Type") != "application/x-www-form-urlencoded" {
+		return g.next.RoundTrip(req)
+	}
+	body, err := io.ReadAll(req.Body)
+	_ = req.Body.Close()
+	if err != nil {
+		return nil, fmt.Errorf("reading request body: %w", err)
+	}
+	get := req.Clone(req.Context())
+	get.Method = http.MethodGet
+	get.Body = nil
+	get.GetBody = nil
+	get.ContentLength = 0
+	get.Header.Del("Content-Type")
+	u := *req.URL
+	if u.RawQuery != "" {
+		u.RawQuery += "&" + string(body)
+	} else {
+		u.RawQuery = string(body)
+	}
+	get.URL = &u
+	return g.next.RoundTrip(get)
+}

@@ -1,0 +1,155 @@
+package rules
+
+import (
+	"strings"
+	"testing"
+
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
+)
+
+// testMapper knows the resources these tests use.
+func testMapper() apimeta.RESTMapper {
+	m := apimeta.NewDefaultRESTMapper(nil)
+	add := func(group, version, kind, plural, singular string, scope apimeta.RESTScope) {
+		gv := schema.GroupVersion{Group: group, Version: version}
+		m.AddSpecific(gv.WithKind(kind), gv.WithResource(plural), gv.WithResource(singular), scope)
+	}
+	add("", "v1", "Pod", "pods", "pod", apimeta.RESTScopeNamespace)
+	add("", "v1", "Namespace", "namespaces", "namespace", apimeta.RESTScopeRoot)
+	add("", "v1", "Service", "services", "service", apimeta.RESTScopeNamespace)
+	add("apps", "v1", "Deployment", "deployments", "deployment", apimeta.RESTScopeNamespace)
+	add("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", apimeta.RESTScopeNamespace)
+	return m
+}
+
+func compileOne(t *testing.T, yaml string) *Rule {
+	t.Helper()
+	c, _, err := config.Parse([]byte(yaml), "test.yaml")
+	if err != nil {
+		t.Fatalf("config.Parse: %v", err)
+	}
+	rs, err := Compile(c.Rules)
+	if err != nil {
+		t.Fatalf("Compile: %v", err)
+	}
+	return rs[0]
+}
+
+func TestMetricName(t *testing.T) {
+	tests := []struct {
+		name   string
+		rule   string
+		series string
+		want   string
+		wantOK bool
+	}{
+		{name: "uses the literal as", rule: "name: {matches: ^app_requests_total$, as: requests-per-second}", series: "app_requests_total", want: "requests-per-second", wantOK: true},
+		{name: "drops series name.matches rejects", rule: "name: {matches: ^app_requests_total$, as: rps}", series: "app_requests", wantOK: false},
+		{name: "defaults as to the only capture group", rule: `name: {matches: "^container_(.*)_seconds_total$"}`, series: "container_cpu_usage_seconds_total", want: "cpu_usage", wantOK: true},
+		{name: "defaults as to the whole name without groups", rule: "name: {matches: ^http_.*}", series: "http_requests_total", want: "http_requests_total", wantOK: true},
+		{name: "expands ${1} in as", rule: `name: {matches: "^(.*)_total$", as: "${1}_per_second"}`, series: "http_requests_total", want: "http_requests_per_second", wantOK: true},
+		{name: "keeps every name without a name section", rule: "", series: "anything", want: "anything", wantOK: true},
+		{name: "drops series an isNot filter matches", rule: "seriesFilters: [{isNot: _seconds_total$}]", series: "x_seconds_total", wantOK: false},
+		{name: "keeps series an isNot filter does not match", rule: "seriesFilters: [{isNot: _seconds_total$}]", series: "x_bytes_total", want: "x_bytes_total", wantOK: true},
+		{name: "drops series an is filter does not match", rule: "seriesFilters: [{is: ^http_}]", series: "grpc_calls_total", wantOK: false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			yaml := "rules:\n- seriesQuery: x\n  metricsQuery: y\n"
+			if tc.rule != "" {
+				yaml += "  " + tc.rule + "\n"
+			}
+			r := compileOne(t, yaml)
+			got, ok := r.MetricName(tc.series)
+			if ok != tc.wantOK || got != tc.want {
+				t.Errorf("MetricName(%q) = %q, %v; want %q, %v", tc.series, got, ok, tc.want, tc.wantOK)
+			}
+		})
+	}
+}
+
+func TestLabelResource(t *testing.T) {
+	mapper := testMapper()
+	tests := []struct {
+		name      string
+		resources string
+		label     string
+		want      schema.GroupResource
+		wantOK    bool
+	}{
+		{name: "resolves a singular override to the plural resource", resources: "overrides: {pod: {resource: pod}}", label: "pod", want: schema.GroupResource{Resource: "pods"}, wantOK: true},
+		{name: "resolves an override with a group", resources: "overrides: {microservice: {group: apps, resource: deployment}}", label: "microservice", want: schema.GroupResource{Group: "apps", Resource: "deployments"}, wantOK: true},
+		{name: "ignores an override the cluster does not know", resources: "overrides: {widget: {resource: widget}}", label: "widget", wantOK: false},
+		{name: "ignores labels without override or template", resources: "overrides: {pod: {resource: pod}}", label: "namespace", wantOK: false},
+		{name: "maps a label through the bare resource template", resources: `template: "<<.Resource>>"`, label: "namespace", want: schema.GroupResource{Resource: "namespaces"}, wantOK: true},
+		{name: "ignores template matches that are no resource", resources: `template: "<<.Resource>>"`, label: "container", wantOK: false},
+		{name: "maps a label through a template with group", resources: `template: "kube_<<.Group>>_<<.Resource>>"`, label: "kube_apps_deployment", want: schema.GroupResource{Group: "apps", Resource: "deployments"}, wantOK: true},
+		{name: "turns underscores in the group back into dots", resources: `template: "kube_<<.Group>>_<<.Resource>>"`, label: "kube_networking_k8s_io_ingress", want: schema.GroupResource{Group: "networking.k8s.io", Resource: "ingresses"}, wantOK: true},
+		{name: "maps a core resource through a template with an empty group", resources: `template: "kube_<<.Group>>_<<.Resource>>"`, label: "kube__pod", want: schema.GroupResource{Resource: "pods"}, wantOK: true},
+		{name: "prefers the override over the template", resources: "template: \"<<.Resource>>\"\n    overrides: {service: {group: apps, resource: deployment}}", label: "service", want: schema.GroupResource{Group: "apps", Resource: "deployments"}, wantOK: true},
+		{name: "does not match a label outside the template's shape", resources: `template: "kube_<<.Resource>>"`, label: "pod", wantOK: false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := compileOne(t, "rules:\n- seriesQuery: x\n  metricsQuery: y\n  resources:\n    "+tc.resources+"\n")
+			got, ok := r.LabelResource(tc.label, mapper)
+			if ok != tc.wantOK || got != tc.want {
+				t.Errorf("LabelResource(%q) = %v, %v; want %v, %v", tc.label, got, ok, tc.want, tc.wantOK)
+			}
+		})
+	}
+}
+
+func TestRender(t *testing.T) {
+	r := compileOne(t, "rules:\n- seriesQuery: x\n  metricsQuery: 'sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>) + <<index .LabelValuesByName \"pod\">> + <<index .GroupBySlice 0>>'\n")
+	got, err := r.Render(config.QueryData{
+		Series:            "app_requests_total",
+		LabelMatchers:     `namespace="default",pod=~"a|b"`,
+		LabelValuesByName: map[string]string{"namespace": "default", "pod": "a|b"},
+		GroupBy:           "pod",
+		GroupBySlice:      []string{"pod"},
+	})
+	if err != nil {
+		t.Fatalf("Render: %v", err)
+	}
+	want := `sum(rate(app_requests_total{namespace="default",pod=~"a|b"}[1m])) by (pod) + a|b + pod`
+	if got != want {
+		t.Errorf("Render() = %s\nwant       %s", got, want)
+	}
+
+	// Validation renders sample data; this template only fails on other data.
+	rs, err := Compile([]config.Rule{{SeriesQuery: "x", MetricsQuery: "<<index .GroupBySlice 1>>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = rs[0].Render(config.QueryData{GroupBySlice: []string{"pod"}})
+	if err == nil || !strings.Contains(err.Error(), "rules[0]") {
+		t.Errorf("Render() error = %v, want one naming the rule", err)
+	}
+}
+
+func TestLabelValueReplacements(t *testing.T) {
+	r := compileOne(t, "rules:\n- seriesQuery: x\n  metricsQuery: y\n  labelValueReplacements:\n  - {find: '#', replace: '_'}\n")
+	if got := r.ToLabelValue("a#b"); got != "a_b" {
+		t.Errorf("ToLabelValue = %q", got)
+	}
+	if got := r.FromLabelValue("a_b"); got != "a#b" {
+		t.Errorf("FromLabelValue = %q", got)
+	}
+	plain := compileOne(t, "rules:\n- seriesQuery: x\n  metricsQuery: y\n")
+	if got := plain.ToLabelValue("a#b"); got != "a#b" {
+		t.Errorf("ToLabelValue without replacements = %q", got)
+	}
+}
+
+func TestAggregateFromPods(t *testing.T) {
+	r := compileOne(t, "rules:\n- seriesQuery: x\n  metricsQuery: y\n  resources:\n    overrides: {pod: {resource: pod}, namespace: {resource: namespace}}\n    aggregateFromPods: [deployment, ingresses.networking.k8s.io]\n")
+	got := r.AggregateFromPods()
+	want := []schema.GroupResource{{Group: "apps", Resource: "deployments"}, {Group: "networking.k8s.io", Resource: "ingresses"}}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("AggregateFromPods() = %v, want %v", got, want)
+	}
+}
