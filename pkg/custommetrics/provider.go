@@ -64,12 +64,12 @@ type ObjectResolver interface {
 
 // Config holds a Provider's dependencies.
 type Config struct {
-	Rules      []*rules.Rule
-	Mapper     apimeta.RESTMapper
-	Querier    promclient.Querier
-	Series     promclient.SeriesLister
-	Resolver   ObjectResolver
-	Clock      clock.PassiveClock
+	Rules    []*rules.Rule
+	Mapper   apimeta.RESTMapper
+	Querier  promclient.Querier
+	Series   promclient.SeriesLister
+	Resolver ObjectResolver
+	Clock    clock.PassiveClock
 	// RelistInterval is how often metrics are rediscovered.
 	RelistInterval time.Duration
 	// MaxAge is how far back discovery looks for series.

@@ -323,7 +323,10 @@ func TestGetMetricBySelectorForPods(t *testing.T) {
 	if d := cmp.Diff([]string{want}, f.prom.received()); d != "" {
 		t.Errorf("queries (-want +got):\n%s", d)
 	}
-	type item struct{ Kind, APIVersion, Namespace, Name, Value, Time string; Window int64 }
+	type item struct {
+		Kind, APIVersion, Namespace, Name, Value, Time string
+		Window                                         int64
+	}
 	var got []item
 	for _, v := range list.Items {
 		got = append(got, item{v.DescribedObject.Kind, v.DescribedObject.APIVersion, v.DescribedObject.Namespace, v.DescribedObject.Name,
