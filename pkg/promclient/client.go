@@ -11,6 +11,7 @@ package promclient
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -137,7 +138,7 @@ func (c *Client) Query(ctx context.Context, expr string) (model.Vector, error) {
 	select {
 	case r := <-ch:
 		if r.Err != nil {
-			return nil, &QueryError{Expr: expr, Err: r.Err}
+			return nil, &QueryError{Expr: expr, Err: normalize(r.Err)}
 		}
 		return r.Val.(model.Vector), nil
 	case <-ctx.Done():
@@ -154,7 +155,7 @@ func (c *Client) Series(ctx context.Context, matches []string, start, end time.T
 		klog.V(2).InfoS("Prometheus series listing returned warnings", "matches", matches, "warnings", warnings)
 	}
 	if err != nil {
-		return nil, &QueryError{Expr: strings.Join(matches, " or "), Series: true, Err: err}
+		return nil, &QueryError{Expr: strings.Join(matches, " or "), Series: true, Err: normalize(err)}
 	}
 	return sets, nil
 }
@@ -206,6 +207,25 @@ func Classify(err error) Kind {
 	default:
 		return Unavailable
 	}
+}
+
+// normalize recovers Prometheus' own error type and message from a 5xx
+// reply, which client_golang reports as a server_error with the JSON body
+// as detail (Prometheus answers query timeouts with 503).
+func normalize(err error) error {
+	var apiErr *v1.Error
+	if !errors.As(err, &apiErr) || apiErr.Type != v1.ErrServer || apiErr.Detail == "" {
+		return err
+	}
+	var body struct {
+		Status    string       `json:"status"`
+		ErrorType v1.ErrorType `json:"errorType"`
+		Error     string       `json:"error"`
+	}
+	if json.Unmarshal([]byte(apiErr.Detail), &body) != nil || body.Status != "error" || body.ErrorType == "" {
+		return err
+	}
+	return &v1.Error{Type: body.ErrorType, Msg: body.Error}
 }
 
 // describe renders v1.Error with its type, which its own Error() leaves out
