@@ -58,13 +58,17 @@ Run it behind an APIService. Outside a cluster, point --lister-kubeconfig,
 				_, err := cmd.OutOrStdout().Write(config.DefaultYAML())
 				return err
 			}
-			if err := logsapi.ValidateAndApply(logging, nil); err != nil {
-				return fmt.Errorf("logging flags: %w", err)
-			}
 			if errs := o.Validate(); len(errs) > 0 {
 				return utilerrors.NewAggregate(errs)
 			}
-			return o.Run(ctx, base)
+			compiled, err := o.loadRules()
+			if err != nil {
+				return err
+			}
+			if err := logsapi.ValidateAndApply(logging, nil); err != nil {
+				return fmt.Errorf("logging flags: %w", err)
+			}
+			return o.Run(ctx, base, compiled)
 		},
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
@@ -76,6 +80,7 @@ Run it behind an APIService. Outside a cluster, point --lister-kubeconfig,
 
 	var fss cliflag.NamedFlagSets
 	o.AddFlags(fss.FlagSet("prometheus"), fss.FlagSet("metrics"), fss.FlagSet("general"))
+	fss.FlagSet("general").BoolP("help", "h", false, "Show this help and exit.")
 	base.FlagSet = fss.FlagSet("kubernetes api")
 	base.InstallFlags()
 	logsapi.AddFlags(logging, fss.FlagSet("logging"))
@@ -87,21 +92,9 @@ Run it behind an APIService. Outside a cluster, point --lister-kubeconfig,
 	return cmd
 }
 
-// Run loads the rules, builds the provider and serves until ctx is done.
-func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase) error {
-	cfg, source, warnings, err := o.loadConfig()
-	if err != nil {
-		return err
-	}
-	for _, w := range warnings {
-		klog.InfoS("Config warning", "warning", w)
-	}
-	compiled, err := rules.Compile(cfg.Rules)
-	if err != nil {
-		return fmt.Errorf("%s: %w", source, err)
-	}
-	klog.InfoS("Loaded rules", "source", source, "rules", len(compiled))
-
+// Run builds the provider for the compiled rules and serves until ctx is
+// done.
+func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, compiled []*rules.Rule) error {
 	promCfg, err := o.PrometheusClientConfig()
 	if err != nil {
 		return err
@@ -164,11 +157,28 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase) error {
 	return nil
 }
 
-func (o *Options) loadConfig() (*config.Config, string, []string, error) {
-	if o.ConfigFile == "" {
-		cfg, warnings, err := config.Default()
-		return cfg, config.DefaultSource, warnings, err
+// loadRules reads --config (or the built-in rules) and compiles them.
+func (o *Options) loadRules() ([]*rules.Rule, error) {
+	var cfg *config.Config
+	var warnings []string
+	var err error
+	source := o.ConfigFile
+	if source == "" {
+		source = config.DefaultSource
+		cfg, warnings, err = config.Default()
+	} else {
+		cfg, warnings, err = config.Load(source)
 	}
-	cfg, warnings, err := config.Load(o.ConfigFile)
-	return cfg, o.ConfigFile, warnings, err
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range warnings {
+		klog.InfoS("Config warning", "warning", w)
+	}
+	compiled, err := rules.Compile(cfg.Rules)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", source, err)
+	}
+	klog.InfoS("Loaded rules", "source", source, "rules", len(compiled))
+	return compiled, nil
 }

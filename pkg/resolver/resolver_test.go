@@ -45,7 +45,9 @@ func pod(namespace, name string, lbls map[string]string) *metav1.PartialObjectMe
 	return meta("v1", "Pod", namespace, name, lbls)
 }
 
-func selectorOf(l map[string]string) *metav1.LabelSelector { return &metav1.LabelSelector{MatchLabels: l} }
+func selectorOf(l map[string]string) *metav1.LabelSelector {
+	return &metav1.LabelSelector{MatchLabels: l}
+}
 
 func newTestResolver(t *testing.T, typed []runtime.Object, reactors ...func(*kubefake.Clientset)) *Resolver {
 	t.Helper()

@@ -1,0 +1,182 @@
+package adapter
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+)
+
+func parse(t *testing.T, args ...string) *Options {
+	t.Helper()
+	o := NewOptions()
+	fs := pflag.NewFlagSet("", pflag.ContinueOnError)
+	o.AddFlags(fs, fs, fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parsing %q: %v", args, err)
+	}
+	return o
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{name: "accepts the defaults"},
+		{name: "accepts GET in any case", args: []string{"--prometheus-verb=get"}},
+		{name: "rejects a relative Prometheus URL", args: []string{"--prometheus-url=prometheus:9090"}, want: []string{`--prometheus-url "prometheus:9090" must be an absolute http or https URL`}},
+		{name: "rejects an unknown verb", args: []string{"--prometheus-verb=PUT"}, want: []string{`--prometheus-verb must be GET or POST, got "PUT"`}},
+		{name: "rejects a zero timeout", args: []string{"--prometheus-timeout=0s"}, want: []string{"--prometheus-timeout must be positive"}},
+		{name: "rejects a client cert without key", args: []string{"--prometheus-client-tls-cert-file=c.pem"}, want: []string{"must be set together"}},
+		{name: "rejects both kubeconfig auth modes", args: []string{"--prometheus-auth-config=kc", "--prometheus-auth-incluster"}, want: []string{"exclude each other"}},
+		{name: "rejects kubeconfig auth mixed with a token file", args: []string{"--prometheus-auth-config=kc", "--prometheus-token-file=t"}, want: []string{"do not combine them"}},
+		{name: "rejects a header without value separator", args: []string{"--prometheus-header=X-Org"}, want: []string{`--prometheus-header "X-Org" must be Name=value`}},
+		{name: "rejects a header with a bad name", args: []string{"--prometheus-header=X Org=a"}, want: []string{"not a valid HTTP header"}},
+		{name: "rejects a max age shorter than the relist interval", args: []string{"--metrics-relist-interval=5m", "--metrics-max-age=1m"}, want: []string{"--metrics-max-age (1m0s) must not be shorter than --metrics-relist-interval (5m0s)"}},
+		{name: "rejects a zero relist interval", args: []string{"--metrics-relist-interval=0s"}, want: []string{"--metrics-relist-interval must be positive"}},
+		{name: "rejects zero concurrent object queries", args: []string{"--max-concurrent-object-queries=0"}, want: []string{"--max-concurrent-object-queries must be at least 1"}},
+		{
+			name: "reports every problem at once",
+			args: []string{"--prometheus-verb=PUT", "--prometheus-timeout=-1s"},
+			want: []string{"--prometheus-verb", "--prometheus-timeout"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			errs := parse(t, tc.args...).Validate()
+			if len(errs) != len(tc.want) {
+				t.Fatalf("Validate() = %v, want %d errors", errs, len(tc.want))
+			}
+			for i, w := range tc.want {
+				if !strings.Contains(errs[i].Error(), w) {
+					t.Errorf("error %d = %q, want %q", i, errs[i], w)
+				}
+			}
+		})
+	}
+}
+
+func TestPrometheusClientConfigSendsHeadersAndToken(t *testing.T) {
+	var gotAuth, gotOrg, gotMethod string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotAuth, gotOrg, gotMethod = r.Header.Get("Authorization"), r.Header.Get("X-Scope-OrgID"), r.Method
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"success","data":{"resultType":"vector","result":[]}}`))
+	}))
+	defer srv.Close()
+	token := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(token, []byte("s3cret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := parse(t, "--prometheus-url="+srv.URL, "--prometheus-token-file="+token, "--prometheus-header=X-Scope-OrgID=team-a", "--prometheus-verb=GET")
+	if errs := o.Validate(); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	cfg, err := o.PrometheusClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := promclient.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Query(context.Background(), "up"); err != nil {
+		t.Fatal(err)
+	}
+	if gotAuth != "Bearer s3cret" || gotOrg != "team-a" || gotMethod != http.MethodGet {
+		t.Errorf("Authorization=%q X-Scope-OrgID=%q method=%s", gotAuth, gotOrg, gotMethod)
+	}
+}
+
+func TestPrometheusClientConfigReportsMissingCA(t *testing.T) {
+	o := parse(t, "--prometheus-url=https://p:9090", "--prometheus-ca-file=/does/not/exist.pem")
+	_, err := o.PrometheusClientConfig()
+	if err == nil || !strings.Contains(err.Error(), "exist.pem") {
+		t.Errorf("error = %v, want one naming the CA file", err)
+	}
+}
+
+func TestHelpDocumentsEveryFlag(t *testing.T) {
+	cmd := NewCommand(context.Background())
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs([]string{"--help"})
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	help := out.String()
+	n := 0
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		n++
+		if f.Hidden {
+			return
+		}
+		if !strings.Contains(help, "--"+f.Name) {
+			t.Errorf("--help does not list --%s", f.Name)
+		}
+		if strings.TrimSpace(f.Usage) == "" {
+			t.Errorf("--%s has no description", f.Name)
+		}
+	})
+	if n < 40 {
+		t.Errorf("only %d flags registered; the API server's flags are missing", n)
+	}
+	for _, section := range []string{"Prometheus flags:", "Metrics flags:", "Kubernetes api flags:", "Logging flags:"} {
+		if !strings.Contains(help, section) {
+			t.Errorf("--help lacks the section %q", section)
+		}
+	}
+}
+
+func TestCommandPrintsDefaultConfigAndVersion(t *testing.T) {
+	for _, tc := range []struct{ arg, want string }{
+		{"--print-default-config", "requests-per-second"},
+		{"--version", Name},
+	} {
+		cmd := NewCommand(context.Background())
+		var out bytes.Buffer
+		cmd.SetOut(&out)
+		cmd.SetArgs([]string{tc.arg})
+		if err := cmd.Execute(); err != nil {
+			t.Fatalf("%s: %v", tc.arg, err)
+		}
+		if !strings.Contains(out.String(), tc.want) {
+			t.Errorf("%s printed %q, want %q", tc.arg, out.String(), tc.want)
+		}
+	}
+}
+
+func TestCommandRejectsBadFlagsBeforeStarting(t *testing.T) {
+	cmd := NewCommand(context.Background())
+	cmd.SetOut(&bytes.Buffer{})
+	cmd.SetArgs([]string{"--prometheus-verb=PUT", "--metrics-relist-interval=0s"})
+	err := cmd.Execute()
+	if err == nil || !strings.Contains(err.Error(), "--prometheus-verb") || !strings.Contains(err.Error(), "--metrics-relist-interval") {
+		t.Errorf("error = %v, want both problems", err)
+	}
+}
+
+func TestCommandRejectsBadConfigFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(path, []byte("rules:\n- seriesQuery: x\n  metricQuery: y\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := NewCommand(context.Background())
+	cmd.SetOut(&bytes.Buffer{})
+	cmd.SetArgs([]string{"--config=" + path})
+	err := cmd.Execute()
+	if err == nil || !strings.Contains(err.Error(), path+":3") || !strings.Contains(err.Error(), "metricQuery") {
+		t.Errorf("error = %v, want it to name the file, line and field", err)
+	}
+}

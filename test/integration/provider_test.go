@@ -1,0 +1,276 @@
+// Package integration runs the metrics provider against a real Prometheus
+// server scraping real load-app processes on 127.0.0.1. Kubernetes objects
+// come from client-go's fake clientsets: this suite proves the Prometheus
+// side; test/e2e proves the whole path with a real API server and HPA.
+package integration
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+	metadatafake "k8s.io/client-go/metadata/fake"
+	"k8s.io/metrics/pkg/apis/custom_metrics"
+	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/custommetrics"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/loadgen"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
+)
+
+// tolerance is how far a served rate may be from the offered rate. The
+// generator paces by schedule; the rest is scrape timing inside a 10s window.
+const tolerance = 0.15
+
+var (
+	ingresses   = schema.GroupResource{Group: "networking.k8s.io", Resource: "ingresses"}
+	deployments = schema.GroupResource{Group: "apps", Resource: "deployments"}
+)
+
+func mapper() apimeta.RESTMapper {
+	m := apimeta.NewDefaultRESTMapper(nil)
+	m.Add(corev1.SchemeGroupVersion.WithKind("Pod"), apimeta.RESTScopeNamespace)
+	m.Add(corev1.SchemeGroupVersion.WithKind("Namespace"), apimeta.RESTScopeRoot)
+	m.Add(corev1.SchemeGroupVersion.WithKind("Service"), apimeta.RESTScopeNamespace)
+	m.Add(appsv1.SchemeGroupVersion.WithKind("Deployment"), apimeta.RESTScopeNamespace)
+	m.Add(appsv1.SchemeGroupVersion.WithKind("ReplicaSet"), apimeta.RESTScopeNamespace)
+	m.Add(appsv1.SchemeGroupVersion.WithKind("StatefulSet"), apimeta.RESTScopeNamespace)
+	m.Add(appsv1.SchemeGroupVersion.WithKind("DaemonSet"), apimeta.RESTScopeNamespace)
+	m.AddSpecific(networkingv1.SchemeGroupVersion.WithKind("Ingress"), networkingv1.SchemeGroupVersion.WithResource("ingresses"),
+		networkingv1.SchemeGroupVersion.WithResource("ingress"), apimeta.RESTScopeNamespace)
+	return m
+}
+
+func podMeta(name string) *metav1.PartialObjectMetadata {
+	return &metav1.PartialObjectMetadata{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, Labels: map[string]string{"app": "app"}},
+	}
+}
+
+func TestProviderAgainstRealPrometheus(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	var g localstack.Group
+	t.Cleanup(func() {
+		if t.Failed() {
+			g.DumpLogs(os.Stderr, 40)
+		}
+		if err := g.StopAll(10 * time.Second); err != nil {
+			t.Error(err)
+		}
+	})
+
+	appBin, err := localstack.Build(ctx, dir, "./app", "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := []string{"app-a", "app-b", "app-c"}
+	apps := map[string]*localstack.App{}
+	var targets strings.Builder
+	for _, name := range pods {
+		a, err := localstack.StartApp(ctx, &g, dir, name, appBin, "127.0.0.1", "--default-cpu=1ms")
+		if err != nil {
+			t.Fatal(err)
+		}
+		apps[name] = a
+		fmt.Fprintf(&targets, "  - targets: [%q]\n    labels: {namespace: default, pod: %s}\n", strings.TrimPrefix(a.URL, "http://"), name)
+	}
+	prom, err := localstack.StartPrometheus(ctx, &g, dir, fmt.Sprintf(`global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+- job_name: app
+  static_configs:
+%s`, targets.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The built-in rules, with a 10s window so the test need not wait a minute.
+	rulesYAML := strings.ReplaceAll(string(config.DefaultYAML()), "[1m]", "[10s]")
+	cfg, _, err := config.Parse([]byte(rulesYAML), "default-10s.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	compiled, err := rules.Compile(cfg.Rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := promclient.New(promclient.Config{URL: prom.URL, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	scheme := runtime.NewScheme()
+	if err := metav1.AddMetaToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	metaClient := metadatafake.NewSimpleMetadataClient(scheme, podMeta("app-a"), podMeta("app-b"), podMeta("app-c"))
+	kube := kubefake.NewClientset(
+		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "app"},
+			Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "app"}}}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "app"},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "app"}}},
+		&networkingv1.Ingress{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "main-route"},
+			Spec: networkingv1.IngressSpec{DefaultBackend: &networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{Name: "app"}}}},
+	)
+	res := resolver.New(kube, metaClient, mapper())
+	res.Start(ctx)
+	if !res.WaitForPods(ctx) {
+		t.Fatal("pod cache did not sync")
+	}
+	p := custommetrics.New(custommetrics.Config{Rules: compiled, Mapper: mapper(), Querier: client, Series: client, Resolver: res, RelistInterval: time.Second})
+	dctx, stopDiscovery := context.WithCancel(ctx)
+	defer stopDiscovery()
+	go p.RunDiscovery(dctx)
+
+	// Offer 20 req/s to app-a and 10 req/s to app-b; app-c stays idle.
+	offered := map[string]float64{"app-a": 20, "app-b": 10, "app-c": 0}
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	var stats [2]loadgen.Stats
+	for i, name := range []string{"app-a", "app-b"} {
+		url := apps[name].URL
+		go func() {
+			_ = loadgen.Run(loadCtx, loadgen.Config{
+				Targets:  func() []string { return []string{url} },
+				Path:     "/",
+				Rate:     loadgen.Constant(offered[name]),
+				Duration: 3 * time.Minute,
+			}, &stats[i])
+		}()
+	}
+
+	sel := labels.SelectorFromSet(labels.Set{"app": "app"})
+	podsInfo := provider.CustomMetricInfo{GroupResource: rules.Pods, Namespaced: true, Metric: "requests-per-second"}
+	var list *custom_metrics.MetricValueList
+	var lastErr error
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 90*time.Second, false, func(ctx context.Context) (bool, error) {
+		list, lastErr = p.GetMetricBySelector(ctx, "default", sel, podsInfo, labels.Everything())
+		if lastErr != nil {
+			return false, nil
+		}
+		return ratesWithin(list, offered, tolerance) == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("pods metric never matched the offered rates: last error %v, last problem %v (load %s / %s)",
+			lastErr, ratesWithin(list, offered, tolerance), stats[0].String(), stats[1].String())
+	}
+	t.Logf("pods/requests-per-second: %s", describe(list))
+	for _, v := range list.Items {
+		if v.WindowSeconds == nil || *v.WindowSeconds != 10 {
+			t.Errorf("%s: window = %v, want 10s (the query's range)", v.DescribedObject.Name, v.WindowSeconds)
+		}
+		if age := time.Since(v.Timestamp.Time); age < 0 || age > 30*time.Second {
+			t.Errorf("%s: timestamp %v is not the sample's recent time", v.DescribedObject.Name, v.Timestamp)
+		}
+	}
+
+	total := offered["app-a"] + offered["app-b"]
+	objects := []struct {
+		info provider.CustomMetricInfo
+		name types.NamespacedName
+	}{
+		{provider.CustomMetricInfo{GroupResource: ingresses, Namespaced: true, Metric: "requests-per-second"}, types.NamespacedName{Namespace: "default", Name: "main-route"}},
+		{provider.CustomMetricInfo{GroupResource: deployments, Namespaced: true, Metric: "packets-per-second"}, types.NamespacedName{Namespace: "default", Name: "app"}},
+		{provider.CustomMetricInfo{GroupResource: schema.GroupResource{Resource: "services"}, Namespaced: true, Metric: "requests-per-second"}, types.NamespacedName{Namespace: "default", Name: "app"}},
+		{provider.CustomMetricInfo{GroupResource: rules.Namespaces, Metric: "requests-per-second"}, types.NamespacedName{Name: "default"}},
+	}
+	for _, o := range objects {
+		v, err := p.GetMetricByName(ctx, o.name, o.info, labels.Everything())
+		if err != nil {
+			t.Errorf("%s %s: %v", o.info.GroupResource, o.name, err)
+			continue
+		}
+		got := v.Value.AsApproximateFloat64()
+		t.Logf("%s %s: %s = %.3f (offered %.0f)", o.info.GroupResource, o.name, o.info.Metric, got, total)
+		if math.Abs(got-total) > tolerance*total {
+			t.Errorf("%s %s: %s = %.3f, want %.0f ±%.0f%%", o.info.GroupResource, o.name, o.info.Metric, got, total, tolerance*100)
+		}
+	}
+
+	// A metric selector reaches Prometheus as a matcher. The app's endpoint
+	// label values are "/" and "/mem", so endpoint=mem matches no series:
+	// the object has no data and is a 404, not a wrong number.
+	memOnly, err := labels.Parse("endpoint in (mem)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.GetMetricByName(ctx, objects[0].name, objects[0].info, memOnly)
+	if !apierrors.IsNotFound(err) {
+		t.Errorf("object with a metric selector matching no series: error = %v, want 404", err)
+	}
+
+	// Prometheus gone: the provider says so, it does not return stale or
+	// empty success.
+	stopLoad()
+	g.Remove(prom.Proc)
+	if err := prom.Proc.Stop(10 * time.Second); err != nil {
+		t.Error(err)
+	}
+	_, err = p.GetMetricBySelector(ctx, "default", sel, podsInfo, labels.Everything())
+	if !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("with Prometheus stopped: error = %v, want 503 naming the cause", err)
+	}
+}
+
+// ratesWithin checks that every pod in offered is served with its offered
+// rate (within tol, or below 0.5 for idle pods).
+func ratesWithin(list *custom_metrics.MetricValueList, offered map[string]float64, tol float64) error {
+	if list == nil {
+		return fmt.Errorf("no list")
+	}
+	got := map[string]float64{}
+	for _, v := range list.Items {
+		got[v.DescribedObject.Name] = v.Value.AsApproximateFloat64()
+	}
+	for pod, want := range offered {
+		g, ok := got[pod]
+		if !ok {
+			return fmt.Errorf("%s missing from %s", pod, describe(list))
+		}
+		if want == 0 {
+			if g > 0.5 {
+				return fmt.Errorf("%s: %.3f, want ~0", pod, g)
+			}
+			continue
+		}
+		if math.Abs(g-want) > tol*want {
+			return fmt.Errorf("%s: %.3f, want %.0f ±%.0f%%", pod, g, want, tol*100)
+		}
+	}
+	return nil
+}
+
+func describe(list *custom_metrics.MetricValueList) string {
+	if list == nil {
+		return "<nil>"
+	}
+	var parts []string
+	for _, v := range list.Items {
+		parts = append(parts, fmt.Sprintf("%s=%s", v.DescribedObject.Name, v.Value.String()))
+	}
+	return strings.Join(parts, " ")
+}

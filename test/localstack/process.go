@@ -1,0 +1,278 @@
+// Package localstack starts and stops the real servers the integration
+// tests, the end-to-end tests and the local demo run on 127.0.0.1:
+// Prometheus, load-app processes, and (in cluster.go) etcd,
+// kube-apiserver, kube-controller-manager and the adapter.
+//
+// Every process it starts writes its output to a file in a run folder, is
+// stopped by PID (SIGTERM, then SIGKILL), and is never left behind by a
+// Stack that was closed. It is test and demo tooling, not product code.
+package localstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
+// Process is a started server.
+type Process struct {
+	Name    string
+	LogPath string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	err     error
+	logFile *os.File
+}
+
+// Start runs bin with args, logging to dir/name.log.
+func Start(dir, name, bin string, args []string, env ...string) (*Process, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(dir, name+".log")
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), env...)
+	// A process group of its own, so Ctrl-C in a terminal reaches it only
+	// through Stop, after the orchestrating process decided to stop.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("starting %s (%s): %w", name, bin, err)
+	}
+	p := &Process{Name: name, LogPath: logPath, cmd: cmd, done: make(chan struct{}), logFile: f}
+	go func() {
+		p.err = cmd.Wait()
+		_ = f.Close()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// PID returns the process ID.
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
+// Exited reports whether the process has ended, and how.
+func (p *Process) Exited() (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+// Stop sends SIGTERM, waits up to grace, then SIGKILLs. It is safe to call
+// more than once.
+func (p *Process) Stop(grace time.Duration) error {
+	if exited, _ := p.Exited(); exited {
+		return nil
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(grace):
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+	return fmt.Errorf("%s (pid %d) did not stop within %v of SIGTERM and was killed", p.Name, p.PID(), grace)
+}
+
+// Tail returns the last n lines of the process's log.
+func (p *Process) Tail(n int) string { return tailFile(p.LogPath, n) }
+
+func tailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Group owns processes and stops them in reverse start order.
+type Group struct {
+	mu    sync.Mutex
+	procs []*Process
+}
+
+// Add records p to be stopped by StopAll.
+func (g *Group) Add(p *Process) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.procs = append(g.procs, p)
+}
+
+// Remove forgets p (after stopping it yourself).
+func (g *Group) Remove(p *Process) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for i, q := range g.procs {
+		if q == p {
+			g.procs = append(g.procs[:i], g.procs[i+1:]...)
+			return
+		}
+	}
+}
+
+// Processes returns the processes still owned.
+func (g *Group) Processes() []*Process {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]*Process(nil), g.procs...)
+}
+
+// StopAll stops every process, newest first.
+func (g *Group) StopAll(grace time.Duration) error {
+	g.mu.Lock()
+	procs := g.procs
+	g.procs = nil
+	g.mu.Unlock()
+	var errs []error
+	for i := len(procs) - 1; i >= 0; i-- {
+		if err := procs[i].Stop(grace); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// DumpLogs writes the tail of every process's log to w.
+func (g *Group) DumpLogs(w io.Writer, lines int) {
+	for _, p := range g.Processes() {
+		fmt.Fprintf(w, "----- %s (%s), last %d lines -----\n%s\n", p.Name, p.LogPath, lines, p.Tail(lines))
+	}
+}
+
+// FreePort returns a TCP port on host that was free a moment ago.
+func FreePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// WaitHTTP polls url until it answers 200 or ctx/timeout ends. p, if not
+// nil, is checked for an early exit so failures are reported at once.
+func WaitHTTP(ctx context.Context, client *http.Client, url string, timeout time.Duration, p *Process) error {
+	if client == nil {
+		client = &http.Client{Timeout: 2 * time.Second}
+	}
+	var last error
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		if p != nil {
+			if exited, perr := p.Exited(); exited {
+				return false, fmt.Errorf("%s exited (%v) before %s answered; last log lines:\n%s", p.Name, perr, url, p.Tail(30))
+			}
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return false, err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			last = err
+			return false, nil
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			last = fmt.Errorf("status %d", resp.StatusCode)
+			return false, nil
+		}
+		return true, nil
+	})
+	if err != nil && last != nil && !strings.Contains(err.Error(), "exited") {
+		return fmt.Errorf("waiting for %s: %w (last: %v)", url, err, last)
+	}
+	return err
+}
+
+// RepoRoot finds the repository root (the directory holding go.mod and
+// Makefile) from the working directory upwards.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			if _, err := os.Stat(filepath.Join(dir, "Makefile")); err == nil {
+				return dir, nil
+			}
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("repository root not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Binary returns the path of bin/<name> in the repository, or an error
+// telling how to build it.
+func Binary(name string) (string, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(root, "bin", name)
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("%s not found: run 'make %s' (or 'make tools') first", p, "bin/"+name)
+	}
+	return p, nil
+}
+
+// PrometheusBinary finds Prometheus: $PROMETHEUS, then bin/prometheus,
+// then the PATH.
+func PrometheusBinary() (string, error) {
+	if p := os.Getenv("PROMETHEUS"); p != "" {
+		return p, nil
+	}
+	if p, err := Binary("prometheus"); err == nil {
+		return p, nil
+	}
+	if p, err := exec.LookPath("prometheus"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("prometheus not found on PATH or in bin/: run 'make tools' (it installs Debian's prometheus package) or set $PROMETHEUS")
+}
+
+// Build compiles a main package of this repository (e.g. "./app") into
+// dir with the flags the Makefile uses, so the build cache is shared.
+func Build(ctx context.Context, dir, pkg, name string) (string, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, name)
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+	}
+	return out, nil
+}
