@@ -42,6 +42,7 @@ integration: prometheus ## The provider against a real Prometheus scraping real 
 
 .PHONY: e2e
 e2e: tools build ## End-to-end: real control plane, HPA controller, Prometheus, adapter, app
+	@mkdir -p _output
 	go test -count=1 -timeout 40m -v ./test/e2e/... 2>&1 | tee $(CURDIR)/_output/e2e.log
 
 .PHONY: test

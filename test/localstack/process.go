@@ -51,7 +51,9 @@ func Start(dir, name, bin string, args []string, env ...string) (*Process, error
 	cmd.Env = append(os.Environ(), env...)
 	// A process group of its own, so Ctrl-C in a terminal reaches it only
 	// through Stop, after the orchestrating process decided to stop.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: if the orchestrating process dies without cleaning up
+	// (a test timeout, SIGKILL), the servers it started die with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		_ = f.Close()
 		return nil, fmt.Errorf("starting %s (%s): %w", name, bin, err)

@@ -1,0 +1,398 @@
+package localstack
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/dynamic"
+	"sigs.k8s.io/yaml"
+)
+
+// StackOptions configure a whole local stack.
+type StackOptions struct {
+	ClusterOptions
+	// ScrapeInterval replaces the manifests' Prometheus scrape interval.
+	ScrapeInterval time.Duration
+	// RelistInterval is the adapter's --metrics-relist-interval.
+	RelistInterval time.Duration
+	// AdapterArgs are extra adapter flags.
+	AdapterArgs []string
+}
+
+// Stack is a control plane plus the process kubelet, Prometheus and the
+// adapter registered as the custom metrics APIService.
+type Stack struct {
+	*Cluster
+	Root       string
+	Kubelet    *Kubelet
+	Prometheus *Prometheus
+	Adapter    *Process
+	AdapterURL string
+
+	stopKubelet context.CancelFunc
+	kubeletDone chan error
+}
+
+// APIServiceNames are the APIServices the adapter backs.
+var APIServiceNames = []string{"v1beta1.custom.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io"}
+
+// StartStack starts everything and waits until the custom metrics API is
+// Available. On error everything started is stopped.
+func StartStack(ctx context.Context, opts StackOptions) (s *Stack, err error) {
+	if opts.ScrapeInterval == 0 {
+		opts.ScrapeInterval = 2 * time.Second
+	}
+	if opts.RelistInterval == 0 {
+		opts.RelistInterval = 10 * time.Second
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := exec.LookPath("kubectl"); err != nil {
+		return nil, errors.New("kubectl not found on the PATH: the stack applies the manifests with it")
+	}
+	s = &Stack{Root: root}
+	binDir := filepath.Join(opts.Dir, "bin")
+	progress := opts.Progress
+	if progress == nil {
+		progress = io.Discard
+	}
+	fmt.Fprintln(progress, "building the adapter and the load app")
+	appBin, err := Build(ctx, binDir, "./app", "app")
+	if err != nil {
+		return nil, err
+	}
+	adapterBin, err := Build(ctx, binDir, "./cmd/adapter", "adapter")
+	if err != nil {
+		return nil, err
+	}
+
+	if s.Cluster, err = StartCluster(ctx, opts.ClusterOptions); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			s.Procs.DumpLogs(progress, 30)
+			_ = s.Stop()
+		}
+	}()
+
+	// Identity, RBAC and APIServices from the manifests. The adapter and
+	// Prometheus run as host processes, not as the manifests' Deployments.
+	if err := s.applyManifests(ctx, "manifests/adapter", keepKinds("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "APIService")); err != nil {
+		return nil, err
+	}
+	if err := s.applyManifests(ctx, "manifests/prometheus", keepKinds("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding")); err != nil {
+		return nil, err
+	}
+	s.step("applied the adapter's and Prometheus' RBAC and the APIServices from manifests/")
+
+	kctx, stop := context.WithCancel(context.Background())
+	s.stopKubelet = stop
+	s.kubeletDone = make(chan error, 1)
+	s.Kubelet = &Kubelet{Client: s.Client, NodeName: "local-node", AppBinary: appBin, Dir: filepath.Join(opts.Dir, "pods"), Progress: progress}
+	go func() { s.kubeletDone <- s.Kubelet.Run(kctx) }()
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		n, err := s.Client.CoreV1().Nodes().Get(ctx, "local-node", metav1.GetOptions{})
+		return err == nil && len(n.Status.Conditions) > 0, nil
+	}); err != nil {
+		return nil, fmt.Errorf("process kubelet did not register its node: %w", err)
+	}
+	s.step("process kubelet registered node local-node")
+
+	promCfg, err := s.prometheusConfig(opts.ScrapeInterval)
+	if err != nil {
+		return nil, err
+	}
+	if s.Prometheus, err = StartPrometheus(ctx, s.Procs, opts.Dir, promCfg); err != nil {
+		return nil, err
+	}
+	s.step("Prometheus ready on %s, discovering pods through the API server", s.Prometheus.URL)
+
+	if err := s.startAdapter(ctx, adapterBin, opts); err != nil {
+		return nil, err
+	}
+	s.step("adapter ready on %s", s.AdapterURL)
+	if err := s.WaitAPIServicesAvailable(ctx, time.Minute); err != nil {
+		return nil, err
+	}
+	s.step("APIServices %s Available", strings.Join(APIServiceNames, ", "))
+	return s, nil
+}
+
+// Stop stops the kubelet's pods and every server.
+func (s *Stack) Stop() error {
+	if s.stopKubelet != nil {
+		s.stopKubelet()
+		select {
+		case <-s.kubeletDone:
+		case <-time.After(30 * time.Second):
+		}
+		s.stopKubelet = nil
+	}
+	if s.Cluster == nil {
+		return nil
+	}
+	return s.Cluster.Stop()
+}
+
+// Kubectl runs kubectl against the stack with the admin kubeconfig.
+func (s *Stack) Kubectl(ctx context.Context, stdin []byte, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig=" + s.AdminKubeconfig}, args...)...)
+	cmd.Dir = s.Root
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, filterWarnings(stderr.String()))
+	}
+	return out, nil
+}
+
+func filterWarnings(s string) string {
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		if l != "" && !strings.Contains(l, "version difference") && !strings.HasPrefix(l, "Warning: ") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+// Render returns the documents `kubectl kustomize dir` produces.
+func (s *Stack) Render(ctx context.Context, dir string) ([]*unstructured.Unstructured, error) {
+	out, err := s.Kubectl(ctx, nil, "kustomize", dir)
+	if err != nil {
+		return nil, err
+	}
+	return SplitYAML(out)
+}
+
+// SplitYAML decodes a multi-document YAML stream.
+func SplitYAML(data []byte) ([]*unstructured.Unstructured, error) {
+	var objs []*unstructured.Unstructured
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		if strings.TrimSpace(doc) == "" {
+			continue
+		}
+		u := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
+			return nil, fmt.Errorf("decoding manifest: %w", err)
+		}
+		if len(u.Object) > 0 {
+			objs = append(objs, u)
+		}
+	}
+	return objs, nil
+}
+
+// Apply applies objects with kubectl apply --server-side.
+func (s *Stack) Apply(ctx context.Context, objs []*unstructured.Unstructured) error {
+	var buf bytes.Buffer
+	for _, o := range objs {
+		b, err := yaml.Marshal(o.Object)
+		if err != nil {
+			return err
+		}
+		buf.WriteString("---\n")
+		buf.Write(b)
+	}
+	_, err := s.Kubectl(ctx, buf.Bytes(), "apply", "--server-side", "--force-conflicts", "-f", "-")
+	return err
+}
+
+func keepKinds(kinds ...string) func(*unstructured.Unstructured) bool {
+	return func(u *unstructured.Unstructured) bool {
+		for _, k := range kinds {
+			if u.GetKind() == k {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+func (s *Stack) applyManifests(ctx context.Context, dir string, keep func(*unstructured.Unstructured) bool) error {
+	objs, err := s.Render(ctx, dir)
+	if err != nil {
+		return err
+	}
+	ca, err := os.ReadFile(s.PKI.Path("ca.crt"))
+	if err != nil {
+		return err
+	}
+	var kept []*unstructured.Unstructured
+	for _, o := range objs {
+		if !keep(o) {
+			continue
+		}
+		if o.GetKind() == "APIService" {
+			// What hack/gen-serving-cert.sh or cert-manager do in a cluster.
+			if err := unstructured.SetNestedField(o.Object, base64.StdEncoding.EncodeToString(ca), "spec", "caBundle"); err != nil {
+				return err
+			}
+		}
+		kept = append(kept, o)
+	}
+	return s.Apply(ctx, kept)
+}
+
+// prometheusConfig takes the manifests' prometheus.yml and points its pod
+// discovery at the local API server, authenticated as the manifests'
+// prometheus ServiceAccount.
+func (s *Stack) prometheusConfig(interval time.Duration) (string, error) {
+	raw, err := os.ReadFile(filepath.Join(s.Root, "manifests/prometheus/prometheus.yml"))
+	if err != nil {
+		return "", err
+	}
+	var cfg map[string]any
+	if err := yaml.Unmarshal(raw, &cfg); err != nil {
+		return "", fmt.Errorf("manifests/prometheus/prometheus.yml: %w", err)
+	}
+	global, _ := cfg["global"].(map[string]any)
+	if global == nil {
+		global = map[string]any{}
+		cfg["global"] = global
+	}
+	global["scrape_interval"] = interval.String()
+	global["evaluation_interval"] = interval.String()
+	jobs, _ := cfg["scrape_configs"].([]any)
+	n := 0
+	for _, j := range jobs {
+		job, _ := j.(map[string]any)
+		sds, _ := job["kubernetes_sd_configs"].([]any)
+		for _, sd := range sds {
+			m, _ := sd.(map[string]any)
+			m["api_server"] = s.ServerURL
+			m["tls_config"] = map[string]any{
+				"ca_file":   s.PKI.Path("ca.crt"),
+				"cert_file": s.PKI.Path("prometheus-client.crt"),
+				"key_file":  s.PKI.Path("prometheus-client.key"),
+			}
+			n++
+		}
+	}
+	if n == 0 {
+		return "", errors.New("manifests/prometheus/prometheus.yml has no kubernetes_sd_configs")
+	}
+	out, err := yaml.Marshal(cfg)
+	return string(out), err
+}
+
+func (s *Stack) startAdapter(ctx context.Context, bin string, opts StackOptions) error {
+	kubeconfig := filepath.Join(opts.Dir, "adapter.kubeconfig")
+	if err := s.WriteKubeconfig(kubeconfig, "adapter-client"); err != nil {
+		return err
+	}
+	port, err := FreePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	s.AdapterURL = "https://127.0.0.1:" + strconv.Itoa(port)
+	args := []string{
+		"--secure-port=" + strconv.Itoa(port), "--bind-address=127.0.0.1",
+		"--tls-cert-file=" + s.PKI.Path("adapter-serving.crt"), "--tls-private-key-file=" + s.PKI.Path("adapter-serving.key"),
+		"--lister-kubeconfig=" + kubeconfig,
+		"--authentication-kubeconfig=" + kubeconfig, "--authorization-kubeconfig=" + kubeconfig,
+		"--prometheus-url=" + s.Prometheus.URL,
+		"--config=" + filepath.Join(s.Root, "manifests/adapter/config.yaml"),
+		"--metrics-relist-interval=" + opts.RelistInterval.String(),
+		"--v=2",
+	}
+	p, err := Start(opts.Dir, "adapter", bin, append(args, opts.AdapterArgs...))
+	if err != nil {
+		return err
+	}
+	s.Procs.Add(p)
+	s.Adapter = p
+	client, err := s.HTTPClient("")
+	if err != nil {
+		return err
+	}
+	if err := WaitHTTP(ctx, client, s.AdapterURL+"/readyz", 60*time.Second, p); err != nil {
+		return fmt.Errorf("adapter: %w", err)
+	}
+
+	// Route the APIServices' Service to the host process. The API server
+	// refuses loopback addresses in Endpoints and IP EndpointSlices; an
+	// FQDN slice whose address is "127.0.0.1" is accepted and dialled as is
+	// (--enable-aggregator-routing=true).
+	const ns, name = "custom-metrics", "custom-metrics-apiserver"
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "https", Port: 443}}},
+	}
+	if _, err := s.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating the adapter's Service: %w", err)
+	}
+	portName, portNum, ready := "https", int32(port), true
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: name + "-local", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: discoveryv1.AddressTypeFQDN,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"127.0.0.1"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &portName, Port: &portNum}},
+	}
+	if _, err := s.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("creating the adapter's EndpointSlice: %w", err)
+	}
+	return nil
+}
+
+var apiServicesGVR = schema.GroupVersionResource{Group: "apiregistration.k8s.io", Version: "v1", Resource: "apiservices"}
+
+// WaitAPIServicesAvailable waits until both custom metrics APIServices
+// report Available=True.
+func (s *Stack) WaitAPIServicesAvailable(ctx context.Context, timeout time.Duration) error {
+	dyn, err := dynamic.NewForConfig(s.Admin)
+	if err != nil {
+		return err
+	}
+	var last string
+	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		for _, name := range APIServiceNames {
+			u, err := dyn.Resource(apiServicesGVR).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				last = err.Error()
+				return false, nil
+			}
+			conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+			available := false
+			for _, c := range conds {
+				m, _ := c.(map[string]any)
+				if m["type"] == "Available" {
+					available = m["status"] == "True"
+					last = fmt.Sprintf("%s: %v: %v", name, m["reason"], m["message"])
+				}
+			}
+			if !available {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("APIServices not Available: %w (last: %s)", err, last)
+	}
+	return nil
+}
