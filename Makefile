@@ -37,7 +37,7 @@ unit: ## Unit tests with the race detector
 	CGO_ENABLED=1 GOFLAGS= go test -race -count=1 ./pkg/... ./app/... ./cmd/...
 
 .PHONY: integration
-integration: prometheus ## The provider against a real Prometheus scraping real load-app processes
+integration: $(BIN)/prometheus ## The provider against a real Prometheus scraping real load-app processes
 	go test -count=1 -timeout 10m ./test/integration/...
 
 .PHONY: e2e
@@ -57,7 +57,7 @@ verify-fmt: ## Fail on unformatted Go files
 	@files=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$files" ]; then echo "gofmt needed:"; echo "$$files"; exit 1; fi
 
 .PHONY: tools
-tools: $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/etcd prometheus ## Build/install the servers the local stack runs
+tools: $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/etcd $(BIN)/prometheus ## Build the servers the local stack runs, from pinned modules
 
 $(BIN)/kube-apiserver $(BIN)/kube-controller-manager &: hack/tools/k8s/go.mod hack/tools/k8s/go.sum
 	@echo ">> building kube-apiserver and kube-controller-manager v$(KUBE_VERSION) (first time: several minutes)"
@@ -69,9 +69,11 @@ $(BIN)/etcd: hack/tools/etcd/go.mod hack/tools/etcd/go.sum hack/tools/etcd/main.
 	@echo ">> building etcd (first time: about a minute)"
 	cd hack/tools/etcd && go build -ldflags "-s -w" -o $(BIN)/etcd .
 
-.PHONY: prometheus
-prometheus: ## Make sure a prometheus binary is available (installs Debian's package if needed)
-	@hack/ensure-prometheus.sh
+# Debian's prometheus package is built without Kubernetes service discovery,
+# which the local stack needs, so Prometheus is built from its module too.
+$(BIN)/prometheus: hack/tools/prometheus/go.mod hack/tools/prometheus/go.sum
+	@echo ">> building prometheus (first time: several minutes)"
+	cd hack/tools/prometheus && go build -ldflags "-s -w" -o $(BIN)/prometheus github.com/prometheus/prometheus/cmd/prometheus
 
 .PHONY: clean
 clean: ## Remove built binaries and run folders (not the Go build cache)
@@ -80,3 +82,7 @@ clean: ## Remove built binaries and run folders (not the Go build cache)
 .PHONY: help
 help: ## List targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: demo
+demo: tools build ## The local demo (DEMO_ARGS=--quick for a short run that exits)
+	go run ./hack/localdemo $(DEMO_ARGS)

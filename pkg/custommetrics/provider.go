@@ -453,20 +453,25 @@ func windowSeconds(expr string) *int64 {
 	return &s
 }
 
-// quantity converts a sample value to a Quantity with nano precision where
-// the value allows it, and reports false for NaN and infinities.
+// quantity converts a sample value to a Quantity, and reports false for
+// NaN, infinities and values too large to represent. Values of 1 and more
+// keep milli precision (what the HPA computes with: 8.98207 is "8982m");
+// smaller values keep nano precision, so a slow rate is not rounded to zero
+// (0.0005 is "500u").
 func quantity(v float64) (resource.Quantity, bool) {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
 		return resource.Quantity{}, false
 	}
-	// 9e9 * 1e9 still fits an int64.
-	if math.Abs(v) < 9e9 {
+	switch a := math.Abs(v); {
+	case a < 1:
 		return *resource.NewScaledQuantity(int64(math.Round(v*1e9)), resource.Nano), true
-	}
-	if math.Abs(v) < 9e18 {
+	case a < 9e15:
+		return *resource.NewMilliQuantity(int64(math.Round(v*1e3)), resource.DecimalSI), true
+	case a < 9e18:
 		return *resource.NewQuantity(int64(math.Round(v)), resource.DecimalSI), true
+	default:
+		return resource.Quantity{}, false
 	}
-	return resource.Quantity{}, false
 }
 
 // notFoundBecause is a 404 naming the metric, the object and why.

@@ -50,7 +50,7 @@ type Cluster struct {
 // replicaset, serviceaccount, namespace and garbage-collector controllers)
 // on 127.0.0.1, and waits until they are healthy. On error everything
 // started is stopped.
-func StartCluster(ctx context.Context, opts ClusterOptions) (c *Cluster, err error) {
+func StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	if opts.HPASyncPeriod == 0 {
 		opts.HPASyncPeriod = 5 * time.Second
 	}
@@ -72,9 +72,10 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (c *Cluster, err err
 	if err != nil {
 		return nil, err
 	}
-	c = &Cluster{Dir: opts.Dir, Procs: &Group{}, progress: opts.Progress, started: time.Now()}
+	c := &Cluster{Dir: opts.Dir, Procs: &Group{}, progress: opts.Progress, started: time.Now()}
+	ok := false
 	defer func() {
-		if err != nil {
+		if !ok {
 			c.Procs.DumpLogs(opts.Progress, 30)
 			_ = c.Procs.StopAll(10 * time.Second)
 		}
@@ -204,6 +205,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (c *Cluster, err err
 		return nil, fmt.Errorf("kube-controller-manager: %w", err)
 	}
 	c.step("kube-controller-manager healthy")
+	ok = true
 	return c, nil
 }
 

@@ -247,19 +247,14 @@ func Binary(name string) (string, error) {
 	return p, nil
 }
 
-// PrometheusBinary finds Prometheus: $PROMETHEUS, then bin/prometheus,
-// then the PATH.
+// PrometheusBinary finds Prometheus: $PROMETHEUS, else bin/prometheus
+// (built by 'make tools' with Kubernetes service discovery, which Debian's
+// package lacks).
 func PrometheusBinary() (string, error) {
 	if p := os.Getenv("PROMETHEUS"); p != "" {
 		return p, nil
 	}
-	if p, err := Binary("prometheus"); err == nil {
-		return p, nil
-	}
-	if p, err := exec.LookPath("prometheus"); err == nil {
-		return p, nil
-	}
-	return "", errors.New("prometheus not found on PATH or in bin/: run 'make tools' (it installs Debian's prometheus package) or set $PROMETHEUS")
+	return Binary("prometheus")
 }
 
 // Build compiles a main package of this repository (e.g. "./app") into

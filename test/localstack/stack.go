@@ -55,7 +55,7 @@ var APIServiceNames = []string{"v1beta1.custom.metrics.k8s.io", "v1beta2.custom.
 
 // StartStack starts everything and waits until the custom metrics API is
 // Available. On error everything started is stopped.
-func StartStack(ctx context.Context, opts StackOptions) (s *Stack, err error) {
+func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 	if opts.ScrapeInterval == 0 {
 		opts.ScrapeInterval = 2 * time.Second
 	}
@@ -69,7 +69,7 @@ func StartStack(ctx context.Context, opts StackOptions) (s *Stack, err error) {
 	if _, err := exec.LookPath("kubectl"); err != nil {
 		return nil, errors.New("kubectl not found on the PATH: the stack applies the manifests with it")
 	}
-	s = &Stack{Root: root}
+	s := &Stack{Root: root}
 	binDir := filepath.Join(opts.Dir, "bin")
 	progress := opts.Progress
 	if progress == nil {
@@ -88,8 +88,9 @@ func StartStack(ctx context.Context, opts StackOptions) (s *Stack, err error) {
 	if s.Cluster, err = StartCluster(ctx, opts.ClusterOptions); err != nil {
 		return nil, err
 	}
+	ok := false
 	defer func() {
-		if err != nil {
+		if !ok {
 			s.Procs.DumpLogs(progress, 30)
 			_ = s.Stop()
 		}
@@ -135,6 +136,7 @@ func StartStack(ctx context.Context, opts StackOptions) (s *Stack, err error) {
 		return nil, err
 	}
 	s.step("APIServices %s Available", strings.Join(APIServiceNames, ", "))
+	ok = true
 	return s, nil
 }
 
