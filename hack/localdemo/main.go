@@ -229,7 +229,7 @@ func metricsClient(s *localstack.Stack) cmclient.CustomMetricsClient {
 
 type row struct {
 	perPod, total, ingress, replicas, hpa string
-	ready, desired                         int32
+	ready, desired                        int32
 }
 
 func snapshot(ctx context.Context, s *localstack.Stack, mc cmclient.CustomMetricsClient) row {
