@@ -89,6 +89,11 @@ func run() error {
 		}
 	}()
 
+	// Informers and load below stop before the stack does: an API server
+	// with open watches takes long to shut down.
+	ctx, cancelRun := context.WithCancel(ctx)
+	defer cancelRun()
+
 	fmt.Println("== deploying manifests/app (Deployment app, Service app, Ingress main-route)")
 	if _, err := s.Kubectl(ctx, nil, "apply", "-k", "manifests/app"); err != nil {
 		return err
@@ -236,14 +241,15 @@ func snapshot(ctx context.Context, s *localstack.Stack, mc cmclient.CustomMetric
 	r := row{perPod: "-", total: "-", ingress: "-", replicas: "-", hpa: "-"}
 	if list, err := mc.NamespacedMetrics("default").GetForObjects(schema.GroupKind{Kind: "Pod"},
 		labels.SelectorFromSet(labels.Set{"app": "app"}), "requests-per-second", labels.Everything()); err == nil {
+		items := list.Items
+		sort.Slice(items, func(i, j int) bool { return items[i].DescribedObject.Name < items[j].DescribedObject.Name })
 		var parts []string
 		sum := 0.0
-		for _, v := range list.Items {
+		for _, v := range items {
 			f := v.Value.AsApproximateFloat64()
 			sum += f
 			parts = append(parts, fmt.Sprintf("%.1f", f))
 		}
-		sort.Strings(parts)
 		r.perPod = strings.Join(parts, " ")
 		r.total = fmt.Sprintf("%.1f", sum)
 	}

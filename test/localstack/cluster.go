@@ -214,7 +214,7 @@ func (c *Cluster) step(format string, args ...any) {
 }
 
 // Stop stops every process of the cluster (and anything added to Procs).
-func (c *Cluster) Stop() error { return c.Procs.StopAll(15 * time.Second) }
+func (c *Cluster) Stop() error { return c.Procs.StopAll(30 * time.Second) }
 
 // WriteKubeconfig writes a kubeconfig for the client certificate
 // pki/<user>.crt.
