@@ -1,15 +1,15 @@
-# The load app and the load generator. The build commands are the ones
-# `make build` runs (same flags).
+# The load app, with the load generator beside it (/loadgen), for the demo.
+# Built by hack/build.sh, the script `make build` runs.
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
+COPY hack/build.sh hack/build.sh
 COPY app/ app/
 COPY cmd/loadgen/ cmd/loadgen/
 COPY pkg/loadgen/ pkg/loadgen/
 ARG VERSION=devel
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/app ./app && \
-    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/loadgen ./cmd/loadgen
+RUN VERSION=${VERSION} hack/build.sh /out ./app ./cmd/loadgen
 
 FROM gcr.io/distroless/static:nonroot
 COPY --from=build /out/app /app

@@ -16,8 +16,6 @@ export CGO_ENABLED := 0
 export GOFLAGS := -trimpath
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
-MODULE  := github.com/custom-metrics-adapter/custom-metrics-adapter
-LDFLAGS := -s -w -X $(MODULE)/pkg/version.version=$(VERSION)
 BIN     := $(CURDIR)/bin
 
 # Pinned control-plane versions (see hack/tools/*/go.mod).
@@ -29,8 +27,8 @@ IMAGE_REPO ?= custom-metrics-adapter
 IMAGE_TAG  ?= $(VERSION)
 
 .PHONY: build
-build: ## Build the adapter, the load app and the load generator into bin/
-	go build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/adapter ./cmd/loadgen ./app
+build: ## Build the adapter, the load app and the load generator into bin/ (as the images do)
+	VERSION=$(VERSION) hack/build.sh $(BIN) ./cmd/adapter ./cmd/loadgen ./app
 
 .PHONY: unit
 unit: ## Unit tests with the race detector
@@ -45,8 +43,12 @@ e2e: tools build ## End-to-end: real control plane, HPA controller, Prometheus, 
 	@mkdir -p _output
 	go test -count=1 -timeout 40m -v ./test/e2e/... 2>&1 | tee $(CURDIR)/_output/e2e.log
 
+.PHONY: repo
+repo: shellcheck ## Repository checks: manifests and kustomizations, shellcheck, Dockerfile build stages
+	go test -count=1 ./test/repo/...
+
 .PHONY: test
-test: verify-fmt vet unit integration e2e ## Every test (what CI runs)
+test: verify-fmt vet repo unit integration e2e ## Every test (what CI runs)
 
 .PHONY: vet
 vet: ## go vet
@@ -75,6 +77,12 @@ $(BIN)/prometheus: hack/tools/prometheus/go.mod hack/tools/prometheus/go.sum
 	@echo ">> building prometheus (first time: several minutes)"
 	cd hack/tools/prometheus && go build -ldflags "-s -w" -o $(BIN)/prometheus github.com/prometheus/prometheus/cmd/prometheus
 
+.PHONY: shellcheck
+shellcheck: ## Make sure shellcheck is installed (Debian's package)
+	@command -v shellcheck >/dev/null || { echo ">> installing shellcheck (Debian package)"; \
+		if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends shellcheck >/dev/null; }
+
 .PHONY: clean
 clean: ## Remove built binaries and run folders (not the Go build cache)
 	rm -rf $(BIN) _output run
@@ -86,3 +94,13 @@ help: ## List targets
 .PHONY: demo
 demo: tools build ## The local demo (DEMO_ARGS=--quick for a short run that exits)
 	go run ./hack/localdemo $(DEMO_ARGS)
+
+.PHONY: kind-demo
+kind-demo: ## The demo on a kind cluster (needs Docker and kind)
+	hack/kind-demo.sh
+
+.PHONY: image-adapter image-app
+image-adapter: ## Build the adapter image (needs Docker)
+	docker build -f Dockerfile.adapter --build-arg VERSION=$(VERSION) -t $(IMAGE_REPO)/adapter:$(IMAGE_TAG) .
+image-app: ## Build the load app image (needs Docker)
+	docker build -f Dockerfile.app --build-arg VERSION=$(VERSION) -t $(IMAGE_REPO)/app:$(IMAGE_TAG) .

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -25,6 +27,7 @@ import (
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/restmapper"
 	cmclient "k8s.io/metrics/pkg/client/custom_metrics"
+	"sigs.k8s.io/yaml"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/loadgen"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
@@ -365,4 +368,78 @@ func TestObjectMetricHPAScalesOutAndIn(t *testing.T) {
 	// 40 req/s through main-route against a target of 20: the HPA doubles
 	// the replicas until the maximum.
 	runHPA(t, hpa, 40, 3)
+}
+
+// TestManifestsPassServerSideDryRun applies every kustomization under
+// manifests/ with --dry-run=server, so the real API server validates every
+// object (schemas, admission). Kinds the local server does not serve
+// (cert-manager's) are listed and left out.
+func TestManifestsPassServerSideDryRun(t *testing.T) {
+	root, err := localstack.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs, err := filepath.Glob(filepath.Join(root, "manifests", "*", "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	more, err := filepath.Glob(filepath.Join(root, "manifests", "*", "*", "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs = append(dirs, more...)
+	dc := discovery.NewDiscoveryClientForConfigOrDie(stack.Admin)
+	served := map[string]bool{}
+	isServed := func(apiVersion, kind string) bool {
+		key := apiVersion + "/" + kind
+		if v, ok := served[key]; ok {
+			return v
+		}
+		rl, err := dc.ServerResourcesForGroupVersion(apiVersion)
+		served[key] = err == nil && slices.ContainsFunc(rl.APIResources, func(r metav1.APIResource) bool { return r.Kind == kind })
+		return served[key]
+	}
+	checked := 0
+	for _, k := range dirs {
+		dir, err := filepath.Rel(root, filepath.Dir(k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Run(dir, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			objs, err := stack.Render(ctx, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var keep []*unstructured.Unstructured
+			for _, o := range objs {
+				if !isServed(o.GetAPIVersion(), o.GetKind()) {
+					t.Logf("%s %s: %s is not served by the local API server (no CRD); not validated", o.GetKind(), o.GetName(), o.GetAPIVersion())
+					continue
+				}
+				keep = append(keep, o)
+			}
+			var buf strings.Builder
+			for _, o := range keep {
+				b, err := yaml.Marshal(o.Object)
+				if err != nil {
+					t.Fatal(err)
+				}
+				buf.WriteString("---\n")
+				buf.Write(b)
+			}
+			out, err := stack.Kubectl(ctx, []byte(buf.String()), "apply", "--dry-run=server", "-f", "-")
+			if err != nil {
+				t.Fatalf("%s: %v", dir, err)
+			}
+			if n := strings.Count(string(out), "(server dry run)"); n != len(keep) {
+				t.Errorf("%s: %d objects validated, want %d:\n%s", dir, n, len(keep), out)
+			}
+			checked += len(keep)
+		})
+	}
+	if checked < 30 {
+		t.Errorf("validated only %d objects", checked)
+	}
 }

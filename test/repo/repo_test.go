@@ -1,0 +1,384 @@
+// Package repo checks the repository's non-Go parts: every manifest is
+// rendered by a kustomization and each kustomization renders, the rules the
+// manifests ship are the built-in ones, every shell script passes
+// shellcheck, and each Dockerfile's build stage builds here with plain go.
+// Applying the manifests to a real API server is in test/e2e.
+package repo
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
+)
+
+func root(t *testing.T) string {
+	t.Helper()
+	r, err := localstack.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// kustomizations returns the directories under manifests/ that hold a
+// kustomization.yaml, relative to the repository root.
+func kustomizations(t *testing.T) []string {
+	t.Helper()
+	var dirs []string
+	err := filepath.WalkDir(filepath.Join(root(t), "manifests"), func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Name() == "kustomization.yaml" {
+			rel, err := filepath.Rel(root(t), filepath.Dir(path))
+			if err != nil {
+				return err
+			}
+			dirs = append(dirs, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dirs) < 5 {
+		t.Fatalf("found %d kustomizations under manifests/: %v", len(dirs), dirs)
+	}
+	return dirs
+}
+
+type kustomization struct {
+	Resources          []string                `json:"resources"`
+	Components         []string                `json:"components"`
+	Patches            []struct{ Path string } `json:"patches"`
+	ConfigMapGenerator []struct {
+		Files []string `json:"files"`
+	} `json:"configMapGenerator"`
+}
+
+func TestEveryManifestIsInAKustomization(t *testing.T) {
+	r := root(t)
+	referenced := map[string]bool{}
+	for _, dir := range kustomizations(t) {
+		raw, err := os.ReadFile(filepath.Join(r, dir, "kustomization.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var k kustomization
+		if err := yaml.Unmarshal(raw, &k); err != nil {
+			t.Fatalf("%s/kustomization.yaml: %v", dir, err)
+		}
+		refs := append(append([]string{}, k.Resources...), k.Components...)
+		for _, p := range k.Patches {
+			refs = append(refs, p.Path)
+		}
+		for _, g := range k.ConfigMapGenerator {
+			for _, f := range g.Files {
+				if _, file, ok := strings.Cut(f, "="); ok {
+					f = file
+				}
+				refs = append(refs, f)
+			}
+		}
+		for _, ref := range refs {
+			referenced[filepath.Join(dir, ref)] = true
+		}
+	}
+	var files int
+	err := filepath.WalkDir(filepath.Join(r, "manifests"), func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		ext := filepath.Ext(path)
+		if (ext != ".yaml" && ext != ".yml") || d.Name() == "kustomization.yaml" {
+			return nil
+		}
+		rel, err := filepath.Rel(r, path)
+		if err != nil {
+			return err
+		}
+		files++
+		if !referenced[rel] {
+			t.Errorf("%s is in no kustomization: add it to one (resources, patches or configMapGenerator)", rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files < 15 {
+		t.Errorf("checked only %d manifest files", files)
+	}
+}
+
+func TestEveryKustomizationRenders(t *testing.T) {
+	if _, err := exec.LookPath("kubectl"); err != nil {
+		t.Fatal("kubectl not on the PATH; it renders the kustomizations")
+	}
+	for _, dir := range kustomizations(t) {
+		t.Run(dir, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "kubectl", "kustomize", dir)
+			cmd.Dir = root(t)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, stderr.String())
+			}
+			objs, err := localstack.SplitYAML(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(objs) == 0 {
+				t.Fatalf("%s renders nothing", dir)
+			}
+			for _, o := range objs {
+				if o.GetKind() == "" || o.GetAPIVersion() == "" || o.GetName() == "" {
+					t.Errorf("%s renders an object without kind, apiVersion or name: %v", dir, o.Object)
+				}
+			}
+		})
+	}
+}
+
+func TestShippedRulesAreTheBuiltInRules(t *testing.T) {
+	shipped, err := os.ReadFile(filepath.Join(root(t), "manifests/adapter/config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(shipped, config.DefaultYAML()) {
+		t.Error("manifests/adapter/config.yaml differs from pkg/config/default.yaml: copy one onto the other")
+	}
+}
+
+func TestAPIServicesNeverSkipTLSVerification(t *testing.T) {
+	err := filepath.WalkDir(filepath.Join(root(t), "manifests"), func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(b, []byte("insecureSkipTLSVerify: true")) {
+			t.Errorf("%s sets insecureSkipTLSVerify: true", path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// scripts lists the shell scripts in the repository: *.sh and files with a
+// shell shebang.
+func scripts(t *testing.T) []string {
+	t.Helper()
+	cmd := exec.Command("git", "ls-files", "--cached", "--others", "--exclude-standard")
+	cmd.Dir = root(t)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("git ls-files: %v", err)
+	}
+	var found []string
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		f := sc.Text()
+		if strings.HasSuffix(f, ".sh") {
+			found = append(found, f)
+			continue
+		}
+		if strings.Contains(f, ".") && filepath.Ext(f) != "" {
+			continue
+		}
+		head, err := os.ReadFile(filepath.Join(root(t), f))
+		if err == nil && bytes.HasPrefix(head, []byte("#!")) && bytes.Contains(bytes.SplitN(head, []byte("\n"), 2)[0], []byte("sh")) {
+			found = append(found, f)
+		}
+	}
+	return found
+}
+
+func TestShellScriptsPassShellcheck(t *testing.T) {
+	if _, err := exec.LookPath("shellcheck"); err != nil {
+		t.Fatal("shellcheck not on the PATH: run 'make test' (it installs Debian's shellcheck) or install it")
+	}
+	files := scripts(t)
+	for _, want := range []string{".ci/run", "hack/build.sh"} {
+		if !slices.Contains(files, want) {
+			t.Errorf("script list %v lacks %s", files, want)
+		}
+	}
+	cmd := exec.Command("shellcheck", append([]string{"--severity=style", "--external-sources"}, files...)...)
+	cmd.Dir = root(t)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("shellcheck %s: %v\n%s", strings.Join(files, " "), err, out)
+	}
+}
+
+// dockerfile is the part of a Dockerfile this test replays.
+type dockerfile struct {
+	args        map[string]string
+	buildCopies [][2]string // source, destination in the build stage
+	buildRuns   []string
+	finalFrom   string
+	user        string
+	entrypoint  string
+	finalCopies []string // sources copied from the build stage
+}
+
+func parseDockerfile(t *testing.T, path string) dockerfile {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Join continuation lines.
+	text := regexp.MustCompile(`\\\n\s*`).ReplaceAllString(string(raw), " ")
+	d := dockerfile{args: map[string]string{}}
+	stage := 0
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		instr, rest, _ := strings.Cut(line, " ")
+		switch strings.ToUpper(instr) {
+		case "FROM":
+			stage++
+			if stage == 2 {
+				d.finalFrom = rest
+			}
+		case "ARG":
+			name, def, _ := strings.Cut(rest, "=")
+			d.args[name] = def
+		case "COPY":
+			f := strings.Fields(rest)
+			if stage == 1 {
+				for _, src := range f[:len(f)-1] {
+					d.buildCopies = append(d.buildCopies, [2]string{src, f[len(f)-1]})
+				}
+			} else if strings.HasPrefix(f[0], "--from=") {
+				d.finalCopies = append(d.finalCopies, f[1])
+			}
+		case "RUN":
+			if stage == 1 {
+				d.buildRuns = append(d.buildRuns, rest)
+			}
+		case "USER":
+			d.user = rest
+		case "ENTRYPOINT":
+			d.entrypoint = rest
+		}
+	}
+	return d
+}
+
+// TestDockerfilesBuildHere replays each Dockerfile's build stage in a copy
+// of the files it COPYs, with plain go (there is no Docker engine here), and
+// checks the final stage ships those binaries as nonroot on distroless.
+func TestDockerfilesBuildHere(t *testing.T) {
+	r := root(t)
+	for _, tc := range []struct {
+		file string
+		want []string
+	}{
+		{file: "Dockerfile.adapter", want: []string{"adapter"}},
+		{file: "Dockerfile.app", want: []string{"app", "loadgen"}},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			d := parseDockerfile(t, filepath.Join(r, tc.file))
+			if !strings.HasPrefix(d.finalFrom, "gcr.io/distroless/static") || !strings.Contains(d.finalFrom, "nonroot") {
+				t.Errorf("final image %q is not distroless static nonroot", d.finalFrom)
+			}
+			if d.user != "65532:65532" {
+				t.Errorf("USER %q, want 65532:65532 (the manifests' runAsUser)", d.user)
+			}
+			ctx := t.TempDir()
+			src := filepath.Join(ctx, "src")
+			out := filepath.Join(ctx, "out")
+			for _, c := range d.buildCopies {
+				dst := filepath.Join(src, c[1])
+				if strings.HasSuffix(c[1], "/") {
+					if info, err := os.Stat(filepath.Join(r, c[0])); err == nil && !info.IsDir() {
+						// COPY file dir/ puts the file into dir.
+						dst = filepath.Join(dst, filepath.Base(c[0]))
+					}
+				}
+				if err := copyPath(filepath.Join(r, c[0]), dst); err != nil {
+					t.Fatalf("COPY %s %s: %v", c[0], c[1], err)
+				}
+			}
+			for _, run := range d.buildRuns {
+				if strings.HasPrefix(run, "go mod download") {
+					continue // the module cache already has them
+				}
+				cmd := exec.Command("bash", "-euo", "pipefail", "-c", strings.ReplaceAll(run, "/out", out))
+				cmd.Dir = src
+				cmd.Env = os.Environ()
+				for k, v := range d.args {
+					cmd.Env = append(cmd.Env, k+"="+v)
+				}
+				if b, err := cmd.CombinedOutput(); err != nil {
+					t.Fatalf("RUN %s: %v\n%s", run, err, b)
+				}
+			}
+			for _, bin := range tc.want {
+				if _, err := os.Stat(filepath.Join(out, bin)); err != nil {
+					t.Errorf("the build stage did not produce /out/%s: %v", bin, err)
+				}
+				if !slices.Contains(d.finalCopies, "/out/"+bin) {
+					t.Errorf("the final stage does not copy /out/%s", bin)
+				}
+			}
+			if !strings.Contains(d.entrypoint, `"/`+tc.want[0]+`"`) {
+				t.Errorf("ENTRYPOINT %s does not run /%s", d.entrypoint, tc.want[0])
+			}
+		})
+	}
+}
+
+func copyPath(src, dst string) error {
+	info, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	if !info.IsDir() {
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(dst, b, info.Mode())
+	}
+	return filepath.WalkDir(src, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
+		}
+		return copyPath(path, filepath.Join(dst, rel))
+	})
+}
