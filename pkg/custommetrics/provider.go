@@ -156,23 +156,29 @@ func (p *Provider) lookup(info provider.CustomMetricInfo) (entry, provider.Custo
 	return e, info, nil
 }
 
+// prepare finds how to serve the request and turns its metric selector
+// into PromQL matchers.
+func (p *Provider) prepare(info provider.CustomMetricInfo, metricSelector labels.Selector) (entry, provider.CustomMetricInfo, []promql.Matcher, error) {
+	e, info, err := p.lookup(info)
+	if err != nil {
+		return entry{}, info, nil, err
+	}
+	ms, err := promql.FromSelector(metricSelector)
+	if err != nil {
+		return entry{}, info, nil, apierrors.NewBadRequest(err.Error())
+	}
+	return e, info, ms, nil
+}
+
 // GetMetricByName implements provider.CustomMetricsProvider: the metric of
 // one object.
 func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedName, info provider.CustomMetricInfo, metricSelector labels.Selector) (*custom_metrics.MetricValue, error) {
-	e, info, err := p.lookup(info)
-	if err != nil {
-		return nil, err
-	}
-	metricMatchers, err := selectorMatchers(metricSelector)
+	e, info, metricMatchers, err := p.prepare(info, metricSelector)
 	if err != nil {
 		return nil, err
 	}
 	if e.viaPods {
-		v, err := p.objectViaPods(ctx, e, info, name.Namespace, name.Name, metricMatchers, metricSelector)
-		if err != nil {
-			return nil, err
-		}
-		return v, nil
+		return p.objectViaPods(ctx, e, info, name.Namespace, name.Name, metricMatchers, metricSelector)
 	}
 	values, err := p.queryObjects(ctx, e, info, name.Namespace, []string{name.Name}, metricMatchers, metricSelector)
 	if err != nil {
@@ -187,11 +193,7 @@ func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedNam
 // GetMetricBySelector implements provider.CustomMetricsProvider: the metric
 // of every object of a resource that selector matches.
 func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, selector labels.Selector, info provider.CustomMetricInfo, metricSelector labels.Selector) (*custom_metrics.MetricValueList, error) {
-	e, info, err := p.lookup(info)
-	if err != nil {
-		return nil, err
-	}
-	metricMatchers, err := selectorMatchers(metricSelector)
+	e, info, metricMatchers, err := p.prepare(info, metricSelector)
 	if err != nil {
 		return nil, err
 	}
@@ -247,15 +249,11 @@ func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, se
 // It returns values for the requested objects that have data, in the order
 // of names.
 func (p *Provider) queryObjects(ctx context.Context, e entry, info provider.CustomMetricInfo, namespace string, names []string, metricMatchers []promql.Matcher, metricSelector labels.Selector) ([]custom_metrics.MetricValue, error) {
-	labelValues := make([]string, len(names))
-	for i, n := range names {
-		labelValues[i] = e.rule.ToLabelValue(n)
-	}
 	var matchers []promql.Matcher
 	if e.namespaced {
 		matchers = append(matchers, promql.Equals(e.namespaceLabel, e.rule.ToLabelValue(namespace)))
 	}
-	matchers = append(matchers, promql.OneOf(e.label, labelValues))
+	matchers = append(matchers, promql.OneOf(e.label, labelValues(e, names)))
 	matchers = append(matchers, metricMatchers...)
 
 	expr, vec, err := p.run(ctx, e, info, matchers, []string{e.label})
@@ -306,13 +304,9 @@ func (p *Provider) objectViaPods(ctx context.Context, e entry, info provider.Cus
 		klog.V(2).InfoS("Object has no pods", "resource", info.GroupResource.String(), "object", klog.KRef(namespace, name), "metric", info.Metric)
 		return nil, notFoundBecause(info, name, "it selects no pods")
 	}
-	podValues := make([]string, len(pods))
-	for i, n := range pods {
-		podValues[i] = e.rule.ToLabelValue(n)
-	}
 	matchers := []promql.Matcher{
 		promql.Equals(e.namespaceLabel, e.rule.ToLabelValue(namespace)),
-		promql.OneOf(e.podLabel, podValues),
+		promql.OneOf(e.podLabel, labelValues(e, pods)),
 	}
 	matchers = append(matchers, metricMatchers...)
 	expr, vec, err := p.run(ctx, e, info, matchers, []string{e.namespaceLabel})
@@ -436,12 +430,13 @@ func labelSelector(sel labels.Selector) *metav1.LabelSelector {
 	return ls
 }
 
-func selectorMatchers(sel labels.Selector) ([]promql.Matcher, error) {
-	ms, err := promql.FromSelector(sel)
-	if err != nil {
-		return nil, apierrors.NewBadRequest(err.Error())
+// labelValues applies the rule's labelValueReplacements to object names.
+func labelValues(e entry, names []string) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = e.rule.ToLabelValue(n)
 	}
-	return ms, nil
+	return out
 }
 
 func windowSeconds(expr string) *int64 {
