@@ -104,3 +104,7 @@ image-adapter: ## Build the adapter image (needs Docker)
 	docker build -f Dockerfile.adapter --build-arg VERSION=$(VERSION) -t $(IMAGE_REPO)/adapter:$(IMAGE_TAG) .
 image-app: ## Build the load app image (needs Docker)
 	docker build -f Dockerfile.app --build-arg VERSION=$(VERSION) -t $(IMAGE_REPO)/app:$(IMAGE_TAG) .
+
+.PHONY: bench
+bench: $(BIN)/prometheus ## Benchmarks against a real Prometheus (BENCH_PODS=10000)
+	go test -run '^$$' -bench . -benchtime 3s -count 1 ./test/bench/... -args -pods=$(or $(BENCH_PODS),10000)
