@@ -44,7 +44,7 @@ e2e: tools build ## End-to-end: real control plane, HPA controller, Prometheus, 
 	go test -count=1 -timeout 40m -v ./test/e2e/... 2>&1 | tee $(CURDIR)/_output/e2e.log
 
 .PHONY: repo
-repo: shellcheck ## Repository checks: manifests and kustomizations, shellcheck, Dockerfile build stages
+repo: shellcheck kubectl ## Repository checks: manifests and kustomizations, shellcheck, Dockerfile build stages
 	go test -count=1 ./test/repo/...
 
 .PHONY: test
@@ -59,13 +59,23 @@ verify-fmt: ## Fail on unformatted Go files
 	@files=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$files" ]; then echo "gofmt needed:"; echo "$$files"; exit 1; fi
 
 .PHONY: tools
-tools: $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/etcd $(BIN)/prometheus ## Build the servers the local stack runs, from pinned modules
+tools: $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/etcd $(BIN)/prometheus kubectl ## Build the servers the local stack runs, from pinned modules
 
 $(BIN)/kube-apiserver $(BIN)/kube-controller-manager &: hack/tools/k8s/go.mod hack/tools/k8s/go.sum
 	@echo ">> building kube-apiserver and kube-controller-manager v$(KUBE_VERSION) (first time: several minutes)"
 	cd hack/tools/k8s && go build -ldflags "$(KUBE_LDFLAGS)" -o $(BIN)/ \
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
 	@touch $(BIN)/kube-apiserver $(BIN)/kube-controller-manager
+
+# kubectl renders and applies the manifests. One on the PATH is used; else
+# it is built from the same pinned module as the control plane.
+.PHONY: kubectl
+kubectl:
+	@command -v kubectl >/dev/null || [ -x $(BIN)/kubectl ] || $(MAKE) --no-print-directory $(BIN)/kubectl
+
+$(BIN)/kubectl: hack/tools/k8s/go.mod hack/tools/k8s/go.sum
+	@echo ">> kubectl is not on the PATH: building it (v$(KUBE_VERSION))"
+	cd hack/tools/k8s && go build -ldflags "$(KUBE_LDFLAGS)" -o $(BIN)/ k8s.io/kubernetes/cmd/kubectl
 
 $(BIN)/etcd: hack/tools/etcd/go.mod hack/tools/etcd/go.sum hack/tools/etcd/main.go
 	@echo ">> building etcd (first time: about a minute)"

@@ -257,6 +257,18 @@ func PrometheusBinary() (string, error) {
 	return Binary("prometheus")
 }
 
+// KubectlBinary finds kubectl: on the PATH, else bin/kubectl (which 'make
+// kubectl' builds when the PATH has none).
+func KubectlBinary() (string, error) {
+	if p, err := exec.LookPath("kubectl"); err == nil {
+		return p, nil
+	}
+	if p, err := Binary("kubectl"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("kubectl not found on the PATH or in bin/: run 'make kubectl'")
+}
+
 // Build compiles a main package of this repository (e.g. "./app") into
 // dir with the flags the Makefile uses, so the build cache is shared.
 func Build(ctx context.Context, dir, pkg, name string) (string, error) {

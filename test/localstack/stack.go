@@ -66,8 +66,8 @@ func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := exec.LookPath("kubectl"); err != nil {
-		return nil, errors.New("kubectl not found on the PATH: the stack applies the manifests with it")
+	if _, err := KubectlBinary(); err != nil {
+		return nil, err
 	}
 	s := &Stack{Root: root}
 	binDir := filepath.Join(opts.Dir, "bin")
@@ -158,7 +158,11 @@ func (s *Stack) Stop() error {
 
 // Kubectl runs kubectl against the stack with the admin kubeconfig.
 func (s *Stack) Kubectl(ctx context.Context, stdin []byte, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig=" + s.AdminKubeconfig}, args...)...)
+	bin, err := KubectlBinary()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, bin, append([]string{"--kubeconfig=" + s.AdminKubeconfig}, args...)...)
 	cmd.Dir = s.Root
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)

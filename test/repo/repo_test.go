@@ -125,14 +125,15 @@ func TestEveryManifestIsInAKustomization(t *testing.T) {
 }
 
 func TestEveryKustomizationRenders(t *testing.T) {
-	if _, err := exec.LookPath("kubectl"); err != nil {
-		t.Fatal("kubectl not on the PATH; it renders the kustomizations")
+	kubectl, err := localstack.KubectlBinary()
+	if err != nil {
+		t.Fatal(err)
 	}
 	for _, dir := range kustomizations(t) {
 		t.Run(dir, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, "kubectl", "kustomize", dir)
+			cmd := exec.CommandContext(ctx, kubectl, "kustomize", dir)
 			cmd.Dir = root(t)
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
