@@ -23,12 +23,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/discovery/cached/memory"
-	"k8s.io/client-go/restmapper"
 	cmclient "k8s.io/metrics/pkg/client/custom_metrics"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/loadgen"
@@ -108,7 +104,7 @@ func run() error {
 	fmt.Printf("== HPA app from manifests/hpa/pods: packets-per-second, target %d per pod (the example says 1k), 1..%d replicas\n",
 		*target, hpa.Spec.MaxReplicas)
 
-	mc := metricsClient(s)
+	mc := s.MetricsClient()
 	fmt.Println("== waiting for the app's first pod and its metrics")
 	if err := wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
 		_, err := mc.NamespacedMetrics("default").GetForObject(schema.GroupKind{Group: "networking.k8s.io", Kind: "Ingress"}, "main-route", "requests-per-second", labels.Everything())
@@ -207,15 +203,8 @@ Prometheus: %s   Logs: %s
 }
 
 func demoHPA(ctx context.Context, s *localstack.Stack, target int64) (*autoscalingv2.HorizontalPodAutoscaler, error) {
-	objs, err := s.Render(ctx, "manifests/hpa/pods")
+	hpa, err := s.RenderHPA(ctx, "manifests/hpa/pods")
 	if err != nil {
-		return nil, err
-	}
-	if len(objs) != 1 {
-		return nil, fmt.Errorf("manifests/hpa/pods renders %d objects, want 1", len(objs))
-	}
-	hpa := &autoscalingv2.HorizontalPodAutoscaler{}
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(objs[0].Object, hpa); err != nil {
 		return nil, err
 	}
 	if len(hpa.Spec.Metrics) != 1 || hpa.Spec.Metrics[0].Pods == nil {
@@ -224,12 +213,6 @@ func demoHPA(ctx context.Context, s *localstack.Stack, target int64) (*autoscali
 	hpa.Spec.Metrics[0].Pods.Target.AverageValue = resource.NewQuantity(target, resource.DecimalSI)
 	hpa.Spec.MaxReplicas = 5
 	return hpa, nil
-}
-
-func metricsClient(s *localstack.Stack) cmclient.CustomMetricsClient {
-	dc := discovery.NewDiscoveryClientForConfigOrDie(s.Admin)
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
-	return cmclient.NewForConfig(s.Admin, mapper, cmclient.NewAvailableAPIsGetter(dc))
 }
 
 type row struct {

@@ -20,13 +20,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/discovery/cached/memory"
-	"k8s.io/client-go/restmapper"
-	cmclient "k8s.io/metrics/pkg/client/custom_metrics"
 	"sigs.k8s.io/yaml"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/loadgen"
@@ -95,13 +91,6 @@ func waitReady(ctx context.Context, n int32, timeout time.Duration) error {
 		return fmt.Errorf("waiting for %d ready replicas of %s (last %d): %w", n, app, last, err)
 	}
 	return nil
-}
-
-func metricsClient(t *testing.T) cmclient.CustomMetricsClient {
-	t.Helper()
-	dc := discovery.NewDiscoveryClientForConfigOrDie(stack.Admin)
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
-	return cmclient.NewForConfig(stack.Admin, mapper, cmclient.NewAvailableAPIsGetter(dc))
 }
 
 // startLoad offers rate req/s spread over the app's Ready pods until the
@@ -200,7 +189,7 @@ func TestServedValuesMatchTheOfferedLoad(t *testing.T) {
 	const rate = 20.0
 	_, stop := startLoad(t, rate)
 	defer stop()
-	mc := metricsClient(t).NamespacedMetrics(ns)
+	mc := stack.MetricsClient().NamespacedMetrics(ns)
 	sel := labels.SelectorFromSet(labels.Set{"app": app})
 	var problem string
 	start := time.Now()
@@ -246,15 +235,8 @@ func TestServedValuesMatchTheOfferedLoad(t *testing.T) {
 // what this machine can drive.
 func hpaFrom(t *testing.T, dir string, edit func(*autoscalingv2.HorizontalPodAutoscaler)) *autoscalingv2.HorizontalPodAutoscaler {
 	t.Helper()
-	objs, err := stack.Render(context.Background(), dir)
+	hpa, err := stack.RenderHPA(context.Background(), dir)
 	if err != nil {
-		t.Fatal(err)
-	}
-	if len(objs) != 1 || objs[0].GetKind() != "HorizontalPodAutoscaler" {
-		t.Fatalf("%s renders %d objects, want one HPA", dir, len(objs))
-	}
-	hpa := &autoscalingv2.HorizontalPodAutoscaler{}
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(objs[0].Object, hpa); err != nil {
 		t.Fatal(err)
 	}
 	edit(hpa)

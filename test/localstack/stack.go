@@ -14,14 +14,20 @@ import (
 	"strings"
 	"time"
 
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/restmapper"
+	cmclient "k8s.io/metrics/pkg/client/custom_metrics"
 	"sigs.k8s.io/yaml"
 )
 
@@ -401,4 +407,28 @@ func (s *Stack) WaitAPIServicesAvailable(ctx context.Context, timeout time.Durat
 		return fmt.Errorf("APIServices not Available: %w (last: %s)", err, last)
 	}
 	return nil
+}
+
+// MetricsClient returns a custom metrics API client for the admin.
+func (s *Stack) MetricsClient() cmclient.CustomMetricsClient {
+	dc := discovery.NewDiscoveryClientForConfigOrDie(s.Admin)
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
+	return cmclient.NewForConfig(s.Admin, mapper, cmclient.NewAvailableAPIsGetter(dc))
+}
+
+// RenderHPA renders a kustomization that holds exactly one HPA, such as
+// manifests/hpa/pods.
+func (s *Stack) RenderHPA(ctx context.Context, dir string) (*autoscalingv2.HorizontalPodAutoscaler, error) {
+	objs, err := s.Render(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	if len(objs) != 1 || objs[0].GetKind() != "HorizontalPodAutoscaler" {
+		return nil, fmt.Errorf("%s renders %d objects, want one HorizontalPodAutoscaler", dir, len(objs))
+	}
+	hpa := &autoscalingv2.HorizontalPodAutoscaler{}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(objs[0].Object, hpa); err != nil {
+		return nil, fmt.Errorf("%s: %w", dir, err)
+	}
+	return hpa, nil
 }
