@@ -62,12 +62,12 @@ type Handler struct {
 
 // NewHandler returns the app's handler: / and /mem (load), /metrics
 // (exposition of reg), /healthz and /readyz. It starts ready.
-func NewHandler(ctx context.Context, m *Metrics, reg prometheus.Gatherer, limits Limits) *Handler {
+func NewHandler(ctx context.Context, m *Metrics, reg *prometheus.Registry, limits Limits) *Handler {
 	h := &Handler{mux: http.NewServeMux(), limits: limits, metrics: m, ctx: ctx}
 	h.ready.Store(true)
 	h.mux.Handle("/{$}", h.instrument("/", http.HandlerFunc(h.cpu)))
 	h.mux.Handle("/mem", h.instrument("/mem", http.HandlerFunc(h.mem)))
-	h.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: promRegistererOrNil(reg)}))
+	h.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = fmt.Fprintln(w, "ok")
 	})
@@ -79,13 +79,6 @@ func NewHandler(ctx context.Context, m *Metrics, reg prometheus.Gatherer, limits
 		_, _ = fmt.Fprintln(w, "ok")
 	})
 	return h
-}
-
-func promRegistererOrNil(g prometheus.Gatherer) prometheus.Registerer {
-	if r, ok := g.(prometheus.Registerer); ok {
-		return r
-	}
-	return nil
 }
 
 // SetReady sets what /readyz answers.

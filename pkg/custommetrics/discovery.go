@@ -16,7 +16,6 @@ import (
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
@@ -260,5 +259,3 @@ func (p *Provider) discoveryError() error {
 	}
 	return errNotDiscovered
 }
-
-var _ promclient.SeriesLister = (*promclient.Client)(nil)

@@ -16,13 +16,13 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
@@ -33,24 +33,6 @@ var (
 	ingresses   = schema.GroupResource{Group: "networking.k8s.io", Resource: "ingresses"}
 	services    = schema.GroupResource{Resource: "services"}
 )
-
-func testMapper() apimeta.RESTMapper {
-	m := apimeta.NewDefaultRESTMapper(nil)
-	add := func(group, version, kind, plural, singular string, scope apimeta.RESTScope) {
-		gv := schema.GroupVersion{Group: group, Version: version}
-		m.AddSpecific(gv.WithKind(kind), gv.WithResource(plural), gv.WithResource(singular), scope)
-	}
-	add("", "v1", "Pod", "pods", "pod", apimeta.RESTScopeNamespace)
-	add("", "v1", "Namespace", "namespaces", "namespace", apimeta.RESTScopeRoot)
-	add("", "v1", "Service", "services", "service", apimeta.RESTScopeNamespace)
-	add("", "v1", "Node", "nodes", "node", apimeta.RESTScopeRoot)
-	add("apps", "v1", "Deployment", "deployments", "deployment", apimeta.RESTScopeNamespace)
-	add("apps", "v1", "ReplicaSet", "replicasets", "replicaset", apimeta.RESTScopeNamespace)
-	add("apps", "v1", "StatefulSet", "statefulsets", "statefulset", apimeta.RESTScopeNamespace)
-	add("apps", "v1", "DaemonSet", "daemonsets", "daemonset", apimeta.RESTScopeNamespace)
-	add("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", apimeta.RESTScopeNamespace)
-	return m
-}
 
 // fakeResolver plays the informer caches.
 type fakeResolver struct {
@@ -210,7 +192,7 @@ func newFixture(t *testing.T, cfgYAML string, timeout time.Duration) *fixture {
 		},
 	}
 	clock := clocktesting.NewFakeClock(time.Unix(1_700_000_000, 0))
-	p := New(Config{Rules: rs, Mapper: testMapper(), Querier: client, Series: client, Resolver: res, Clock: clock})
+	p := New(Config{Rules: rs, Mapper: fakemapper.New(), Querier: client, Series: client, Resolver: res, Clock: clock})
 	return &fixture{p: p, prom: fp, res: res, clock: clock}
 }
 

@@ -12,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -20,15 +19,10 @@ import (
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	metadatafake "k8s.io/client-go/metadata/fake"
 	k8stesting "k8s.io/client-go/testing"
-)
 
-func testMapper() apimeta.RESTMapper {
-	m := apimeta.NewDefaultRESTMapper(nil)
-	m.Add(corev1.SchemeGroupVersion.WithKind("Namespace"), apimeta.RESTScopeRoot)
-	m.Add(corev1.SchemeGroupVersion.WithKind("Pod"), apimeta.RESTScopeNamespace)
-	m.Add(corev1.SchemeGroupVersion.WithKind("ConfigMap"), apimeta.RESTScopeNamespace)
-	return m
-}
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
+)
 
 func meta(apiVersion, kind, namespace, name string, lbls map[string]string) *metav1.PartialObjectMetadata {
 	return &metav1.PartialObjectMetadata{
@@ -67,7 +61,7 @@ func newTestResolver(t *testing.T, typed []runtime.Object, reactors ...func(*kub
 	for _, r := range reactors {
 		r(kube)
 	}
-	r := New(kube, metaClient, testMapper())
+	r := New(kube, metaClient, fakemapper.New())
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	r.Start(ctx)
@@ -240,8 +234,21 @@ func TestForbiddenResourceIsNotSynced(t *testing.T) {
 }
 
 func TestStartIsRequired(t *testing.T) {
-	r := New(kubefake.NewClientset(), metadatafake.NewSimpleMetadataClient(runtime.NewScheme()), testMapper())
+	r := New(kubefake.NewClientset(), metadatafake.NewSimpleMetadataClient(runtime.NewScheme()), fakemapper.New())
 	if _, err := r.PodsFor(context.Background(), DeploymentsGVR.GroupResource(), "shop", "web"); err == nil {
 		t.Error("PodsFor before Start succeeded")
+	}
+}
+
+// The rules file accepts in aggregateFromPods exactly what this package
+// can resolve to pods.
+func TestResolvesEveryPodOwnerTheConfigAccepts(t *testing.T) {
+	if len(config.PodOwnerResources) != len(podOwners) {
+		t.Errorf("config accepts %d pod owners, the resolver knows %d", len(config.PodOwnerResources), len(podOwners))
+	}
+	for _, name := range config.PodOwnerResources {
+		if !CanResolve(schema.ParseGroupResource(name)) {
+			t.Errorf("config accepts %s in aggregateFromPods, but the resolver cannot resolve it to pods", name)
+		}
 	}
 }

@@ -4,26 +4,11 @@ import (
 	"strings"
 	"testing"
 
-	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 )
-
-// testMapper knows the resources these tests use.
-func testMapper() apimeta.RESTMapper {
-	m := apimeta.NewDefaultRESTMapper(nil)
-	add := func(group, version, kind, plural, singular string, scope apimeta.RESTScope) {
-		gv := schema.GroupVersion{Group: group, Version: version}
-		m.AddSpecific(gv.WithKind(kind), gv.WithResource(plural), gv.WithResource(singular), scope)
-	}
-	add("", "v1", "Pod", "pods", "pod", apimeta.RESTScopeNamespace)
-	add("", "v1", "Namespace", "namespaces", "namespace", apimeta.RESTScopeRoot)
-	add("", "v1", "Service", "services", "service", apimeta.RESTScopeNamespace)
-	add("apps", "v1", "Deployment", "deployments", "deployment", apimeta.RESTScopeNamespace)
-	add("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", apimeta.RESTScopeNamespace)
-	return m
-}
 
 func compileOne(t *testing.T, yaml string) *Rule {
 	t.Helper()
@@ -72,7 +57,7 @@ func TestMetricName(t *testing.T) {
 }
 
 func TestLabelResource(t *testing.T) {
-	mapper := testMapper()
+	mapper := fakemapper.New()
 	tests := []struct {
 		name      string
 		resources string

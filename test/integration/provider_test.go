@@ -17,7 +17,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -29,6 +28,7 @@ import (
 	"k8s.io/metrics/pkg/apis/custom_metrics"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/custommetrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/loadgen"
@@ -46,20 +46,6 @@ var (
 	ingresses   = schema.GroupResource{Group: "networking.k8s.io", Resource: "ingresses"}
 	deployments = schema.GroupResource{Group: "apps", Resource: "deployments"}
 )
-
-func mapper() apimeta.RESTMapper {
-	m := apimeta.NewDefaultRESTMapper(nil)
-	m.Add(corev1.SchemeGroupVersion.WithKind("Pod"), apimeta.RESTScopeNamespace)
-	m.Add(corev1.SchemeGroupVersion.WithKind("Namespace"), apimeta.RESTScopeRoot)
-	m.Add(corev1.SchemeGroupVersion.WithKind("Service"), apimeta.RESTScopeNamespace)
-	m.Add(appsv1.SchemeGroupVersion.WithKind("Deployment"), apimeta.RESTScopeNamespace)
-	m.Add(appsv1.SchemeGroupVersion.WithKind("ReplicaSet"), apimeta.RESTScopeNamespace)
-	m.Add(appsv1.SchemeGroupVersion.WithKind("StatefulSet"), apimeta.RESTScopeNamespace)
-	m.Add(appsv1.SchemeGroupVersion.WithKind("DaemonSet"), apimeta.RESTScopeNamespace)
-	m.AddSpecific(networkingv1.SchemeGroupVersion.WithKind("Ingress"), networkingv1.SchemeGroupVersion.WithResource("ingresses"),
-		networkingv1.SchemeGroupVersion.WithResource("ingress"), apimeta.RESTScopeNamespace)
-	return m
-}
 
 func podMeta(name string) *metav1.PartialObjectMetadata {
 	return &metav1.PartialObjectMetadata{
@@ -136,12 +122,12 @@ scrape_configs:
 		&networkingv1.Ingress{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "main-route"},
 			Spec: networkingv1.IngressSpec{DefaultBackend: &networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{Name: "app"}}}},
 	)
-	res := resolver.New(kube, metaClient, mapper())
+	res := resolver.New(kube, metaClient, fakemapper.New())
 	res.Start(ctx)
 	if !res.WaitForPods(ctx) {
 		t.Fatal("pod cache did not sync")
 	}
-	p := custommetrics.New(custommetrics.Config{Rules: compiled, Mapper: mapper(), Querier: client, Series: client, Resolver: res, RelistInterval: time.Second})
+	p := custommetrics.New(custommetrics.Config{Rules: compiled, Mapper: fakemapper.New(), Querier: client, Series: client, Resolver: res, RelistInterval: time.Second})
 	dctx, stopDiscovery := context.WithCancel(ctx)
 	defer stopDiscovery()
 	go p.RunDiscovery(dctx)

@@ -103,17 +103,6 @@ func (k *Kubelet) Run(ctx context.Context) error {
 	return nil
 }
 
-// PodIPs returns the addresses of the pods running now, by pod key.
-func (k *Kubelet) PodIPs() map[string]string {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	out := map[string]string{}
-	for key, p := range k.procs {
-		out[key] = p.ip
-	}
-	return out
-}
-
 func (k *Kubelet) registerNode(ctx context.Context) error {
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: k.NodeName, Labels: map[string]string{"kubernetes.io/hostname": k.NodeName}}}
 	if _, err := k.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {

@@ -182,11 +182,12 @@ func WaitHTTP(ctx context.Context, client *http.Client, url string, timeout time
 	if client == nil {
 		client = &http.Client{Timeout: 2 * time.Second}
 	}
-	var last error
+	var last, exited error
 	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		if p != nil {
-			if exited, perr := p.Exited(); exited {
-				return false, fmt.Errorf("%s exited (%v) before %s answered; last log lines:\n%s", p.Name, perr, url, p.Tail(30))
+			if done, perr := p.Exited(); done {
+				exited = fmt.Errorf("%s exited (%v) before %s answered; last log lines:\n%s", p.Name, perr, url, p.Tail(30))
+				return false, exited
 			}
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -206,7 +207,10 @@ func WaitHTTP(ctx context.Context, client *http.Client, url string, timeout time
 		}
 		return true, nil
 	})
-	if err != nil && last != nil && !strings.Contains(err.Error(), "exited") {
+	if exited != nil {
+		return exited
+	}
+	if err != nil && last != nil {
 		return fmt.Errorf("waiting for %s: %w (last: %v)", url, err, last)
 	}
 	return err

@@ -204,7 +204,7 @@ func scripts(t *testing.T) []string {
 			found = append(found, f)
 			continue
 		}
-		if strings.Contains(f, ".") && filepath.Ext(f) != "" {
+		if filepath.Ext(f) != "" {
 			continue
 		}
 		head, err := os.ReadFile(filepath.Join(root(t), f))
