@@ -2,12 +2,14 @@
 # Gives the adapter a serving certificate the aggregator verifies, on clusters
 # without cert-manager: makes a CA and a certificate for
 # custom-metrics-apiserver.custom-metrics.svc with openssl, stores them in the
-# Secret custom-metrics-apiserver-tls, and puts the CA in the caBundle of the
-# custom.metrics.k8s.io APIServices.
+# Secret custom-metrics-apiserver-tls, and puts the CA in the caBundle of
+# every APIService served by the adapter's Service (custom.metrics.k8s.io,
+# and external.metrics.k8s.io and metrics.k8s.io where installed).
 #
-# Run it after `kubectl apply -k manifests/adapter` (the namespace and the
-# APIServices must exist). It is idempotent: an existing Secret is kept and
-# only the caBundle is refreshed, unless --renew is given.
+# Run it after `kubectl apply -k manifests/adapter` (and the optional
+# manifests/external-metrics, manifests/resource-metrics): the namespace and
+# the APIServices must exist. It is idempotent: an existing Secret is kept
+# and only the caBundle is refreshed, unless --renew is given.
 #
 #   hack/gen-serving-cert.sh [--renew] [--days N]
 set -euo pipefail
@@ -15,7 +17,6 @@ set -euo pipefail
 namespace=custom-metrics
 service=custom-metrics-apiserver
 secret=custom-metrics-apiserver-tls
-apiservices=(v1beta1.custom.metrics.k8s.io v1beta2.custom.metrics.k8s.io)
 days=365
 renew=false
 
@@ -23,7 +24,7 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --renew) renew=true; shift ;;
     --days) days=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -63,7 +64,13 @@ if [[ -z $ca ]]; then
   echo "Secret $namespace/$secret has no ca.crt: rerun with --renew" >&2
   exit 1
 fi
-for a in "${apiservices[@]}"; do
+apiservices=$(kubectl get apiservices -o jsonpath="{range .items[?(@.spec.service.name==\"$service\")]}{.metadata.name}{' '}{.spec.service.namespace}{'\n'}{end}" |
+  awk -v ns="$namespace" '$2 == ns {print $1}')
+if [[ -z $apiservices ]]; then
+  echo "no APIService is served by $namespace/$service: run 'kubectl apply -k manifests/adapter' first" >&2
+  exit 1
+fi
+for a in $apiservices; do
   kubectl patch apiservice "$a" --type=merge -p "{\"spec\":{\"caBundle\":\"$ca\"}}" >/dev/null
   echo ">> caBundle set on APIService $a"
 done

@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 
 	"github.com/spf13/cobra"
 
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
+	openapinamer "k8s.io/apiserver/pkg/endpoints/openapi"
+	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/apiserver/pkg/server/healthz"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
@@ -16,12 +20,21 @@ import (
 	logsapi "k8s.io/component-base/logs/api/v1"
 	"k8s.io/component-base/term"
 	"k8s.io/klog/v2"
+	openapicommon "k8s.io/kube-openapi/pkg/common"
+	cmapiserver "sigs.k8s.io/custom-metrics-apiserver/pkg/apiserver"
 	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
+	generatedcore "sigs.k8s.io/custom-metrics-apiserver/pkg/generated/openapi/core"
+	generatedcustommetrics "sigs.k8s.io/custom-metrics-apiserver/pkg/generated/openapi/custommetrics"
+	generatedexternalmetrics "sigs.k8s.io/custom-metrics-apiserver/pkg/generated/openapi/externalmetrics"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/custommetrics"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/externalmetrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resourcemetrics"
+	resourceopenapi "github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resourcemetrics/openapi"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/version"
 )
@@ -37,13 +50,20 @@ func NewCommand(ctx context.Context) *cobra.Command {
 
 	cmd := &cobra.Command{
 		Use:   "adapter",
-		Short: "Serves the Kubernetes custom metrics API (custom.metrics.k8s.io) from Prometheus",
-		Long: `custom-metrics-adapter serves custom.metrics.k8s.io v1beta1 and v1beta2 from
-Prometheus, so HorizontalPodAutoscalers can scale on Pods and Object metrics.
+		Short: "Serves the Kubernetes metrics APIs (custom, external and resource metrics) from Prometheus",
+		Long: `custom-metrics-adapter serves, from Prometheus, the three metrics APIs the
+HorizontalPodAutoscaler reads:
+
+  custom.metrics.k8s.io v1beta1, v1beta2   Pods and Object metrics (rules)
+  external.metrics.k8s.io v1beta1          External metrics (externalRules)
+  metrics.k8s.io v1beta1                   CPU and memory of pods and nodes,
+                                           for kubectl top and Resource
+                                           metrics (resourceRules)
 
 It reads prometheus-adapter's rules format (--config), discovers the metrics
 those rules describe, and answers each request with one PromQL query for the
-objects it names, resolved from informer caches.
+objects it names, resolved from informer caches. Each API can be turned off
+(--enable-*-metrics=false), for clusters where metrics-server or KEDA serves it.
 
 Run it behind an APIService. Outside a cluster, point --lister-kubeconfig,
 --authentication-kubeconfig and --authorization-kubeconfig at a kubeconfig.`,
@@ -61,14 +81,14 @@ Run it behind an APIService. Outside a cluster, point --lister-kubeconfig,
 			if errs := o.Validate(); len(errs) > 0 {
 				return utilerrors.NewAggregate(errs)
 			}
-			compiled, err := o.loadRules()
+			set, err := o.loadRules()
 			if err != nil {
 				return err
 			}
 			if err := logsapi.ValidateAndApply(logging, nil); err != nil {
 				return fmt.Errorf("logging flags: %w", err)
 			}
-			return o.Run(ctx, base, compiled)
+			return o.Run(ctx, base, set)
 		},
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
@@ -92,9 +112,9 @@ Run it behind an APIService. Outside a cluster, point --lister-kubeconfig,
 	return cmd
 }
 
-// Run builds the provider for the compiled rules and serves until ctx is
-// done.
-func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, compiled []*rules.Rule) error {
+// Run builds the providers of the enabled APIs for the compiled rules and
+// serves until ctx is done.
+func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules.Set) error {
 	promCfg, err := o.PrometheusClientConfig()
 	if err != nil {
 		return err
@@ -120,23 +140,63 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, compiled [
 	if err != nil {
 		return fmt.Errorf("building the REST mapper: %w", err)
 	}
-
 	res := resolver.New(kube, meta, mapper)
-	p := custommetrics.New(custommetrics.Config{
-		Rules:                      compiled,
-		Mapper:                     mapper,
-		Querier:                    prom,
-		Series:                     prom,
-		Resolver:                   res,
-		RelistInterval:             o.MetricsRelistInterval,
-		MaxAge:                     o.MetricsMaxAge,
-		MaxConcurrentObjectQueries: o.MaxConcurrentObjectQueries,
+
+	// One discovery loop lists the series of the custom and external
+	// rules for both providers.
+	var discovered []*rules.Rule
+	var subscribers []func(discovery.Result)
+	var apis []string
+	if o.EnableCustomMetrics {
+		p := custommetrics.New(custommetrics.Config{
+			Rules:                      set.Custom,
+			Mapper:                     mapper,
+			Querier:                    prom,
+			Resolver:                   res,
+			MaxConcurrentObjectQueries: o.MaxConcurrentObjectQueries,
+		})
+		subscribers = append(subscribers, p.Update)
+		discovered = append(discovered, set.Custom...)
+		base.WithCustomMetrics(p)
+		apis = append(apis, "custom.metrics.k8s.io")
+	}
+	if o.EnableExternalMetrics {
+		p := externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: prom})
+		subscribers = append(subscribers, p.Update)
+		discovered = append(discovered, set.External...)
+		base.WithExternalMetrics(p)
+		apis = append(apis, "external.metrics.k8s.io")
+	}
+	disc := discovery.New(discovery.Config{
+		Queries:  seriesQueries(discovered),
+		Lister:   prom,
+		Interval: o.MetricsRelistInterval,
+		MaxAge:   o.MetricsMaxAge,
+		Timeout:  o.DiscoveryTimeout,
 	})
-	base.WithCustomMetrics(p)
+	for _, fn := range subscribers {
+		disc.Subscribe(fn)
+	}
+	if o.EnableResourceMetrics {
+		apis = append(apis, "metrics.k8s.io")
+		if set.Resource == nil {
+			klog.InfoS("The config has no resourceRules: metrics.k8s.io answers every request 503 until they are added")
+		}
+	}
+	if o.DisableHTTP2 {
+		base.SecureServing.DisableHTTP2Serving = true
+	}
+	base.OpenAPIConfig, base.OpenAPIV3Config = openAPIConfigs(o.EnableCustomMetrics, o.EnableExternalMetrics, o.EnableResourceMetrics)
 
 	server, err := base.Server()
 	if err != nil {
 		return fmt.Errorf("creating the API server: %w", err)
+	}
+	if o.EnableResourceMetrics {
+		p := resourcemetrics.New(resourcemetrics.Config{Rules: set.Resource, Querier: prom, Objects: res})
+		if err := resourcemetrics.Install(server.GenericAPIServer, p); err != nil {
+			return fmt.Errorf("installing metrics.k8s.io: %w", err)
+		}
 	}
 	if err := server.GenericAPIServer.AddReadyzChecks(healthz.NamedCheck("pod-cache", func(*http.Request) error {
 		if !res.HasSynced() {
@@ -148,8 +208,8 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, compiled [
 	}
 
 	res.Start(ctx)
-	go p.RunDiscovery(ctx)
-	klog.InfoS("Starting", "version", version.Get(), "prometheus", o.PrometheusURL, "verb", o.PrometheusVerb, "timeout", o.PrometheusTimeout)
+	go disc.Run(ctx)
+	klog.InfoS("Starting", "version", version.Get(), "apis", apis, "prometheus", o.PrometheusURL, "verb", o.PrometheusVerb, "timeout", o.PrometheusTimeout)
 	if err := server.GenericAPIServer.PrepareRun().RunWithContext(ctx); err != nil {
 		return fmt.Errorf("serving: %w", err)
 	}
@@ -157,8 +217,47 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, compiled [
 	return nil
 }
 
+func seriesQueries(rs []*rules.Rule) []string {
+	var out []string
+	for _, r := range rs {
+		if !slices.Contains(out, r.SeriesQuery()) {
+			out = append(out, r.SeriesQuery())
+		}
+	}
+	return out
+}
+
+// openAPIConfigs returns the OpenAPI v2 and v3 configurations for the
+// enabled APIs: custom-metrics-apiserver's definitions, plus those of
+// metrics.k8s.io when the resource metrics API is served.
+func openAPIConfigs(custom, external, resource bool) (*openapicommon.Config, *openapicommon.OpenAPIV3Config) {
+	getters := []openapicommon.GetOpenAPIDefinitions{generatedcore.GetOpenAPIDefinitions}
+	if custom {
+		getters = append(getters, generatedcustommetrics.GetOpenAPIDefinitions)
+	}
+	if external {
+		getters = append(getters, generatedexternalmetrics.GetOpenAPIDefinitions)
+	}
+	if resource {
+		getters = append(getters, resourceopenapi.GetOpenAPIDefinitions)
+	}
+	defs := func(ref openapicommon.ReferenceCallback) map[string]openapicommon.OpenAPIDefinition {
+		out := map[string]openapicommon.OpenAPIDefinition{}
+		for _, get := range getters {
+			maps.Copy(out, get(ref))
+		}
+		return out
+	}
+	namer := openapinamer.NewDefinitionNamer(cmapiserver.Scheme, resourcemetrics.Scheme)
+	v2 := genericapiserver.DefaultOpenAPIConfig(defs, namer)
+	v2.Info.Title, v2.Info.Version = Name, version.Get()
+	v3 := genericapiserver.DefaultOpenAPIV3Config(defs, namer)
+	v3.Info.Title, v3.Info.Version = Name, version.Get()
+	return v2, v3
+}
+
 // loadRules reads --config (or the built-in rules) and compiles them.
-func (o *Options) loadRules() ([]*rules.Rule, error) {
+func (o *Options) loadRules() (*rules.Set, error) {
 	var cfg *config.Config
 	var warnings []string
 	var err error
@@ -175,10 +274,16 @@ func (o *Options) loadRules() ([]*rules.Rule, error) {
 	for _, w := range warnings {
 		klog.InfoS("Config warning", "warning", w)
 	}
-	compiled, err := rules.Compile(cfg.Rules)
+	set, err := rules.CompileSet(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", source, err)
 	}
-	klog.InfoS("Loaded rules", "source", source, "rules", len(compiled))
-	return compiled, nil
+	if !o.EnableExternalMetrics && len(set.External) > 0 {
+		klog.InfoS("Config warning", "warning", fmt.Sprintf("%s: externalRules are not served: --enable-external-metrics=false", source))
+	}
+	if !o.EnableResourceMetrics && set.Resource != nil {
+		klog.InfoS("Config warning", "warning", fmt.Sprintf("%s: resourceRules are not served: --enable-resource-metrics=false", source))
+	}
+	klog.InfoS("Loaded rules", "source", source, "rules", len(set.Custom), "externalRules", len(set.External), "resourceRules", set.Resource != nil)
+	return set, nil
 }

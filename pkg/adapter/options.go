@@ -40,7 +40,12 @@ type Options struct {
 	PrometheusAuthInCluster    bool
 	MetricsRelistInterval      time.Duration
 	MetricsMaxAge              time.Duration
+	DiscoveryTimeout           time.Duration
 	MaxConcurrentObjectQueries int
+	EnableCustomMetrics        bool
+	EnableExternalMetrics      bool
+	EnableResourceMetrics      bool
+	DisableHTTP2               bool
 	PrintDefaultConfig         bool
 	PrintVersion               bool
 }
@@ -52,11 +57,16 @@ func NewOptions() *Options {
 		PrometheusVerb:             http.MethodPost,
 		PrometheusTimeout:          5 * time.Second,
 		MetricsRelistInterval:      time.Minute,
+		DiscoveryTimeout:           30 * time.Second,
 		MaxConcurrentObjectQueries: 8,
+		EnableCustomMetrics:        true,
+		EnableExternalMetrics:      true,
+		EnableResourceMetrics:      true,
 	}
 }
 
-// AddFlags registers the Prometheus flags on prom and the rest on rules.
+// AddFlags registers the Prometheus flags on prom, the metrics APIs' flags
+// on rules and the rest on general.
 func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 	prom.StringVar(&o.PrometheusURL, "prometheus-url", o.PrometheusURL,
 		"Base URL of the Prometheus HTTP API (http or https).")
@@ -82,14 +92,24 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 		"Reach Prometheus with the pod's service account credentials (prometheus-adapter compatible). Excludes --prometheus-auth-config.")
 
 	rules.StringVar(&o.ConfigFile, "config", o.ConfigFile,
-		"Rules file in prometheus-adapter's format. Empty: the built-in rules, which serve requests-per-second and packets-per-second from app_requests_total (see --print-default-config).")
+		"Rules file in prometheus-adapter's format (rules, externalRules, resourceRules). Empty: the built-in rules (see --print-default-config): requests-per-second and packets-per-second from app_requests_total, the external metric app_requests_per_second, and CPU and memory from cAdvisor.")
+	rules.BoolVar(&o.EnableCustomMetrics, "enable-custom-metrics", o.EnableCustomMetrics,
+		"Serve custom.metrics.k8s.io (v1beta1, v1beta2) from the config's rules.")
+	rules.BoolVar(&o.EnableExternalMetrics, "enable-external-metrics", o.EnableExternalMetrics,
+		"Serve external.metrics.k8s.io (v1beta1) from the config's externalRules. Turn it off where another adapter (KEDA) serves that API.")
+	rules.BoolVar(&o.EnableResourceMetrics, "enable-resource-metrics", o.EnableResourceMetrics,
+		"Serve metrics.k8s.io (v1beta1: pod and node CPU and memory, for kubectl top and Resource-metric HPAs) from the config's resourceRules. Turn it off where metrics-server serves that API.")
 	rules.DurationVar(&o.MetricsRelistInterval, "metrics-relist-interval", o.MetricsRelistInterval,
 		"How often to rediscover the available metrics from Prometheus.")
 	rules.DurationVar(&o.MetricsMaxAge, "metrics-max-age", o.MetricsMaxAge,
 		"How far back discovery looks for series. Defaults to --metrics-relist-interval; may not be shorter.")
+	rules.DurationVar(&o.DiscoveryTimeout, "discovery-timeout", o.DiscoveryTimeout,
+		"Deadline for one round of series listings (every distinct seriesQuery). Listing series is slower than a query on large Prometheus servers.")
 	rules.IntVar(&o.MaxConcurrentObjectQueries, "max-concurrent-object-queries", o.MaxConcurrentObjectQueries,
 		"For a label-selector request over objects served through their pods (e.g. deployments.apps/*), how many objects are queried at once.")
 
+	general.BoolVar(&o.DisableHTTP2, "disable-http2", false,
+		"Serve HTTP/1.1 only (prometheus-adapter's flag; the same as --disable-http2-serving).")
 	general.BoolVar(&o.PrintDefaultConfig, "print-default-config", false, "Print the built-in rules file and exit.")
 	general.BoolVar(&o.PrintVersion, "version", false, "Print the version and exit.")
 }
@@ -130,6 +150,12 @@ func (o *Options) Validate() []error {
 	}
 	if o.MetricsMaxAge != 0 && o.MetricsMaxAge < o.MetricsRelistInterval {
 		errs = append(errs, fmt.Errorf("--metrics-max-age (%v) must not be shorter than --metrics-relist-interval (%v), or metrics would drop out between listings", o.MetricsMaxAge, o.MetricsRelistInterval))
+	}
+	if o.DiscoveryTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--discovery-timeout must be positive, got %v", o.DiscoveryTimeout))
+	}
+	if !o.EnableCustomMetrics && !o.EnableExternalMetrics && !o.EnableResourceMetrics {
+		errs = append(errs, fmt.Errorf("--enable-custom-metrics, --enable-external-metrics and --enable-resource-metrics are all false: the adapter would serve nothing"))
 	}
 	if o.MaxConcurrentObjectQueries < 1 {
 		errs = append(errs, fmt.Errorf("--max-concurrent-object-queries must be at least 1, got %d", o.MaxConcurrentObjectQueries))

@@ -1,11 +1,17 @@
 // Package config reads the adapter's rules file.
 //
 // The file format is prometheus-adapter's, so an existing prometheus-adapter
-// configuration can be used unchanged: rules[] with seriesQuery,
-// seriesFilters, resources (overrides, template), name (matches, as),
-// metricsQuery and labelValueReplacements. resourceRules and externalRules
-// are accepted so such files load, but this adapter serves only the custom
-// metrics API and ignores them (Load reports them as warnings).
+// configuration can be used unchanged. It has three sections, one per
+// metrics API:
+//
+//   - rules (custom.metrics.k8s.io): seriesQuery, seriesFilters, resources
+//     (overrides, template), name (matches, as), metricsQuery and
+//     labelValueReplacements;
+//   - externalRules (external.metrics.k8s.io): the same fields, plus
+//     resources.namespaced (default true: the HPA's namespace becomes a
+//     matcher on the rule's namespace label);
+//   - resourceRules (metrics.k8s.io): cpu and memory, each with
+//     containerQuery, nodeQuery, resources and containerLabel, and window.
 //
 // The one addition, resources.aggregateFromPods, is optional: it lets a rule
 // whose series carry only pod and namespace labels serve objects that own or
@@ -32,6 +38,8 @@ import (
 
 	"github.com/prometheus/common/model"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 )
 
 // Config is the whole rules file.
@@ -39,11 +47,11 @@ type Config struct {
 	// Rules map Prometheus series to custom metrics. They are applied
 	// independently, so they should not overlap.
 	Rules []Rule `yaml:"rules"`
-	// ResourceRules is prometheus-adapter's resource metrics API
-	// (metrics.k8s.io) section. It is parsed and ignored.
+	// ResourceRules serve the resource metrics API (metrics.k8s.io): the
+	// CPU and memory of pods and nodes.
 	ResourceRules *ResourceRules `yaml:"resourceRules,omitempty"`
-	// ExternalRules is prometheus-adapter's external metrics API section. It
-	// is parsed and ignored.
+	// ExternalRules map Prometheus series to external metrics
+	// (external.metrics.k8s.io), which name no Kubernetes object.
 	ExternalRules []Rule `yaml:"externalRules,omitempty"`
 }
 
@@ -88,7 +96,14 @@ type ResourceMapping struct {
 	// to prometheus-adapter's format and needs series with pod and
 	// namespace labels.
 	AggregateFromPods []string `yaml:"aggregateFromPods,omitempty"`
+	// Namespaced applies to externalRules only. When true (the default),
+	// a request's namespace becomes a matcher on the label that maps to
+	// namespaces; false queries across namespaces.
+	Namespaced *bool `yaml:"namespaced,omitempty"`
 }
+
+// IsNamespaced reports resources.namespaced, defaulting to true.
+func (m ResourceMapping) IsNamespaced() bool { return m.Namespaced == nil || *m.Namespaced }
 
 // GroupResource names a Kubernetes group-resource. Resource may be singular
 // or plural; the adapter normalises it against the cluster's discovery.
@@ -114,20 +129,30 @@ type LabelValueReplacement struct {
 	Replace string `yaml:"replace,omitempty"`
 }
 
-// ResourceRules is prometheus-adapter's resource metrics section, kept so
-// that such files parse. This adapter does not serve metrics.k8s.io.
+// ResourceRules describe how the CPU and memory of pods and nodes are read
+// from Prometheus for the resource metrics API.
 type ResourceRules struct {
-	CPU    ResourceRule   `yaml:"cpu"`
-	Memory ResourceRule   `yaml:"memory"`
-	Window model.Duration `yaml:"window"`
+	CPU    ResourceRule `yaml:"cpu"`
+	Memory ResourceRule `yaml:"memory"`
+	// Window is the period CPU usage is averaged over, reported with every
+	// value. When unset it is the range of cpu.containerQuery ("[1m]").
+	Window model.Duration `yaml:"window,omitempty"`
 }
 
-// ResourceRule is one entry of ResourceRules.
+// ResourceRule reads one resource (CPU in cores, memory in bytes).
 type ResourceRule struct {
-	ContainerQuery string          `yaml:"containerQuery"`
-	NodeQuery      string          `yaml:"nodeQuery"`
-	Resources      ResourceMapping `yaml:"resources"`
-	ContainerLabel string          `yaml:"containerLabel"`
+	// ContainerQuery renders the usage of the containers of the requested
+	// pods, one series per container. .LabelMatchers selects the pods (and
+	// their namespace), .GroupBy holds the pod, namespace and container
+	// labels.
+	ContainerQuery string `yaml:"containerQuery"`
+	// NodeQuery renders the usage of the requested nodes, one series per
+	// node. .GroupBy holds the node label.
+	NodeQuery string `yaml:"nodeQuery"`
+	// Resources maps the series' labels to pods, namespaces and nodes.
+	Resources ResourceMapping `yaml:"resources"`
+	// ContainerLabel is the series label holding the container name.
+	ContainerLabel string `yaml:"containerLabel"`
 }
 
 //go:embed default.yaml
@@ -187,19 +212,19 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 	for i := range c.Rules {
 		v.rule("rules", i, &c.Rules[i])
 	}
+	for i := range c.ExternalRules {
+		v.rule("externalRules", i, &c.ExternalRules[i])
+	}
+	if c.ResourceRules != nil {
+		v.resourceRules(c.ResourceRules)
+	}
 	if len(v.errs) > 0 {
 		return nil, nil, errors.Join(v.errs...)
 	}
 
 	var warnings []string
-	if len(c.Rules) == 0 {
-		warnings = append(warnings, fmt.Sprintf("%s: no rules: the adapter will serve no custom metrics", source))
-	}
-	if c.ResourceRules != nil {
-		warnings = append(warnings, fmt.Sprintf("%s: resourceRules are ignored: this adapter serves custom.metrics.k8s.io only; use metrics-server for CPU and memory", source))
-	}
-	if len(c.ExternalRules) > 0 {
-		warnings = append(warnings, fmt.Sprintf("%s: externalRules are ignored: this adapter does not serve external.metrics.k8s.io", source))
+	if len(c.Rules) == 0 && len(c.ExternalRules) == 0 && c.ResourceRules == nil {
+		warnings = append(warnings, fmt.Sprintf("%s: no rules, externalRules or resourceRules: the adapter will serve no metrics", source))
 	}
 	return &c, warnings, nil
 }
@@ -272,11 +297,44 @@ type validator struct {
 	errs   []error
 }
 
+// fail records a problem with section[i].field; i < 0 means section is a
+// mapping (resourceRules) and field a path inside it.
 func (v *validator) fail(section string, i int, field string, format string, args ...any) {
 	line := lineOf(v.doc, section, i, field)
 	where := fmt.Sprintf("%s:%d", v.source, line)
 	msg := fmt.Sprintf(format, args...)
-	v.errs = append(v.errs, fmt.Errorf("%s: %s[%d].%s: %s", where, section, i, field, msg))
+	path := fmt.Sprintf("%s[%d].%s", section, i, field)
+	if i < 0 {
+		path = section + "." + field
+	}
+	v.errs = append(v.errs, fmt.Errorf("%s: %s: %s", where, path, msg))
+}
+
+// queryTemplate checks that a metricsQuery-like template parses and renders
+// with sample data, and returns the rendered sample.
+func (v *validator) queryTemplate(section string, i int, field, text, example string) (string, bool) {
+	if strings.TrimSpace(text) == "" {
+		v.fail(section, i, field, "is required (e.g. '%s')", example)
+		return "", false
+	}
+	t, err := ParseQueryTemplate(text)
+	if err != nil {
+		v.fail(section, i, field, "invalid template: %v", err)
+		return "", false
+	}
+	sample := QueryData{
+		Series:            "series",
+		LabelMatchers:     `namespace="ns",pod=~"a|b"`,
+		LabelValuesByName: map[string]string{"namespace": "ns", "pod": "a|b"},
+		GroupBy:           "pod",
+		GroupBySlice:      []string{"pod"},
+	}
+	var b strings.Builder
+	if err := t.Execute(&b, sample); err != nil {
+		v.fail(section, i, field, "template cannot be rendered: %v", err)
+		return "", false
+	}
+	return b.String(), true
 }
 
 func (v *validator) rule(section string, i int, r *Rule) {
@@ -305,47 +363,17 @@ func (v *validator) rule(section string, i int, r *Rule) {
 		v.fail(section, i, "name.as", "%v", err)
 	}
 
-	if strings.TrimSpace(r.MetricsQuery) == "" {
-		v.fail(section, i, "metricsQuery", "is required (e.g. 'sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)')")
-	} else if t, err := ParseQueryTemplate(r.MetricsQuery); err != nil {
-		v.fail(section, i, "metricsQuery", "invalid template: %v", err)
-	} else {
-		sample := QueryData{
-			Series:            "series",
-			LabelMatchers:     `namespace="ns",pod=~"a|b"`,
-			LabelValuesByName: map[string]string{"namespace": "ns", "pod": "a|b"},
-			GroupBy:           "pod",
-			GroupBySlice:      []string{"pod"},
-		}
-		if err := t.Execute(&strings.Builder{}, sample); err != nil {
-			v.fail(section, i, "metricsQuery", "template cannot be rendered: %v", err)
-		}
-	}
+	v.queryTemplate(section, i, "metricsQuery", r.MetricsQuery, "sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)")
+	v.resourceMapping(section, i, "resources", r.Resources)
 
-	if r.Resources.Template != "" {
-		t, err := ParseResourceTemplate(r.Resources.Template)
-		if err != nil {
-			v.fail(section, i, "resources.template", "invalid template: %v", err)
-		} else if err := t.Execute(&strings.Builder{}, ResourceTemplateData{Group: "apps", Resource: "deployment"}); err != nil {
-			v.fail(section, i, "resources.template", "template cannot be rendered: %v", err)
-		} else if !strings.Contains(r.Resources.Template, ".Resource") {
-			v.fail(section, i, "resources.template", "must use <<.Resource>>, or every label would map to the same resource")
-		}
-	}
-	labels := make([]string, 0, len(r.Resources.Overrides))
-	for label := range r.Resources.Overrides {
-		labels = append(labels, label)
-	}
-	sort.Strings(labels)
-	for _, label := range labels {
-		gr := r.Resources.Overrides[label]
-		field := "resources.overrides." + label
-		if !model.LabelName(label).IsValidLegacy() {
-			v.fail(section, i, field, "%q is not a valid Prometheus label name", label)
-		}
-		if gr.Resource == "" {
-			v.fail(section, i, field, "resource is required")
-		}
+	external := section == "externalRules"
+	switch {
+	case !external && r.Resources.Namespaced != nil:
+		v.fail(section, i, "resources.namespaced", "only externalRules take namespaced; a custom metric's scope is its resource's")
+	case external && len(r.Resources.AggregateFromPods) > 0:
+		v.fail(section, i, "resources.aggregateFromPods", "externalRules name no objects; aggregateFromPods belongs in rules")
+	case external && r.Resources.IsNamespaced() && r.Resources.Template == "" && !overridesResource(r.Resources.Overrides, "namespace"):
+		v.fail(section, i, "resources", "a namespaced external rule needs the label that holds the namespace: add overrides: {namespace: {resource: namespace}} (or a template), or set namespaced: false to query across namespaces")
 	}
 	seen := map[string]bool{}
 	for j, name := range r.Resources.AggregateFromPods {
@@ -368,6 +396,82 @@ func (v *validator) rule(section string, i int, r *Rule) {
 	for j, rep := range r.LabelValueReplacements {
 		if rep.Find == "" {
 			v.fail(section, i, fmt.Sprintf("labelValueReplacements[%d].find", j), "is required")
+		}
+	}
+}
+
+// resourceMapping checks resources.template and resources.overrides.
+func (v *validator) resourceMapping(section string, i int, field string, m ResourceMapping) {
+	if m.Template != "" {
+		t, err := ParseResourceTemplate(m.Template)
+		if err != nil {
+			v.fail(section, i, field+".template", "invalid template: %v", err)
+		} else if err := t.Execute(&strings.Builder{}, ResourceTemplateData{Group: "apps", Resource: "deployment"}); err != nil {
+			v.fail(section, i, field+".template", "template cannot be rendered: %v", err)
+		} else if !strings.Contains(m.Template, ".Resource") {
+			v.fail(section, i, field+".template", "must use <<.Resource>>, or every label would map to the same resource")
+		}
+	}
+	labels := make([]string, 0, len(m.Overrides))
+	for label := range m.Overrides {
+		labels = append(labels, label)
+	}
+	sort.Strings(labels)
+	for _, label := range labels {
+		gr := m.Overrides[label]
+		f := field + ".overrides." + label
+		if !model.LabelName(label).IsValidLegacy() {
+			v.fail(section, i, f, "%q is not a valid Prometheus label name", label)
+		}
+		if gr.Resource == "" {
+			v.fail(section, i, f, "resource is required")
+		}
+	}
+}
+
+// resourceRules checks the resource metrics section.
+func (v *validator) resourceRules(rr *ResourceRules) {
+	const section = "resourceRules"
+	var cpuSample string
+	for _, res := range []struct {
+		name string
+		rule ResourceRule
+	}{{"cpu", rr.CPU}, {"memory", rr.Memory}} {
+		r := res.rule
+		if reflect.ValueOf(r).IsZero() {
+			v.fail(section, -1, res.name, "is required: resourceRules serve both cpu and memory")
+			continue
+		}
+		sample, _ := v.queryTemplate(section, -1, res.name+".containerQuery", r.ContainerQuery,
+			"sum by (<<.GroupBy>>) (rate(container_cpu_usage_seconds_total{container!=\"\",<<.LabelMatchers>>}[1m]))")
+		if res.name == "cpu" {
+			cpuSample = sample
+		}
+		v.queryTemplate(section, -1, res.name+".nodeQuery", r.NodeQuery,
+			"sum by (<<.GroupBy>>) (rate(container_cpu_usage_seconds_total{id=\"/\",<<.LabelMatchers>>}[1m]))")
+		v.resourceMapping(section, -1, res.name+".resources", r.Resources)
+		if r.Resources.Namespaced != nil || len(r.Resources.AggregateFromPods) > 0 {
+			v.fail(section, -1, res.name+".resources", "takes only overrides and template")
+		}
+		if r.Resources.Template == "" {
+			for _, want := range []string{"pod", "namespace", "node"} {
+				if !overridesResource(r.Resources.Overrides, want) {
+					v.fail(section, -1, res.name+".resources.overrides", "no label maps to %ss: add %s: {resource: %s} (with the label your series use), or a template", want, want, want)
+				}
+			}
+		}
+		switch {
+		case r.ContainerLabel == "":
+			v.fail(section, -1, res.name+".containerLabel", "is required: the label holding the container name (cAdvisor's is container)")
+		case !model.LabelName(r.ContainerLabel).IsValidLegacy():
+			v.fail(section, -1, res.name+".containerLabel", "%q is not a valid Prometheus label name", r.ContainerLabel)
+		}
+	}
+	if rr.Window < 0 {
+		v.fail(section, -1, "window", "must be positive, got %s", rr.Window)
+	} else if rr.Window == 0 && cpuSample != "" {
+		if _, ok := promql.Window(cpuSample); !ok {
+			v.fail(section, -1, "window", "is not set and cpu.containerQuery has no range ([1m]) to take it from")
 		}
 	}
 }
@@ -418,11 +522,14 @@ func lineOf(doc *yaml.Node, section string, i int, field string) int {
 	if n == nil {
 		return doc.Line
 	}
-	if n.Kind != yaml.SequenceNode || i >= len(n.Content) {
-		return n.Line
+	line := mapKey(doc, section).Line
+	if i >= 0 {
+		if n.Kind != yaml.SequenceNode || i >= len(n.Content) {
+			return n.Line
+		}
+		n = n.Content[i]
+		line = n.Line
 	}
-	n = n.Content[i]
-	line := n.Line
 	path := strings.Split(field, ".")
 	for _, p := range path {
 		name, idx, hasIdx := strings.Cut(strings.TrimSuffix(p, "]"), "[")

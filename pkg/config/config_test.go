@@ -86,6 +86,10 @@ externalRules:
     overrides:
       namespace: {resource: namespace}
   metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+- seriesQuery: '{__name__="queue_depth",topic!=""}'
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (topic)
+  resources:
+    namespaced: false
 `
 
 func TestParseAcceptsPrometheusAdapterConfig(t *testing.T) {
@@ -105,14 +109,19 @@ func TestParseAcceptsPrometheusAdapterConfig(t *testing.T) {
 	if got := c.Rules[1].LabelValueReplacements; len(got) != 1 || got[0].Find != "#" {
 		t.Errorf("rules[1].labelValueReplacements = %+v", got)
 	}
-	wantWarnings := []string{"resourceRules are ignored", "externalRules are ignored"}
-	if len(warnings) != len(wantWarnings) {
-		t.Fatalf("warnings = %q, want %d", warnings, len(wantWarnings))
+	if len(warnings) != 0 {
+		t.Errorf("warnings = %q, want none", warnings)
 	}
-	for i, w := range wantWarnings {
-		if !strings.Contains(warnings[i], w) || !strings.HasPrefix(warnings[i], "pa.yaml: ") {
-			t.Errorf("warning %d = %q, want it to name the file and say %q", i, warnings[i], w)
-		}
+	if len(c.ExternalRules) != 2 {
+		t.Fatalf("got %d externalRules, want 2", len(c.ExternalRules))
+	}
+	if !c.ExternalRules[0].Resources.IsNamespaced() || c.ExternalRules[1].Resources.IsNamespaced() {
+		t.Errorf("externalRules namespaced = %v, %v; want the default (true), then false",
+			c.ExternalRules[0].Resources.IsNamespaced(), c.ExternalRules[1].Resources.IsNamespaced())
+	}
+	rr := c.ResourceRules
+	if rr == nil || rr.CPU.ContainerLabel != "container" || rr.Memory.NodeQuery == "" || rr.Window.String() != "3m" {
+		t.Errorf("resourceRules = %+v", rr)
 	}
 }
 
@@ -248,6 +257,41 @@ func TestParseRejects(t *testing.T) {
 			name: "rejects a label value replacement without find",
 			yaml: "rules:\n- seriesQuery: x\n  labelValueReplacements:\n  - {replace: x}\n" + good,
 			want: []string{"rules[0].labelValueReplacements[0].find: is required"},
+		},
+		{
+			name: "rejects namespaced in a custom rule",
+			yaml: "rules:\n- seriesQuery: x\n  metricsQuery: y\n  resources:\n    namespaced: false\n",
+			want: []string{"cfg.yaml:5", "rules[0].resources.namespaced: only externalRules take namespaced"},
+		},
+		{
+			name: "rejects aggregateFromPods in an external rule",
+			yaml: "externalRules:\n- seriesQuery: x\n  metricsQuery: y\n  resources:\n    namespaced: false\n    aggregateFromPods: [deployments.apps]\n",
+			want: []string{"cfg.yaml:6", "externalRules[0].resources.aggregateFromPods", "belongs in rules"},
+		},
+		{
+			name: "rejects a namespaced external rule without a namespace label",
+			yaml: "externalRules:\n- seriesQuery: x\n  metricsQuery: y\n",
+			want: []string{"cfg.yaml:2", "externalRules[0].resources", "namespace: {resource: namespace}", "namespaced: false"},
+		},
+		{
+			name: "rejects resourceRules without memory",
+			yaml: "resourceRules:\n  cpu:\n    containerQuery: sum(rate(c{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)\n    nodeQuery: sum(rate(n{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)\n    resources: {overrides: {pod: {resource: pod}, namespace: {resource: namespace}, node: {resource: node}}}\n    containerLabel: container\n",
+			want: []string{"cfg.yaml:1", "resourceRules.memory: is required"},
+		},
+		{
+			name: "rejects a resource rule that maps no label to nodes, or names no container label",
+			yaml: "resourceRules:\n  cpu:\n    containerQuery: sum(rate(c{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)\n    nodeQuery: n\n    resources: {overrides: {pod: {resource: pod}, namespace: {resource: namespace}}}\n  memory:\n    containerQuery: c\n    nodeQuery: n\n    resources: {template: <<.Resource>>}\n    containerLabel: 'a-b'\n",
+			want: []string{"cfg.yaml:5", "resourceRules.cpu.resources.overrides: no label maps to nodes", "resourceRules.cpu.containerLabel: is required", "cfg.yaml:10", `resourceRules.memory.containerLabel: "a-b" is not a valid Prometheus label name`},
+		},
+		{
+			name: "rejects resourceRules without a window and a CPU query without a range",
+			yaml: "resourceRules:\n  cpu:\n    containerQuery: sum(c{<<.LabelMatchers>>}) by (<<.GroupBy>>)\n    nodeQuery: n\n    resources: {template: <<.Resource>>}\n    containerLabel: container\n  memory:\n    containerQuery: m\n    nodeQuery: n\n    resources: {template: <<.Resource>>}\n    containerLabel: container\n",
+			want: []string{"resourceRules.window: is not set and cpu.containerQuery has no range"},
+		},
+		{
+			name: "rejects a resource query that is not a valid template",
+			yaml: "resourceRules:\n  cpu:\n    containerQuery: 'sum(<<.LabelMatchers)'\n    nodeQuery: n\n    resources: {template: <<.Resource>>}\n    containerLabel: container\n  memory:\n    containerQuery: m\n    nodeQuery: n\n    resources: {template: <<.Resource>>}\n    containerLabel: container\n  window: 1m\n",
+			want: []string{"cfg.yaml:3", "resourceRules.cpu.containerQuery: invalid template"},
 		},
 	}
 	for _, tc := range tests {

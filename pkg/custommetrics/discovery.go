@@ -1,7 +1,6 @@
 package custommetrics
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -16,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
@@ -46,6 +46,8 @@ type index struct {
 	entries map[metricKey]entry
 	list    []provider.CustomMetricInfo
 	built   time.Time
+	// pending names the rules whose series were never listed, and why.
+	pending error
 }
 
 // buildIndex maps the series each rule discovered to served metrics.
@@ -166,47 +168,37 @@ func (idx *index) add(k metricKey, e entry) {
 		if prev.rule != e.rule || prev.series != e.series {
 			klog.V(2).InfoS("Metric defined twice; keeping the first definition",
 				"metric", k.metric, "resource", k.resource.String(),
-				"kept", fmt.Sprintf("rules[%d] series %s", prev.rule.Index, prev.series),
-				"ignored", fmt.Sprintf("rules[%d] series %s", e.rule.Index, e.series))
+				"kept", fmt.Sprintf("%s series %s", prev.rule, prev.series),
+				"ignored", fmt.Sprintf("%s series %s", e.rule, e.series))
 		}
 		return
 	}
 	idx.entries[k] = e
 }
 
-// errNotDiscovered is returned for requests before the first discovery.
-var errNotDiscovered = errors.New("metric discovery has not completed yet")
-
-// relist lists the series of every distinct seriesQuery and swaps in the
-// new index. On failure the previous index stays in use.
-func (p *Provider) relist(ctx context.Context) error {
-	now := p.clock.Now()
-	start := now.Add(-p.maxAge)
-	byQuery := map[string][]model.LabelSet{}
-	var errs []error
-	for _, r := range p.rules {
-		q := r.SeriesQuery()
-		if _, done := byQuery[q]; done {
+// Update builds the index of served metrics from a discovery round. Rules
+// whose seriesQuery has never been listed serve nothing yet; lookups of
+// unknown metrics say so (503) instead of answering 404.
+func (p *Provider) Update(r discovery.Result) {
+	idx := buildIndex(p.rules, r.Series, p.mapper, r.Time)
+	var pending []error
+	for _, rule := range p.rules {
+		if _, listed := r.Series[rule.SeriesQuery()]; listed {
 			continue
 		}
-		sets, err := p.series.Series(ctx, []string{q}, start, now)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("rules[%d]: %w", r.Index, err))
-			continue
+		err := r.Failed[rule.SeriesQuery()]
+		if err == nil {
+			err = errors.New("not listed yet")
 		}
-		byQuery[q] = sets
+		pending = append(pending, fmt.Errorf("%s: %w", rule, err))
 	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
-	idx := buildIndex(p.rules, byQuery, p.mapper, now)
+	idx.pending = errors.Join(pending...)
 	old := p.index.Swap(idx)
 	if old == nil || len(old.list) != len(idx.list) {
-		klog.InfoS("Discovered metrics", "count", len(idx.list), "metrics", summarize(idx.list))
+		klog.InfoS("Discovered custom metrics", "count", len(idx.list), "metrics", summarize(idx.list))
 	} else {
-		klog.V(4).InfoS("Discovered metrics", "count", len(idx.list))
+		klog.V(4).InfoS("Discovered custom metrics", "count", len(idx.list))
 	}
-	return nil
 }
 
 func summarize(list []provider.CustomMetricInfo) string {
@@ -223,39 +215,4 @@ func summarize(list []provider.CustomMetricInfo) string {
 		b.WriteString(m.GroupResource.String() + "/" + m.Metric)
 	}
 	return b.String()
-}
-
-// RunDiscovery lists metrics every relist interval until ctx is done.
-// Until the first listing succeeds it retries sooner, backing off from one
-// second up to the relist interval.
-func (p *Provider) RunDiscovery(ctx context.Context) {
-	backoff := time.Second
-	for {
-		delay := p.relistInterval
-		if err := p.relist(ctx); err != nil {
-			p.lastErr.Store(&err)
-			klog.ErrorS(err, "Failed to discover metrics; keeping the previous list")
-			if p.index.Load() == nil {
-				delay = min(backoff, p.relistInterval)
-				backoff *= 2
-			}
-		} else {
-			p.lastErr.Store(nil)
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// discoveryError explains why no index exists yet.
-func (p *Provider) discoveryError() error {
-	if e := p.lastErr.Load(); e != nil {
-		return fmt.Errorf("%w: last attempt: %w", errNotDiscovered, *e)
-	}
-	return errNotDiscovered
 }

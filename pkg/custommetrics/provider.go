@@ -17,11 +17,9 @@ package custommetrics
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,14 +36,12 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	"k8s.io/metrics/pkg/apis/custom_metrics"
-	"k8s.io/utils/clock"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/values"
 )
 
 // ObjectResolver finds the objects a request names. *resolver.Resolver
@@ -67,13 +63,7 @@ type Config struct {
 	Rules    []*rules.Rule
 	Mapper   apimeta.RESTMapper
 	Querier  promclient.Querier
-	Series   promclient.SeriesLister
 	Resolver ObjectResolver
-	Clock    clock.PassiveClock
-	// RelistInterval is how often metrics are rediscovered.
-	RelistInterval time.Duration
-	// MaxAge is how far back discovery looks for series.
-	MaxAge time.Duration
 	// MaxConcurrentObjectQueries bounds the queries one selector request
 	// over pod-resolved objects runs at once.
 	MaxConcurrentObjectQueries int
@@ -81,43 +71,26 @@ type Config struct {
 
 // Provider serves custom metrics from Prometheus.
 type Provider struct {
-	rules          []*rules.Rule
-	mapper         apimeta.RESTMapper
-	prom           promclient.Querier
-	series         promclient.SeriesLister
-	resolver       ObjectResolver
-	clock          clock.PassiveClock
-	relistInterval time.Duration
-	maxAge         time.Duration
-	objectQueries  int
+	rules         []*rules.Rule
+	mapper        apimeta.RESTMapper
+	prom          promclient.Querier
+	resolver      ObjectResolver
+	objectQueries int
 
-	index   atomic.Pointer[index]
-	lastErr atomic.Pointer[error]
+	index atomic.Pointer[index]
 }
 
 var _ provider.CustomMetricsProvider = (*Provider)(nil)
 
-// New returns a Provider. Call RunDiscovery to fill its metric list.
+// New returns a Provider. It serves nothing until Update hands it the
+// first discovery round.
 func New(cfg Config) *Provider {
 	p := &Provider{
-		rules:          cfg.Rules,
-		mapper:         cfg.Mapper,
-		prom:           cfg.Querier,
-		series:         cfg.Series,
-		resolver:       cfg.Resolver,
-		clock:          cfg.Clock,
-		relistInterval: cfg.RelistInterval,
-		maxAge:         cfg.MaxAge,
-		objectQueries:  cfg.MaxConcurrentObjectQueries,
-	}
-	if p.clock == nil {
-		p.clock = clock.RealClock{}
-	}
-	if p.relistInterval <= 0 {
-		p.relistInterval = time.Minute
-	}
-	if p.maxAge < p.relistInterval {
-		p.maxAge = p.relistInterval
+		rules:         cfg.Rules,
+		mapper:        cfg.Mapper,
+		prom:          cfg.Querier,
+		resolver:      cfg.Resolver,
+		objectQueries: cfg.MaxConcurrentObjectQueries,
 	}
 	if p.objectQueries <= 0 {
 		p.objectQueries = 8
@@ -125,7 +98,7 @@ func New(cfg Config) *Provider {
 	return p
 }
 
-// Discovered reports whether metric discovery has succeeded at least once.
+// Discovered reports whether a discovery round has been received.
 func (p *Provider) Discovered() bool { return p.index.Load() != nil }
 
 // ListAllMetrics implements provider.CustomMetricsProvider. It returns the
@@ -142,7 +115,7 @@ func (p *Provider) ListAllMetrics() []provider.CustomMetricInfo {
 func (p *Provider) lookup(info provider.CustomMetricInfo) (entry, provider.CustomMetricInfo, error) {
 	idx := p.index.Load()
 	if idx == nil {
-		return entry{}, info, apierrors.NewServiceUnavailable(p.discoveryError().Error())
+		return entry{}, info, apierrors.NewServiceUnavailable("metric discovery has not completed yet")
 	}
 	if normalized, _, err := info.Normalized(p.mapper); err == nil {
 		info = normalized
@@ -151,6 +124,10 @@ func (p *Provider) lookup(info provider.CustomMetricInfo) (entry, provider.Custo
 	}
 	e, ok := idx.entries[metricKey{info.GroupResource, info.Metric}]
 	if !ok || e.namespaced != info.Namespaced {
+		if idx.pending != nil {
+			return entry{}, info, apierrors.NewServiceUnavailable(fmt.Sprintf(
+				"metric %s for %s is not known, and some rules could not list their series yet: %v", info.Metric, info.GroupResource, idx.pending))
+		}
 		return entry{}, info, provider.NewMetricNotFoundError(info.GroupResource, info.Metric)
 	}
 	return e, info, nil
@@ -204,7 +181,7 @@ func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, se
 		names, err = p.resolver.ObjectsMatching(ctx, info.GroupResource, namespace, selector)
 	}
 	if err != nil {
-		return nil, resolveError(err, info)
+		return nil, values.ResolveError(err, info.GroupResource.String())
 	}
 	list := &custom_metrics.MetricValueList{Items: []custom_metrics.MetricValue{}}
 	if len(names) == 0 {
@@ -274,7 +251,7 @@ func (p *Provider) queryObjects(ctx context.Context, e entry, info provider.Cust
 		}
 		byName[name] = s
 	}
-	window := windowSeconds(expr)
+	window := values.WindowSeconds(expr)
 	kind, apiVersion := p.kindFor(info.GroupResource)
 	out := make([]custom_metrics.MetricValue, 0, len(names))
 	for _, n := range names {
@@ -282,7 +259,7 @@ func (p *Provider) queryObjects(ctx context.Context, e entry, info provider.Cust
 		if !ok {
 			continue
 		}
-		q, ok := quantity(float64(s.Value))
+		q, ok := values.Quantity(float64(s.Value))
 		if !ok {
 			klog.V(2).InfoS("Dropping a sample that is not a finite number", "expr", expr, "object", n, "value", s.Value)
 			continue
@@ -298,7 +275,7 @@ func (p *Provider) queryObjects(ctx context.Context, e entry, info provider.Cust
 func (p *Provider) objectViaPods(ctx context.Context, e entry, info provider.CustomMetricInfo, namespace, name string, metricMatchers []promql.Matcher, metricSelector labels.Selector) (*custom_metrics.MetricValue, error) {
 	pods, err := p.resolver.PodsFor(ctx, info.GroupResource, namespace, name)
 	if err != nil {
-		return nil, resolveError(err, info)
+		return nil, values.ResolveError(err, info.GroupResource.String())
 	}
 	if len(pods) == 0 {
 		klog.V(2).InfoS("Object has no pods", "resource", info.GroupResource.String(), "object", klog.KRef(namespace, name), "metric", info.Metric)
@@ -329,39 +306,25 @@ func (p *Provider) objectViaPods(ctx context.Context, e entry, info provider.Cus
 	if n == 0 {
 		return nil, notFoundBecause(info, name, fmt.Sprintf("Prometheus has no data for its %d pods", len(pods)))
 	}
-	q, ok := quantity(sum)
+	q, ok := values.Quantity(sum)
 	if !ok {
 		return nil, notFoundBecause(info, name, "the sum of its pods' values is not a finite number")
 	}
 	kind, apiVersion := p.kindFor(info.GroupResource)
-	v := p.value(info, kind, apiVersion, namespace, name, ts, windowSeconds(expr), q, metricSelector)
+	v := p.value(info, kind, apiVersion, namespace, name, ts, values.WindowSeconds(expr), q, metricSelector)
 	return &v, nil
 }
 
 // run renders the rule's query and runs it.
 func (p *Provider) run(ctx context.Context, e entry, info provider.CustomMetricInfo, matchers []promql.Matcher, groupBy []string) (string, model.Vector, error) {
-	valuesByName := map[string]string{}
-	for _, m := range matchers {
-		if m.Op == promql.Equal || m.Op == promql.RegexpEq {
-			if _, dup := valuesByName[m.Name]; !dup {
-				valuesByName[m.Name] = m.Value
-			}
-		}
-	}
-	expr, err := e.rule.Render(config.QueryData{
-		Series:            e.series,
-		LabelMatchers:     promql.Join(matchers),
-		LabelValuesByName: valuesByName,
-		GroupBy:           strings.Join(groupBy, ","),
-		GroupBySlice:      groupBy,
-	})
+	expr, err := e.rule.Render(e.series, matchers, groupBy)
 	if err != nil {
 		return "", nil, apierrors.NewInternalError(err)
 	}
 	start := time.Now()
 	vec, err := p.prom.Query(ctx, expr)
 	if err != nil {
-		return expr, nil, queryError(err, info, e)
+		return expr, nil, values.QueryError(err, fmt.Sprintf("metric %s for %s", info.Metric, info.GroupResource), e.rule.String())
 	}
 	klog.V(4).InfoS("Query done", "metric", info.Metric, "resource", info.GroupResource.String(),
 		"series", len(vec), "duration", time.Since(start), "expr", expr)
@@ -439,67 +402,9 @@ func labelValues(e entry, names []string) []string {
 	return out
 }
 
-func windowSeconds(expr string) *int64 {
-	d, ok := promql.Window(expr)
-	if !ok {
-		return nil
-	}
-	s := int64(d / time.Second)
-	return &s
-}
-
-// quantity converts a sample value to a Quantity, and reports false for
-// NaN, infinities and values too large to represent. Values of 1 and more
-// keep milli precision (what the HPA computes with: 8.98207 is "8982m");
-// smaller values keep nano precision, so a slow rate is not rounded to zero
-// (0.0005 is "500u").
-func quantity(v float64) (resource.Quantity, bool) {
-	if math.IsNaN(v) || math.IsInf(v, 0) {
-		return resource.Quantity{}, false
-	}
-	switch a := math.Abs(v); {
-	case a < 1:
-		return *resource.NewScaledQuantity(int64(math.Round(v*1e9)), resource.Nano), true
-	case a < 9e15:
-		return *resource.NewMilliQuantity(int64(math.Round(v*1e3)), resource.DecimalSI), true
-	case a < 9e18:
-		return *resource.NewQuantity(int64(math.Round(v)), resource.DecimalSI), true
-	default:
-		return resource.Quantity{}, false
-	}
-}
-
 // notFoundBecause is a 404 naming the metric, the object and why.
 func notFoundBecause(info provider.CustomMetricInfo, name, why string) error {
 	err := provider.NewMetricNotFoundForError(info.GroupResource, info.Metric, name)
 	err.ErrStatus.Message += ": " + why
 	return err
-}
-
-// queryError turns a Prometheus failure into a StatusError naming it.
-func queryError(err error, info provider.CustomMetricInfo, e entry) error {
-	msg := fmt.Sprintf("unable to fetch metric %s for %s: %v", info.Metric, info.GroupResource, err)
-	switch promclient.Classify(err) {
-	case promclient.Timeout:
-		return apierrors.NewTimeoutError(msg, 0)
-	case promclient.BadQuery:
-		return apierrors.NewInternalError(fmt.Errorf("rules[%d] renders a query Prometheus rejects: %w", e.rule.Index, err))
-	case promclient.Canceled:
-		return err
-	default:
-		return apierrors.NewServiceUnavailable(msg)
-	}
-}
-
-// resolveError turns a resolver failure into a StatusError.
-func resolveError(err error, info provider.CustomMetricInfo) error {
-	var status apierrors.APIStatus
-	if errors.As(err, &status) {
-		return err
-	}
-	var notSynced *resolver.NotSyncedError
-	if errors.As(err, &notSynced) {
-		return apierrors.NewServiceUnavailable(err.Error())
-	}
-	return apierrors.NewInternalError(fmt.Errorf("resolving %s: %w", info.GroupResource, err))
 }

@@ -2,14 +2,10 @@ package custommetrics
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"math"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,7 +19,9 @@ import (
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakeprom"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
@@ -68,74 +66,6 @@ func (f *fakeResolver) PodsFor(_ context.Context, gr schema.GroupResource, names
 	return pods, nil
 }
 
-type sample struct {
-	labels map[string]string
-	value  string
-	ts     float64
-}
-
-// fakeProm plays Prometheus' HTTP API: /api/v1/series answers with series,
-// /api/v1/query with the vector for the query text, or with an error.
-type fakeProm struct {
-	t      *testing.T
-	mu     sync.Mutex
-	series []map[string]string
-	vecs   map[string][]sample
-	fail   func(w http.ResponseWriter) bool
-	delay  time.Duration
-	// queries records every query text received.
-	queries []string
-}
-
-func (f *fakeProm) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if err := r.ParseForm(); err != nil {
-		f.t.Errorf("fake Prometheus: %v", err)
-	}
-	if f.delay > 0 {
-		select {
-		case <-time.After(f.delay):
-		case <-r.Context().Done():
-			return
-		}
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.fail != nil && f.fail(w) {
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	switch r.URL.Path {
-	case "/api/v1/series":
-		writeJSON(f.t, w, map[string]any{"status": "success", "data": f.series})
-	case "/api/v1/query":
-		q := r.Form.Get("query")
-		f.queries = append(f.queries, q)
-		vec, ok := f.vecs[q]
-		if !ok {
-			vec = []sample{}
-		}
-		result := make([]map[string]any, 0, len(vec))
-		for _, s := range vec {
-			result = append(result, map[string]any{"metric": s.labels, "value": []any{s.ts, s.value}})
-		}
-		writeJSON(f.t, w, map[string]any{"status": "success", "data": map[string]any{"resultType": "vector", "result": result}})
-	default:
-		http.NotFound(w, r)
-	}
-}
-
-func (f *fakeProm) received() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.queries)
-}
-
-func writeJSON(t *testing.T, w http.ResponseWriter, v any) {
-	if err := json.NewEncoder(w).Encode(v); err != nil {
-		t.Errorf("fake Prometheus: %v", err)
-	}
-}
-
 var appSeries = []map[string]string{
 	{"__name__": "app_requests_total", "namespace": "default", "pod": "app-a", "endpoint": "/"},
 	{"__name__": "app_requests_total", "namespace": "default", "pod": "app-b", "endpoint": "/"},
@@ -144,8 +74,9 @@ var appSeries = []map[string]string{
 
 type fixture struct {
 	p     *Provider
-	prom  *fakeProm
+	prom  *fakeprom.Server
 	res   *fakeResolver
+	disc  *discovery.Discoverer
 	clock *clocktesting.FakeClock
 }
 
@@ -161,14 +92,12 @@ func newFixture(t *testing.T, cfgYAML string, timeout time.Duration) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs, err := rules.Compile(cfg.Rules)
+	rs, err := rules.Compile("rules", cfg.Rules)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fp := &fakeProm{t: t, series: appSeries, vecs: map[string][]sample{}}
-	srv := httptest.NewServer(fp)
-	t.Cleanup(srv.Close)
-	client, err := promclient.New(promclient.Config{URL: srv.URL, Timeout: timeout})
+	fp := fakeprom.New(t, appSeries)
+	client, err := promclient.New(promclient.Config{URL: fp.URL, Timeout: timeout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,14 +121,20 @@ func newFixture(t *testing.T, cfgYAML string, timeout time.Duration) *fixture {
 		},
 	}
 	clock := clocktesting.NewFakeClock(time.Unix(1_700_000_000, 0))
-	p := New(Config{Rules: rs, Mapper: fakemapper.New(), Querier: client, Series: client, Resolver: res, Clock: clock})
-	return &fixture{p: p, prom: fp, res: res, clock: clock}
+	p := New(Config{Rules: rs, Mapper: fakemapper.New(), Querier: client, Resolver: res})
+	var queries []string
+	for _, r := range rs {
+		queries = append(queries, r.SeriesQuery())
+	}
+	d := discovery.New(discovery.Config{Queries: queries, Lister: client, Clock: clock})
+	d.Subscribe(p.Update)
+	return &fixture{p: p, prom: fp, res: res, disc: d, clock: clock}
 }
 
 func (f *fixture) discover(t *testing.T) {
 	t.Helper()
-	if err := f.p.relist(context.Background()); err != nil {
-		t.Fatalf("relist: %v", err)
+	if r := f.disc.Relist(context.Background()); len(r.Failed) > 0 {
+		t.Fatalf("discovery failed: %v", r.Failed)
 	}
 }
 
@@ -241,7 +176,7 @@ rules:
   name: {matches: "^(.*)_total$", as: "${1}_per_second"}
   metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)
 `, time.Second)
-	f.prom.series = []map[string]string{
+	f.prom.Series = []map[string]string{
 		{"__name__": "http_requests_total", "namespace": "shop", "service": "cart", "node": "n1", "code": "200"},
 		{"__name__": "http_request_duration_seconds_bucket", "namespace": "shop", "service": "cart"},
 		{"__name__": "http_inflight", "namespace": "shop", "service": "cart"},
@@ -263,23 +198,36 @@ rules:
 
 func TestRequestsBeforeDiscoveryAreUnavailable(t *testing.T) {
 	f := newFixture(t, "", time.Second)
-	f.prom.fail = func(w http.ResponseWriter) bool {
+	_, err := f.p.GetMetricBySelector(context.Background(), "default", labels.Everything(), podsInfo("requests-per-second"), labels.Everything())
+	if !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "metric discovery has not completed") {
+		t.Fatalf("error before any discovery = %v, want 503 saying discovery has not completed", err)
+	}
+
+	f.prom.Fail = func(w http.ResponseWriter) bool {
 		http.Error(w, "down for maintenance", http.StatusBadGateway)
 		return true
 	}
-	err := f.p.relist(context.Background())
-	if err == nil {
-		t.Fatal("relist succeeded against a failing Prometheus")
+	if r := f.disc.Relist(context.Background()); len(r.Failed) == 0 {
+		t.Fatal("discovery succeeded against a failing Prometheus")
 	}
-	f.p.lastErr.Store(&err)
 	_, err = f.p.GetMetricBySelector(context.Background(), "default", labels.Everything(), podsInfo("requests-per-second"), labels.Everything())
 	if !apierrors.IsServiceUnavailable(err) {
 		t.Fatalf("error = %v, want 503", err)
 	}
-	for _, want := range []string{"metric discovery has not completed", "502"} {
+	for _, want := range []string{"some rules could not list their series", "rules[0]", "rules[1]", "502"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
+	}
+
+	f.prom.Fail = nil
+	f.discover(t)
+	if _, err := f.p.GetMetricBySelector(context.Background(), "default", labels.Everything(), podsInfo("requests-per-second"), labels.Everything()); err != nil {
+		t.Errorf("after a successful discovery: %v", err)
+	}
+	_, err = f.p.GetMetricBySelector(context.Background(), "default", labels.Everything(), podsInfo("no-such-metric"), labels.Everything())
+	if !apierrors.IsNotFound(err) {
+		t.Errorf("unknown metric once every rule listed: %v, want 404", err)
 	}
 }
 
@@ -291,18 +239,18 @@ func TestGetMetricBySelectorForPods(t *testing.T) {
 	f := newFixture(t, "", time.Second)
 	f.discover(t)
 	const want = `sum(rate(app_requests_total{namespace="default",pod=~"app-a|app-b|app-c"}[1m])) by (pod)`
-	f.prom.vecs[want] = []sample{
-		{labels: map[string]string{"pod": "app-a"}, value: "1.5", ts: 1700000000.5},
-		{labels: map[string]string{"pod": "app-b"}, value: "0.0005", ts: 1700000000.5},
-		{labels: map[string]string{"pod": "app-c"}, value: "NaN", ts: 1700000000.5},
-		{labels: map[string]string{"pod": "stranger"}, value: "7", ts: 1700000000.5},
+	f.prom.Vecs[want] = []fakeprom.Sample{
+		{Labels: map[string]string{"pod": "app-a"}, Value: "1.5", TS: 1700000000.5},
+		{Labels: map[string]string{"pod": "app-b"}, Value: "0.0005", TS: 1700000000.5},
+		{Labels: map[string]string{"pod": "app-c"}, Value: "NaN", TS: 1700000000.5},
+		{Labels: map[string]string{"pod": "stranger"}, Value: "7", TS: 1700000000.5},
 	}
 	sel := labels.SelectorFromSet(labels.Set{"app": "app"})
 	list, err := f.p.GetMetricBySelector(context.Background(), "default", sel, podsInfo("requests-per-second"), labels.Everything())
 	if err != nil {
 		t.Fatalf("GetMetricBySelector: %v", err)
 	}
-	if d := cmp.Diff([]string{want}, f.prom.received()); d != "" {
+	if d := cmp.Diff([]string{want}, f.prom.Received()); d != "" {
 		t.Errorf("queries (-want +got):\n%s", d)
 	}
 	type item struct {
@@ -338,7 +286,7 @@ func TestGetMetricBySelectorWithNoMatchingPodsIsEmpty(t *testing.T) {
 	if len(list.Items) != 0 {
 		t.Errorf("items = %v, want none", list.Items)
 	}
-	if q := f.prom.received(); len(q) != 0 {
+	if q := f.prom.Received(); len(q) != 0 {
 		t.Errorf("queried Prometheus without pods: %q", q)
 	}
 }
@@ -351,12 +299,12 @@ func TestMetricSelectorBecomesMatchers(t *testing.T) {
 		t.Fatal(err)
 	}
 	const want = `sum(rate(app_requests_total{namespace="default",pod="other-1",code!="500",endpoint=~"cpu|mem"}[1m])) by (pod)`
-	f.prom.vecs[want] = []sample{{labels: map[string]string{"pod": "other-1"}, value: "2", ts: 1}}
+	f.prom.Vecs[want] = []fakeprom.Sample{{Labels: map[string]string{"pod": "other-1"}, Value: "2", TS: 1}}
 	list, err := f.p.GetMetricBySelector(context.Background(), "default", labels.SelectorFromSet(labels.Set{"app": "other"}), podsInfo("requests-per-second"), metricSel)
 	if err != nil {
 		t.Fatalf("GetMetricBySelector: %v", err)
 	}
-	if d := cmp.Diff([]string{want}, f.prom.received()); d != "" {
+	if d := cmp.Diff([]string{want}, f.prom.Received()); d != "" {
 		t.Errorf("queries (-want +got):\n%s", d)
 	}
 	if len(list.Items) != 1 || list.Items[0].Metric.Selector == nil || len(list.Items[0].Metric.Selector.MatchExpressions) != 2 {
@@ -381,7 +329,7 @@ func TestGetMetricByNameForPod(t *testing.T) {
 	f := newFixture(t, "", time.Second)
 	f.discover(t)
 	const want = `sum(rate(app_requests_total{namespace="default",pod="app-a"}[1m])) by (pod)`
-	f.prom.vecs[want] = []sample{{labels: map[string]string{"pod": "app-a"}, value: "12.25", ts: 1700000001}}
+	f.prom.Vecs[want] = []fakeprom.Sample{{Labels: map[string]string{"pod": "app-a"}, Value: "12.25", TS: 1700000001}}
 	v, err := f.p.GetMetricByName(context.Background(), types.NamespacedName{Namespace: "default", Name: "app-a"}, podsInfo("packets-per-second"), labels.Everything())
 	if err != nil {
 		t.Fatalf("GetMetricByName: %v", err)
@@ -400,7 +348,7 @@ func TestGetMetricByNameForNamespace(t *testing.T) {
 	f := newFixture(t, "", time.Second)
 	f.discover(t)
 	const want = `sum(rate(app_requests_total{namespace="default"}[1m])) by (namespace)`
-	f.prom.vecs[want] = []sample{{labels: map[string]string{"namespace": "default"}, value: "40", ts: 1}}
+	f.prom.Vecs[want] = []fakeprom.Sample{{Labels: map[string]string{"namespace": "default"}, Value: "40", TS: 1}}
 	info := provider.CustomMetricInfo{GroupResource: rules.Namespaces, Metric: "requests-per-second"}
 	v, err := f.p.GetMetricByName(context.Background(), types.NamespacedName{Name: "default"}, info, labels.Everything())
 	if err != nil {
@@ -417,7 +365,7 @@ func TestGetMetricByNameThroughPods(t *testing.T) {
 		resource schema.GroupResource
 		object   string
 		query    string
-		samples  []sample
+		samples  []fakeprom.Sample
 		want     string
 		kind     string
 		version  string
@@ -427,24 +375,24 @@ func TestGetMetricByNameThroughPods(t *testing.T) {
 			name:     "sums an Ingress's backend pods",
 			resource: ingresses, object: "main-route",
 			query:   `sum(rate(app_requests_total{namespace="default",pod=~"app-a|app-b"}[1m])) by (namespace)`,
-			samples: []sample{{labels: map[string]string{"namespace": "default"}, value: "2500.5", ts: 5}},
+			samples: []fakeprom.Sample{{Labels: map[string]string{"namespace": "default"}, Value: "2500.5", TS: 5}},
 			want:    "2500500m", kind: "Ingress", version: "networking.k8s.io/v1",
 		},
 		{
 			name:     "serves a Deployment from its pods",
 			resource: deployments, object: "app",
 			query:   `sum(rate(app_requests_total{namespace="default",pod=~"app-a|app-b|app-c"}[1m])) by (namespace)`,
-			samples: []sample{{labels: map[string]string{"namespace": "default"}, value: "3", ts: 5}},
+			samples: []fakeprom.Sample{{Labels: map[string]string{"namespace": "default"}, Value: "3", TS: 5}},
 			want:    "3", kind: "Deployment", version: "apps/v1",
 		},
 		{
 			name:     "adds up series a query leaves apart",
 			resource: services, object: "app",
 			query: `sum(rate(app_requests_total{namespace="default",pod=~"app-a|app-b|app-c"}[1m])) by (namespace)`,
-			samples: []sample{
-				{labels: map[string]string{"namespace": "default", "endpoint": "/"}, value: "1", ts: 5},
-				{labels: map[string]string{"namespace": "default", "endpoint": "/mem"}, value: "0.5", ts: 6},
-				{labels: map[string]string{"namespace": "default", "endpoint": "/x"}, value: "+Inf", ts: 6},
+			samples: []fakeprom.Sample{
+				{Labels: map[string]string{"namespace": "default", "endpoint": "/"}, Value: "1", TS: 5},
+				{Labels: map[string]string{"namespace": "default", "endpoint": "/mem"}, Value: "0.5", TS: 6},
+				{Labels: map[string]string{"namespace": "default", "endpoint": "/x"}, Value: "+Inf", TS: 6},
 			},
 			want: "1500m", kind: "Service", version: "v1",
 		},
@@ -468,7 +416,7 @@ func TestGetMetricByNameThroughPods(t *testing.T) {
 			name:     "is 404 when every value is NaN",
 			resource: deployments, object: "other",
 			query:   `sum(rate(app_requests_total{namespace="default",pod="other-1"}[1m])) by (namespace)`,
-			samples: []sample{{labels: map[string]string{"namespace": "default"}, value: "NaN", ts: 5}},
+			samples: []fakeprom.Sample{{Labels: map[string]string{"namespace": "default"}, Value: "NaN", TS: 5}},
 			wantErr: "no data",
 		},
 	}
@@ -477,7 +425,7 @@ func TestGetMetricByNameThroughPods(t *testing.T) {
 			f := newFixture(t, "", time.Second)
 			f.discover(t)
 			if tc.query != "" {
-				f.prom.vecs[tc.query] = tc.samples
+				f.prom.Vecs[tc.query] = tc.samples
 			}
 			info := provider.CustomMetricInfo{GroupResource: tc.resource, Namespaced: true, Metric: "requests-per-second"}
 			v, err := f.p.GetMetricByName(context.Background(), types.NamespacedName{Namespace: "default", Name: tc.object}, info, labels.Everything())
@@ -490,7 +438,7 @@ func TestGetMetricByNameThroughPods(t *testing.T) {
 			if err != nil {
 				t.Fatalf("GetMetricByName: %v", err)
 			}
-			if d := cmp.Diff([]string{tc.query}, f.prom.received()); d != "" {
+			if d := cmp.Diff([]string{tc.query}, f.prom.Received()); d != "" {
 				t.Errorf("queries (-want +got):\n%s", d)
 			}
 			if v.Value.String() != tc.want {
@@ -509,8 +457,8 @@ func TestGetMetricByNameThroughPods(t *testing.T) {
 func TestGetMetricBySelectorThroughPods(t *testing.T) {
 	f := newFixture(t, "", time.Second)
 	f.discover(t)
-	f.prom.vecs[`sum(rate(app_requests_total{namespace="default",pod=~"app-a|app-b|app-c"}[1m])) by (namespace)`] =
-		[]sample{{labels: map[string]string{"namespace": "default"}, value: "9", ts: 5}}
+	f.prom.Vecs[`sum(rate(app_requests_total{namespace="default",pod=~"app-a|app-b|app-c"}[1m])) by (namespace)`] =
+		[]fakeprom.Sample{{Labels: map[string]string{"namespace": "default"}, Value: "9", TS: 5}}
 	info := provider.CustomMetricInfo{GroupResource: deployments, Namespaced: true, Metric: "requests-per-second"}
 	list, err := f.p.GetMetricBySelector(context.Background(), "default", labels.Everything(), info, labels.Everything())
 	if err != nil {
@@ -520,7 +468,7 @@ func TestGetMetricBySelectorThroughPods(t *testing.T) {
 	if len(list.Items) != 1 || list.Items[0].DescribedObject.Name != "app" || list.Items[0].Value.String() != "9" {
 		t.Errorf("items = %+v, want app=9 only", list.Items)
 	}
-	if got := len(f.prom.received()); got != 2 {
+	if got := len(f.prom.Received()); got != 2 {
 		t.Errorf("sent %d queries, want 2 (one per object with pods)", got)
 	}
 }
@@ -549,8 +497,8 @@ func TestUnknownMetricIsNotFound(t *testing.T) {
 func TestSingularResourceInRequestIsNormalised(t *testing.T) {
 	f := newFixture(t, "", time.Second)
 	f.discover(t)
-	f.prom.vecs[`sum(rate(app_requests_total{namespace="default",pod=~"app-a|app-b"}[1m])) by (namespace)`] =
-		[]sample{{labels: map[string]string{"namespace": "default"}, value: "1", ts: 5}}
+	f.prom.Vecs[`sum(rate(app_requests_total{namespace="default",pod=~"app-a|app-b"}[1m])) by (namespace)`] =
+		[]fakeprom.Sample{{Labels: map[string]string{"namespace": "default"}, Value: "1", TS: 5}}
 	info := provider.CustomMetricInfo{GroupResource: schema.GroupResource{Group: "networking.k8s.io", Resource: "ingress"}, Namespaced: true, Metric: "requests-per-second"}
 	if _, err := f.p.GetMetricByName(context.Background(), types.NamespacedName{Namespace: "default", Name: "main-route"}, info, labels.Everything()); err != nil {
 		t.Errorf("GetMetricByName(ingress.networking.k8s.io): %v", err)
@@ -607,7 +555,7 @@ func TestPrometheusFailures(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, "", 200*time.Millisecond)
 			f.discover(t)
-			f.prom.fail, f.prom.delay = tc.fail, tc.delay
+			f.prom.Fail, f.prom.Delay = tc.fail, tc.delay
 			_, err := f.p.GetMetricBySelector(context.Background(), "default", labels.SelectorFromSet(labels.Set{"app": "app"}), podsInfo("requests-per-second"), labels.Everything())
 			if err == nil || !tc.check(err) {
 				t.Fatalf("error = %v (%T)", err, err)
@@ -635,74 +583,18 @@ func TestPrometheusUnreachableIsUnavailable(t *testing.T) {
 	}
 }
 
-func TestRelistKeepsPreviousIndexOnFailure(t *testing.T) {
+func TestFailedRelistKeepsTheMetrics(t *testing.T) {
 	f := newFixture(t, "", time.Second)
 	f.discover(t)
 	before := len(f.p.ListAllMetrics())
-	f.prom.fail = func(w http.ResponseWriter) bool {
+	f.prom.Fail = func(w http.ResponseWriter) bool {
 		http.Error(w, "boom", http.StatusInternalServerError)
 		return true
 	}
-	if err := f.p.relist(context.Background()); err == nil {
+	if r := f.disc.Relist(context.Background()); len(r.Failed) == 0 {
 		t.Fatal("relist succeeded against a failing Prometheus")
 	}
 	if after := len(f.p.ListAllMetrics()); after != before || before == 0 {
 		t.Errorf("metrics after a failed relist = %d, before = %d", after, before)
-	}
-}
-
-func TestRelistAsksForRecentSeriesOnly(t *testing.T) {
-	f := newFixture(t, "", time.Second)
-	var gotStart, gotEnd, gotMatch string
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_ = r.ParseForm()
-		gotStart, gotEnd, gotMatch = r.Form.Get("start"), r.Form.Get("end"), r.Form.Get("match[]")
-		fmt.Fprint(w, `{"status":"success","data":[]}`)
-	}))
-	defer srv.Close()
-	client, err := promclient.New(promclient.Config{URL: srv.URL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.p.series = client
-	if err := f.p.relist(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if gotMatch != `app_requests_total{namespace!="",pod!=""}` || gotEnd != "1700000000" || gotStart != "1699999940" {
-		t.Errorf("series request match=%q start=%q end=%q", gotMatch, gotStart, gotEnd)
-	}
-}
-
-func TestQuantity(t *testing.T) {
-	tests := []struct {
-		in   float64
-		want string
-		ok   bool
-	}{
-		{in: 0, want: "0", ok: true},
-		{in: 1.5, want: "1500m", ok: true},
-		{in: 0.0005, want: "500u", ok: true},
-		{in: 1e-9, want: "1n", ok: true},
-		{in: 0.123456789, want: "123456789n", ok: true},
-		{in: 8.982068966, want: "8982m", ok: true},
-		{in: 1e15, want: "1P", ok: true},
-		{in: -2.25, want: "-2250m", ok: true},
-		{in: 123456789.5, want: "123456789500m", ok: true},
-		{in: 1e12, want: "1T", ok: true},
-		{in: math.NaN(), ok: false},
-		{in: math.Inf(1), ok: false},
-		{in: math.Inf(-1), ok: false},
-		{in: 1e300, ok: false},
-	}
-	for _, tc := range tests {
-		t.Run(fmt.Sprint(tc.in), func(t *testing.T) {
-			q, ok := quantity(tc.in)
-			if ok != tc.ok {
-				t.Fatalf("quantity(%v) ok = %v", tc.in, ok)
-			}
-			if ok && q.String() != tc.want {
-				t.Errorf("quantity(%v) = %s, want %s", tc.in, q.String(), tc.want)
-			}
-		})
 	}
 }

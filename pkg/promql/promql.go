@@ -58,7 +58,7 @@ func Equals(name, value string) Matcher { return Matcher{Name: name, Op: Equal, 
 // value it is an equality matcher. Values are deduplicated and sorted so
 // that equal sets render to equal queries.
 func OneOf(name string, values []string) Matcher {
-	if len(values) == 1 {
+	if len(values) > 0 && !slices.ContainsFunc(values, func(v string) bool { return v != values[0] }) {
 		return Equals(name, values[0])
 	}
 	return Matcher{Name: name, Op: RegexpEq, Value: Alternation(values)}

@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,6 +37,7 @@ import (
 // Resources this package resolves to pods, with the versions it watches.
 var (
 	PodsGVR         = corev1.SchemeGroupVersion.WithResource("pods")
+	NodesGVR        = corev1.SchemeGroupVersion.WithResource("nodes")
 	ServicesGVR     = corev1.SchemeGroupVersion.WithResource("services")
 	DeploymentsGVR  = appsv1.SchemeGroupVersion.WithResource("deployments")
 	ReplicaSetsGVR  = appsv1.SchemeGroupVersion.WithResource("replicasets")
@@ -181,15 +183,79 @@ func (r *Resolver) ObjectsMatching(ctx context.Context, gr schema.GroupResource,
 	return r.matching(inf, namespace, sel)
 }
 
-func (r *Resolver) matching(inf informers.GenericInformer, namespace string, sel labels.Selector) ([]string, error) {
-	var objs []any
-	if namespace == "" {
-		objs = inf.Informer().GetStore().List()
-	} else {
-		var err error
-		if objs, err = inf.Informer().GetIndexer().ByIndex(cache.NamespaceIndex, namespace); err != nil {
-			return nil, fmt.Errorf("reading cache: %w", err)
+// Metadata returns the cached metadata (name, namespace, labels) of the
+// objects of a metadata-watched resource, such as PodsGVR or NodesGVR, in
+// namespace ("" for all namespaces or a cluster-scoped resource) that sel
+// matches, sorted by namespace and name. The objects are shared with the
+// cache: do not modify them.
+func (r *Resolver) Metadata(ctx context.Context, gvr schema.GroupVersionResource, namespace string, sel labels.Selector) ([]*metav1.PartialObjectMetadata, error) {
+	if _, typed := podOwners[gvr.GroupResource()]; typed {
+		return nil, fmt.Errorf("%s is watched with its spec, not as metadata", gvr.GroupResource())
+	}
+	inf, err := r.informer(ctx, gvr)
+	if err != nil {
+		return nil, err
+	}
+	objs, err := r.list(inf, namespace)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*metav1.PartialObjectMetadata, 0, len(objs))
+	for _, o := range objs {
+		if m, ok := o.(*metav1.PartialObjectMetadata); ok && sel.Matches(labels.Set(m.Labels)) {
+			out = append(out, m)
 		}
+	}
+	slices.SortFunc(out, func(a, b *metav1.PartialObjectMetadata) int {
+		if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return out, nil
+}
+
+// GetMetadata returns the cached metadata of one object of a
+// metadata-watched resource, or a NotFound error.
+func (r *Resolver) GetMetadata(ctx context.Context, gvr schema.GroupVersionResource, namespace, name string) (*metav1.PartialObjectMetadata, error) {
+	if _, typed := podOwners[gvr.GroupResource()]; typed {
+		return nil, fmt.Errorf("%s is watched with its spec, not as metadata", gvr.GroupResource())
+	}
+	inf, err := r.informer(ctx, gvr)
+	if err != nil {
+		return nil, err
+	}
+	var obj runtime.Object
+	if namespace == "" {
+		obj, err = inf.Lister().Get(name)
+	} else {
+		obj, err = inf.Lister().ByNamespace(namespace).Get(name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	m, ok := obj.(*metav1.PartialObjectMetadata)
+	if !ok {
+		return nil, fmt.Errorf("unexpected %T in the %s cache", obj, gvr.GroupResource())
+	}
+	return m, nil
+}
+
+func (r *Resolver) list(inf informers.GenericInformer, namespace string) ([]any, error) {
+	if namespace == "" {
+		return inf.Informer().GetStore().List(), nil
+	}
+	objs, err := inf.Informer().GetIndexer().ByIndex(cache.NamespaceIndex, namespace)
+	if err != nil {
+		return nil, fmt.Errorf("reading cache: %w", err)
+	}
+	return objs, nil
+}
+
+func (r *Resolver) matching(inf informers.GenericInformer, namespace string, sel labels.Selector) ([]string, error) {
+	objs, err := r.list(inf, namespace)
+	if err != nil {
+		return nil, err
 	}
 	names := make([]string, 0, len(objs))
 	for _, o := range objs {

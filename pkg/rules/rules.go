@@ -10,6 +10,7 @@ package rules
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"text/template"
 
@@ -19,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 )
 
 // Well-known group-resources.
@@ -27,46 +29,61 @@ var (
 	Namespaces = schema.GroupResource{Resource: "namespaces"}
 )
 
-// Rule is a compiled config.Rule.
+// Rule is a compiled config.Rule, of the rules or the externalRules
+// section.
 type Rule struct {
-	// Index is the rule's position in the config file's rules list.
+	// Index is the rule's position in its section of the config file.
 	Index int
+	// Section is the config file section the rule comes from: "rules" or
+	// "externalRules".
+	Section string
 
 	seriesQuery string
 	filters     []filter
 	nameRe      *regexp.Regexp
 	nameAs      string
 	query       *template.Template
+	mapping
+	aggregate  []schema.GroupResource
+	namespaced bool
+	replacer   *strings.Replacer
+	unreplacer *strings.Replacer
+}
+
+// mapping is a compiled resources section: which series labels name which
+// Kubernetes resources.
+type mapping struct {
 	overrides   map[string]schema.GroupResource // label -> group-resource, as written
 	resTemplate *template.Template
 	resRe       *regexp.Regexp // reverse of resTemplate: label -> group, resource
 	groupIdx    int
 	resourceIdx int
-	aggregate   []schema.GroupResource
-	replacer    *strings.Replacer
-	unreplacer  *strings.Replacer
 }
+
+// String names the rule as the config file does: rules[2].
+func (r *Rule) String() string { return fmt.Sprintf("%s[%d]", r.Section, r.Index) }
 
 type filter struct {
 	re   *regexp.Regexp
 	keep bool
 }
 
-// Compile compiles validated config rules.
-func Compile(cfg []config.Rule) ([]*Rule, error) {
+// Compile compiles the validated rules of one section ("rules" or
+// "externalRules") of a config file.
+func Compile(section string, cfg []config.Rule) ([]*Rule, error) {
 	out := make([]*Rule, 0, len(cfg))
 	for i, c := range cfg {
-		r, err := compile(i, c)
+		r, err := compile(section, i, c)
 		if err != nil {
-			return nil, fmt.Errorf("rules[%d]: %w", i, err)
+			return nil, fmt.Errorf("%s[%d]: %w", section, i, err)
 		}
 		out = append(out, r)
 	}
 	return out, nil
 }
 
-func compile(i int, c config.Rule) (*Rule, error) {
-	r := &Rule{Index: i, seriesQuery: c.SeriesQuery, overrides: map[string]schema.GroupResource{}}
+func compile(section string, i int, c config.Rule) (*Rule, error) {
+	r := &Rule{Index: i, Section: section, seriesQuery: c.SeriesQuery, namespaced: c.Resources.IsNamespaced()}
 	for _, f := range c.SeriesFilters {
 		expr, keep := f.Is, true
 		if f.IsNot != "" {
@@ -88,16 +105,8 @@ func compile(i int, c config.Rule) (*Rule, error) {
 	if r.query, err = config.ParseQueryTemplate(c.MetricsQuery); err != nil {
 		return nil, fmt.Errorf("metricsQuery: %w", err)
 	}
-	for label, gr := range c.Resources.Overrides {
-		r.overrides[label] = schema.GroupResource{Group: gr.Group, Resource: gr.Resource}
-	}
-	if c.Resources.Template != "" {
-		if r.resTemplate, err = config.ParseResourceTemplate(c.Resources.Template); err != nil {
-			return nil, fmt.Errorf("resources.template: %w", err)
-		}
-		if err := r.compileReverseTemplate(); err != nil {
-			return nil, fmt.Errorf("resources.template: %w", err)
-		}
+	if r.mapping, err = compileMapping(c.Resources); err != nil {
+		return nil, err
 	}
 	for _, name := range c.Resources.AggregateFromPods {
 		canonical, ok := config.CanonicalPodOwner(name)
@@ -120,10 +129,57 @@ func compile(i int, c config.Rule) (*Rule, error) {
 	return r, nil
 }
 
+func compileMapping(c config.ResourceMapping) (mapping, error) {
+	m := mapping{overrides: map[string]schema.GroupResource{}}
+	for label, gr := range c.Overrides {
+		m.overrides[label] = schema.GroupResource{Group: gr.Group, Resource: gr.Resource}
+	}
+	if c.Template != "" {
+		var err error
+		if m.resTemplate, err = config.ParseResourceTemplate(c.Template); err != nil {
+			return m, fmt.Errorf("resources.template: %w", err)
+		}
+		if err := m.compileReverseTemplate(); err != nil {
+			return m, fmt.Errorf("resources.template: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// LabelFor returns the series label that holds the names of a core
+// resource ("namespace", "pod", "node", singular): the override naming it,
+// else the resources.template rendered for it. It reports false when
+// neither names the resource.
+func (m *mapping) LabelFor(singular string) (string, bool) {
+	plural := singular + "s"
+	var found []string
+	for label, gr := range m.overrides {
+		if gr.Group == "" && (gr.Resource == singular || gr.Resource == plural) {
+			found = append(found, label)
+		}
+	}
+	if len(found) > 0 {
+		slices.Sort(found) // the same answer every time, should two labels claim it
+		return found[0], true
+	}
+	if m.resTemplate == nil {
+		return "", false
+	}
+	var b strings.Builder
+	if err := m.resTemplate.Execute(&b, config.ResourceTemplateData{Resource: singular}); err != nil || b.Len() == 0 {
+		return "", false
+	}
+	label := b.String()
+	if !model.LabelName(label).IsValidLegacy() {
+		return "", false
+	}
+	return label, true
+}
+
 // compileReverseTemplate turns a resources.template such as
 // "kube_<<.Group>>_<<.Resource>>" into a regular expression that extracts
 // the group and resource from a label name.
-func (r *Rule) compileReverseTemplate() error {
+func (r *mapping) compileReverseTemplate() error {
 	const groupTok, resTok = "\x00GROUP\x00", "\x00RESOURCE\x00"
 	var b strings.Builder
 	if err := r.resTemplate.Execute(&b, config.ResourceTemplateData{Group: groupTok, Resource: resTok}); err != nil {
@@ -194,7 +250,7 @@ func (r *Rule) MetricName(series string) (string, bool) {
 // stands for, through the overrides and then the template. mapper
 // normalises the result (singular to plural, group guessed when the
 // template has none). It reports false for labels that name no resource.
-func (r *Rule) LabelResource(label string, mapper apimeta.RESTMapper) (schema.GroupResource, bool) {
+func (r *mapping) LabelResource(label string, mapper apimeta.RESTMapper) (schema.GroupResource, bool) {
 	if gr, ok := r.overrides[label]; ok {
 		return normalise(gr, mapper)
 	}
@@ -224,11 +280,44 @@ func normalise(gr schema.GroupResource, mapper apimeta.RESTMapper) (schema.Group
 // objects to their pods.
 func (r *Rule) AggregateFromPods() []schema.GroupResource { return r.aggregate }
 
-// Render executes the metricsQuery template.
-func (r *Rule) Render(data config.QueryData) (string, error) {
+// Namespaced reports resources.namespaced of an external rule: whether a
+// request's namespace becomes a matcher on NamespaceLabel.
+func (r *Rule) Namespaced() bool { return r.namespaced }
+
+// Render executes the metricsQuery template for a series, the matchers of
+// a request and the labels to group by.
+func (r *Rule) Render(series string, matchers []promql.Matcher, groupBy []string) (string, error) {
+	return execute(r.query, "metricsQuery of "+r.String(), QueryData(series, matchers, groupBy))
+}
+
+// QueryData is what a query template sees for a request: .LabelMatchers
+// joins the matchers; .LabelValuesByName maps each label matched by = or =~
+// to its value (the first matcher of a label wins); .GroupBy joins groupBy.
+func QueryData(series string, matchers []promql.Matcher, groupBy []string) config.QueryData {
+	valuesByName := map[string]string{}
+	for _, m := range matchers {
+		if m.Op == promql.Equal || m.Op == promql.RegexpEq {
+			if _, dup := valuesByName[m.Name]; !dup {
+				valuesByName[m.Name] = m.Value
+			}
+		}
+	}
+	return config.QueryData{
+		Series:            series,
+		LabelMatchers:     promql.Join(matchers),
+		LabelValuesByName: valuesByName,
+		GroupBy:           strings.Join(groupBy, ","),
+		GroupBySlice:      groupBy,
+	}
+}
+
+func execute(t *template.Template, what string, data config.QueryData) (string, error) {
 	var b strings.Builder
-	if err := r.query.Execute(&b, data); err != nil {
-		return "", fmt.Errorf("rendering metricsQuery of rules[%d]: %w", r.Index, err)
+	if err := t.Execute(&b, data); err != nil {
+		return "", fmt.Errorf("rendering %s: %w", what, err)
+	}
+	if strings.TrimSpace(b.String()) == "" {
+		return "", fmt.Errorf("rendering %s: the query is empty", what)
 	}
 	return b.String(), nil
 }
@@ -251,3 +340,44 @@ func (r *Rule) FromLabelValue(value string) string {
 
 // SeriesName returns the metric name of a discovered series.
 func SeriesName(ls model.LabelSet) string { return string(ls[model.MetricNameLabel]) }
+
+// Set is a whole compiled config file: the rules of each metrics API.
+type Set struct {
+	// Custom are the rules section (custom.metrics.k8s.io).
+	Custom []*Rule
+	// External are the externalRules section (external.metrics.k8s.io).
+	External []*Rule
+	// Resource is the resourceRules section (metrics.k8s.io); nil when
+	// the file has none.
+	Resource *ResourceRules
+}
+
+// CompileSet compiles a validated config file.
+func CompileSet(c *config.Config) (*Set, error) {
+	var s Set
+	var err error
+	if s.Custom, err = Compile("rules", c.Rules); err != nil {
+		return nil, err
+	}
+	if s.External, err = Compile("externalRules", c.ExternalRules); err != nil {
+		return nil, err
+	}
+	if c.ResourceRules != nil {
+		if s.Resource, err = CompileResourceRules(c.ResourceRules); err != nil {
+			return nil, err
+		}
+	}
+	return &s, nil
+}
+
+// SeriesQueries returns the distinct seriesQuery selectors of the custom
+// and external rules, in file order.
+func (s *Set) SeriesQueries() []string {
+	var out []string
+	for _, r := range append(slices.Clone(s.Custom), s.External...) {
+		if !slices.Contains(out, r.SeriesQuery()) {
+			out = append(out, r.SeriesQuery())
+		}
+	}
+	return out
+}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 )
 
 func compileOne(t *testing.T, yaml string) *Rule {
@@ -16,7 +17,7 @@ func compileOne(t *testing.T, yaml string) *Rule {
 	if err != nil {
 		t.Fatalf("config.Parse: %v", err)
 	}
-	rs, err := Compile(c.Rules)
+	rs, err := Compile("rules", c.Rules)
 	if err != nil {
 		t.Fatalf("Compile: %v", err)
 	}
@@ -90,13 +91,7 @@ func TestLabelResource(t *testing.T) {
 
 func TestRender(t *testing.T) {
 	r := compileOne(t, "rules:\n- seriesQuery: x\n  metricsQuery: 'sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>) + <<index .LabelValuesByName \"pod\">> + <<index .GroupBySlice 0>>'\n")
-	got, err := r.Render(config.QueryData{
-		Series:            "app_requests_total",
-		LabelMatchers:     `namespace="default",pod=~"a|b"`,
-		LabelValuesByName: map[string]string{"namespace": "default", "pod": "a|b"},
-		GroupBy:           "pod",
-		GroupBySlice:      []string{"pod"},
-	})
+	got, err := r.Render("app_requests_total", []promql.Matcher{promql.Equals("namespace", "default"), promql.OneOf("pod", []string{"b", "a"})}, []string{"pod"})
 	if err != nil {
 		t.Fatalf("Render: %v", err)
 	}
@@ -106,11 +101,11 @@ func TestRender(t *testing.T) {
 	}
 
 	// Validation renders sample data; this template only fails on other data.
-	rs, err := Compile([]config.Rule{{SeriesQuery: "x", MetricsQuery: "<<index .GroupBySlice 1>>"}})
+	rs, err := Compile("rules", []config.Rule{{SeriesQuery: "x", MetricsQuery: "<<index .GroupBySlice 1>>"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = rs[0].Render(config.QueryData{GroupBySlice: []string{"pod"}})
+	_, err = rs[0].Render("x", nil, []string{"pod"})
 	if err == nil || !strings.Contains(err.Error(), "rules[0]") {
 		t.Errorf("Render() error = %v, want one naming the rule", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -31,9 +32,12 @@ import (
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/custommetrics"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/externalmetrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/loadgen"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resourcemetrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
 )
@@ -81,7 +85,7 @@ func TestProviderAgainstRealPrometheus(t *testing.T) {
 			t.Fatal(err)
 		}
 		apps[name] = a
-		fmt.Fprintf(&targets, "  - targets: [%q]\n    labels: {namespace: default, pod: %s}\n", strings.TrimPrefix(a.URL, "http://"), name)
+		fmt.Fprintf(&targets, "  - targets: [%q]\n    labels: {namespace: default, pod: %s, container: app, node: node-1}\n", strings.TrimPrefix(a.URL, "http://"), name)
 	}
 	prom, err := localstack.StartPrometheus(ctx, &g, dir, fmt.Sprintf(`global:
   scrape_interval: 1s
@@ -94,16 +98,9 @@ scrape_configs:
 		t.Fatal(err)
 	}
 
-	// The built-in rules, with a 10s window so the test need not wait a minute.
-	rulesYAML := strings.ReplaceAll(string(config.DefaultYAML()), "[1m]", "[10s]")
-	cfg, _, err := config.Parse([]byte(rulesYAML), "default-10s.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	compiled, err := rules.Compile(cfg.Rules)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The built-in rules with the local stack's resourceRules (process
+	// metrics), with a 10s window so the test need not wait a minute.
+	set := compileRules(t, "[10s]")
 	client, err := promclient.New(promclient.Config{URL: prom.URL, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -127,10 +124,15 @@ scrape_configs:
 	if !res.WaitForPods(ctx) {
 		t.Fatal("pod cache did not sync")
 	}
-	p := custommetrics.New(custommetrics.Config{Rules: compiled, Mapper: fakemapper.New(), Querier: client, Series: client, Resolver: res, RelistInterval: time.Second})
+	p := custommetrics.New(custommetrics.Config{Rules: set.Custom, Mapper: fakemapper.New(), Querier: client, Resolver: res})
+	ep := externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: client})
+	rp := resourcemetrics.New(resourcemetrics.Config{Rules: set.Resource, Querier: client, Objects: res})
+	disc := discovery.New(discovery.Config{Queries: set.SeriesQueries(), Lister: client, Interval: time.Second})
+	disc.Subscribe(p.Update)
+	disc.Subscribe(ep.Update)
 	dctx, stopDiscovery := context.WithCancel(ctx)
 	defer stopDiscovery()
-	go p.RunDiscovery(dctx)
+	go disc.Run(dctx)
 
 	// Offer 20 req/s to app-a and 10 req/s to app-b; app-c stays idle.
 	offered := map[string]float64{"app-a": 20, "app-b": 10, "app-c": 0}
@@ -197,6 +199,64 @@ scrape_configs:
 		}
 	}
 
+	// External: the namespace's total rate, narrowed by a selector on the
+	// series' container label.
+	containerApp := labels.SelectorFromSet(labels.Set{"container": "app"})
+	ext, err := ep.GetExternalMetric(ctx, "default", containerApp, provider.ExternalMetricInfo{Metric: "app_requests_per_second"})
+	if err != nil {
+		t.Errorf("external app_requests_per_second: %v", err)
+	} else if len(ext.Items) != 1 || math.Abs(ext.Items[0].Value.AsApproximateFloat64()-total) > tolerance*total {
+		t.Errorf("external app_requests_per_second = %+v, want one value of %.0f ±%.0f%%", ext.Items, total, tolerance*100)
+	} else {
+		t.Logf("external app_requests_per_second{container=app} in default: %s (offered %.0f)", ext.Items[0].Value.String(), total)
+	}
+	if ext, err := ep.GetExternalMetric(ctx, "other", labels.Everything(), provider.ExternalMetricInfo{Metric: "app_requests_per_second"}); err != nil || len(ext.Items) != 0 {
+		t.Errorf("external metric in a namespace without the app = %+v, %v; want no values", ext, err)
+	}
+
+	// Resource metrics: every pod's process, as PodMetrics; the node as
+	// the sum of its pods. The loaded pods burn more CPU than the idle one.
+	pms, err := rp.PodMetrics(ctx, []*metav1.PartialObjectMetadata{podMeta("app-a"), podMeta("app-b"), podMeta("app-c")})
+	if err != nil {
+		t.Fatalf("pod metrics: %v", err)
+	}
+	if len(pms) != 3 {
+		t.Fatalf("pod metrics for %d pods, want 3: %+v", len(pms), pms)
+	}
+	cpuOf := map[string]float64{}
+	for _, pm := range pms {
+		if len(pm.Containers) != 1 || pm.Containers[0].Name != "app" {
+			t.Errorf("%s: containers %+v, want one named app", pm.Name, pm.Containers)
+			continue
+		}
+		cpu, mem := pm.Containers[0].Usage["cpu"], pm.Containers[0].Usage["memory"]
+		cpuOf[pm.Name] = cpu.AsApproximateFloat64()
+		t.Logf("pod %s: cpu %s, memory %s", pm.Name, cpu.String(), mem.String())
+		if mem.Value() < 1<<20 || mem.Value() > 1<<30 {
+			t.Errorf("%s: memory %s is not a load app's resident memory", pm.Name, mem.String())
+		}
+		if pm.Window.Duration != 10*time.Second {
+			t.Errorf("%s: window %s, want 10s", pm.Name, pm.Window.Duration)
+		}
+	}
+	if !(cpuOf["app-a"] > cpuOf["app-c"]) {
+		t.Errorf("cpu: app-a (20 req/s) %.4f, app-c (idle) %.4f; want the loaded pod busier", cpuOf["app-a"], cpuOf["app-c"])
+	}
+	nms, err := rp.NodeMetrics(ctx, []*metav1.PartialObjectMetadata{{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}})
+	if err != nil || len(nms) != 1 {
+		t.Errorf("node metrics = %+v, %v; want node-1", nms, err)
+	} else {
+		mem := nms[0].Usage["memory"]
+		var sum int64
+		for _, pm := range pms {
+			m := pm.Containers[0].Usage["memory"]
+			sum += m.Value()
+		}
+		if diff := math.Abs(float64(mem.Value()-sum)) / float64(sum); diff > 0.1 {
+			t.Errorf("node-1 memory %d, the sum of its pods' %d", mem.Value(), sum)
+		}
+	}
+
 	// A metric selector reaches Prometheus as a matcher. The app's endpoint
 	// label values are "/" and "/mem", so endpoint=mem matches no series:
 	// the object has no data and is a 404, not a wrong number.
@@ -259,4 +319,31 @@ func describe(list *custom_metrics.MetricValueList) string {
 		parts = append(parts, fmt.Sprintf("%s=%s", v.DescribedObject.Name, v.Value.String()))
 	}
 	return strings.Join(parts, " ")
+}
+
+// compileRules compiles the built-in rules with the local stack's
+// resourceRules, every range replaced by window.
+func compileRules(t *testing.T, window string) *rules.Set {
+	t.Helper()
+	root, err := localstack.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := os.ReadFile(filepath.Join(root, localstack.LocalResourceRules))
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := string(config.DefaultYAML())
+	def = def[:strings.Index(def, "\nresourceRules:")+1]
+	text := strings.ReplaceAll(def+string(local), "[1m]", window)
+	text = strings.ReplaceAll(text, "window: 1m", "window: "+strings.Trim(window, "[]"))
+	cfg, _, err := config.Parse([]byte(text), "default-with-local-resource-rules.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := rules.CompileSet(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return set
 }

@@ -1,0 +1,115 @@
+// Package fakeprom plays Prometheus' HTTP API for unit tests:
+// /api/v1/series answers with the fixed series of the metric name a
+// selector names, /api/v1/query with the vector
+// registered for the exact query text (an empty vector otherwise), and
+// either can be made to fail or to answer late. It records every query it
+// receives, so tests assert on the PromQL a request produced.
+package fakeprom
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Sample is one element of an instant vector.
+type Sample struct {
+	Labels map[string]string
+	Value  string
+	TS     float64
+}
+
+// Server is a fake Prometheus. Set its fields before requests are made.
+type Server struct {
+	// URL is the server's base URL.
+	URL string
+	// Series answers /api/v1/series.
+	Series []map[string]string
+	// Vecs answers /api/v1/query by query text.
+	Vecs map[string][]Sample
+	// Fail, when it returns true, has written the whole answer itself.
+	Fail func(w http.ResponseWriter) bool
+	// Delay holds every answer back this long (or until the client leaves).
+	Delay time.Duration
+
+	t       testing.TB
+	mu      sync.Mutex
+	queries []string
+}
+
+// New starts a fake Prometheus serving series; it stops with the test.
+func New(t testing.TB, series []map[string]string) *Server {
+	s := &Server{Series: series, Vecs: map[string][]Sample{}, t: t}
+	srv := httptest.NewServer(s)
+	t.Cleanup(srv.Close)
+	s.URL = srv.URL
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := r.ParseForm(); err != nil {
+		s.t.Errorf("fake Prometheus: %v", err)
+	}
+	if s.Delay > 0 {
+		select {
+		case <-time.After(s.Delay):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.Fail != nil && s.Fail(w) {
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	switch r.URL.Path {
+	case "/api/v1/series":
+		s.write(w, map[string]any{"status": "success", "data": s.seriesFor(r.Form["match[]"])})
+	case "/api/v1/query":
+		q := r.Form.Get("query")
+		s.queries = append(s.queries, q)
+		vec := s.Vecs[q]
+		result := make([]map[string]any, 0, len(vec))
+		for _, v := range vec {
+			result = append(result, map[string]any{"metric": v.Labels, "value": []any{v.TS, v.Value}})
+		}
+		s.write(w, map[string]any{"status": "success", "data": map[string]any{"resultType": "vector", "result": result}})
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// seriesFor returns the series whose name the selectors name, or all of
+// them for selectors without a name. Label matchers are not evaluated.
+func (s *Server) seriesFor(matches []string) []map[string]string {
+	out := []map[string]string{}
+	for _, ls := range s.Series {
+		for _, m := range matches {
+			name, _, _ := strings.Cut(m, "{")
+			if name = strings.TrimSpace(name); name == "" || name == ls["__name__"] {
+				out = append(out, ls)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// Received returns the text of every query received, in order.
+func (s *Server) Received() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.queries)
+}
+
+func (s *Server) write(w http.ResponseWriter, v any) {
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		s.t.Errorf("fake Prometheus: %v", err)
+	}
+}

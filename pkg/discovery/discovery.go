@@ -1,0 +1,228 @@
+// Package discovery lists, in the background, the Prometheus series that
+// the rules' seriesQuery selectors match, and hands each listing to the
+// providers that build their metric lists from it (custom and external
+// metrics). Each distinct seriesQuery is listed once per round, however many
+// rules share it.
+//
+// A listing that fails for one query keeps that query's last good series and
+// reports the failure; the others are used as listed. Until every query has
+// been listed once, failed rounds are retried sooner, backing off from one
+// second up to the relist interval.
+//
+// It knows nothing of Kubernetes or of how series become metrics.
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/common/model"
+
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+)
+
+// SeriesLister lists series; promclient.Client implements it.
+type SeriesLister interface {
+	// Series returns the label sets of the series matching any of matches
+	// that had samples between start and end. It returns when ctx is done.
+	Series(ctx context.Context, matches []string, start, end time.Time) ([]model.LabelSet, error)
+}
+
+// Result is the state after one round of listings.
+type Result struct {
+	// Series holds, for each seriesQuery listed successfully at least once,
+	// the series of its last successful listing.
+	Series map[string][]model.LabelSet
+	// Failed holds the queries whose listing failed in this round.
+	Failed map[string]error
+	// Time is when the round started.
+	Time time.Time
+}
+
+// Config configures a Discoverer.
+type Config struct {
+	// Queries are the seriesQuery selectors to list; duplicates are listed
+	// once.
+	Queries []string
+	Lister  SeriesLister
+	// Interval is how often the series are listed again.
+	Interval time.Duration
+	// MaxAge is how far back a listing looks for series; at least Interval.
+	MaxAge time.Duration
+	// Timeout bounds one round of listings. Series listings on large
+	// Prometheus servers are slow: it should be longer than a query's.
+	Timeout time.Duration
+	// Clock defaults to the real clock.
+	Clock clock.Clock
+}
+
+// Discoverer lists series in rounds and passes each round's Result to its
+// subscribers.
+type Discoverer struct {
+	queries  []string
+	lister   SeriesLister
+	interval time.Duration
+	maxAge   time.Duration
+	timeout  time.Duration
+	clock    clock.Clock
+
+	mu          sync.Mutex
+	subscribers []func(Result)
+	last        map[string][]model.LabelSet
+	lastFailed  map[string]error
+	rounds      int
+}
+
+// New returns a Discoverer; call Run to start it.
+func New(cfg Config) *Discoverer {
+	d := &Discoverer{
+		lister:   cfg.Lister,
+		interval: cfg.Interval,
+		maxAge:   cfg.MaxAge,
+		timeout:  cfg.Timeout,
+		clock:    cfg.Clock,
+		last:     map[string][]model.LabelSet{},
+	}
+	for _, q := range cfg.Queries {
+		if !slices.Contains(d.queries, q) {
+			d.queries = append(d.queries, q)
+		}
+	}
+	if d.interval <= 0 {
+		d.interval = time.Minute
+	}
+	if d.maxAge < d.interval {
+		d.maxAge = d.interval
+	}
+	if d.timeout <= 0 {
+		d.timeout = 30 * time.Second
+	}
+	if d.clock == nil {
+		d.clock = clock.RealClock{}
+	}
+	return d
+}
+
+// Subscribe registers fn to receive every round's Result, in the goroutine
+// that runs the listings. Call it before Run.
+func (d *Discoverer) Subscribe(fn func(Result)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.subscribers = append(d.subscribers, fn)
+}
+
+// Run lists the series until ctx is done.
+func (d *Discoverer) Run(ctx context.Context) {
+	wait.BackoffUntilWithContext(ctx, func(ctx context.Context) { d.Relist(ctx) }, &schedule{d: d}, true)
+}
+
+// Relist runs one round of listings now and hands the Result to the
+// subscribers.
+func (d *Discoverer) Relist(ctx context.Context) Result {
+	now := d.clock.Now()
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+
+	failed := map[string]error{}
+	listed := map[string][]model.LabelSet{}
+	for _, q := range d.queries {
+		sets, err := d.lister.Series(ctx, []string{q}, now.Add(-d.maxAge), now)
+		if err != nil {
+			failed[q] = err
+			continue
+		}
+		listed[q] = sets
+	}
+
+	d.mu.Lock()
+	for q, sets := range listed {
+		d.last[q] = sets
+	}
+	series := make(map[string][]model.LabelSet, len(d.last))
+	for q, sets := range d.last {
+		series[q] = sets
+	}
+	d.lastFailed = failed
+	d.rounds++
+	subscribers := slices.Clone(d.subscribers)
+	d.mu.Unlock()
+
+	if len(failed) > 0 {
+		klog.ErrorS(errorOf(failed), "Failed to list some series; their rules keep the metrics of their last listing",
+			"failed", len(failed), "queries", len(d.queries))
+	}
+	r := Result{Series: series, Failed: failed, Time: now}
+	for _, fn := range subscribers {
+		fn(r)
+	}
+	return r
+}
+
+// Listed reports whether every query has been listed successfully at least
+// once.
+func (d *Discoverer) Listed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.last) == len(d.queries)
+}
+
+// Err returns the failures of the last round, naming each query, or nil.
+func (d *Discoverer) Err() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.rounds == 0 {
+		return errors.New("series discovery has not run yet")
+	}
+	return errorOf(d.lastFailed)
+}
+
+func errorOf(failed map[string]error) error {
+	if len(failed) == 0 {
+		return nil
+	}
+	queries := make([]string, 0, len(failed))
+	for q := range failed {
+		queries = append(queries, q)
+	}
+	sort.Strings(queries)
+	errs := make([]error, 0, len(queries))
+	for _, q := range queries {
+		errs = append(errs, fmt.Errorf("seriesQuery %s: %w", q, failed[q]))
+	}
+	return errors.Join(errs...)
+}
+
+// schedule is the wait.BackoffManager of the listing loop: the relist
+// interval while every query has been listed, an exponential backoff from
+// one second up to the interval while some never have or the last round
+// failed.
+type schedule struct {
+	d       *Discoverer
+	backoff *wait.Backoff
+	timer   clock.Timer
+}
+
+func (s *schedule) Backoff() clock.Timer {
+	delay := s.d.interval
+	if !s.d.Listed() || s.d.Err() != nil {
+		if s.backoff == nil {
+			s.backoff = &wait.Backoff{Duration: time.Second, Factor: 2, Cap: s.d.interval, Steps: 64}
+		}
+		delay = min(s.backoff.Step(), s.d.interval)
+	} else {
+		s.backoff = nil
+	}
+	if s.timer == nil {
+		s.timer = s.d.clock.NewTimer(delay)
+	} else {
+		s.timer.Reset(delay)
+	}
+	return s.timer
+}

@@ -1,0 +1,177 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/prometheus/common/model"
+
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+// fakeLister answers each query with its series, or fails the queries in
+// failing.
+type fakeLister struct {
+	mu      sync.Mutex
+	series  map[string][]model.LabelSet
+	failing map[string]error
+	starts  []time.Time
+	ends    []time.Time
+	// hook runs at each call, under mu.
+	hook func()
+}
+
+func (f *fakeLister) Series(_ context.Context, matches []string, start, end time.Time) ([]model.LabelSet, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.starts = append(f.starts, start)
+	f.ends = append(f.ends, end)
+	if f.hook != nil {
+		f.hook()
+	}
+	return f.series[matches[0]], f.failing[matches[0]]
+}
+
+func (f *fakeLister) setFailing(q string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err == nil {
+		delete(f.failing, q)
+		return
+	}
+	f.failing[q] = err
+}
+
+func newLister() *fakeLister {
+	return &fakeLister{
+		series: map[string][]model.LabelSet{
+			"a": {{"__name__": "a_total", "pod": "p"}},
+			"b": {{"__name__": "b_total", "pod": "p"}},
+		},
+		failing: map[string]error{},
+	}
+}
+
+var epoch = time.Unix(1_700_000_000, 0)
+
+func TestRelistListsEachQueryOnceForTheRecentPast(t *testing.T) {
+	l := newLister()
+	clock := clocktesting.NewFakeClock(epoch)
+	d := New(Config{Queries: []string{"a", "b", "a"}, Lister: l, Interval: time.Minute, MaxAge: 2 * time.Minute, Clock: clock})
+	var got []Result
+	d.Subscribe(func(r Result) { got = append(got, r) })
+	d.Relist(context.Background())
+
+	if len(l.starts) != 2 {
+		t.Fatalf("listed %d times, want once per distinct query (2)", len(l.starts))
+	}
+	if !l.starts[0].Equal(epoch.Add(-2*time.Minute)) || !l.ends[0].Equal(epoch) {
+		t.Errorf("listed from %v to %v, want the last --metrics-max-age (2m) up to now", l.starts[0], l.ends[0])
+	}
+	if len(got) != 1 || len(got[0].Series) != 2 || len(got[0].Failed) != 0 || !got[0].Time.Equal(epoch) {
+		t.Fatalf("subscriber got %+v", got)
+	}
+	if !d.Listed() || d.Err() != nil {
+		t.Errorf("Listed() = %v, Err() = %v after a good round", d.Listed(), d.Err())
+	}
+}
+
+func TestAFailedQueryKeepsItsLastSeriesAndTheOthersMoveOn(t *testing.T) {
+	l := newLister()
+	d := New(Config{Queries: []string{"a", "b"}, Lister: l, Clock: clocktesting.NewFakeClock(epoch)})
+	d.Relist(context.Background())
+
+	l.setFailing("a", errors.New("connection refused"))
+	l.mu.Lock()
+	l.series["b"] = append(l.series["b"], model.LabelSet{"__name__": "b2_total", "pod": "p"})
+	l.mu.Unlock()
+	r := d.Relist(context.Background())
+
+	if len(r.Series["a"]) != 1 {
+		t.Errorf("the failed query's series = %v, want those of its last good listing", r.Series["a"])
+	}
+	if len(r.Series["b"]) != 2 {
+		t.Errorf("the good query's series = %v, want the new listing", r.Series["b"])
+	}
+	if err := r.Failed["a"]; err == nil || len(r.Failed) != 1 {
+		t.Errorf("Failed = %v, want only a", r.Failed)
+	}
+	err := d.Err()
+	if err == nil || !strings.Contains(err.Error(), "seriesQuery a: connection refused") {
+		t.Errorf("Err() = %v, want it to name the query and the cause", err)
+	}
+	if !d.Listed() {
+		t.Error("Listed() = false, but every query was listed once")
+	}
+}
+
+func TestNeverListedQueriesAreNotListed(t *testing.T) {
+	l := newLister()
+	l.setFailing("b", errors.New("bad_data: parse error"))
+	d := New(Config{Queries: []string{"a", "b"}, Lister: l, Clock: clocktesting.NewFakeClock(epoch)})
+	if err := d.Err(); err == nil || !strings.Contains(err.Error(), "not run yet") {
+		t.Errorf("Err() before any round = %v", err)
+	}
+	r := d.Relist(context.Background())
+	if _, ok := r.Series["b"]; ok || d.Listed() {
+		t.Errorf("Series[b] present = %v, Listed() = %v; want a query that never listed to be missing", ok, d.Listed())
+	}
+}
+
+// TestRunBacksOffUntilListedThenKeepsTheInterval runs the loop in a
+// synctest bubble, where time only moves when every goroutine waits: the
+// first three rounds fail and are retried after 1 s, 2 s and 4 s; once a
+// round succeeds the loop waits the whole relist interval and the error is
+// cleared.
+func TestRunBacksOffUntilListedThenKeepsTheInterval(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLister()
+		var calls []time.Duration
+		start := time.Now()
+		l.hook = func() {
+			calls = append(calls, time.Since(start))
+			if len(calls) == 4 {
+				l.failing = map[string]error{} // Prometheus is back for round 4
+			}
+		}
+		l.failing["a"] = errors.New("connection refused")
+		d := New(Config{Queries: []string{"a"}, Lister: l, Interval: 30 * time.Second})
+		var failedRounds int
+		d.Subscribe(func(r Result) {
+			if len(r.Failed) > 0 {
+				failedRounds++
+			}
+		})
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			d.Run(ctx)
+		}()
+		time.Sleep(70 * time.Second)
+		synctest.Wait()
+		cancel()
+		<-done
+
+		want := []time.Duration{0, time.Second, 3 * time.Second, 7 * time.Second, 37 * time.Second, 67 * time.Second}
+		if len(calls) != len(want) {
+			t.Fatalf("listed at %v, want %v", calls, want)
+		}
+		for i := range want {
+			if calls[i] != want[i] {
+				t.Errorf("round %d at %v, want %v (all: %v)", i+1, calls[i], want[i], calls)
+			}
+		}
+		if failedRounds != 3 {
+			t.Errorf("%d failed rounds, want 3", failedRounds)
+		}
+		if err := d.Err(); err != nil || !d.Listed() {
+			t.Errorf("after recovery: Err() = %v, Listed() = %v", err, d.Listed())
+		}
+	})
+}

@@ -1,0 +1,214 @@
+// Package externalmetrics implements the external metrics API provider
+// (sigs.k8s.io/custom-metrics-apiserver's ExternalMetricsProvider) over
+// Prometheus, from the config's externalRules.
+//
+// An external metric names no Kubernetes object: a request is a metric name,
+// the namespace of the HPA asking, and the HPA's metric.selector. The
+// selector becomes label matchers (every value escaped; operators PromQL has
+// no matcher for are a 400), the namespace becomes a matcher on the rule's
+// namespace label unless the rule says resources.namespaced: false, and the
+// rule's metricsQuery, rendered with them, runs as one instant query. Every
+// series of the answer is one value, with its labels. .GroupBy is empty for
+// external rules: the query's own by-clause decides which series come back.
+//
+// Discovery (package discovery) lists each rule's seriesQuery; the metric
+// names come from the rule's name mapping, as for custom metrics.
+package externalmetrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/common/model"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/klog/v2"
+	"k8s.io/metrics/pkg/apis/external_metrics"
+	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/values"
+)
+
+// Config holds a Provider's dependencies.
+type Config struct {
+	// Rules are the compiled externalRules.
+	Rules   []*rules.Rule
+	Querier promclient.Querier
+}
+
+// Provider serves external metrics from Prometheus.
+type Provider struct {
+	rules []*rules.Rule
+	prom  promclient.Querier
+	index atomic.Pointer[index]
+}
+
+var _ provider.ExternalMetricsProvider = (*Provider)(nil)
+
+// New returns a Provider. It serves nothing until Update hands it the
+// first discovery round.
+func New(cfg Config) *Provider {
+	return &Provider{rules: cfg.Rules, prom: cfg.Querier}
+}
+
+// entry is how one external metric is queried.
+type entry struct {
+	rule   *rules.Rule
+	series string
+	// namespaceLabel is the label the request's namespace is matched on;
+	// empty for rules with namespaced: false.
+	namespaceLabel string
+}
+
+// index is one discovery result; immutable once built.
+type index struct {
+	metrics map[string]entry
+	list    []provider.ExternalMetricInfo
+	// pending names the rules whose series were never listed, and why.
+	pending error
+}
+
+// Update builds the list of external metrics from a discovery round.
+func (p *Provider) Update(r discovery.Result) {
+	idx := &index{metrics: map[string]entry{}}
+	var pending []error
+	for _, rule := range p.rules {
+		sets, listed := r.Series[rule.SeriesQuery()]
+		if !listed {
+			err := r.Failed[rule.SeriesQuery()]
+			if err == nil {
+				err = errors.New("not listed yet")
+			}
+			pending = append(pending, fmt.Errorf("%s: %w", rule, err))
+			continue
+		}
+		var nsLabel string
+		if rule.Namespaced() {
+			// Validation guarantees the label exists for namespaced rules.
+			nsLabel, _ = rule.LabelFor("namespace")
+		}
+		for _, ls := range sets {
+			series := rules.SeriesName(ls)
+			if series == "" {
+				continue
+			}
+			name, ok := rule.MetricName(series)
+			if !ok {
+				continue
+			}
+			if prev, dup := idx.metrics[name]; dup {
+				if prev.rule != rule || prev.series != series {
+					klog.V(2).InfoS("External metric defined twice; keeping the first definition", "metric", name,
+						"kept", fmt.Sprintf("%s series %s", prev.rule, prev.series),
+						"ignored", fmt.Sprintf("%s series %s", rule, series))
+				}
+				continue
+			}
+			idx.metrics[name] = entry{rule: rule, series: series, namespaceLabel: nsLabel}
+		}
+	}
+	idx.pending = errors.Join(pending...)
+	for name := range idx.metrics {
+		idx.list = append(idx.list, provider.ExternalMetricInfo{Metric: name})
+	}
+	sort.Slice(idx.list, func(i, j int) bool { return idx.list[i].Metric < idx.list[j].Metric })
+	old := p.index.Swap(idx)
+	if old == nil || len(old.list) != len(idx.list) {
+		names := make([]string, 0, len(idx.list))
+		for _, m := range idx.list {
+			names = append(names, m.Metric)
+		}
+		klog.InfoS("Discovered external metrics", "count", len(idx.list), "metrics", strings.Join(names, ", "))
+	}
+}
+
+// ListAllExternalMetrics implements provider.ExternalMetricsProvider from
+// the last discovery round; it never waits for Prometheus.
+func (p *Provider) ListAllExternalMetrics() []provider.ExternalMetricInfo {
+	idx := p.index.Load()
+	if idx == nil {
+		return nil
+	}
+	return slices.Clone(idx.list)
+}
+
+// externalMetrics names the API in errors.
+var externalMetrics = schema.GroupResource{Group: external_metrics.GroupName, Resource: "externalmetrics"}
+
+// GetExternalMetric implements provider.ExternalMetricsProvider.
+func (p *Provider) GetExternalMetric(ctx context.Context, namespace string, metricSelector labels.Selector, info provider.ExternalMetricInfo) (*external_metrics.ExternalMetricValueList, error) {
+	idx := p.index.Load()
+	if idx == nil {
+		return nil, apierrors.NewServiceUnavailable("metric discovery has not completed yet")
+	}
+	e, ok := idx.metrics[info.Metric]
+	if !ok {
+		if idx.pending != nil {
+			return nil, apierrors.NewServiceUnavailable(fmt.Sprintf(
+				"external metric %s is not known, and some externalRules could not list their series yet: %v", info.Metric, idx.pending))
+		}
+		err := apierrors.NewNotFound(externalMetrics, info.Metric)
+		err.ErrStatus.Message = fmt.Sprintf("external metric %q is not served: no externalRules series is named so", info.Metric)
+		return nil, err
+	}
+	selMatchers, err := promql.FromSelector(metricSelector)
+	if err != nil {
+		return nil, apierrors.NewBadRequest(err.Error())
+	}
+	var matchers []promql.Matcher
+	if e.namespaceLabel != "" {
+		matchers = append(matchers, promql.Equals(e.namespaceLabel, e.rule.ToLabelValue(namespace)))
+	}
+	matchers = append(matchers, selMatchers...)
+	expr, err := e.rule.Render(e.series, matchers, nil)
+	if err != nil {
+		return nil, apierrors.NewInternalError(err)
+	}
+	start := time.Now()
+	vec, err := p.prom.Query(ctx, expr)
+	if err != nil {
+		return nil, values.QueryError(err, "external metric "+info.Metric, e.rule.String())
+	}
+	klog.V(4).InfoS("Query done", "externalMetric", info.Metric, "namespace", namespace,
+		"series", len(vec), "duration", time.Since(start), "expr", expr)
+
+	window := values.WindowSeconds(expr)
+	list := &external_metrics.ExternalMetricValueList{Items: make([]external_metrics.ExternalMetricValue, 0, len(vec))}
+	for _, s := range vec {
+		q, ok := values.Quantity(float64(s.Value))
+		if !ok {
+			klog.V(2).InfoS("Dropping a sample that is not a finite number", "externalMetric", info.Metric, "series", s.Metric.String(), "value", s.Value)
+			continue
+		}
+		lbls := make(map[string]string, len(s.Metric))
+		for k, v := range s.Metric {
+			if k != model.MetricNameLabel {
+				lbls[string(k)] = string(v)
+			}
+		}
+		list.Items = append(list.Items, external_metrics.ExternalMetricValue{
+			MetricName:    info.Metric,
+			MetricLabels:  lbls,
+			Timestamp:     metav1.NewTime(s.Timestamp.Time()),
+			WindowSeconds: window,
+			Value:         q,
+		})
+	}
+	sort.Slice(list.Items, func(i, j int) bool {
+		return labels.Set(list.Items[i].MetricLabels).String() < labels.Set(list.Items[j].MetricLabels).String()
+	})
+	return list, nil
+}

@@ -1,0 +1,238 @@
+package externalmetrics
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakeprom"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+)
+
+// A config in prometheus-adapter's format: a namespaced rule (the default),
+// a rule with namespaced: false, and the built-in external rule.
+const cfgYAML = `
+externalRules:
+- seriesQuery: 'queue_depth{namespace!="",queue!=""}'
+  resources:
+    overrides:
+      namespace: {resource: namespace}
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (queue)
+- seriesQuery: 'kafka_lag{topic!=""}'
+  resources:
+    namespaced: false
+  name: {matches: "^kafka_(.*)$", as: "kafka_consumer_$1"}
+  metricsQuery: max(<<.Series>>{<<.LabelMatchers>>}) by (topic)
+- seriesQuery: 'app_requests_total{namespace!=""}'
+  resources:
+    template: <<.Resource>>
+  name: {matches: ^app_requests_total$, as: app_requests_per_second}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m]))
+`
+
+var series = []map[string]string{
+	{"__name__": "queue_depth", "namespace": "jobs", "queue": "a"},
+	{"__name__": "queue_depth", "namespace": "jobs", "queue": "b"},
+	{"__name__": "kafka_lag", "topic": "orders"},
+	{"__name__": "app_requests_total", "namespace": "default", "pod": "app-1", "endpoint": "/"},
+}
+
+type fixture struct {
+	p    *Provider
+	prom *fakeprom.Server
+	disc *discovery.Discoverer
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	cfg, _, err := config.Parse([]byte(cfgYAML), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := rules.Compile("externalRules", cfg.ExternalRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := fakeprom.New(t, series)
+	client, err := promclient.New(promclient.Config{URL: fp.URL, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(Config{Rules: rs, Querier: client})
+	var queries []string
+	for _, r := range rs {
+		queries = append(queries, r.SeriesQuery())
+	}
+	d := discovery.New(discovery.Config{Queries: queries, Lister: client})
+	d.Subscribe(p.Update)
+	return &fixture{p: p, prom: fp, disc: d}
+}
+
+func (f *fixture) discover(t *testing.T) {
+	t.Helper()
+	if r := f.disc.Relist(context.Background()); len(r.Failed) > 0 {
+		t.Fatalf("discovery failed: %v", r.Failed)
+	}
+}
+
+func info(name string) provider.ExternalMetricInfo { return provider.ExternalMetricInfo{Metric: name} }
+
+func TestListAllExternalMetrics(t *testing.T) {
+	f := newFixture(t)
+	if got := f.p.ListAllExternalMetrics(); got != nil {
+		t.Errorf("before discovery: %v, want nothing", got)
+	}
+	f.discover(t)
+	want := []provider.ExternalMetricInfo{{Metric: "app_requests_per_second"}, {Metric: "kafka_consumer_lag"}, {Metric: "queue_depth"}}
+	if d := cmp.Diff(want, f.p.ListAllExternalMetrics()); d != "" {
+		t.Errorf("ListAllExternalMetrics (-want +got):\n%s", d)
+	}
+}
+
+func TestGetExternalMetric(t *testing.T) {
+	tests := []struct {
+		name      string
+		namespace string
+		metric    string
+		selector  string
+		query     string
+		samples   []fakeprom.Sample
+		want      []string // name{labels}=value@timestamp
+	}{
+		{
+			name:      "matches the HPA's namespace on a namespaced rule, one value per series with its labels",
+			namespace: "jobs", metric: "queue_depth",
+			query: `sum(queue_depth{namespace="jobs"}) by (queue)`,
+			samples: []fakeprom.Sample{
+				{Labels: map[string]string{"queue": "b"}, Value: "7", TS: 1700000000},
+				{Labels: map[string]string{"queue": "a"}, Value: "0.5", TS: 1700000000},
+			},
+			want: []string{`queue_depth{queue=a}=500m@1700000000`, `queue_depth{queue=b}=7@1700000000`},
+		},
+		{
+			name:      "turns the metric selector into escaped matchers after the namespace",
+			namespace: "jobs", metric: "queue_depth", selector: `queue in (a.b,c-d),tier!=gold`,
+			query:   `sum(queue_depth{namespace="jobs",queue=~"a\\.b|c-d",tier!="gold"}) by (queue)`,
+			samples: []fakeprom.Sample{{Labels: map[string]string{"queue": "a.b"}, Value: "3", TS: 1700000000}},
+			want:    []string{`queue_depth{queue=a.b}=3@1700000000`},
+		},
+		{
+			name:      "ignores the namespace on a rule with namespaced: false, and queries the series' own name",
+			namespace: "default", metric: "kafka_consumer_lag", selector: "topic=orders",
+			query:   `max(kafka_lag{topic="orders"}) by (topic)`,
+			samples: []fakeprom.Sample{{Labels: map[string]string{"topic": "orders"}, Value: "1200", TS: 1700000001}},
+			want:    []string{`kafka_consumer_lag{topic=orders}=1200@1700000001`},
+		},
+		{
+			name:      "finds the namespace label through a template, and keeps the window of the rate",
+			namespace: "default", metric: "app_requests_per_second", selector: "container=app",
+			query:   `sum(rate(app_requests_total{namespace="default",container="app"}[1m]))`,
+			samples: []fakeprom.Sample{{Labels: map[string]string{}, Value: "12.5", TS: 1700000002}},
+			want:    []string{`app_requests_per_second{}=12500m@1700000002/60s`},
+		},
+		{
+			name:      "drops values that are not numbers and answers an empty list for no data",
+			namespace: "jobs", metric: "queue_depth",
+			query:   `sum(queue_depth{namespace="jobs"}) by (queue)`,
+			samples: []fakeprom.Sample{{Labels: map[string]string{"queue": "a"}, Value: "NaN", TS: 1700000000}},
+			want:    nil,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.discover(t)
+			f.prom.Vecs[tc.query] = tc.samples
+			sel, err := labels.Parse(tc.selector)
+			if err != nil {
+				t.Fatal(err)
+			}
+			list, err := f.p.GetExternalMetric(context.Background(), tc.namespace, sel, info(tc.metric))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff([]string{tc.query}, f.prom.Received()); d != "" {
+				t.Errorf("queries (-want +got):\n%s", d)
+			}
+			var got []string
+			for _, v := range list.Items {
+				s := fmt.Sprintf("%s{%s}=%s@%d", v.MetricName, labels.Set(v.MetricLabels), v.Value.String(), v.Timestamp.Unix())
+				if v.WindowSeconds != nil {
+					s += fmt.Sprintf("/%ds", *v.WindowSeconds)
+				}
+				got = append(got, s)
+			}
+			if d := cmp.Diff(tc.want, got); d != "" {
+				t.Errorf("values (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+func TestGetExternalMetricErrors(t *testing.T) {
+	f := newFixture(t)
+	_, err := f.p.GetExternalMetric(context.Background(), "jobs", labels.Everything(), info("queue_depth"))
+	if !apierrors.IsServiceUnavailable(err) {
+		t.Errorf("before discovery: %v, want 503", err)
+	}
+	f.discover(t)
+
+	_, err = f.p.GetExternalMetric(context.Background(), "jobs", labels.Everything(), info("no_such_metric"))
+	if !apierrors.IsNotFound(err) || !strings.Contains(err.Error(), `"no_such_metric"`) {
+		t.Errorf("unknown metric: %v, want 404 naming it", err)
+	}
+
+	sel, err := labels.Parse("queue>3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.p.GetExternalMetric(context.Background(), "jobs", sel, info("queue_depth"))
+	if !apierrors.IsBadRequest(err) || !strings.Contains(err.Error(), "queue>3") {
+		t.Errorf("selector without a PromQL matcher: %v, want 400 naming it", err)
+	}
+	if q := f.prom.Received(); len(q) != 0 {
+		t.Errorf("queries sent for rejected requests: %v", q)
+	}
+
+	f.prom.Fail = func(w http.ResponseWriter) bool {
+		http.Error(w, `{"status":"error","errorType":"bad_data","error":"parse error"}`, http.StatusBadRequest)
+		return true
+	}
+	_, err = f.p.GetExternalMetric(context.Background(), "jobs", labels.Everything(), info("queue_depth"))
+	if !apierrors.IsInternalError(err) || !strings.Contains(err.Error(), "externalRules[0]") {
+		t.Errorf("a query Prometheus rejects: %v, want 500 naming the rule", err)
+	}
+	f.prom.Fail = func(w http.ResponseWriter) bool {
+		http.Error(w, "unavailable", http.StatusBadGateway)
+		return true
+	}
+	_, err = f.p.GetExternalMetric(context.Background(), "jobs", labels.Everything(), info("queue_depth"))
+	if !apierrors.IsServiceUnavailable(err) {
+		t.Errorf("Prometheus failing: %v, want 503", err)
+	}
+}
+
+func TestUnknownMetricWhileSomeRulesNeverListedIsUnavailable(t *testing.T) {
+	f := newFixture(t)
+	f.prom.Fail = func(w http.ResponseWriter) bool {
+		http.Error(w, "unavailable", http.StatusBadGateway)
+		return true
+	}
+	f.disc.Relist(context.Background())
+	_, err := f.p.GetExternalMetric(context.Background(), "jobs", labels.Everything(), info("queue_depth"))
+	if !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "externalRules[0]") {
+		t.Errorf("error = %v, want 503 naming the rules that could not list", err)
+	}
+}

@@ -1,0 +1,335 @@
+// Package resourcemetrics serves the resource metrics API
+// (metrics.k8s.io/v1beta1: PodMetrics and NodeMetrics) from Prometheus, so
+// `kubectl top` and HPAs with Resource metrics (CPU utilization, memory
+// average value) work without metrics-server.
+//
+// The config's resourceRules say how: for a request the pods (or nodes) are
+// resolved from informer caches, each resource's containerQuery (or
+// nodeQuery) is rendered for them and run as one instant query, and the
+// samples are mapped back to containers by the rule's pod, namespace and
+// container labels. A pod is served only when every container Prometheus
+// reports for it has both a CPU and a memory value, so a half-scraped pod is
+// missing rather than reported low.
+//
+// The API types are k8s.io/metrics', served with this package's own REST
+// storage (metrics-server's pkg/api has no context on its getters, so a
+// request could neither be cancelled nor bounded, and every error became a
+// 500).
+package resourcemetrics
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/prometheus/common/model"
+	"golang.org/x/sync/errgroup"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/klog/v2"
+	"k8s.io/metrics/pkg/apis/metrics"
+	"k8s.io/utils/clock"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/values"
+)
+
+// ObjectLister finds pods and nodes; *resolver.Resolver implements it from
+// informer caches.
+type ObjectLister interface {
+	// Metadata returns the objects of gvr in namespace that sel matches,
+	// sorted by namespace and name.
+	Metadata(ctx context.Context, gvr schema.GroupVersionResource, namespace string, sel labels.Selector) ([]*metav1.PartialObjectMetadata, error)
+	// GetMetadata returns one object, or a NotFound error.
+	GetMetadata(ctx context.Context, gvr schema.GroupVersionResource, namespace, name string) (*metav1.PartialObjectMetadata, error)
+}
+
+// Config holds a Provider's dependencies.
+type Config struct {
+	// Rules are the compiled resourceRules; nil answers every request 503
+	// naming the missing section.
+	Rules   *rules.ResourceRules
+	Querier promclient.Querier
+	Objects ObjectLister
+	Clock   clock.PassiveClock
+}
+
+// Provider reads pod and node usage from Prometheus.
+type Provider struct {
+	rules   *rules.ResourceRules
+	prom    promclient.Querier
+	objects ObjectLister
+	clock   clock.PassiveClock
+}
+
+// New returns a Provider.
+func New(cfg Config) *Provider {
+	p := &Provider{rules: cfg.Rules, prom: cfg.Querier, objects: cfg.Objects, clock: cfg.Clock}
+	if p.clock == nil {
+		p.clock = clock.RealClock{}
+	}
+	return p
+}
+
+var errNoRules = apierrors.NewServiceUnavailable("the adapter's config has no resourceRules, so it serves no resource metrics: add them (see docs/config.md) or remove the v1beta1.metrics.k8s.io APIService")
+
+// usage is one resource's value for a container or a node.
+type usage struct {
+	value float64
+	ts    model.Time
+}
+
+// containerKey identifies a container in query results.
+type containerKey struct{ namespace, pod, container string }
+
+// PodMetrics returns the usage of the given pods. Pods without complete
+// data are left out.
+func (p *Provider) PodMetrics(ctx context.Context, pods []*metav1.PartialObjectMetadata) ([]metrics.PodMetrics, error) {
+	if p.rules == nil {
+		return nil, errNoRules
+	}
+	if len(pods) == 0 {
+		return nil, nil
+	}
+	var namespaces, names []string
+	for _, pod := range pods {
+		namespaces = append(namespaces, pod.Namespace)
+		names = append(names, pod.Name)
+	}
+	slices.Sort(namespaces)
+	namespaces = slices.Compact(namespaces)
+
+	var cpu, mem map[containerKey]usage
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		cpu, err = p.containers(gctx, p.rules.CPU, namespaces, names)
+		return err
+	})
+	g.Go(func() (err error) {
+		mem, err = p.containers(gctx, p.rules.Memory, namespaces, names)
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+
+	type podKey struct{ namespace, name string }
+	byPod := map[podKey][]string{}
+	for k := range cpu {
+		byPod[podKey{k.namespace, k.pod}] = append(byPod[podKey{k.namespace, k.pod}], k.container)
+	}
+	for k := range mem {
+		if _, ok := cpu[k]; !ok {
+			byPod[podKey{k.namespace, k.pod}] = append(byPod[podKey{k.namespace, k.pod}], k.container)
+		}
+	}
+	now := metav1.NewTime(p.clock.Now())
+	out := make([]metrics.PodMetrics, 0, len(pods))
+	for _, pod := range pods {
+		containers := byPod[podKey{pod.Namespace, pod.Name}]
+		if len(containers) == 0 {
+			continue
+		}
+		slices.Sort(containers)
+		pm := metrics.PodMetrics{
+			ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace, Labels: pod.Labels, CreationTimestamp: now},
+			Window:     metav1.Duration{Duration: p.rules.Window},
+		}
+		var earliest model.Time
+		complete := true
+		for _, c := range containers {
+			k := containerKey{pod.Namespace, pod.Name, c}
+			cu, cok := cpu[k]
+			mu, mok := mem[k]
+			if !cok || !mok {
+				klog.V(2).InfoS("Leaving out a pod with incomplete resource metrics", "pod", klog.KObj(pod), "container", c, "cpu", cok, "memory", mok)
+				complete = false
+				break
+			}
+			cq, cok := cpuQuantity(cu.value)
+			mq, mok := memoryQuantity(mu.value)
+			if !cok || !mok {
+				klog.V(2).InfoS("Leaving out a pod with a resource value that is not a finite, non-negative number", "pod", klog.KObj(pod), "container", c, "cpu", cu.value, "memory", mu.value)
+				complete = false
+				break
+			}
+			pm.Containers = append(pm.Containers, metrics.ContainerMetrics{
+				Name:  c,
+				Usage: corev1.ResourceList{corev1.ResourceCPU: cq, corev1.ResourceMemory: mq},
+			})
+			for _, ts := range []model.Time{cu.ts, mu.ts} {
+				if earliest == 0 || ts.Before(earliest) {
+					earliest = ts
+				}
+			}
+		}
+		if !complete {
+			continue
+		}
+		pm.Timestamp = metav1.NewTime(earliest.Time())
+		out = append(out, pm)
+	}
+	return out, nil
+}
+
+// containers runs one resource's container query for pods of the given
+// namespaces and names, and returns the usage per container of the pods
+// asked for.
+func (p *Provider) containers(ctx context.Context, q *rules.ResourceQuery, namespaces, names []string) (map[containerKey]usage, error) {
+	matchers := []promql.Matcher{
+		promql.OneOf(q.NamespaceLabel, namespaces),
+		promql.OneOf(q.PodLabel, names),
+	}
+	groupBy := compactLabels(q.NamespaceLabel, q.PodLabel, q.ContainerLabel)
+	expr, err := q.RenderContainers(matchers, groupBy)
+	if err != nil {
+		return nil, apierrors.NewInternalError(err)
+	}
+	vec, err := p.query(ctx, q, expr, "pods")
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[containerKey]usage, len(vec))
+	for _, s := range vec {
+		k := containerKey{
+			namespace: string(s.Metric[model.LabelName(q.NamespaceLabel)]),
+			pod:       string(s.Metric[model.LabelName(q.PodLabel)]),
+			container: string(s.Metric[model.LabelName(q.ContainerLabel)]),
+		}
+		if k.namespace == "" || k.pod == "" || k.container == "" {
+			// Pod-level cgroups (cAdvisor's container="") and series the
+			// query did not group by the container are not containers.
+			continue
+		}
+		prev := out[k]
+		// Several series for one container (a query that keeps more
+		// labels than it groups by) add up, as the query's sum would.
+		out[k] = usage{value: prev.value + float64(s.Value), ts: max(prev.ts, s.Timestamp)}
+	}
+	return out, nil
+}
+
+// NodeMetrics returns the usage of the given nodes. Nodes without both a
+// CPU and a memory value are left out.
+func (p *Provider) NodeMetrics(ctx context.Context, nodes []*metav1.PartialObjectMetadata) ([]metrics.NodeMetrics, error) {
+	if p.rules == nil {
+		return nil, errNoRules
+	}
+	if len(nodes) == 0 {
+		return nil, nil
+	}
+	names := make([]string, 0, len(nodes))
+	for _, n := range nodes {
+		names = append(names, n.Name)
+	}
+	var cpu, mem map[string]usage
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		cpu, err = p.nodes(gctx, p.rules.CPU, names)
+		return err
+	})
+	g.Go(func() (err error) {
+		mem, err = p.nodes(gctx, p.rules.Memory, names)
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	now := metav1.NewTime(p.clock.Now())
+	out := make([]metrics.NodeMetrics, 0, len(nodes))
+	for _, n := range nodes {
+		cu, cok := cpu[n.Name]
+		mu, mok := mem[n.Name]
+		if !cok || !mok {
+			klog.V(2).InfoS("Leaving out a node with incomplete resource metrics", "node", n.Name, "cpu", cok, "memory", mok)
+			continue
+		}
+		cq, cok := cpuQuantity(cu.value)
+		mq, mok := memoryQuantity(mu.value)
+		if !cok || !mok {
+			klog.V(2).InfoS("Leaving out a node with a resource value that is not a finite, non-negative number", "node", n.Name, "cpu", cu.value, "memory", mu.value)
+			continue
+		}
+		out = append(out, metrics.NodeMetrics{
+			ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: n.Labels, CreationTimestamp: now},
+			Timestamp:  metav1.NewTime(min(cu.ts, mu.ts).Time()),
+			Window:     metav1.Duration{Duration: p.rules.Window},
+			Usage:      corev1.ResourceList{corev1.ResourceCPU: cq, corev1.ResourceMemory: mq},
+		})
+	}
+	return out, nil
+}
+
+func (p *Provider) nodes(ctx context.Context, q *rules.ResourceQuery, names []string) (map[string]usage, error) {
+	expr, err := q.RenderNodes([]promql.Matcher{promql.OneOf(q.NodeLabel, names)}, []string{q.NodeLabel})
+	if err != nil {
+		return nil, apierrors.NewInternalError(err)
+	}
+	vec, err := p.query(ctx, q, expr, "nodes")
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]usage, len(vec))
+	for _, s := range vec {
+		name := string(s.Metric[model.LabelName(q.NodeLabel)])
+		if name == "" {
+			continue
+		}
+		prev := out[name]
+		out[name] = usage{value: prev.value + float64(s.Value), ts: max(prev.ts, s.Timestamp)}
+	}
+	return out, nil
+}
+
+func (p *Provider) query(ctx context.Context, q *rules.ResourceQuery, expr, of string) (model.Vector, error) {
+	start := time.Now()
+	vec, err := p.prom.Query(ctx, expr)
+	if err != nil {
+		return nil, values.QueryError(err, fmt.Sprintf("the %s of %s", q.Name, of), "resourceRules."+q.Name)
+	}
+	klog.V(4).InfoS("Query done", "resource", q.Name, "of", of, "series", len(vec), "duration", time.Since(start), "expr", expr)
+	return vec, nil
+}
+
+// cpuQuantity is CPU cores as a Quantity in nanocores, what metrics-server
+// serves.
+func cpuQuantity(cores float64) (resource.Quantity, bool) {
+	if math.IsNaN(cores) || math.IsInf(cores, 0) || cores < 0 || cores > 9e9 {
+		return resource.Quantity{}, false
+	}
+	return *resource.NewScaledQuantity(int64(math.Round(cores*1e9)), resource.Nano), true
+}
+
+// memoryQuantity is bytes as a binary Quantity.
+func memoryQuantity(bytes float64) (resource.Quantity, bool) {
+	if math.IsNaN(bytes) || math.IsInf(bytes, 0) || bytes < 0 || bytes > 9e18 {
+		return resource.Quantity{}, false
+	}
+	return *resource.NewQuantity(int64(math.Round(bytes)), resource.BinarySI), true
+}
+
+func compactLabels(labels ...string) []string {
+	var out []string
+	for _, l := range labels {
+		if !slices.Contains(out, l) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// podsGVR and nodesGVR are the resources the storage resolves.
+var (
+	podsGVR  = resolver.PodsGVR
+	nodesGVR = resolver.NodesGVR
+)
