@@ -41,7 +41,7 @@ integration: $(BIN)/prometheus ## The provider against a real Prometheus scrapin
 .PHONY: e2e
 e2e: tools build ## End-to-end: real control plane, HPA controller, Prometheus, adapter, app
 	@mkdir -p _output
-	go test -count=1 -timeout 40m -v ./test/e2e/... 2>&1 | tee $(CURDIR)/_output/e2e.log
+	go test -count=1 -timeout 40m -parallel 8 -v ./test/e2e/... 2>&1 | tee $(CURDIR)/_output/e2e.log
 
 .PHONY: repo
 repo: shellcheck kubectl ## Repository checks: manifests and kustomizations, shellcheck, Dockerfile build stages
@@ -49,6 +49,10 @@ repo: shellcheck kubectl ## Repository checks: manifests and kustomizations, she
 
 .PHONY: test
 test: verify-fmt vet repo unit integration e2e ## Every test (what CI runs)
+
+.PHONY: generate
+generate: ## Regenerate the OpenAPI definitions of metrics.k8s.io (pkg/resourcemetrics/openapi)
+	hack/openapi-gen.sh
 
 .PHONY: vet
 vet: ## go vet

@@ -194,13 +194,11 @@ func (h *Handler) release(buf []byte, mib int, hold time.Duration) {
 	runtime.KeepAlive(buf) // held until here, free after
 	h.mu.Lock()
 	h.heldMiB -= mib
-	empty := h.heldMiB == 0
 	h.mu.Unlock()
-	if empty {
-		// Give the memory back to the OS, so the pod's working set (what a
-		// memory HPA sees) falls when the load stops.
-		debug.FreeOSMemory()
-	}
+	// Give the memory back to the OS at once, so the process' resident
+	// memory (what a memory HPA sees) follows what /mem holds rather than
+	// the heap's high-water mark.
+	debug.FreeOSMemory()
 }
 
 func durationParam(r *http.Request, name string, def, limit time.Duration) (time.Duration, error) {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The demo on a kind cluster: builds both images, installs metrics-server,
-# Prometheus, the adapter and the load app, drives load from a pod and shows
-# the HPA scaling the app out on packets-per-second and back in.
+# The demo on a kind cluster: builds both images, installs Prometheus (which
+# scrapes the pods and cAdvisor), the adapter with all three metrics APIs
+# (custom, external, and resource metrics in place of metrics-server) and
+# the load app, drives load from a pod and shows the HPA scaling the app out
+# on packets-per-second and back in.
 #
 # Needs Docker, kind and kubectl. Idempotent: rerunning reuses the cluster.
 #
@@ -11,7 +13,6 @@
 set -euo pipefail
 
 CLUSTER_NAME=${CLUSTER_NAME:-custom-metrics-demo}
-METRICS_SERVER_VERSION=${METRICS_SERVER_VERSION:-v0.8.0}
 TAG=${TAG:-dev}
 # Load offered by the generator pod (requests/s) and for how long; the HPA
 # aims for TARGET requests/s per pod (manifests/hpa/pods says 1k).
@@ -59,24 +60,22 @@ docker build -f Dockerfile.adapter --build-arg VERSION="$version" -t "custom-met
 docker build -f Dockerfile.app --build-arg VERSION="$version" -t "custom-metrics-adapter/app:$TAG" .
 kind load docker-image --name "$CLUSTER_NAME" "custom-metrics-adapter/adapter:$TAG" "custom-metrics-adapter/app:$TAG"
 
-log "installing metrics-server $METRICS_SERVER_VERSION (for the CPU and memory HPA examples)"
-kubectl apply -f "https://github.com/kubernetes-sigs/metrics-server/releases/download/$METRICS_SERVER_VERSION/components.yaml"
-# kind's kubelets serve self-signed certificates.
-if ! kubectl -n kube-system get deployment metrics-server -o jsonpath='{.spec.template.spec.containers[0].args}' | grep -q -- --kubelet-insecure-tls; then
-  kubectl -n kube-system patch deployment metrics-server --type=json \
-    -p '[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--kubelet-insecure-tls"}]'
+if kubectl get apiservice v1beta1.metrics.k8s.io >/dev/null 2>&1 &&
+   [[ $(kubectl get apiservice v1beta1.metrics.k8s.io -o jsonpath='{.spec.service.name}') != custom-metrics-apiserver ]]; then
+  die "metrics.k8s.io is served by another APIService (metrics-server?): this demo serves it from the adapter; delete it or use a fresh cluster"
 fi
-kubectl -n kube-system rollout status deployment/metrics-server --timeout=180s
 
 log "installing Prometheus (manifests/prometheus)"
 kubectl apply -k manifests/prometheus
 kubectl -n monitoring rollout status deployment/prometheus --timeout=180s
 
-log "installing the adapter (manifests/adapter) with a verified serving certificate"
+log "installing the adapter (manifests/adapter, external-metrics, resource-metrics) with a verified serving certificate"
 kubectl apply -k manifests/adapter
+kubectl apply -k manifests/external-metrics
+kubectl apply -k manifests/resource-metrics
 hack/gen-serving-cert.sh
 kubectl -n custom-metrics rollout status deployment/custom-metrics-apiserver --timeout=180s
-for a in v1beta1.custom.metrics.k8s.io v1beta2.custom.metrics.k8s.io; do
+for a in v1beta1.custom.metrics.k8s.io v1beta2.custom.metrics.k8s.io v1beta1.external.metrics.k8s.io v1beta1.metrics.k8s.io; do
   kubectl wait --for=condition=Available "apiservice/$a" --timeout=120s
 done
 
@@ -130,8 +129,10 @@ Next:
   kubectl get hpa app -w
   kubectl get --raw "$metric_url"
   kubectl get --raw /apis/custom.metrics.k8s.io/v1beta2/namespaces/default/ingresses.networking.k8s.io/main-route/requests-per-second
-  kubectl apply -k manifests/hpa/object    # the Object-metric example (Ingress main-route)
-  kubectl apply -k manifests/hpa/cpu       # the CPU example (metrics-server)
+  kubectl top pods; kubectl top nodes       # resource metrics, from cAdvisor through Prometheus
+  kubectl apply -k manifests/hpa/object     # the Object-metric example (Ingress main-route)
+  kubectl apply -k manifests/hpa/external   # the External-metric example (app_requests_per_second)
+  kubectl apply -k manifests/hpa/cpu        # the CPU example (resource metrics from this adapter)
 
 Delete the cluster:
   kind delete cluster --name $CLUSTER_NAME

@@ -1,8 +1,10 @@
 // Command localdemo is `make demo`: it starts the local stack (a real
-// control plane, the process kubelet, Prometheus and the adapter on
-// 127.0.0.1), deploys the load app and a Pods-metric HPA from manifests/,
-// plays a load pattern and prints what the adapter serves and what the HPA
-// does, then leaves the stack up until Ctrl-C.
+// control plane, the process kubelet, Prometheus and the adapter serving
+// the custom, external and resource metrics APIs on 127.0.0.1), deploys the
+// load app five times, each with one of the seed's HPAs from
+// manifests/hpa (CPU, memory, Pods, Object, External), plays a load pattern
+// on all of them at once and prints what each HPA sees and does, then
+// leaves the stack up until Ctrl-C.
 package main
 
 import (
@@ -13,19 +15,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
-	autoscalingv2 "k8s.io/api/autoscaling/v2"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
-	cmclient "k8s.io/metrics/pkg/client/custom_metrics"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/loadgen"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
@@ -35,8 +32,9 @@ import (
 type phase struct {
 	name     string
 	duration time.Duration
-	// rate returns the offered req/s at t into the phase.
-	rate func(t time.Duration) float64
+	// share returns the fraction of each HPA's full load at t into the
+	// phase.
+	share func(t time.Duration) float64
 }
 
 func main() {
@@ -50,12 +48,15 @@ func main() {
 }
 
 func run() error {
-	quick := flag.Bool("quick", false, "Shorter load pattern, and exit when the app is back to one replica instead of waiting for Ctrl-C.")
-	peak := flag.Float64("peak", 40, "Peak offered load, requests per second.")
-	target := flag.Int64("target", 10, "The HPA's target per pod, requests per second (manifests/hpa/pods says 1k; this machine drives tens).")
+	quick := flag.Bool("quick", false, "Shorter load pattern, and exit when every app is back to one replica instead of waiting for Ctrl-C.")
+	only := flag.String("only", "", "Run only these HPAs, comma-separated namespaces (hpa-cpu,hpa-memory,hpa-pods,hpa-object,hpa-external); default all.")
 	dirFlag := flag.String("dir", "", "Run folder for logs, certificates and kubeconfigs (default run/demo in the repository).")
 	flag.Parse()
 
+	hpas, err := selectHPAs(*only)
+	if err != nil {
+		return err
+	}
 	root, err := localstack.RepoRoot()
 	if err != nil {
 		return err
@@ -90,76 +91,80 @@ func run() error {
 	ctx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
 
-	fmt.Println("== deploying manifests/app (Deployment app, Service app, Ingress main-route)")
-	if _, err := s.Kubectl(ctx, nil, "apply", "-k", "manifests/app"); err != nil {
-		return err
+	fmt.Println("== deploying manifests/app and one HPA from manifests/hpa in a namespace each")
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  namespace\tHPA\ttarget\tload at full\t")
+	var deployErr error
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, h := range hpas {
+		wg.Go(func() {
+			err := deploy(ctx, s, h)
+			mu.Lock()
+			defer mu.Unlock()
+			deployErr = errors.Join(deployErr, err)
+		})
 	}
-	hpa, err := demoHPA(ctx, s, *target)
-	if err != nil {
-		return err
+	wg.Wait()
+	if deployErr != nil {
+		return deployErr
 	}
-	if _, err := s.Client.AutoscalingV2().HorizontalPodAutoscalers("default").Create(ctx, hpa, metav1.CreateOptions{}); err != nil {
-		return err
+	for _, h := range hpas {
+		hpa, err := s.Client.AutoscalingV2().HorizontalPodAutoscalers(h.Namespace).Get(ctx, "app", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		_, target := localstack.CurrentMetric(hpa)
+		fmt.Fprintf(tw, "  %s\t%s (%s)\t%s\t%.0f req/s GET %s\t\n", h.Namespace, h.Metric, h.Dir, target, h.Rate, h.Path)
 	}
-	fmt.Printf("== HPA app from manifests/hpa/pods: packets-per-second, target %d per pod (the example says 1k), 1..%d replicas\n",
-		*target, hpa.Spec.MaxReplicas)
+	tw.Flush()
 
-	mc := s.MetricsClient()
-	fmt.Println("== waiting for the app's first pod and its metrics")
-	if err := wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		_, err := mc.NamespacedMetrics("default").GetForObject(schema.GroupKind{Group: "networking.k8s.io", Kind: "Ingress"}, "main-route", "requests-per-second", labels.Everything())
-		return err == nil, nil
-	}); err != nil {
-		return fmt.Errorf("the adapter never served requests-per-second for Ingress main-route: %w", err)
-	}
-
-	hold := 2 * time.Minute
-	ramp := 40 * time.Second
+	hold := 2*time.Minute + 30*time.Second
+	ramp := 30 * time.Second
 	idle := 15 * time.Second
 	if *quick {
-		hold, ramp, idle = 75*time.Second, 20*time.Second, 5*time.Second
+		hold, ramp, idle = 100*time.Second, 15*time.Second, 5*time.Second
 	}
-	p := *peak
 	phases := []phase{
 		{"idle", idle, func(time.Duration) float64 { return 0 }},
-		{"ramp", ramp, func(t time.Duration) float64 { return p * t.Seconds() / ramp.Seconds() }},
-		{"hold", hold, func(time.Duration) float64 { return p }},
+		{"ramp", ramp, func(t time.Duration) float64 { return t.Seconds() / ramp.Seconds() }},
+		{"hold", hold, func(time.Duration) float64 { return 1 }},
 		{"stop", 0, func(time.Duration) float64 { return 0 }},
 	}
 	var total time.Duration
 	for _, ph := range phases {
 		total += ph.duration
 	}
-	rate := func(t time.Duration) (string, float64) {
+	at := func(t time.Duration) (string, float64) {
 		for _, ph := range phases {
 			if t < ph.duration || ph.duration == 0 {
-				return ph.name, ph.rate(t)
+				return ph.name, ph.share(t)
 			}
 			t -= ph.duration
 		}
 		return "stop", 0
 	}
-	targets, err := localstack.ServiceTargets(ctx, s.Client, "default", "app")
-	if err != nil {
-		return err
-	}
-	fmt.Printf("== load: idle %s, ramp to %.0f req/s over %s, hold %s, stop; the load generator plays the Service app\n\n", idle, p, ramp, hold)
-	var stats loadgen.Stats
+
+	fmt.Printf("\n== load on every app at once: idle %s, ramp to full over %s, hold %s, stop\n", idle, ramp, hold)
+	stats := make([]loadgen.Stats, len(hpas))
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
+	for i, h := range hpas {
+		targets, err := localstack.ServiceTargets(loadCtx, s.Client, h.Namespace, "app")
+		if err != nil {
+			return err
+		}
+		go func() {
+			_ = loadgen.Run(loadCtx, loadgen.Config{
+				Targets: targets, Path: h.Path, Duration: total,
+				Rate: func(t time.Duration) float64 { _, share := at(t); return share * h.Rate },
+			}, &stats[i])
+		}()
+	}
 	start := time.Now()
-	go func() {
-		_ = loadgen.Run(loadCtx, loadgen.Config{
-			Targets: targets, Path: "/?cpu=1ms", Duration: total,
-			Rate: func(t time.Duration) float64 { _, r := rate(t); return r },
-		}, &stats)
-	}()
 
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "time\tphase\toffered\tper-pod rps (adapter)\ttotal\tingress main-route\treplicas\tHPA current/target\t")
-	tw.Flush()
 	backToOne := time.Time{}
-	ticker := time.NewTicker(5 * time.Second)
+	ticker := time.NewTicker(10 * time.Second)
 	defer ticker.Stop()
 	for {
 		select {
@@ -169,21 +174,77 @@ func run() error {
 		case <-ticker.C:
 		}
 		elapsed := time.Since(start)
-		name, offered := rate(elapsed)
-		row := snapshot(ctx, s, mc)
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n", elapsed.Round(time.Second), name, offered, row.perPod, row.total, row.ingress, row.replicas, row.hpa)
-		tw.Flush()
-		if name == "stop" && row.ready == 1 && row.desired == 1 {
-			if backToOne.IsZero() {
-				backToOne = time.Now()
-				fmt.Printf("\n== back to 1 replica %s after the load stopped (%s)\n", time.Since(start.Add(total)).Round(time.Second), stats.String())
-				if *quick {
-					return nil
-				}
-				explore(s)
+		name, share := at(elapsed)
+		fmt.Printf("\n[%s] %s, load at %.0f%%\n", elapsed.Round(time.Second), name, share*100)
+		tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "namespace\tmetric\tcurrent\ttarget\treplicas\toffered\t")
+		allAtOne := true
+		for _, h := range hpas {
+			r := snapshot(ctx, s, h)
+			if r.ready != 1 || r.desired != 1 {
+				allAtOne = false
 			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.0f req/s\t\n", h.Namespace, h.Metric, r.current, r.target, r.replicas, share*h.Rate)
+		}
+		tw.Flush()
+		if name == "stop" && allAtOne && backToOne.IsZero() {
+			backToOne = time.Now()
+			var sent []string
+			for i, h := range hpas {
+				sent = append(sent, fmt.Sprintf("%s: %s", h.Namespace, stats[i].String()))
+			}
+			fmt.Printf("\n== every app back to 1 replica %s after the load stopped\n   %s\n",
+				time.Since(start.Add(total)).Round(time.Second), strings.Join(sent, "\n   "))
+			if *quick {
+				return nil
+			}
+			explore(s)
 		}
 	}
+}
+
+func selectHPAs(only string) ([]localstack.SeedHPA, error) {
+	if only == "" {
+		return localstack.SeedHPAs, nil
+	}
+	var out []localstack.SeedHPA
+	for _, name := range strings.Split(only, ",") {
+		found := false
+		for _, h := range localstack.SeedHPAs {
+			if h.Namespace == strings.TrimSpace(name) {
+				out, found = append(out, h), true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("--only: no HPA %q (have hpa-cpu, hpa-memory, hpa-pods, hpa-object, hpa-external)", name)
+		}
+	}
+	return out, nil
+}
+
+// deploy applies the app and the HPA in the HPA's namespace, and waits
+// until the HPA reads its metric.
+func deploy(ctx context.Context, s *localstack.Stack, h localstack.SeedHPA) error {
+	if err := s.DeployApp(ctx, h.Namespace); err != nil {
+		return err
+	}
+	hpa, err := s.HPA(ctx, h, 20*time.Second)
+	if err != nil {
+		return err
+	}
+	if _, err := s.Client.AutoscalingV2().HorizontalPodAutoscalers(h.Namespace).Create(ctx, hpa, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	// The CPU HPA counts a new pod's usage one window (1m) after it is
+	// ready; the others read their metric within seconds.
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		got, err := s.Client.AutoscalingV2().HorizontalPodAutoscalers(h.Namespace).Get(ctx, hpa.Name, metav1.GetOptions{})
+		return err == nil && len(got.Status.CurrentMetrics) > 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("the HPA in %s never read its metric: %w", h.Namespace, err)
+	}
+	return nil
 }
 
 func explore(s *localstack.Stack) {
@@ -191,65 +252,31 @@ func explore(s *localstack.Stack) {
 The stack stays up until Ctrl-C. Explore it:
 
   export KUBECONFIG=%s
-  kubectl get hpa,deploy,pods -o wide
-  kubectl get hpa app -w
-  kubectl get --raw "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/requests-per-second?labelSelector=app%%3Dapp"
-  kubectl get --raw /apis/custom.metrics.k8s.io/v1beta2/namespaces/default/ingresses.networking.k8s.io/main-route/requests-per-second
-  kubectl apply -k manifests/hpa/object     # switch the HPA to the Object metric (target 2k: scale it down first)
-  %s/bin/loadgen --target=http://<pod IP>:8080 --rate=30 --duration=2m   # pod IPs: kubectl get pods -o wide
+  kubectl get hpa -A
+  kubectl top pods -A; kubectl top nodes
+  kubectl get --raw "/apis/custom.metrics.k8s.io/v1beta2/namespaces/hpa-pods/pods/*/packets-per-second?labelSelector=app%%3Dapp"
+  kubectl get --raw /apis/custom.metrics.k8s.io/v1beta2/namespaces/hpa-object/ingresses.networking.k8s.io/main-route/requests-per-second
+  kubectl get --raw "/apis/external.metrics.k8s.io/v1beta1/namespaces/hpa-external/app_requests_per_second?labelSelector=container%%3Dapp"
+  kubectl get --raw /apis/metrics.k8s.io/v1beta1/namespaces/hpa-cpu/pods
+  %s/bin/loadgen --target=http://<pod IP>:8080 --rate=30 --duration=2m   # pod IPs: kubectl get pods -A -o wide
 
 Prometheus: %s   Logs: %s
 `, s.AdminKubeconfig, s.Root, s.Prometheus.URL, s.Dir)
 }
 
-func demoHPA(ctx context.Context, s *localstack.Stack, target int64) (*autoscalingv2.HorizontalPodAutoscaler, error) {
-	hpa, err := s.RenderHPA(ctx, "manifests/hpa/pods")
-	if err != nil {
-		return nil, err
-	}
-	if len(hpa.Spec.Metrics) != 1 || hpa.Spec.Metrics[0].Pods == nil {
-		return nil, errors.New("manifests/hpa/pods is not a Pods-metric HPA")
-	}
-	hpa.Spec.Metrics[0].Pods.Target.AverageValue = resource.NewQuantity(target, resource.DecimalSI)
-	hpa.Spec.MaxReplicas = 5
-	return hpa, nil
-}
-
 type row struct {
-	perPod, total, ingress, replicas, hpa string
-	ready, desired                        int32
+	current, target, replicas string
+	ready, desired            int32
 }
 
-func snapshot(ctx context.Context, s *localstack.Stack, mc cmclient.CustomMetricsClient) row {
-	r := row{perPod: "-", total: "-", ingress: "-", replicas: "-", hpa: "-"}
-	if list, err := mc.NamespacedMetrics("default").GetForObjects(schema.GroupKind{Kind: "Pod"},
-		labels.SelectorFromSet(labels.Set{"app": "app"}), "requests-per-second", labels.Everything()); err == nil {
-		items := list.Items
-		sort.Slice(items, func(i, j int) bool { return items[i].DescribedObject.Name < items[j].DescribedObject.Name })
-		var parts []string
-		sum := 0.0
-		for _, v := range items {
-			f := v.Value.AsApproximateFloat64()
-			sum += f
-			parts = append(parts, fmt.Sprintf("%.1f", f))
-		}
-		r.perPod = strings.Join(parts, " ")
-		r.total = fmt.Sprintf("%.1f", sum)
+func snapshot(ctx context.Context, s *localstack.Stack, h localstack.SeedHPA) row {
+	r := row{current: "-", target: "-", replicas: "-"}
+	if hpa, err := s.Client.AutoscalingV2().HorizontalPodAutoscalers(h.Namespace).Get(ctx, "app", metav1.GetOptions{}); err == nil {
+		r.current, r.target = localstack.CurrentMetric(hpa)
 	}
-	if v, err := mc.NamespacedMetrics("default").GetForObject(schema.GroupKind{Group: "networking.k8s.io", Kind: "Ingress"},
-		"main-route", "requests-per-second", labels.Everything()); err == nil {
-		r.ingress = fmt.Sprintf("%.1f", v.Value.AsApproximateFloat64())
-	}
-	if d, err := s.Client.AppsV1().Deployments("default").Get(ctx, "app", metav1.GetOptions{}); err == nil {
+	if d, err := s.Client.AppsV1().Deployments(h.Namespace).Get(ctx, "app", metav1.GetOptions{}); err == nil {
 		r.ready, r.desired = d.Status.ReadyReplicas, *d.Spec.Replicas
 		r.replicas = fmt.Sprintf("%d/%d", d.Status.ReadyReplicas, *d.Spec.Replicas)
-	}
-	if h, err := s.Client.AutoscalingV2().HorizontalPodAutoscalers("default").Get(ctx, "app", metav1.GetOptions{}); err == nil {
-		cur := "?"
-		if len(h.Status.CurrentMetrics) > 0 && h.Status.CurrentMetrics[0].Pods != nil {
-			cur = h.Status.CurrentMetrics[0].Pods.Current.AverageValue.String()
-		}
-		r.hpa = fmt.Sprintf("%s/%s", cur, h.Spec.Metrics[0].Pods.Target.AverageValue.String())
 	}
 	return r
 }

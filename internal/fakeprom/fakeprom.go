@@ -24,7 +24,8 @@ type Sample struct {
 	TS     float64
 }
 
-// Server is a fake Prometheus. Set its fields before requests are made.
+// Server is a fake Prometheus. Set its fields before requests are made;
+// once requests may be in flight, use SetFail and SetDelay.
 type Server struct {
 	// URL is the server's base URL.
 	URL string
@@ -55,9 +56,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err := r.ParseForm(); err != nil {
 		s.t.Errorf("fake Prometheus: %v", err)
 	}
-	if s.Delay > 0 {
+	s.mu.Lock()
+	delay := s.Delay
+	s.mu.Unlock()
+	if delay > 0 {
 		select {
-		case <-time.After(s.Delay):
+		case <-time.After(delay):
 		case <-r.Context().Done():
 			return
 		}
@@ -99,6 +103,20 @@ func (s *Server) seriesFor(matches []string) []map[string]string {
 		}
 	}
 	return out
+}
+
+// SetFail sets Fail while requests may be in flight.
+func (s *Server) SetFail(fn func(w http.ResponseWriter) bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.Fail = fn
+}
+
+// SetDelay sets Delay while requests may be in flight.
+func (s *Server) SetDelay(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.Delay = d
 }
 
 // Received returns the text of every query received, in order.

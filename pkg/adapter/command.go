@@ -104,6 +104,10 @@ Run it behind an APIService. Outside a cluster, point --lister-kubeconfig,
 	base.FlagSet = fss.FlagSet("kubernetes api")
 	base.InstallFlags()
 	logsapi.AddFlags(logging, fss.FlagSet("logging"))
+	// prometheus-adapter's manifests pass klog's --logtostderr, which
+	// Kubernetes components no longer have: accept it, do nothing.
+	fss.FlagSet("logging").Bool("logtostderr", true, "Accepted for prometheus-adapter compatibility; has no effect (logs go to stderr).")
+	_ = fss.FlagSet("logging").MarkDeprecated("logtostderr", "it has no effect: logs go to stderr")
 	for _, fs := range fss.FlagSets {
 		cmd.Flags().AddFlagSet(fs)
 	}

@@ -180,3 +180,41 @@ func TestCommandRejectsBadConfigFile(t *testing.T) {
 		t.Errorf("error = %v, want it to name the file, line and field", err)
 	}
 }
+
+// TestAcceptsPrometheusAdapterFlags parses the flags prometheus-adapter's
+// users pass (its own, the API server's, the Helm chart's) into the real
+// command: none is unknown, and each lands where it should.
+func TestAcceptsPrometheusAdapterFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{
+			"--prometheus-url=https://prometheus.monitoring.svc:9090/", "--config=/etc/adapter/config.yaml",
+			"--metrics-relist-interval=1m", "--metrics-max-age=2m",
+			"--prometheus-ca-file=/ca.pem", "--prometheus-client-tls-cert-file=/c.pem", "--prometheus-client-tls-key-file=/k.pem",
+			"--prometheus-token-file=/token", "--prometheus-header=X-Scope-OrgID=team-a", "--prometheus-verb=GET",
+			"--disable-http2", "--secure-port=6443", "--cert-dir=/var/run/serving-cert",
+			"--tls-cert-file=/tls.crt", "--tls-private-key-file=/tls.key",
+			"--tls-cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "--lister-kubeconfig=/kc",
+			"--authentication-kubeconfig=/kc", "--authorization-kubeconfig=/kc", "--v=4", "--logtostderr=true",
+			"--audit-log-path=-", "--requestheader-client-ca-file=/rh.pem",
+		},
+		{"--prometheus-auth-config=/kubeconfig"},
+		{"--prometheus-auth-incluster"},
+	} {
+		cmd := NewCommand(context.Background())
+		if err := cmd.ParseFlags(args); err != nil {
+			t.Errorf("parsing %q: %v", args, err)
+			continue
+		}
+		for _, a := range args {
+			name, value, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+			f := cmd.Flags().Lookup(name)
+			if f == nil {
+				t.Errorf("--%s is not a flag", name)
+				continue
+			}
+			if value != "" && f.Value.String() != value && !strings.Contains(f.Value.String(), value) {
+				t.Errorf("--%s = %q after parsing %q", name, f.Value.String(), a)
+			}
+		}
+	}
+}

@@ -203,10 +203,10 @@ func TestRequestsBeforeDiscoveryAreUnavailable(t *testing.T) {
 		t.Fatalf("error before any discovery = %v, want 503 saying discovery has not completed", err)
 	}
 
-	f.prom.Fail = func(w http.ResponseWriter) bool {
+	f.prom.SetFail(func(w http.ResponseWriter) bool {
 		http.Error(w, "down for maintenance", http.StatusBadGateway)
 		return true
-	}
+	})
 	if r := f.disc.Relist(context.Background()); len(r.Failed) == 0 {
 		t.Fatal("discovery succeeded against a failing Prometheus")
 	}
@@ -220,7 +220,7 @@ func TestRequestsBeforeDiscoveryAreUnavailable(t *testing.T) {
 		}
 	}
 
-	f.prom.Fail = nil
+	f.prom.SetFail(nil)
 	f.discover(t)
 	if _, err := f.p.GetMetricBySelector(context.Background(), "default", labels.Everything(), podsInfo("requests-per-second"), labels.Everything()); err != nil {
 		t.Errorf("after a successful discovery: %v", err)
@@ -555,7 +555,8 @@ func TestPrometheusFailures(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, "", 200*time.Millisecond)
 			f.discover(t)
-			f.prom.Fail, f.prom.Delay = tc.fail, tc.delay
+			f.prom.SetFail(tc.fail)
+			f.prom.SetDelay(tc.delay)
 			_, err := f.p.GetMetricBySelector(context.Background(), "default", labels.SelectorFromSet(labels.Set{"app": "app"}), podsInfo("requests-per-second"), labels.Everything())
 			if err == nil || !tc.check(err) {
 				t.Fatalf("error = %v (%T)", err, err)
@@ -587,10 +588,10 @@ func TestFailedRelistKeepsTheMetrics(t *testing.T) {
 	f := newFixture(t, "", time.Second)
 	f.discover(t)
 	before := len(f.p.ListAllMetrics())
-	f.prom.Fail = func(w http.ResponseWriter) bool {
+	f.prom.SetFail(func(w http.ResponseWriter) bool {
 		http.Error(w, "boom", http.StatusInternalServerError)
 		return true
-	}
+	})
 	if r := f.disc.Relist(context.Background()); len(r.Failed) == 0 {
 		t.Fatal("relist succeeded against a failing Prometheus")
 	}

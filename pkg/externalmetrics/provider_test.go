@@ -206,18 +206,18 @@ func TestGetExternalMetricErrors(t *testing.T) {
 		t.Errorf("queries sent for rejected requests: %v", q)
 	}
 
-	f.prom.Fail = func(w http.ResponseWriter) bool {
+	f.prom.SetFail(func(w http.ResponseWriter) bool {
 		http.Error(w, `{"status":"error","errorType":"bad_data","error":"parse error"}`, http.StatusBadRequest)
 		return true
-	}
+	})
 	_, err = f.p.GetExternalMetric(context.Background(), "jobs", labels.Everything(), info("queue_depth"))
 	if !apierrors.IsInternalError(err) || !strings.Contains(err.Error(), "externalRules[0]") {
 		t.Errorf("a query Prometheus rejects: %v, want 500 naming the rule", err)
 	}
-	f.prom.Fail = func(w http.ResponseWriter) bool {
+	f.prom.SetFail(func(w http.ResponseWriter) bool {
 		http.Error(w, "unavailable", http.StatusBadGateway)
 		return true
-	}
+	})
 	_, err = f.p.GetExternalMetric(context.Background(), "jobs", labels.Everything(), info("queue_depth"))
 	if !apierrors.IsServiceUnavailable(err) {
 		t.Errorf("Prometheus failing: %v, want 503", err)
@@ -226,10 +226,10 @@ func TestGetExternalMetricErrors(t *testing.T) {
 
 func TestUnknownMetricWhileSomeRulesNeverListedIsUnavailable(t *testing.T) {
 	f := newFixture(t)
-	f.prom.Fail = func(w http.ResponseWriter) bool {
+	f.prom.SetFail(func(w http.ResponseWriter) bool {
 		http.Error(w, "unavailable", http.StatusBadGateway)
 		return true
-	}
+	})
 	f.disc.Relist(context.Background())
 	_, err := f.p.GetExternalMetric(context.Background(), "jobs", labels.Everything(), info("queue_depth"))
 	if !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "externalRules[0]") {

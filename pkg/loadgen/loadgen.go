@@ -92,31 +92,37 @@ func Run(ctx context.Context, cfg Config, stats *Stats) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 
+	// Requests are paced by credit: the rate accrues credit as time
+	// passes, and each request spends one. A rate that changes (a ramp) is
+	// followed within 100ms, however low it starts, and after a stall at
+	// most one second's worth of requests is sent at once.
 	start := time.Now()
-	next := start
+	last := start
+	credit := 0.0
 	var n uint64
 	for {
-		rate := cfg.Rate(time.Since(start))
-		if rate <= 0 {
-			// Idle: look again shortly.
-			next = time.Now().Add(100 * time.Millisecond)
-		} else {
-			next = next.Add(time.Duration(float64(time.Second) / rate))
-			if behind := time.Since(next); behind > time.Second {
-				// Do not burst to catch up after a stall.
-				next = time.Now()
+		now := time.Now()
+		rate := cfg.Rate(now.Sub(start))
+		credit = min(credit+max(rate, 0)*now.Sub(last).Seconds(), max(1, rate))
+		last = now
+		if credit < 1 {
+			wait := 100 * time.Millisecond
+			if rate > 0 {
+				wait = min(wait, time.Duration((1-credit)/rate*float64(time.Second))+time.Millisecond)
 			}
-		}
-		t := time.NewTimer(time.Until(next))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-		if rate <= 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
 			continue
 		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		credit--
 		targets := cfg.Targets()
 		if len(targets) == 0 {
 			stats.Skipped.Add(1)

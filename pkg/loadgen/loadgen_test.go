@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -123,4 +124,49 @@ func TestRunValidates(t *testing.T) {
 			t.Errorf("Run(%+v) error = %v, want %q", tc.cfg, err, tc.want)
 		}
 	}
+}
+
+// roundTripFunc answers requests in memory, so a synctest bubble (where
+// real network I/O would never count as idle) can run the generator.
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestRunFollowsARampFromZero ramps from 0 to 2 req/s over 10 s, then
+// holds 2 req/s for 10 s, in a synctest bubble: the requests follow the
+// ramp (a low start does not schedule the next request far away) and add
+// up to the rate's integral, 10 + 20.
+func TestRunFollowsARampFromZero(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var sent []time.Duration
+		start := time.Now()
+		client := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			sent = append(sent, time.Since(start))
+			return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Request: r}, nil
+		})}
+		rate := func(t time.Duration) float64 { return min(2, 2*t.Seconds()/10) }
+		var stats Stats
+		err := Run(context.Background(), Config{
+			Targets: func() []string { return []string{"http://app"} }, Rate: rate, Duration: 20 * time.Second,
+			Client: client, MaxInFlight: 1,
+		}, &stats)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := stats.OK.Load(); n < 29 || n > 30 {
+			t.Errorf("%d requests, want 30 (the rate's integral): %s", n, stats.String())
+		}
+		firstHalf := 0
+		for _, d := range sent {
+			if d < 10*time.Second {
+				firstHalf++
+			}
+		}
+		if firstHalf < 9 || firstHalf > 10 {
+			t.Errorf("%d requests during the ramp, want 10; sent at %v", firstHalf, sent)
+		}
+		if len(sent) > 0 && sent[0] > 4*time.Second {
+			t.Errorf("first request at %v; the ramp reaches one request's worth at 3.2s", sent[0])
+		}
+	})
 }

@@ -279,18 +279,18 @@ func TestResourceMetricsErrors(t *testing.T) {
 	}
 
 	f = newFixture(t, true)
-	f.prom.Fail = func(w http.ResponseWriter) bool {
+	f.prom.SetFail(func(w http.ResponseWriter) bool {
 		http.Error(w, "unavailable", http.StatusBadGateway)
 		return true
-	}
+	})
 	_, err = f.pods.List(nsCtx("default"), listOpts(t, "app=app", ""))
 	if !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "the cpu of pods") && !strings.Contains(err.Error(), "the memory of pods") {
 		t.Errorf("Prometheus failing: %v, want 503 naming what failed", err)
 	}
-	f.prom.Fail = func(w http.ResponseWriter) bool {
+	f.prom.SetFail(func(w http.ResponseWriter) bool {
 		http.Error(w, `{"status":"error","errorType":"bad_data","error":"parse error"}`, http.StatusBadRequest)
 		return true
-	}
+	})
 	_, err = f.nodes.List(context.Background(), listOpts(t, "", ""))
 	if !apierrors.IsInternalError(err) || !strings.Contains(err.Error(), "resourceRules.") {
 		t.Errorf("a query Prometheus rejects: %v, want 500 naming the rule", err)

@@ -7,16 +7,13 @@ import (
 	"math"
 	"net/http"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	autoscalingv2 "k8s.io/api/autoscaling/v2"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
@@ -30,11 +27,9 @@ import (
 )
 
 const (
-	ns  = "default"
-	app = "app"
-	// loadPath keeps each request cheap: the load here is about request
-	// counts, and the machine has two cores.
-	loadPath = "/?cpu=1ms"
+	ns       = "default"
+	app      = "app"
+	loadPath = localstack.LoadPath
 	// tolerance for served rates against offered ones: scrape timing inside
 	// the rules' 1m window.
 	tolerance = 0.2
@@ -56,7 +51,7 @@ func ensureApp(t *testing.T) {
 		if _, appErr = stack.Kubectl(ctx, nil, "apply", "-k", "manifests/app"); appErr != nil {
 			return
 		}
-		if appErr = waitReady(ctx, 1, 2*time.Minute); appErr != nil {
+		if appErr = waitReady(ctx, ns, 1, 2*time.Minute); appErr != nil {
 			return
 		}
 		dc := discovery.NewDiscoveryClientForConfigOrDie(stack.Admin)
@@ -76,29 +71,19 @@ func ensureApp(t *testing.T) {
 	}
 }
 
-// waitReady waits until the app Deployment has exactly n ready replicas.
-func waitReady(ctx context.Context, n int32, timeout time.Duration) error {
-	var last int32
-	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		d, err := stack.Client.AppsV1().Deployments(ns).Get(ctx, app, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		last = d.Status.ReadyReplicas
-		return d.Status.ReadyReplicas == n && d.Status.Replicas == n, nil
-	})
-	if err != nil {
-		return fmt.Errorf("waiting for %d ready replicas of %s (last %d): %w", n, app, last, err)
-	}
-	return nil
+// waitReady waits until the app Deployment of namespace has exactly n
+// ready replicas.
+func waitReady(ctx context.Context, namespace string, n int32, timeout time.Duration) error {
+	return stack.WaitReady(ctx, namespace, app, n, timeout)
 }
 
-// startLoad offers rate req/s spread over the app's Ready pods until the
-// returned stop is called (or a bound passes).
-func startLoad(t *testing.T, rate float64) (stats *loadgen.Stats, stop func()) {
+// startLoad requests path at rate req/s, spread over the Ready pods of the
+// app Service of namespace, until the returned stop is called (or a bound
+// passes).
+func startLoad(t *testing.T, namespace, path string, rate float64) (stats *loadgen.Stats, stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	targets, err := localstack.ServiceTargets(ctx, stack.Client, ns, app)
+	targets, err := localstack.ServiceTargets(ctx, stack.Client, namespace, app)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -107,14 +92,14 @@ func startLoad(t *testing.T, rate float64) (stats *loadgen.Stats, stop func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = loadgen.Run(ctx, loadgen.Config{Targets: targets, Path: loadPath, Rate: loadgen.Constant(rate), Duration: 10 * time.Minute}, stats)
+		_ = loadgen.Run(ctx, loadgen.Config{Targets: targets, Path: path, Rate: loadgen.Constant(rate), Duration: 10 * time.Minute}, stats)
 	}()
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
 			cancel()
 			<-done
-			t.Logf("load at %.0f req/s: %s", rate, stats.String())
+			t.Logf("load on %s%s at %.1f req/s: %s", namespace, path, rate, stats.String())
 		})
 	}
 	t.Cleanup(stop)
@@ -124,23 +109,68 @@ func startLoad(t *testing.T, rate float64) (stats *loadgen.Stats, stop func()) {
 func TestDiscoveryListsTheMetrics(t *testing.T) {
 	ensureApp(t)
 	dc := discovery.NewDiscoveryClientForConfigOrDie(stack.Admin)
-	for _, gv := range []string{"custom.metrics.k8s.io/v1beta2", "custom.metrics.k8s.io/v1beta1"} {
+	custom := []string{
+		"pods/requests-per-second", "pods/packets-per-second",
+		"ingresses.networking.k8s.io/requests-per-second", "deployments.apps/requests-per-second",
+		"services/packets-per-second", "namespaces/requests-per-second",
+	}
+	for gv, wants := range map[string][]string{
+		"custom.metrics.k8s.io/v1beta2":   custom,
+		"custom.metrics.k8s.io/v1beta1":   custom,
+		"external.metrics.k8s.io/v1beta1": {"app_requests_per_second"},
+		"metrics.k8s.io/v1beta1":          {"pods", "nodes"},
+	} {
 		rl, err := dc.ServerResourcesForGroupVersion(gv)
 		if err != nil {
-			t.Fatalf("%s: %v", gv, err)
+			t.Errorf("%s: %v", gv, err)
+			continue
 		}
 		var names []string
 		for _, r := range rl.APIResources {
 			names = append(names, r.Name)
 		}
-		for _, want := range []string{
-			"pods/requests-per-second", "pods/packets-per-second",
-			"ingresses.networking.k8s.io/requests-per-second", "deployments.apps/requests-per-second",
-			"services/packets-per-second", "namespaces/requests-per-second",
-		} {
+		for _, want := range wants {
 			if !slices.Contains(names, want) {
 				t.Errorf("%s does not list %s; it lists %v", gv, want, names)
 			}
+		}
+	}
+}
+
+// TestKubectlTop runs kubectl top against the local stack: the resource
+// metrics API serves the app's pods and the node, without metrics-server.
+func TestKubectlTop(t *testing.T) {
+	ensureApp(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	pods, err := stack.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + app})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("listing the app's pods: %v (%d)", err, len(pods.Items))
+	}
+	for _, args := range [][]string{{"top", "pods", "-n", ns}, {"top", "nodes"}} {
+		var out []byte
+		var lastErr error
+		err := wait.PollUntilContextTimeout(ctx, 2*time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+			out, lastErr = stack.Kubectl(ctx, nil, args...)
+			return lastErr == nil, nil
+		})
+		if err != nil {
+			t.Errorf("kubectl %s: %v", strings.Join(args, " "), lastErr)
+			continue
+		}
+		t.Logf("kubectl %s:\n%s", strings.Join(args, " "), out)
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if !strings.Contains(lines[0], "CPU(cores)") || !strings.Contains(lines[0], "MEMORY(bytes)") {
+			t.Errorf("kubectl %s: header %q", strings.Join(args, " "), lines[0])
+		}
+		want := "local-node"
+		if args[1] == "pods" {
+			want = pods.Items[0].Name
+		}
+		// pods: NAME CPU MEMORY; nodes: NAME CPU CPU% MEMORY MEMORY%.
+		row := regexp.MustCompile(`^` + regexp.QuoteMeta(want) + `\s+\d+m\s+(\d+%\s+)?\d+(Ki|Mi|Gi)\b`)
+		if !slices.ContainsFunc(lines[1:], row.MatchString) {
+			t.Errorf("kubectl %s does not show %s with its CPU (m) and memory (Mi):\n%s", strings.Join(args, " "), want, out)
 		}
 	}
 }
@@ -180,14 +210,14 @@ func TestServedValuesMatchTheOfferedLoad(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		_, _ = stack.Kubectl(context.Background(), nil, "scale", "deployment/"+app, "--replicas=1")
-		_ = waitReady(context.Background(), 1, time.Minute)
+		_ = waitReady(context.Background(), ns, 1, time.Minute)
 	})
-	if err := waitReady(ctx, 2, 2*time.Minute); err != nil {
+	if err := waitReady(ctx, ns, 2, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
 
 	const rate = 20.0
-	_, stop := startLoad(t, rate)
+	_, stop := startLoad(t, ns, loadPath, rate)
 	defer stop()
 	mc := stack.MetricsClient().NamespacedMetrics(ns)
 	sel := labels.SelectorFromSet(labels.Set{"app": app})
@@ -229,127 +259,6 @@ func TestServedValuesMatchTheOfferedLoad(t *testing.T) {
 	if err != nil {
 		t.Fatalf("served values never matched the offered load: %s", problem)
 	}
-}
-
-// hpaFrom renders an HPA example from manifests/ and scales its target to
-// what this machine can drive.
-func hpaFrom(t *testing.T, dir string, edit func(*autoscalingv2.HorizontalPodAutoscaler)) *autoscalingv2.HorizontalPodAutoscaler {
-	t.Helper()
-	hpa, err := stack.RenderHPA(context.Background(), dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	edit(hpa)
-	// Shorter scale-down stabilization than the example's minute, so the
-	// test sees the scale-in sooner; the rules' 1m window still applies.
-	window := int32(20)
-	hpa.Spec.Behavior.ScaleDown.StabilizationWindowSeconds = &window
-	return hpa
-}
-
-// runHPA creates hpa, offers load, waits for a scale-out to at least
-// scaleTo replicas, stops the load and waits for the scale-in to 1.
-func runHPA(t *testing.T, hpa *autoscalingv2.HorizontalPodAutoscaler, rate float64, scaleTo int32) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	hpas := stack.Client.AutoscalingV2().HorizontalPodAutoscalers(ns)
-	_ = hpas.Delete(ctx, hpa.Name, metav1.DeleteOptions{})
-	if _, err := hpas.Create(ctx, hpa, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := hpas.Delete(context.Background(), hpa.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-			t.Error(err)
-		}
-	})
-	if err := waitReady(ctx, 1, time.Minute); err != nil {
-		t.Fatal(err)
-	}
-
-	describe := func() string {
-		h, err := hpas.Get(ctx, hpa.Name, metav1.GetOptions{})
-		if err != nil {
-			return err.Error()
-		}
-		var parts []string
-		for _, m := range h.Status.CurrentMetrics {
-			switch m.Type {
-			case autoscalingv2.PodsMetricSourceType:
-				parts = append(parts, fmt.Sprintf("%s=%s/pod", m.Pods.Metric.Name, m.Pods.Current.AverageValue.String()))
-			case autoscalingv2.ObjectMetricSourceType:
-				parts = append(parts, fmt.Sprintf("%s=%s", m.Object.Metric.Name, m.Object.Current.Value.String()))
-			}
-		}
-		for _, c := range h.Status.Conditions {
-			if c.Status != corev1.ConditionTrue || c.Type == autoscalingv2.ScalingLimited {
-				parts = append(parts, fmt.Sprintf("%s=%s(%s: %s)", c.Type, c.Status, c.Reason, c.Message))
-			}
-		}
-		return fmt.Sprintf("replicas %d->%d %s", h.Status.CurrentReplicas, h.Status.DesiredReplicas, strings.Join(parts, " "))
-	}
-
-	_, stop := startLoad(t, rate)
-	start := time.Now()
-	var firstScaleUp time.Duration
-	err := wait.PollUntilContextTimeout(ctx, time.Second, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
-		d, err := stack.Client.AppsV1().Deployments(ns).Get(ctx, app, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		if firstScaleUp == 0 && *d.Spec.Replicas > 1 {
-			firstScaleUp = time.Since(start)
-			t.Logf("first scale-up %s after the load started: %s", firstScaleUp.Round(100*time.Millisecond), describe())
-		}
-		return d.Status.ReadyReplicas >= scaleTo, nil
-	})
-	if err != nil {
-		t.Fatalf("no scale-out to %d replicas under %.0f req/s: %s", scaleTo, rate, describe())
-	}
-	t.Logf("scaled out to >= %d ready replicas %s after the load started: %s", scaleTo, time.Since(start).Round(time.Second), describe())
-	fmt.Printf("E2E-TIMING %s: first scale-up %s after load start\n", t.Name(), firstScaleUp.Round(100*time.Millisecond))
-
-	stop()
-	start = time.Now()
-	err = wait.PollUntilContextTimeout(ctx, time.Second, 5*time.Minute, true, func(ctx context.Context) (bool, error) {
-		d, err := stack.Client.AppsV1().Deployments(ns).Get(ctx, app, metav1.GetOptions{})
-		return err == nil && *d.Spec.Replicas == 1 && d.Status.ReadyReplicas == 1, nil
-	})
-	if err != nil {
-		t.Fatalf("no scale-in to 1 replica after the load stopped: %s", describe())
-	}
-	t.Logf("scaled back to 1 replica %s after the load stopped", time.Since(start).Round(time.Second))
-}
-
-func TestPodsMetricHPAScalesOutAndIn(t *testing.T) {
-	ensureApp(t)
-	hpa := hpaFrom(t, "manifests/hpa/pods", func(h *autoscalingv2.HorizontalPodAutoscaler) {
-		m := &h.Spec.Metrics[0]
-		if m.Type != autoscalingv2.PodsMetricSourceType || m.Pods.Metric.Name != "packets-per-second" || m.Pods.Target.Type != autoscalingv2.AverageValueMetricType {
-			t.Fatalf("manifests/hpa/pods is not a Pods packets-per-second AverageValue HPA: %+v", m)
-		}
-		// 1k per pod in the example; 10 per pod here.
-		m.Pods.Target.AverageValue = resource.NewQuantity(10, resource.DecimalSI)
-		h.Spec.MaxReplicas = 4
-	})
-	// 30 req/s at 10 per pod: 3 pods.
-	runHPA(t, hpa, 30, 3)
-}
-
-func TestObjectMetricHPAScalesOutAndIn(t *testing.T) {
-	ensureApp(t)
-	hpa := hpaFrom(t, "manifests/hpa/object", func(h *autoscalingv2.HorizontalPodAutoscaler) {
-		m := &h.Spec.Metrics[0]
-		if m.Type != autoscalingv2.ObjectMetricSourceType || m.Object.DescribedObject.Kind != "Ingress" ||
-			m.Object.DescribedObject.Name != "main-route" || m.Object.Target.Type != autoscalingv2.ValueMetricType {
-			t.Fatalf("manifests/hpa/object is not an Object Value HPA on Ingress main-route: %+v", m)
-		}
-		// 2k in the example; 20 here.
-		m.Object.Target.Value = resource.NewQuantity(20, resource.DecimalSI)
-		h.Spec.MaxReplicas = 3
-	})
-	// 40 req/s through main-route against a target of 20: the HPA doubles
-	// the replicas until the maximum.
-	runHPA(t, hpa, 40, 3)
 }
 
 // TestManifestsPassServerSideDryRun applies every kustomization under

@@ -52,6 +52,8 @@ type Stack struct {
 	Prometheus *Prometheus
 	Adapter    *Process
 	AdapterURL string
+	// AdapterBinary is the adapter built for this stack.
+	AdapterBinary string
 
 	stopKubelet context.CancelFunc
 	kubeletDone chan error
@@ -146,7 +148,8 @@ func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 	}
 	s.step("Prometheus ready on %s, discovering pods through the API server", s.Prometheus.URL)
 
-	if err := s.startAdapter(ctx, adapterBin, opts); err != nil {
+	s.AdapterBinary = adapterBin
+	if err := s.startAdapter(ctx, opts); err != nil {
 		return nil, err
 	}
 	s.step("adapter ready on %s", s.AdapterURL)
@@ -364,19 +367,30 @@ func (s *Stack) adapterConfig(dir string) (string, error) {
 	return path, os.WriteFile(path, append([]byte(header), out...), 0o644)
 }
 
-func (s *Stack) startAdapter(ctx context.Context, bin string, opts StackOptions) error {
-	kubeconfig := filepath.Join(opts.Dir, "adapter.kubeconfig")
-	if err := s.WriteKubeconfig(kubeconfig, "adapter-client"); err != nil {
-		return err
+// AdapterProcess is an adapter process of the stack.
+type AdapterProcess struct {
+	*Process
+	// URL is its https base URL on 127.0.0.1, Port its port.
+	URL  string
+	Port int
+}
+
+// RunAdapter starts one more adapter process named name (its log is
+// name.log in the run folder) with the stack's serving certificate and the
+// manifests' adapter identity, pointed at the stack's Prometheus, with the
+// rules file config and extra flags, and waits until it is ready. It is
+// stopped with the stack. It is not behind the APIServices: call it at its
+// URL with an admin client (HTTPClient("admin")).
+func (s *Stack) RunAdapter(ctx context.Context, name, config string, extra ...string) (*AdapterProcess, error) {
+	kubeconfig := filepath.Join(s.Dir, "adapter.kubeconfig")
+	if _, err := os.Stat(kubeconfig); err != nil {
+		if err := s.WriteKubeconfig(kubeconfig, "adapter-client"); err != nil {
+			return nil, err
+		}
 	}
 	port, err := FreePort("127.0.0.1")
 	if err != nil {
-		return err
-	}
-	s.AdapterURL = "https://127.0.0.1:" + strconv.Itoa(port)
-	configPath, err := s.adapterConfig(opts.Dir)
-	if err != nil {
-		return err
+		return nil, err
 	}
 	args := []string{
 		"--secure-port=" + strconv.Itoa(port), "--bind-address=127.0.0.1",
@@ -384,23 +398,35 @@ func (s *Stack) startAdapter(ctx context.Context, bin string, opts StackOptions)
 		"--lister-kubeconfig=" + kubeconfig,
 		"--authentication-kubeconfig=" + kubeconfig, "--authorization-kubeconfig=" + kubeconfig,
 		"--prometheus-url=" + s.Prometheus.URL,
-		"--config=" + configPath,
-		"--metrics-relist-interval=" + opts.RelistInterval.String(),
+		"--config=" + config,
 		"--v=2",
 	}
-	p, err := Start(opts.Dir, "adapter", bin, append(args, opts.AdapterArgs...))
+	p, err := Start(s.Dir, name, s.AdapterBinary, append(args, extra...))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	s.Procs.Add(p)
-	s.Adapter = p
+	a := &AdapterProcess{Process: p, URL: "https://127.0.0.1:" + strconv.Itoa(port), Port: port}
 	client, err := s.HTTPClient("")
+	if err != nil {
+		return nil, err
+	}
+	if err := WaitHTTP(ctx, client, a.URL+"/readyz", 60*time.Second, p); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return a, nil
+}
+
+func (s *Stack) startAdapter(ctx context.Context, opts StackOptions) error {
+	configPath, err := s.adapterConfig(opts.Dir)
 	if err != nil {
 		return err
 	}
-	if err := WaitHTTP(ctx, client, s.AdapterURL+"/readyz", 60*time.Second, p); err != nil {
-		return fmt.Errorf("adapter: %w", err)
+	a, err := s.RunAdapter(ctx, "adapter", configPath, append([]string{"--metrics-relist-interval=" + opts.RelistInterval.String()}, opts.AdapterArgs...)...)
+	if err != nil {
+		return err
 	}
+	s.Adapter, s.AdapterURL = a.Process, a.URL
 
 	// Route the APIServices' Service to the host process. The API server
 	// refuses loopback addresses in Endpoints and IP EndpointSlices; an
@@ -414,7 +440,7 @@ func (s *Stack) startAdapter(ctx context.Context, bin string, opts StackOptions)
 	if _, err := s.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating the adapter's Service: %w", err)
 	}
-	portName, portNum, ready := "https", int32(port), true
+	portName, portNum, ready := "https", int32(a.Port), true
 	slice := &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: name + "-local", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
 		AddressType: discoveryv1.AddressTypeFQDN,

@@ -1,7 +1,8 @@
 // Package repo checks the repository's non-Go parts: every manifest is
 // rendered by a kustomization and each kustomization renders, the rules the
 // manifests ship are the built-in ones, every shell script passes
-// shellcheck, and each Dockerfile's build stage builds here with plain go.
+// shellcheck, each Dockerfile's build stage builds here with plain go, and
+// the generated OpenAPI definitions are current.
 // Applying the manifests to a real API server is in test/e2e.
 package repo
 
@@ -382,4 +383,45 @@ func copyPath(src, dst string) error {
 		}
 		return copyPath(path, filepath.Join(dst, rel))
 	})
+}
+
+// TestGeneratedOpenAPIIsCurrent regenerates the OpenAPI definitions of the
+// resource metrics API into a temporary folder with the pinned openapi-gen
+// and compares them with the committed file.
+func TestGeneratedOpenAPIIsCurrent(t *testing.T) {
+	r := root(t)
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(r, "hack/openapi-gen.sh"), dir)
+	cmd.Dir = r
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("hack/openapi-gen.sh: %v\n%s", err, out)
+	}
+	const file = "zz_generated.openapi.go"
+	want, err := os.ReadFile(filepath.Join(dir, file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(r, "pkg/resourcemetrics/openapi", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("pkg/resourcemetrics/openapi/%s is not what hack/openapi-gen.sh generates: run make generate", file)
+	}
+}
+
+// TestLocalResourceRulesAreValid loads the local stack's resource rules
+// (hack/local/resource-rules.yaml) as the adapter would.
+func TestLocalResourceRulesAreValid(t *testing.T) {
+	path := filepath.Join(root(t), localstack.LocalResourceRules)
+	cfg, warnings, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ResourceRules == nil || len(cfg.Rules) != 0 || len(cfg.ExternalRules) != 0 || len(warnings) != 0 {
+		t.Errorf("%s: want resourceRules only; got %d rules, %d externalRules, resourceRules %v, warnings %v",
+			path, len(cfg.Rules), len(cfg.ExternalRules), cfg.ResourceRules != nil, warnings)
+	}
 }
