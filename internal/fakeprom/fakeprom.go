@@ -58,6 +58,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	delay := s.Delay
+	if r.URL.Path == "/api/v1/query" {
+		s.queries = append(s.queries, r.Form.Get("query"))
+	}
 	s.mu.Unlock()
 	if delay > 0 {
 		select {
@@ -76,9 +79,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/api/v1/series":
 		s.write(w, map[string]any{"status": "success", "data": s.seriesFor(r.Form["match[]"])})
 	case "/api/v1/query":
-		q := r.Form.Get("query")
-		s.queries = append(s.queries, q)
-		vec := s.Vecs[q]
+		vec := s.Vecs[r.Form.Get("query")]
 		result := make([]map[string]any, 0, len(vec))
 		for _, v := range vec {
 			result = append(result, map[string]any{"metric": v.Labels, "value": []any{v.TS, v.Value}})
@@ -119,7 +120,8 @@ func (s *Server) SetDelay(d time.Duration) {
 	s.Delay = d
 }
 
-// Received returns the text of every query received, in order.
+// Received returns the text of every query received, in order, counted
+// when it arrives (before any Delay).
 func (s *Server) Received() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()

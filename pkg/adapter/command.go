@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"os"
+	"runtime/debug"
 	"slices"
 
 	"github.com/spf13/cobra"
@@ -88,6 +90,7 @@ Run it behind an APIService. Outside a cluster, point --lister-kubeconfig,
 			if err := logsapi.ValidateAndApply(logging, nil); err != nil {
 				return fmt.Errorf("logging flags: %w", err)
 			}
+			defaultGC()
 			return o.Run(ctx, base, set)
 		},
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -219,6 +222,22 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 	}
 	klog.InfoS("Stopped")
 	return nil
+}
+
+// DefaultGCPercent is the garbage collector's target when GOGC is not set:
+// a large answer (10,000 pods) is a few MB of garbage per request, and at
+// the Go default of 100 the heap grows to twice what is live. 75 keeps the
+// resident memory after sustained load at 10,000 pods under 150 MiB for a
+// few percent of CPU (docs/performance.md).
+const DefaultGCPercent = 75
+
+// defaultGC applies DefaultGCPercent unless the environment sets GOGC.
+func defaultGC() {
+	if _, set := os.LookupEnv("GOGC"); set {
+		return
+	}
+	debug.SetGCPercent(DefaultGCPercent)
+	klog.V(2).InfoS("Garbage collector target", "GOGC", DefaultGCPercent)
 }
 
 func seriesQueries(rs []*rules.Rule) []string {

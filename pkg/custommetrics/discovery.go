@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/common/model"
@@ -48,6 +49,9 @@ type index struct {
 	built   time.Time
 	// pending names the rules whose series were never listed, and why.
 	pending error
+	// resources memoises the REST mapper for requested group-resources
+	// (schema.GroupResource -> resourceInfo) until the next round.
+	resources sync.Map
 }
 
 // buildIndex maps the series each rule discovered to served metrics.

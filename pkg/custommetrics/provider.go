@@ -20,11 +20,13 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"sync"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/common/model"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
@@ -78,6 +80,8 @@ type Provider struct {
 	objectQueries int
 
 	index atomic.Pointer[index]
+	// selections collapses identical selector requests in flight.
+	selections singleflight.Group
 }
 
 var _ provider.CustomMetricsProvider = (*Provider)(nil)
@@ -111,160 +115,240 @@ func (p *Provider) ListAllMetrics() []provider.CustomMetricInfo {
 	return slices.Clone(idx.list)
 }
 
+// resourceInfo is what the REST mapper says of a group-resource as a
+// request names it: its normalised form, and the kind and API version its
+// values describe.
+type resourceInfo struct {
+	gr               schema.GroupResource
+	kind, apiVersion string
+}
+
+// resource maps a requested group-resource once per discovery round: the
+// REST mapper's lookups walk every resource the cluster serves, too slow
+// to repeat on every request.
+func (p *Provider) resource(idx *index, gr schema.GroupResource) resourceInfo {
+	if ri, ok := idx.resources.Load(gr); ok {
+		return ri.(resourceInfo)
+	}
+	ri := resourceInfo{gr: gr}
+	if gvr, err := p.mapper.ResourceFor(gr.WithVersion("")); err == nil {
+		ri.gr = gvr.GroupResource()
+	} else {
+		klog.V(4).InfoS("Unknown resource in request", "resource", gr.String(), "err", err)
+	}
+	if gvk, err := p.mapper.KindFor(ri.gr.WithVersion("")); err == nil {
+		ri.kind, ri.apiVersion = gvk.Kind, gvk.GroupVersion().String()
+	}
+	idx.resources.Store(gr, ri)
+	return ri
+}
+
 // lookup normalises the request's group-resource and finds how to serve it.
-func (p *Provider) lookup(info provider.CustomMetricInfo) (entry, provider.CustomMetricInfo, error) {
+func (p *Provider) lookup(info provider.CustomMetricInfo) (entry, provider.CustomMetricInfo, resourceInfo, error) {
 	idx := p.index.Load()
 	if idx == nil {
-		return entry{}, info, apierrors.NewServiceUnavailable("metric discovery has not completed yet")
+		return entry{}, info, resourceInfo{}, apierrors.NewServiceUnavailable("metric discovery has not completed yet")
 	}
-	if normalized, _, err := info.Normalized(p.mapper); err == nil {
-		info = normalized
-	} else {
-		klog.V(4).InfoS("Unknown resource in request", "resource", info.GroupResource.String(), "err", err)
-	}
+	ri := p.resource(idx, info.GroupResource)
+	info.GroupResource = ri.gr
 	e, ok := idx.entries[metricKey{info.GroupResource, info.Metric}]
 	if !ok || e.namespaced != info.Namespaced {
 		if idx.pending != nil {
-			return entry{}, info, apierrors.NewServiceUnavailable(fmt.Sprintf(
+			return entry{}, info, ri, apierrors.NewServiceUnavailable(fmt.Sprintf(
 				"metric %s for %s is not known, and some rules could not list their series yet: %v", info.Metric, info.GroupResource, idx.pending))
 		}
-		return entry{}, info, provider.NewMetricNotFoundError(info.GroupResource, info.Metric)
+		return entry{}, info, ri, provider.NewMetricNotFoundError(info.GroupResource, info.Metric)
 	}
-	return e, info, nil
+	return e, info, ri, nil
+}
+
+// request is one API request, resolved: how its metric is served, the
+// PromQL matchers of its metric selector, and what every value it answers
+// with echoes. It is built once per request, so a list of 10,000 values
+// shares one selector and one window.
+type request struct {
+	entry
+	info provider.CustomMetricInfo
+	// matchers are the metric selector's requirements as PromQL.
+	matchers []promql.Matcher
+	// selector is the metric selector echoed in each value; nil for none.
+	selector         *metav1.LabelSelector
+	kind, apiVersion string
 }
 
 // prepare finds how to serve the request and turns its metric selector
 // into PromQL matchers.
-func (p *Provider) prepare(info provider.CustomMetricInfo, metricSelector labels.Selector) (entry, provider.CustomMetricInfo, []promql.Matcher, error) {
-	e, info, err := p.lookup(info)
+func (p *Provider) prepare(info provider.CustomMetricInfo, metricSelector labels.Selector) (*request, error) {
+	e, info, ri, err := p.lookup(info)
 	if err != nil {
-		return entry{}, info, nil, err
+		return nil, err
 	}
 	ms, err := promql.FromSelector(metricSelector)
 	if err != nil {
-		return entry{}, info, nil, apierrors.NewBadRequest(err.Error())
+		return nil, apierrors.NewBadRequest(err.Error())
 	}
-	return e, info, ms, nil
+	r := &request{entry: e, info: info, matchers: ms, kind: ri.kind, apiVersion: ri.apiVersion}
+	if r.selector, err = echo(metricSelector); err != nil {
+		return nil, apierrors.NewBadRequest(fmt.Sprintf("metric label selector %q: %v", metricSelector, err))
+	}
+	return r, nil
 }
 
 // GetMetricByName implements provider.CustomMetricsProvider: the metric of
 // one object.
 func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedName, info provider.CustomMetricInfo, metricSelector labels.Selector) (*custom_metrics.MetricValue, error) {
-	e, info, metricMatchers, err := p.prepare(info, metricSelector)
+	r, err := p.prepare(info, metricSelector)
 	if err != nil {
 		return nil, err
 	}
-	if e.viaPods {
-		return p.objectViaPods(ctx, e, info, name.Namespace, name.Name, metricMatchers, metricSelector)
+	if r.viaPods {
+		return p.objectViaPods(ctx, r, name.Namespace, name.Name)
 	}
-	values, err := p.queryObjects(ctx, e, info, name.Namespace, []string{name.Name}, metricMatchers, metricSelector)
+	values, err := p.queryObjects(ctx, r, name.Namespace, []string{name.Name})
 	if err != nil {
 		return nil, err
 	}
 	if len(values) == 0 {
-		return nil, provider.NewMetricNotFoundForError(info.GroupResource, info.Metric, name.Name)
+		return nil, provider.NewMetricNotFoundForError(r.info.GroupResource, r.info.Metric, name.Name)
 	}
 	return &values[0], nil
 }
 
 // GetMetricBySelector implements provider.CustomMetricsProvider: the metric
 // of every object of a resource that selector matches.
+//
+// Identical requests in flight at the same time (the same namespace,
+// selector, metric and metric selector: HPAs of several replicas, or of
+// one workload, asking together) share one answer: one resolution, one
+// query, one list of values, which every caller gets in a list of its own.
+// Each caller still waits no longer than its own context allows.
 func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, selector labels.Selector, info provider.CustomMetricInfo, metricSelector labels.Selector) (*custom_metrics.MetricValueList, error) {
-	e, info, metricMatchers, err := p.prepare(info, metricSelector)
+	key := strings.Join([]string{namespace, selector.String(), info.String(), metricSelector.String()}, "\x00")
+	ch := p.selections.DoChan(key, func() (any, error) {
+		// The shared call must not die with the caller that started it:
+		// it has a bound of its own, the API server's request timeout.
+		shared, cancel := context.WithTimeout(context.WithoutCancel(ctx), sharedRequestTimeout)
+		defer cancel()
+		return p.bySelector(shared, namespace, selector, info, metricSelector)
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return &custom_metrics.MetricValueList{Items: res.Val.([]custom_metrics.MetricValue)}, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// sharedRequestTimeout bounds an answer shared by identical requests:
+// the generic API server's default request timeout.
+const sharedRequestTimeout = time.Minute
+
+// bySelector answers GetMetricBySelector. The items it returns are shared
+// by every caller of the same request: nobody may modify them.
+func (p *Provider) bySelector(ctx context.Context, namespace string, selector labels.Selector, info provider.CustomMetricInfo, metricSelector labels.Selector) ([]custom_metrics.MetricValue, error) {
+	r, err := p.prepare(info, metricSelector)
 	if err != nil {
 		return nil, err
 	}
 	var names []string
-	if info.GroupResource == rules.Pods {
+	if r.info.GroupResource == rules.Pods {
 		names, err = p.resolver.PodsMatching(ctx, namespace, selector)
 	} else {
-		names, err = p.resolver.ObjectsMatching(ctx, info.GroupResource, namespace, selector)
+		names, err = p.resolver.ObjectsMatching(ctx, r.info.GroupResource, namespace, selector)
 	}
 	if err != nil {
-		return nil, values.ResolveError(err, info.GroupResource.String())
+		return nil, values.ResolveError(err, r.info.GroupResource.String())
 	}
-	list := &custom_metrics.MetricValueList{Items: []custom_metrics.MetricValue{}}
 	if len(names) == 0 {
-		return list, nil
+		return []custom_metrics.MetricValue{}, nil
 	}
-	if !e.viaPods {
-		list.Items, err = p.queryObjects(ctx, e, info, namespace, names, metricMatchers, metricSelector)
-		if err != nil {
-			return nil, err
-		}
-		return list, nil
+	if !r.viaPods {
+		return p.queryObjects(ctx, r, namespace, names)
 	}
 
 	// One query per object: each object's value is the rule's query over
-	// that object's pods.
+	// that object's pods. The first hard error stops launching more.
 	results := make([]*custom_metrics.MetricValue, len(names))
-	errs := make([]error, len(names))
-	sem := make(chan struct{}, p.objectQueries)
-	var wg sync.WaitGroup
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(p.objectQueries)
 	for i, name := range names {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			results[i], errs[i] = p.objectViaPods(ctx, e, info, namespace, name, metricMatchers, metricSelector)
-		}()
-	}
-	wg.Wait()
-	for i, v := range results {
-		if errs[i] != nil {
-			if apierrors.IsNotFound(errs[i]) {
-				continue // no pods, no data, or deleted meanwhile
-			}
-			return nil, errs[i]
+		if gctx.Err() != nil {
+			break
 		}
-		list.Items = append(list.Items, *v)
+		g.Go(func() error {
+			v, err := p.objectViaPods(gctx, r, namespace, name)
+			if apierrors.IsNotFound(err) {
+				return nil // no pods, no data, or deleted meanwhile
+			}
+			results[i] = v
+			return err
+		})
 	}
-	return list, nil
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	items := []custom_metrics.MetricValue{}
+	for _, v := range results {
+		if v != nil {
+			items = append(items, *v)
+		}
+	}
+	return items, nil
 }
 
 // queryObjects serves objects whose series carry a label with their name.
 // It returns values for the requested objects that have data, in the order
-// of names.
-func (p *Provider) queryObjects(ctx context.Context, e entry, info provider.CustomMetricInfo, namespace string, names []string, metricMatchers []promql.Matcher, metricSelector labels.Selector) ([]custom_metrics.MetricValue, error) {
+// of names. Several series for one object (a query that keeps labels it
+// does not group by) are added up, as the rule's own sum would.
+func (p *Provider) queryObjects(ctx context.Context, r *request, namespace string, names []string) ([]custom_metrics.MetricValue, error) {
 	var matchers []promql.Matcher
-	if e.namespaced {
-		matchers = append(matchers, promql.Equals(e.namespaceLabel, e.rule.ToLabelValue(namespace)))
+	if r.namespaced {
+		matchers = append(matchers, promql.Equals(r.namespaceLabel, r.rule.ToLabelValue(namespace)))
 	}
-	matchers = append(matchers, promql.OneOf(e.label, labelValues(e, names)))
-	matchers = append(matchers, metricMatchers...)
+	matchers = append(matchers, promql.OneOf(r.label, labelValues(r.entry, names)))
+	matchers = append(matchers, r.matchers...)
 
-	expr, vec, err := p.run(ctx, e, info, matchers, []string{e.label})
+	expr, vec, err := p.run(ctx, r, matchers, []string{r.label})
 	if err != nil {
 		return nil, err
 	}
-	byName := make(map[string]*model.Sample, len(vec))
+	type total struct {
+		sum    float64
+		ts     model.Time
+		series int
+	}
+	byName := make(map[string]total, len(vec))
 	for _, s := range vec {
-		v, ok := s.Metric[model.LabelName(e.label)]
+		v, ok := s.Metric[model.LabelName(r.label)]
 		if !ok {
 			continue
 		}
-		name := e.rule.FromLabelValue(string(v))
-		if prev, dup := byName[name]; dup {
-			klog.V(2).InfoS("Query returned more than one series for an object; using the first",
-				"expr", expr, "object", name, "kept", prev.Metric.String(), "ignored", s.Metric.String())
-			continue
-		}
-		byName[name] = s
+		name := r.rule.FromLabelValue(string(v))
+		t := byName[name]
+		byName[name] = total{sum: t.sum + float64(s.Value), ts: max(t.ts, s.Timestamp), series: t.series + 1}
 	}
 	window := values.WindowSeconds(expr)
-	kind, apiVersion := p.kindFor(info.GroupResource)
 	out := make([]custom_metrics.MetricValue, 0, len(names))
 	for _, n := range names {
-		s, ok := byName[n]
+		t, ok := byName[n]
 		if !ok {
 			continue
 		}
-		q, ok := values.Quantity(float64(s.Value))
+		if t.series > 1 {
+			klog.V(2).InfoS("Query returned several series for an object; serving their sum", "rule", r.rule.String(), "object", n, "series", t.series)
+		}
+		q, ok := values.Quantity(t.sum)
 		if !ok {
-			klog.V(2).InfoS("Dropping a sample that is not a finite number", "expr", expr, "object", n, "value", s.Value)
+			klog.V(2).InfoS("Dropping a value that is not a finite number", "rule", r.rule.String(), "object", n, "value", t.sum)
 			continue
 		}
-		out = append(out, p.value(info, kind, apiVersion, namespace, n, s.Timestamp, window, q, metricSelector))
+		out = append(out, r.value(namespace, n, t.ts, window, q))
 	}
 	return out, nil
 }
@@ -272,21 +356,21 @@ func (p *Provider) queryObjects(ctx context.Context, e entry, info provider.Cust
 // objectViaPods serves one object by querying its pods' series, grouped by
 // namespace, so the rule's own aggregation (sum, avg, max...) applies
 // across the object's pods. Series the query leaves apart are added up.
-func (p *Provider) objectViaPods(ctx context.Context, e entry, info provider.CustomMetricInfo, namespace, name string, metricMatchers []promql.Matcher, metricSelector labels.Selector) (*custom_metrics.MetricValue, error) {
-	pods, err := p.resolver.PodsFor(ctx, info.GroupResource, namespace, name)
+func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, name string) (*custom_metrics.MetricValue, error) {
+	pods, err := p.resolver.PodsFor(ctx, r.info.GroupResource, namespace, name)
 	if err != nil {
-		return nil, values.ResolveError(err, info.GroupResource.String())
+		return nil, values.ResolveError(err, r.info.GroupResource.String())
 	}
 	if len(pods) == 0 {
-		klog.V(2).InfoS("Object has no pods", "resource", info.GroupResource.String(), "object", klog.KRef(namespace, name), "metric", info.Metric)
-		return nil, notFoundBecause(info, name, "it selects no pods")
+		klog.V(2).InfoS("Object has no pods", "resource", r.info.GroupResource.String(), "object", klog.KRef(namespace, name), "metric", r.info.Metric)
+		return nil, notFoundBecause(r.info, name, "it selects no pods")
 	}
 	matchers := []promql.Matcher{
-		promql.Equals(e.namespaceLabel, e.rule.ToLabelValue(namespace)),
-		promql.OneOf(e.podLabel, labelValues(e, pods)),
+		promql.Equals(r.namespaceLabel, r.rule.ToLabelValue(namespace)),
+		promql.OneOf(r.podLabel, labelValues(r.entry, pods)),
 	}
-	matchers = append(matchers, metricMatchers...)
-	expr, vec, err := p.run(ctx, e, info, matchers, []string{e.namespaceLabel})
+	matchers = append(matchers, r.matchers...)
+	expr, vec, err := p.run(ctx, r, matchers, []string{r.namespaceLabel})
 	if err != nil {
 		return nil, err
 	}
@@ -296,7 +380,7 @@ func (p *Provider) objectViaPods(ctx context.Context, e entry, info provider.Cus
 	for _, s := range vec {
 		v := float64(s.Value)
 		if math.IsNaN(v) || math.IsInf(v, 0) {
-			klog.V(2).InfoS("Dropping a sample that is not a finite number", "expr", expr, "object", klog.KRef(namespace, name), "value", s.Value)
+			klog.V(2).InfoS("Dropping a sample that is not a finite number", "rule", r.rule.String(), "object", klog.KRef(namespace, name), "value", s.Value)
 			continue
 		}
 		sum += v
@@ -304,93 +388,72 @@ func (p *Provider) objectViaPods(ctx context.Context, e entry, info provider.Cus
 		n++
 	}
 	if n == 0 {
-		return nil, notFoundBecause(info, name, fmt.Sprintf("Prometheus has no data for its %d pods", len(pods)))
+		return nil, notFoundBecause(r.info, name, fmt.Sprintf("Prometheus has no data for its %d pods", len(pods)))
 	}
 	q, ok := values.Quantity(sum)
 	if !ok {
-		return nil, notFoundBecause(info, name, "the sum of its pods' values is not a finite number")
+		return nil, notFoundBecause(r.info, name, "the sum of its pods' values is not a finite number")
 	}
-	kind, apiVersion := p.kindFor(info.GroupResource)
-	v := p.value(info, kind, apiVersion, namespace, name, ts, values.WindowSeconds(expr), q, metricSelector)
+	v := r.value(namespace, name, ts, values.WindowSeconds(expr), q)
 	return &v, nil
 }
 
 // run renders the rule's query and runs it.
-func (p *Provider) run(ctx context.Context, e entry, info provider.CustomMetricInfo, matchers []promql.Matcher, groupBy []string) (string, model.Vector, error) {
-	expr, err := e.rule.Render(e.series, matchers, groupBy)
+func (p *Provider) run(ctx context.Context, r *request, matchers []promql.Matcher, groupBy []string) (string, model.Vector, error) {
+	expr, err := r.rule.Render(r.series, matchers, groupBy)
 	if err != nil {
 		return "", nil, apierrors.NewInternalError(err)
 	}
 	start := time.Now()
 	vec, err := p.prom.Query(ctx, expr)
 	if err != nil {
-		return expr, nil, values.QueryError(err, fmt.Sprintf("metric %s for %s", info.Metric, info.GroupResource), e.rule.String())
+		return expr, nil, values.QueryError(err, fmt.Sprintf("metric %s for %s", r.info.Metric, r.info.GroupResource), r.rule.String())
 	}
-	klog.V(4).InfoS("Query done", "metric", info.Metric, "resource", info.GroupResource.String(),
+	klog.V(4).InfoS("Query done", "metric", r.info.Metric, "resource", r.info.GroupResource.String(),
 		"series", len(vec), "duration", time.Since(start), "expr", expr)
 	return expr, vec, nil
 }
 
-func (p *Provider) value(info provider.CustomMetricInfo, kind, apiVersion, namespace, name string, ts model.Time, window *int64, q resource.Quantity, metricSelector labels.Selector) custom_metrics.MetricValue {
-	if info.GroupResource == rules.Namespaces {
+// value is the answer for one object.
+func (r *request) value(namespace, name string, ts model.Time, window *int64, q resource.Quantity) custom_metrics.MetricValue {
+	if r.info.GroupResource == rules.Namespaces {
 		namespace = ""
 	}
 	return custom_metrics.MetricValue{
 		DescribedObject: custom_metrics.ObjectReference{
-			Kind:       kind,
-			APIVersion: apiVersion,
+			Kind:       r.kind,
+			APIVersion: r.apiVersion,
 			Namespace:  namespace,
 			Name:       name,
 		},
-		Metric:        custom_metrics.MetricIdentifier{Name: info.Metric, Selector: labelSelector(metricSelector)},
+		Metric:        custom_metrics.MetricIdentifier{Name: r.info.Metric, Selector: r.selector},
 		Timestamp:     metav1.NewTime(ts.Time()),
 		WindowSeconds: window,
 		Value:         q,
 	}
 }
 
-func (p *Provider) kindFor(gr schema.GroupResource) (kind, apiVersion string) {
-	gvk, err := p.mapper.KindFor(gr.WithVersion(""))
-	if err != nil {
-		return "", ""
-	}
-	return gvk.Kind, gvk.GroupVersion().String()
-}
-
-// labelSelector turns the request's metric selector back into the API
-// form echoed in each value. Operators without an API form (gt, lt) were
-// already rejected by selectorMatchers.
-func labelSelector(sel labels.Selector) *metav1.LabelSelector {
+// echo turns the request's metric selector back into the API form each
+// value carries (nil for none), with metav1.ParseToLabelSelector, which has
+// no "!=": a != requirement is echoed as the notin of its one value, which
+// selects the same.
+func echo(sel labels.Selector) (*metav1.LabelSelector, error) {
 	if sel == nil || sel.Empty() {
-		return nil
+		return nil, nil
 	}
 	reqs, _ := sel.Requirements()
-	ls := &metav1.LabelSelector{}
+	out := labels.NewSelector()
 	for _, r := range reqs {
-		values := r.ValuesUnsorted()
-		slices.Sort(values)
-		var op metav1.LabelSelectorOperator
-		switch r.Operator() {
-		case selection.Equals, selection.DoubleEquals:
-			if ls.MatchLabels == nil {
-				ls.MatchLabels = map[string]string{}
+		if r.Operator() == selection.NotEquals {
+			notIn, err := labels.NewRequirement(r.Key(), selection.NotIn, r.ValuesUnsorted())
+			if err != nil {
+				return nil, err
 			}
-			ls.MatchLabels[r.Key()] = values[0]
-			continue
-		case selection.NotEquals, selection.NotIn:
-			op = metav1.LabelSelectorOpNotIn
-		case selection.In:
-			op = metav1.LabelSelectorOpIn
-		case selection.Exists:
-			op, values = metav1.LabelSelectorOpExists, nil
-		case selection.DoesNotExist:
-			op, values = metav1.LabelSelectorOpDoesNotExist, nil
-		default:
-			continue
+			r = *notIn
 		}
-		ls.MatchExpressions = append(ls.MatchExpressions, metav1.LabelSelectorRequirement{Key: r.Key(), Operator: op, Values: values})
+		out = out.Add(r)
 	}
-	return ls
+	return metav1.ParseToLabelSelector(out.String())
 }
 
 // labelValues applies the rule's labelValueReplacements to object names.

@@ -2,10 +2,12 @@ package custommetrics
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/metrics/pkg/apis/custom_metrics"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
@@ -597,5 +601,55 @@ func TestFailedRelistKeepsTheMetrics(t *testing.T) {
 	}
 	if after := len(f.p.ListAllMetrics()); after != before || before == 0 {
 		t.Errorf("metrics after a failed relist = %d, before = %d", after, before)
+	}
+}
+
+// TestIdenticalSelectorRequestsShareOneAnswer sends the same request from
+// many callers while Prometheus is slow: they share one query and one list
+// of values, and a caller that gives up does not fail the others.
+func TestIdenticalSelectorRequestsShareOneAnswer(t *testing.T) {
+	f := newFixture(t, "", 5*time.Second)
+	f.discover(t)
+	const want = `sum(rate(app_requests_total{namespace="default",pod=~"app-a|app-b|app-c"}[1m])) by (pod)`
+	f.prom.Vecs[want] = []fakeprom.Sample{{Labels: map[string]string{"pod": "app-a"}, Value: "2", TS: 1700000000}}
+	f.prom.SetDelay(300 * time.Millisecond)
+	sel := labels.SelectorFromSet(labels.Set{"app": "app"})
+
+	impatient, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	lists := make([]*custom_metrics.MetricValueList, 8)
+	for i := range 8 {
+		wg.Go(func() {
+			ctx := context.Background()
+			if i == 0 {
+				ctx = impatient
+			}
+			lists[i], errs[i] = f.p.GetMetricBySelector(ctx, "default", sel, podsInfo("requests-per-second"), labels.Everything())
+		})
+		if i == 0 {
+			// The impatient caller starts the shared call.
+			if err := wait.PollUntilContextTimeout(context.Background(), time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+				return len(f.prom.Received()) == 1, nil
+			}); err != nil {
+				t.Fatal("the first request never reached Prometheus")
+			}
+		}
+	}
+	wg.Wait()
+	if !errors.Is(errs[0], context.DeadlineExceeded) {
+		t.Errorf("the impatient caller got %v, want its deadline", errs[0])
+	}
+	for i := 1; i < 8; i++ {
+		if errs[i] != nil || len(lists[i].Items) != 1 || lists[i].Items[0].Value.String() != "2" {
+			t.Errorf("caller %d: %v, %+v", i, errs[i], lists[i])
+		}
+	}
+	if got := f.prom.Received(); len(got) != 1 {
+		t.Errorf("%d queries for 8 identical requests, want 1", len(got))
+	}
+	if lists[1] == lists[2] {
+		t.Error("callers share one list object; each must get its own")
 	}
 }

@@ -66,6 +66,7 @@ type Config struct {
 
 // Client implements Querier and SeriesLister over Prometheus' HTTP API.
 type Client struct {
+	client  api.Client
 	api     v1.API
 	timeout time.Duration
 	flight  singleflight.Group
@@ -105,7 +106,7 @@ func New(cfg Config) (*Client, error) {
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	return &Client{api: v1.NewAPI(c), timeout: timeout}, nil
+	return &Client{client: c, api: v1.NewAPI(c), timeout: timeout}, nil
 }
 
 // Query implements Querier. Concurrent calls with the same expr share one
@@ -121,19 +122,12 @@ func (c *Client) Query(ctx context.Context, expr string) (model.Vector, error) {
 		qctx, qcancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
 		defer qcancel()
 		start := time.Now()
-		val, warnings, _, err := c.api.Query(qctx, expr, time.Time{})
+		vec, warnings, err := c.query(qctx, expr)
 		klog.V(4).InfoS("Prometheus query done", "expr", expr, "duration", time.Since(start), "err", err)
 		if len(warnings) > 0 {
 			klog.V(2).InfoS("Prometheus query returned warnings", "expr", expr, "warnings", warnings)
 		}
-		if err != nil {
-			return nil, err
-		}
-		vec, ok := val.(model.Vector)
-		if !ok {
-			return nil, &v1.Error{Type: v1.ErrBadResponse, Msg: fmt.Sprintf("query returned a %s, not an instant vector", val.Type())}
-		}
-		return vec, nil
+		return vec, err
 	})
 	select {
 	case r := <-ch:
@@ -143,6 +137,35 @@ func (c *Client) Query(ctx context.Context, expr string) (model.Vector, error) {
 		return r.Val.(model.Vector), nil
 	case <-ctx.Done():
 		return nil, &QueryError{Expr: expr, Err: ctx.Err()}
+	}
+}
+
+// query POSTs an instant query at Prometheus' current time and decodes
+// the answer with decodeQuery.
+func (c *Client) query(ctx context.Context, expr string) (model.Vector, []string, error) {
+	u := c.client.URL("/api/v1/query", nil)
+	body := url.Values{"query": {expr}}.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), strings.NewReader(body))
+	if err != nil {
+		return nil, nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, data, err := c.client.Do(ctx, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	vec, warnings, err := decodeQuery(data)
+	var apiErr *v1.Error
+	switch {
+	case resp.StatusCode/100 == 2:
+		return vec, warnings, err
+	case errors.As(err, &apiErr) && apiErr.Type != v1.ErrBadResponse:
+		// Prometheus' own error answer, with its type and message.
+		return nil, warnings, err
+	case resp.StatusCode/100 == 5:
+		return nil, warnings, &v1.Error{Type: v1.ErrServer, Msg: fmt.Sprintf("server error: %d", resp.StatusCode), Detail: string(data)}
+	default:
+		return nil, warnings, &v1.Error{Type: v1.ErrClient, Msg: fmt.Sprintf("client error: %d", resp.StatusCode), Detail: string(data)}
 	}
 }
 

@@ -71,20 +71,40 @@ type Resolver struct {
 	mu      sync.Mutex
 	ctx     context.Context // set by Start; lazily started informers stop with it
 	watched map[schema.GroupVersionResource]informers.GenericInformer
+	// selections caches label selections per watched resource.
+	selections map[cache.SharedIndexInformer]*selectionCache
 }
 
 // New returns a Resolver. mapper resolves resources other than the
 // pod owners to the version to watch. Nothing is watched until Start.
 func New(kube kubernetes.Interface, meta metadata.Interface, mapper apimeta.RESTMapper) *Resolver {
 	r := &Resolver{
-		mapper:  mapper,
-		meta:    metadatainformer.NewSharedInformerFactoryWithOptions(meta, 0, metadatainformer.WithTransform(stripMetadata)),
-		typed:   informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithTransform(stripTyped)),
-		watched: map[schema.GroupVersionResource]informers.GenericInformer{},
+		mapper:     mapper,
+		meta:       metadatainformer.NewSharedInformerFactoryWithOptions(meta, 0, metadatainformer.WithTransform(stripMetadata)),
+		typed:      informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithTransform(stripTyped)),
+		watched:    map[schema.GroupVersionResource]informers.GenericInformer{},
+		selections: map[cache.SharedIndexInformer]*selectionCache{},
 	}
 	r.pods = r.meta.ForResource(PodsGVR)
+	// A new informer that has not started: adding the index and the event
+	// handler cannot fail.
+	_ = r.prepareInformer(r.pods.Informer())
 	r.watched[PodsGVR] = r.pods
 	return r
+}
+
+// prepareInformer adds the label index and the selection cache to a new
+// informer. Call it with r.mu held, or before the resolver is shared.
+func (r *Resolver) prepareInformer(inf cache.SharedIndexInformer) error {
+	if err := addLabelIndex(inf); err != nil {
+		return err
+	}
+	c := newSelectionCache()
+	if err := c.watch(inf); err != nil {
+		return fmt.Errorf("watching for relabelled objects: %w", err)
+	}
+	r.selections[inf] = c
+	return nil
 }
 
 // Start starts the pod informer and remembers ctx for informers started
@@ -115,15 +135,23 @@ func (r *Resolver) informer(ctx context.Context, gvr schema.GroupVersionResource
 			r.mu.Unlock()
 			return nil, fmt.Errorf("resolver not started")
 		}
-		if _, typed := podOwners[gvr.GroupResource()]; typed {
+		_, typed := podOwners[gvr.GroupResource()]
+		if typed {
 			var err error
 			if inf, err = r.typed.ForResource(gvr); err != nil {
 				r.mu.Unlock()
 				return nil, fmt.Errorf("watching %s: %w", gvr.GroupResource(), err)
 			}
-			r.typed.Start(r.ctx.Done())
 		} else {
 			inf = r.meta.ForResource(gvr)
+		}
+		if err := r.prepareInformer(inf.Informer()); err != nil {
+			r.mu.Unlock()
+			return nil, fmt.Errorf("watching %s: %w", gvr.GroupResource(), err)
+		}
+		if typed {
+			r.typed.Start(r.ctx.Done())
+		} else {
 			r.meta.Start(r.ctx.Done())
 		}
 		r.watched[gvr] = inf
@@ -155,7 +183,8 @@ func (e *NotSyncedError) Error() string {
 }
 
 // PodsMatching returns the names of the pods in namespace that sel
-// matches, sorted.
+// matches, sorted. The slice may be shared with other callers: do not
+// modify it.
 func (r *Resolver) PodsMatching(ctx context.Context, namespace string, sel labels.Selector) ([]string, error) {
 	if _, err := r.informer(ctx, PodsGVR); err != nil {
 		return nil, err
@@ -196,9 +225,9 @@ func (r *Resolver) Metadata(ctx context.Context, gvr schema.GroupVersionResource
 	if err != nil {
 		return nil, err
 	}
-	objs, err := r.list(inf, namespace)
+	objs, err := candidates(inf.Informer().GetIndexer(), namespace, sel)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading cache: %w", err)
 	}
 	out := make([]*metav1.PartialObjectMetadata, 0, len(objs))
 	for _, o := range objs {
@@ -241,34 +270,16 @@ func (r *Resolver) GetMetadata(ctx context.Context, gvr schema.GroupVersionResou
 	return m, nil
 }
 
-func (r *Resolver) list(inf informers.GenericInformer, namespace string) ([]any, error) {
-	if namespace == "" {
-		return inf.Informer().GetStore().List(), nil
-	}
-	objs, err := inf.Informer().GetIndexer().ByIndex(cache.NamespaceIndex, namespace)
-	if err != nil {
-		return nil, fmt.Errorf("reading cache: %w", err)
-	}
-	return objs, nil
-}
-
 func (r *Resolver) matching(inf informers.GenericInformer, namespace string, sel labels.Selector) ([]string, error) {
-	objs, err := r.list(inf, namespace)
-	if err != nil {
-		return nil, err
+	indexer := inf.Informer().GetIndexer()
+	compute := func() ([]string, error) { return matchingNames(indexer, namespace, sel) }
+	r.mu.Lock()
+	c := r.selections[inf.Informer()]
+	r.mu.Unlock()
+	if c == nil {
+		return compute()
 	}
-	names := make([]string, 0, len(objs))
-	for _, o := range objs {
-		m, err := apimeta.Accessor(o)
-		if err != nil {
-			continue
-		}
-		if sel.Matches(labels.Set(m.GetLabels())) {
-			names = append(names, m.GetName())
-		}
-	}
-	slices.Sort(names)
-	return names, nil
+	return c.names(namespace, sel, compute)
 }
 
 // PodsFor returns the names of the pods behind one object, sorted:

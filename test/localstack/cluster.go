@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -29,6 +30,15 @@ type ClusterOptions struct {
 	DownscaleStabilization time.Duration
 	// Progress receives one line per step; nil discards.
 	Progress io.Writer
+	// Controllers are kube-controller-manager's --controllers; nil runs
+	// DefaultControllers.
+	Controllers []string
+}
+
+// DefaultControllers are the controllers the HPA demo needs.
+var DefaultControllers = []string{
+	"horizontal-pod-autoscaler-controller", "deployment-controller", "replicaset-controller",
+	"serviceaccount-controller", "serviceaccount-token-controller", "namespace-controller", "garbage-collector-controller",
 }
 
 // Cluster is a running etcd, kube-apiserver and kube-controller-manager.
@@ -59,6 +69,9 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	}
 	if opts.Progress == nil {
 		opts.Progress = io.Discard
+	}
+	if opts.Controllers == nil {
+		opts.Controllers = DefaultControllers
 	}
 	etcdBin, err := Binary("etcd")
 	if err != nil {
@@ -186,8 +199,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 		"--kubeconfig=" + kcmKubeconfig,
 		"--authentication-kubeconfig=" + kcmKubeconfig, "--authorization-kubeconfig=" + kcmKubeconfig,
 		"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(kcmPort), "--leader-elect=false",
-		"--controllers=horizontal-pod-autoscaler-controller,deployment-controller,replicaset-controller," +
-			"serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller",
+		"--controllers=" + strings.Join(opts.Controllers, ","),
 		"--horizontal-pod-autoscaler-sync-period=" + opts.HPASyncPeriod.String(),
 		"--horizontal-pod-autoscaler-downscale-stabilization=" + opts.DownscaleStabilization.String(),
 		"--root-ca-file=" + p("ca.crt"), "--service-account-private-key-file=" + p("sa.key"),

@@ -41,6 +41,18 @@ type StackOptions struct {
 	RelistInterval time.Duration
 	// AdapterArgs are extra adapter flags.
 	AdapterArgs []string
+	// AdapterEnv are extra environment variables of the adapter processes
+	// (GOGC=..., GOMEMLIMIT=...).
+	AdapterEnv []string
+	// NoKubelet leaves pods unscheduled and not running: no process
+	// kubelet, no node (for benchmarks that only need pod objects).
+	NoKubelet bool
+	// ExtraScrapeConfigs are added to the manifests' Prometheus scrape
+	// configs.
+	ExtraScrapeConfigs []map[string]any
+	// QueryLog, when set, is where Prometheus logs every query it runs
+	// (query_log_file).
+	QueryLog string
 }
 
 // Stack is a control plane plus the process kubelet, Prometheus and the
@@ -54,6 +66,7 @@ type Stack struct {
 	AdapterURL string
 	// AdapterBinary is the adapter built for this stack.
 	AdapterBinary string
+	adapterEnv    []string
 
 	stopKubelet context.CancelFunc
 	kubeletDone chan error
@@ -126,20 +139,14 @@ func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 	}
 	s.step("applied the adapter's and Prometheus' RBAC and the APIServices of the three metrics APIs from manifests/")
 
-	kctx, stop := context.WithCancel(context.Background())
-	s.stopKubelet = stop
-	s.kubeletDone = make(chan error, 1)
-	s.Kubelet = &Kubelet{Client: s.Client, NodeName: "local-node", AppBinary: appBin, Dir: filepath.Join(opts.Dir, "pods"), Progress: progress}
-	go func() { s.kubeletDone <- s.Kubelet.Run(kctx) }()
-	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		n, err := s.Client.CoreV1().Nodes().Get(ctx, "local-node", metav1.GetOptions{})
-		return err == nil && len(n.Status.Conditions) > 0, nil
-	}); err != nil {
-		return nil, fmt.Errorf("process kubelet did not register its node: %w", err)
+	if !opts.NoKubelet {
+		if err := s.startKubelet(ctx, appBin, filepath.Join(opts.Dir, "pods"), progress); err != nil {
+			return nil, err
+		}
+		s.step("process kubelet registered node local-node")
 	}
-	s.step("process kubelet registered node local-node")
 
-	promCfg, err := s.prometheusConfig(opts.ScrapeInterval)
+	promCfg, err := s.prometheusConfig(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +155,7 @@ func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 	}
 	s.step("Prometheus ready on %s, discovering pods through the API server", s.Prometheus.URL)
 
-	s.AdapterBinary = adapterBin
+	s.AdapterBinary, s.adapterEnv = adapterBin, opts.AdapterEnv
 	if err := s.startAdapter(ctx, opts); err != nil {
 		return nil, err
 	}
@@ -159,6 +166,21 @@ func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 	s.step("APIServices %s Available", strings.Join(APIServiceNames, ", "))
 	ok = true
 	return s, nil
+}
+
+func (s *Stack) startKubelet(ctx context.Context, appBin, dir string, progress io.Writer) error {
+	kctx, stop := context.WithCancel(context.Background())
+	s.stopKubelet = stop
+	s.kubeletDone = make(chan error, 1)
+	s.Kubelet = &Kubelet{Client: s.Client, NodeName: "local-node", AppBinary: appBin, Dir: dir, Progress: progress}
+	go func() { s.kubeletDone <- s.Kubelet.Run(kctx) }()
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		n, err := s.Client.CoreV1().Nodes().Get(ctx, "local-node", metav1.GetOptions{})
+		return err == nil && len(n.Status.Conditions) > 0, nil
+	}); err != nil {
+		return fmt.Errorf("process kubelet did not register its node: %w", err)
+	}
+	return nil
 }
 
 // Stop stops the kubelet's pods and every server.
@@ -288,7 +310,8 @@ func (s *Stack) applyManifests(ctx context.Context, dir string, keep func(*unstr
 // prometheusConfig takes the manifests' prometheus.yml and points its pod
 // discovery at the local API server, authenticated as the manifests'
 // prometheus ServiceAccount.
-func (s *Stack) prometheusConfig(interval time.Duration) (string, error) {
+func (s *Stack) prometheusConfig(opts StackOptions) (string, error) {
+	interval := opts.ScrapeInterval
 	raw, err := os.ReadFile(filepath.Join(s.Root, "manifests/prometheus/prometheus.yml"))
 	if err != nil {
 		return "", err
@@ -304,6 +327,9 @@ func (s *Stack) prometheusConfig(interval time.Duration) (string, error) {
 	}
 	global["scrape_interval"] = interval.String()
 	global["evaluation_interval"] = interval.String()
+	if opts.QueryLog != "" {
+		global["query_log_file"] = opts.QueryLog
+	}
 	jobs, _ := cfg["scrape_configs"].([]any)
 	n := 0
 	var kept []any
@@ -329,6 +355,9 @@ func (s *Stack) prometheusConfig(interval time.Duration) (string, error) {
 	}
 	if n == 0 {
 		return "", errors.New("manifests/prometheus/prometheus.yml has no kubernetes_sd_configs")
+	}
+	for _, job := range opts.ExtraScrapeConfigs {
+		kept = append(kept, job)
 	}
 	cfg["scrape_configs"] = kept
 	out, err := yaml.Marshal(cfg)
@@ -401,7 +430,7 @@ func (s *Stack) RunAdapter(ctx context.Context, name, config string, extra ...st
 		"--config=" + config,
 		"--v=2",
 	}
-	p, err := Start(s.Dir, name, s.AdapterBinary, append(args, extra...))
+	p, err := Start(s.Dir, name, s.AdapterBinary, append(args, extra...), s.adapterEnv...)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,747 @@
+// Command bench is `make bench`: it measures what an HPA gets from the
+// adapter next to what the same PromQL costs when sent straight to
+// Prometheus, in one run, at several namespace sizes.
+//
+// It starts the local stack without a kubelet: a real kube-apiserver holds
+// the pods as objects (created, never scheduled), a real Prometheus holds
+// their series (app_requests_total for every pod, from one synthetic
+// target), and the real adapter process serves them over HTTPS through its
+// whole handler chain. Clients call the adapter as the aggregator does (the
+// front-proxy client certificate, the HPA's identity in X-Remote-User), with
+// the HPA's request: pods/*/requests-per-second?labelSelector=....
+//
+// For every namespace size and selection it runs N clients against the
+// adapter for a fixed time, then the same clients POSTing the same PromQL
+// (taken from Prometheus' query log, so it is exactly what the adapter sent)
+// to Prometheus for the same time, and prints one table: throughput, p50
+// and p99 of both, their ratio, and the adapter's resident memory and CPU
+// seconds. Every answer is checked for the number of pods it should hold.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
+)
+
+// selection is one way an HPA picks pods: k distinct label selectors, each
+// matching want pods.
+type selection struct {
+	name      string
+	selectors []string
+	want      int
+}
+
+// selectionsFor returns the three selections of a namespace of n pods:
+// every pod with one selector; 50 distinct selectors (app=app-0..49, n/50
+// pods each); one selector of 100 pods (group=g0).
+func selectionsFor(n int) []selection {
+	fifty := make([]string, 50)
+	for i := range fifty {
+		fifty[i] = "app=app-" + strconv.Itoa(i)
+	}
+	return []selection{
+		{name: "all, one selector", selectors: []string{"tier=bench"}, want: n},
+		{name: "50 distinct selectors", selectors: fifty, want: n / 50},
+		{name: "one selector of 100 pods", selectors: []string{"group=g0"}, want: min(n, 100)},
+	}
+}
+
+func podLabels(i int) map[string]string {
+	return map[string]string{"tier": "bench", "app": "app-" + strconv.Itoa(i%50), "group": "g" + strconv.Itoa(i/100)}
+}
+
+func namespaceFor(n int) string { return "bench-" + strconv.Itoa(n) }
+
+func main() {
+	if err := run(); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	sizes    []int
+	duration time.Duration
+	clients  int
+	// profiles, when set, is where a CPU and a heap profile of the
+	// adapter are written for each row.
+	profiles string
+}
+
+func run() error {
+	sizes := flag.String("pods", "100,1000,10000", "Namespace sizes, comma-separated: one namespace of each size.")
+	duration := flag.Duration("duration", 10*time.Second, "How long each side (adapter, raw Prometheus) is measured per row.")
+	clients := flag.Int("clients", 16, "Concurrent clients.")
+	dirFlag := flag.String("dir", "", "Run folder (default run/bench in the repository).")
+	var env stringList
+	flag.Var(&env, "adapter-env", "An environment variable for the adapter process, NAME=value (repeatable), e.g. GOMEMLIMIT=120MiB.")
+	profiles := flag.String("profiles", "", "Folder for the adapter's CPU profile of each row's adapter side and a heap profile half way through it (go tool pprof reads them).")
+	flag.Parse()
+	o := options{profiles: *profiles}
+	for _, s := range strings.Split(*sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 100 || n%50 != 0 {
+			return fmt.Errorf("-pods: %q must be a multiple of 50, at least 100", s)
+		}
+		o.sizes = append(o.sizes, n)
+	}
+	if *duration <= 0 || *clients < 1 {
+		return errors.New("-duration and -clients must be positive")
+	}
+	o.duration, o.clients = *duration, *clients
+	if o.profiles != "" {
+		if err := os.MkdirAll(o.profiles, 0o755); err != nil {
+			return err
+		}
+	}
+
+	root, err := localstack.RepoRoot()
+	if err != nil {
+		return err
+	}
+	dir := *dirFlag
+	if dir == "" {
+		dir = filepath.Join(root, "run", "bench")
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	// The synthetic target: app_requests_total for every pod of every
+	// namespace, pod i growing by 1 + i%7 per second.
+	var pods []podRef
+	for _, n := range o.sizes {
+		for i := range n {
+			pods = append(pods, podRef{namespace: namespaceFor(n), name: fmt.Sprintf("app-%05d", i), rate: float64(1 + i%7)})
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	exp := &http.Server{Handler: exporter{pods: pods, start: time.Now()}, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = exp.Serve(ln) }()
+	defer func() { _ = exp.Close() }()
+
+	queryLog := filepath.Join(dir, "prometheus-queries.log")
+	fmt.Printf("== starting the stack without a kubelet (logs in %s)\n", dir)
+	s, err := localstack.StartStack(ctx, localstack.StackOptions{
+		ClusterOptions: localstack.ClusterOptions{
+			Dir: dir, Progress: os.Stdout,
+			// Pods are only objects here: no controller needs to act on them.
+			Controllers: []string{"serviceaccount-controller", "serviceaccount-token-controller"},
+		},
+		NoKubelet: true,
+		ExtraScrapeConfigs: []map[string]any{{
+			"job_name": "bench-pods", "honor_labels": true,
+			"static_configs": []any{map[string]any{"targets": []any{ln.Addr().String()}}},
+		}},
+		QueryLog:   queryLog,
+		AdapterEnv: env,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Println("== stopping everything")
+		if err := s.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
+	}()
+
+	if err := createPods(ctx, s, o.sizes); err != nil {
+		return err
+	}
+	b, err := newBench(s, queryLog, o)
+	if err != nil {
+		return err
+	}
+	if err := b.waitReady(ctx); err != nil {
+		return err
+	}
+	readyRSS := b.rss()
+	if err := b.heapProfile(ctx, "ready"); err != nil {
+		return err
+	}
+	fmt.Printf("== adapter ready, RSS %s; %d clients, %s per side per row\n\n", mib(readyRSS), o.clients, o.duration)
+
+	// The PromQL of every selector, from one adapter request each while
+	// nothing else runs, so Prometheus' query log holds just that query.
+	queries := map[string]string{}
+	for _, n := range o.sizes {
+		for _, sel := range selectionsFor(n) {
+			for _, selector := range sel.selectors {
+				q, err := b.queryOf(ctx, namespaceFor(n), selector, sel.want)
+				if err != nil {
+					return err
+				}
+				queries[namespaceFor(n)+"/"+selector] = q
+			}
+		}
+	}
+
+	var rows []row
+	for _, n := range o.sizes {
+		for _, sel := range selectionsFor(n) {
+			r, err := b.measure(ctx, n, sel, queries)
+			if err != nil {
+				return fmt.Errorf("%d pods, %s: %w", n, sel.name, err)
+			}
+			fmt.Println(r.line())
+			rows = append(rows, r)
+		}
+	}
+	fmt.Printf("\n%s\n", table(rows))
+	fmt.Printf("adapter RSS when ready: %s, after the run: %s (peak %s)\n", mib(readyRSS), mib(b.rss()), mib(b.peakRSS.Load()))
+	return nil
+}
+
+type podRef struct {
+	namespace, name string
+	rate            float64
+}
+
+type exporter struct {
+	pods  []podRef
+	start time.Time
+}
+
+func (e exporter) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	elapsed := time.Since(e.start).Seconds()
+	bw := bufio.NewWriterSize(w, 64<<10)
+	_, _ = bw.WriteString("# TYPE app_requests_total counter\n")
+	for _, p := range e.pods {
+		_, _ = fmt.Fprintf(bw, "app_requests_total{namespace=%q,pod=%q,endpoint=\"/\"} %.3f\n", p.namespace, p.name, elapsed*p.rate)
+	}
+	_ = bw.Flush()
+}
+
+// createPods creates the namespaces and their pods as objects.
+func createPods(ctx context.Context, s *localstack.Stack, sizes []int) error {
+	cfg := rest.CopyConfig(s.Admin)
+	cfg.QPS, cfg.Burst = 2000, 2000
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	total := 0
+	for _, n := range sizes {
+		ns := namespaceFor(n)
+		if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+		// Pod admission needs the namespace's default ServiceAccount.
+		if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			_, err := client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
+			return err == nil, nil
+		}); err != nil {
+			return fmt.Errorf("no default ServiceAccount in %s: %w", ns, err)
+		}
+		work := make(chan int)
+		var firstErr error
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for range 32 {
+			wg.Go(func() {
+				for i := range work {
+					p := &corev1.Pod{
+						ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("app-%05d", i), Labels: podLabels(i)},
+						Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "bench.invalid/app:never-pulled"}}},
+					}
+					if _, err := client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+						mu.Lock()
+						firstErr = cmpErr(firstErr, err)
+						mu.Unlock()
+					}
+				}
+			})
+		}
+		for i := range n {
+			work <- i
+		}
+		close(work)
+		wg.Wait()
+		if firstErr != nil {
+			return fmt.Errorf("creating pods in %s: %w", ns, firstErr)
+		}
+		total += n
+	}
+	fmt.Printf("== created %d pods in %s\n", total, time.Since(start).Round(100*time.Millisecond))
+	return nil
+}
+
+func cmpErr(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return err
+}
+
+type bench struct {
+	s        *localstack.Stack
+	queryLog string
+	o        options
+	adapter  *http.Client
+	raw      *http.Client
+	pid      int
+	peakRSS  atomic.Int64
+}
+
+func newBench(s *localstack.Stack, queryLog string, o options) (*bench, error) {
+	caPEM, err := os.ReadFile(s.PKI.Path("ca.crt"))
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	// What the aggregator presents: the front-proxy client certificate.
+	cert, err := tls.LoadX509KeyPair(s.PKI.Path("front-proxy-client.crt"), s.PKI.Path("front-proxy-client.key"))
+	if err != nil {
+		return nil, err
+	}
+	adapterTransport := &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2:   true,
+		MaxIdleConnsPerHost: o.clients,
+	}
+	rawTransport := &http.Transport{MaxIdleConnsPerHost: o.clients}
+	return &bench{
+		s: s, queryLog: queryLog, o: o,
+		adapter: &http.Client{Transport: adapterTransport, Timeout: 30 * time.Second},
+		raw:     &http.Client{Transport: rawTransport, Timeout: 30 * time.Second},
+		pid:     s.Adapter.PID(),
+	}, nil
+}
+
+// adapterRequest is the HPA's request, as the aggregator forwards it.
+func (b *bench) adapterRequest(ctx context.Context, namespace, selector string) (*http.Request, error) {
+	u := b.s.AdapterURL + "/apis/custom.metrics.k8s.io/v1beta2/namespaces/" + namespace +
+		"/pods/*/requests-per-second?labelSelector=" + url.QueryEscape(selector)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("X-Remote-User", "system:serviceaccount:kube-system:horizontal-pod-autoscaler")
+	for _, g := range []string{"system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"} {
+		req.Header.Add("X-Remote-Group", g)
+	}
+	req.Header.Set("Accept", "application/json")
+	return req, nil
+}
+
+// rawRequest POSTs a query to Prometheus, as the adapter does.
+func (b *bench) rawRequest(ctx context.Context, query string) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.s.Prometheus.URL+"/api/v1/query",
+		strings.NewReader(url.Values{"query": {query}}.Encode()))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	return req, nil
+}
+
+// waitReady waits until the adapter serves every pod of the largest
+// namespace with a rate.
+func (b *bench) waitReady(ctx context.Context) error {
+	n := slices.Max(b.o.sizes)
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 2*time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		req, err := b.adapterRequest(ctx, namespaceFor(n), "tier=bench")
+		if err != nil {
+			return false, err
+		}
+		got, err := b.count(req, adapterItem)
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		last = fmt.Sprintf("%d of %d pods have values", got, n)
+		return got == n, nil
+	})
+	if err != nil {
+		return fmt.Errorf("the adapter never served all %d pods: %s: %w", n, last, err)
+	}
+	return nil
+}
+
+var (
+	adapterItem = []byte(`"describedObject"`)
+	rawItem     = []byte(`"metric"`)
+)
+
+// count sends req and counts the items of a 200 answer (without decoding
+// it: the clients share the two cores with the servers).
+func (b *bench) count(req *http.Request, item []byte) (int, error) {
+	client := b.raw
+	if bytes.Equal(item, adapterItem) {
+		client = b.adapter
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("%s: %d %s", req.URL.Path, resp.StatusCode, truncate(body))
+	}
+	return bytes.Count(body, item), nil
+}
+
+func truncate(b []byte) string {
+	if len(b) > 300 {
+		return string(b[:300]) + "..."
+	}
+	return string(b)
+}
+
+// queryOf sends one adapter request for selector and returns the PromQL
+// the adapter sent, from Prometheus' query log.
+func (b *bench) queryOf(ctx context.Context, namespace, selector string, want int) (string, error) {
+	before, err := os.Stat(b.queryLog)
+	if err != nil {
+		return "", err
+	}
+	req, err := b.adapterRequest(ctx, namespace, selector)
+	if err != nil {
+		return "", err
+	}
+	got, err := b.count(req, adapterItem)
+	if err != nil {
+		return "", err
+	}
+	if got != want {
+		return "", fmt.Errorf("%s: %d pods in the answer, want %d", selector, got, want)
+	}
+	f, err := os.Open(b.queryLog)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = f.Close() }()
+	if _, err := f.Seek(before.Size(), io.SeekStart); err != nil {
+		return "", err
+	}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	var queries []string
+	for sc.Scan() {
+		var entry struct {
+			Params struct {
+				Query string `json:"query"`
+			} `json:"params"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &entry); err == nil && strings.Contains(entry.Params.Query, `namespace="`+namespace+`"`) {
+			queries = append(queries, entry.Params.Query)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", err
+	}
+	if len(queries) != 1 {
+		return "", fmt.Errorf("%s: %d queries in Prometheus' query log, want the adapter's one", selector, len(queries))
+	}
+	return queries[0], nil
+}
+
+type row struct {
+	pods                   int
+	selection              string
+	adapter, raw           result
+	rss                    int64
+	cpuSeconds             float64
+	adapterErrs, rawErrs   int64
+	adapterWrong, rawWrong int64
+}
+
+type result struct {
+	n             int
+	seconds       float64
+	p50, p90, p99 time.Duration
+}
+
+func (r result) rate() float64 { return float64(r.n) / r.seconds }
+
+// measure runs one row: the adapter side, then the raw side.
+func (b *bench) measure(ctx context.Context, n int, sel selection, byNamespaceSelector map[string]string) (row, error) {
+	ns := namespaceFor(n)
+	queries := make([]string, len(sel.selectors))
+	for i, s := range sel.selectors {
+		queries[i] = byNamespaceSelector[ns+"/"+s]
+	}
+	r := row{pods: n, selection: sel.name}
+	profileDone := b.profile(ctx, fmt.Sprintf("%d-%s", n, strings.ReplaceAll(sel.name, " ", "-")))
+	cpu0 := b.cpuSeconds()
+	var errs, wrong atomic.Int64
+	r.adapter = b.load(ctx, func(ctx context.Context, i int) error {
+		req, err := b.adapterRequest(ctx, ns, sel.selectors[i%len(sel.selectors)])
+		if err != nil {
+			return err
+		}
+		return b.check(req, adapterItem, sel.want, &errs, &wrong)
+	})
+	r.cpuSeconds = b.cpuSeconds() - cpu0
+	r.rss = b.rss()
+	if err := <-profileDone; err != nil {
+		return r, err
+	}
+	r.adapterErrs, r.adapterWrong = errs.Load(), wrong.Load()
+	errs.Store(0)
+	wrong.Store(0)
+	r.raw = b.load(ctx, func(ctx context.Context, i int) error {
+		req, err := b.rawRequest(ctx, queries[i%len(queries)])
+		if err != nil {
+			return err
+		}
+		return b.check(req, rawItem, sel.want, &errs, &wrong)
+	})
+	r.rawErrs, r.rawWrong = errs.Load(), wrong.Load()
+	if r.adapterErrs+r.adapterWrong+r.rawErrs+r.rawWrong > 0 {
+		return r, fmt.Errorf("failed answers: adapter %d errors, %d with the wrong number of pods; raw %d errors, %d wrong",
+			r.adapterErrs, r.adapterWrong, r.rawErrs, r.rawWrong)
+	}
+	return r, nil
+}
+
+func (b *bench) check(req *http.Request, item []byte, want int, errs, wrong *atomic.Int64) error {
+	got, err := b.count(req, item)
+	switch {
+	case err != nil:
+		if req.Context().Err() == nil {
+			errs.Add(1)
+			if errs.Load() == 1 {
+				fmt.Fprintln(os.Stderr, "first failure:", err)
+			}
+		}
+	case got != want:
+		wrong.Add(1)
+	}
+	return nil
+}
+
+// load runs the clients for the row's duration, client c sending request
+// c, c+clients, ... (so the selectors are spread over the clients), and
+// returns the throughput and latencies. It samples the adapter's memory
+// meanwhile.
+func (b *bench) load(ctx context.Context, do func(ctx context.Context, i int) error) result {
+	ctx, cancel := context.WithTimeout(ctx, b.o.duration)
+	defer cancel()
+	latencies := make([][]time.Duration, b.o.clients)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for c := range b.o.clients {
+		wg.Go(func() {
+			for i := c; ctx.Err() == nil; i += b.o.clients {
+				t := time.Now()
+				_ = do(ctx, i)
+				if ctx.Err() == nil {
+					latencies[c] = append(latencies[c], time.Since(t))
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				b.rss()
+			}
+		}
+	})
+	wg.Wait()
+	elapsed := time.Since(start).Seconds()
+	var all []time.Duration
+	for _, l := range latencies {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	res := result{n: len(all), seconds: elapsed}
+	if len(all) > 0 {
+		res.p50 = all[len(all)/2]
+		res.p90 = all[min(len(all)-1, len(all)*90/100)]
+		res.p99 = all[min(len(all)-1, len(all)*99/100)]
+	}
+	return res
+}
+
+// profile fetches a CPU profile of the adapter over the next duration
+// (less a second) and a heap profile half way through, into the profiles
+// folder, when that folder is set; the channel reports the outcome.
+func (b *bench) profile(ctx context.Context, name string) <-chan error {
+	done := make(chan error, 1)
+	if b.o.profiles == "" {
+		done <- nil
+		return done
+	}
+	seconds := max(1, int((b.o.duration-time.Second)/time.Second))
+	go func() {
+		heap := make(chan error, 1)
+		go func() {
+			// The live heap under load, half way through.
+			select {
+			case <-time.After(b.o.duration / 2):
+				heap <- b.heapProfile(ctx, name)
+			case <-ctx.Done():
+				heap <- ctx.Err()
+			}
+		}()
+		err := b.fetchProfile(ctx, fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), name+".cpu.pprof")
+		done <- errors.Join(err, <-heap)
+	}()
+	return done
+}
+
+// heapProfile writes a heap profile of the adapter now, when the profiles
+// folder is set.
+func (b *bench) heapProfile(ctx context.Context, name string) error {
+	if b.o.profiles == "" {
+		return nil
+	}
+	return b.fetchProfile(ctx, "/debug/pprof/heap", name+".heap.pprof")
+}
+
+// fetchProfile saves what the adapter's path answers (as an admin) to file
+// in the profiles folder.
+func (b *bench) fetchProfile(ctx context.Context, path, file string) error {
+	admin, err := b.s.HTTPClient("admin")
+	if err != nil {
+		return err
+	}
+	admin.Timeout = b.o.duration + 30*time.Second
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.s.AdapterURL+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := admin.Do(req)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %d %s", path, resp.StatusCode, truncate(data))
+	}
+	return os.WriteFile(filepath.Join(b.o.profiles, file), data, 0o644)
+}
+
+// rss is the adapter's resident memory now, in bytes; it also tracks the
+// peak.
+func (b *bench) rss() int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", b.pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			v := kb << 10
+			for {
+				peak := b.peakRSS.Load()
+				if v <= peak || b.peakRSS.CompareAndSwap(peak, v) {
+					break
+				}
+			}
+			return v
+		}
+	}
+	return 0
+}
+
+// cpuSeconds is the adapter's user and system CPU time so far.
+func (b *bench) cpuSeconds() float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", b.pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the parenthesised command: state is field 3; utime and
+	// stime are fields 14 and 15, in clock ticks (USER_HZ, 100 on Linux).
+	s := string(data)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(fields) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(fields[11], 64)
+	stime, _ := strconv.ParseFloat(fields[12], 64)
+	return (utime + stime) / 100
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
+
+func (r row) line() string {
+	return fmt.Sprintf("%6d pods, %-26s adapter %7.1f req/s (p50 %s, p90 %s, p99 %s)  raw %7.1f req/s (p50 %s, p90 %s, p99 %s)  ratio %.2f  RSS %s  CPU %.1fs",
+		r.pods, r.selection, r.adapter.rate(), ms(r.adapter.p50), ms(r.adapter.p90), ms(r.adapter.p99),
+		r.raw.rate(), ms(r.raw.p50), ms(r.raw.p90), ms(r.raw.p99), r.adapter.rate()/r.raw.rate(), mib(r.rss), r.cpuSeconds)
+}
+
+func table(rows []row) string {
+	var b strings.Builder
+	b.WriteString("| pods in namespace | selection | adapter req/s | adapter p50 | adapter p99 | raw req/s | raw p50 | raw p99 | ratio | adapter RSS | adapter CPU s |\n")
+	b.WriteString("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %.0f | %s | %s | %.2f | %s | %.1f |\n",
+			thousands(r.pods), r.selection, r.adapter.rate(), ms(r.adapter.p50), ms(r.adapter.p99),
+			r.raw.rate(), ms(r.raw.p50), ms(r.raw.p99), r.adapter.rate()/r.raw.rate(), mib(r.rss), r.cpuSeconds)
+	}
+	return b.String()
+}
+
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
