@@ -2,7 +2,8 @@
 #
 #   make demo    the local demo: a real control plane, Prometheus, the adapter
 #                and the load app on 127.0.0.1; the HPA scales out and back
-#   make test    every test: vet, formatting, unit, integration, end-to-end
+#   make test    every test: lint, formatting, unit, integration, end-to-end,
+#                faults
 #   make unit    the fast loop
 #
 # One set of build flags everywhere (CGO off, -trimpath) keeps the build cache
@@ -14,6 +15,9 @@ SHELL := /usr/bin/env bash
 
 export CGO_ENABLED := 0
 export GOFLAGS := -trimpath
+# Tests that need the local stack's servers fail, rather than skip, when
+# they are missing (a plain `go test ./...` skips them).
+export LOCALSTACK_REQUIRED := 1
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 BIN     := $(CURDIR)/bin
@@ -43,12 +47,30 @@ e2e: tools build ## End-to-end: real control plane, HPA controller, Prometheus, 
 	@mkdir -p _output
 	go test -count=1 -timeout 40m -parallel 8 -v ./test/e2e/... 2>&1 | tee $(CURDIR)/_output/e2e.log
 
+.PHONY: faults
+faults: tools build ## Fault suite on the real stack: Prometheus paused and killed, a replica stopped, the API server restarted, hostile input, bad rules files
+	@mkdir -p _output
+	go test -count=1 -timeout 20m -v ./test/faults/... 2>&1 | tee $(CURDIR)/_output/faults.log
+
 .PHONY: repo
 repo: shellcheck kubectl ## Repository checks: manifests and kustomizations, shellcheck, Dockerfile build stages
 	go test -count=1 ./test/repo/...
 
 .PHONY: test
-test: verify-fmt vet repo unit integration e2e ## Every test (what CI runs)
+test: verify repo unit integration e2e faults ## Every test (what CI runs)
+
+.PHONY: lint
+lint: ## golangci-lint (pinned in go.mod's tool block; .golangci.yml)
+	go tool golangci-lint run ./...
+
+.PHONY: verify
+verify: verify-fmt lint ## Formatting, lint, and go.mod/go.sum tidy
+	@go mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
+
+.PHONY: fuzz
+fuzz: ## Fuzz selector -> PromQL and the Prometheus answer decoder, 1M executions each (not in CI)
+	go test -run '^$$' -fuzz FuzzFromSelector -fuzztime 1000000x ./pkg/promql
+	go test -run '^$$' -fuzz FuzzDecodeQuery -fuzztime 1000000x ./pkg/promclient
 
 .PHONY: generate
 generate: ## Regenerate the OpenAPI definitions of metrics.k8s.io (pkg/resourcemetrics/openapi)

@@ -12,12 +12,12 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
-	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 func newTestHandler(t *testing.T, limits Limits) (*Handler, *prometheus.Registry) {
@@ -160,46 +160,51 @@ func TestMetricsEndpointExposesTextFormat(t *testing.T) {
 	}
 }
 
+// TestMemoryIsCappedAndReleased runs in a synctest bubble: the hold
+// passes in virtual time, and the memory is held until exactly then.
 func TestMemoryIsCappedAndReleased(t *testing.T) {
-	h, _ := newTestHandler(t, testLimits())
-	if rec := serve(h, http.MethodGet, "/mem?mib=4&hold=200ms"); rec.Code != 200 {
-		t.Fatalf("first /mem = %d %s", rec.Code, rec.Body)
-	}
-	rec := serve(h, http.MethodGet, "/mem?mib=4&hold=200ms")
-	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "6 MiB cap") || rec.Header().Get("Retry-After") == "" {
-		t.Errorf("second /mem = %d %q, want 503 naming the cap with Retry-After", rec.Code, rec.Body)
-	}
-	if got := h.HeldMiB(); got != 4 {
-		t.Errorf("held %d MiB, want 4", got)
-	}
-	if got := testutil.ToFloat64(h.metrics.MemoryHeld); got != 4<<20 {
-		t.Errorf("app_memory_held_bytes = %v, want %d", got, 4<<20)
-	}
-	err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
-		return h.HeldMiB() == 0, nil
+	synctest.Test(t, func(t *testing.T) {
+		h, _ := newTestHandler(t, testLimits())
+		if rec := serve(h, http.MethodGet, "/mem?mib=4&hold=200ms"); rec.Code != 200 {
+			t.Fatalf("first /mem = %d %s", rec.Code, rec.Body)
+		}
+		rec := serve(h, http.MethodGet, "/mem?mib=4&hold=200ms")
+		if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "6 MiB cap") || rec.Header().Get("Retry-After") == "" {
+			t.Errorf("second /mem = %d %q, want 503 naming the cap with Retry-After", rec.Code, rec.Body)
+		}
+		if got := testutil.ToFloat64(h.metrics.MemoryHeld); got != 4<<20 {
+			t.Errorf("app_memory_held_bytes = %v, want %d", got, 4<<20)
+		}
+		time.Sleep(199 * time.Millisecond)
+		synctest.Wait()
+		if got := h.HeldMiB(); got != 4 {
+			t.Errorf("held %d MiB just before the hold ends, want 4", got)
+		}
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		if got := h.HeldMiB(); got != 0 {
+			t.Fatalf("memory not released when the hold ended: held %d MiB", got)
+		}
+		if got := testutil.ToFloat64(h.metrics.MemoryHeld); got != 0 {
+			t.Errorf("app_memory_held_bytes after release = %v", got)
+		}
 	})
-	if err != nil {
-		t.Fatalf("memory not released: held %d MiB", h.HeldMiB())
-	}
-	if got := testutil.ToFloat64(h.metrics.MemoryHeld); got != 0 {
-		t.Errorf("app_memory_held_bytes after release = %v", got)
-	}
 }
 
 func TestMemoryIsReleasedOnShutdown(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	ctx, cancel := context.WithCancel(context.Background())
-	h := NewHandler(ctx, NewMetrics(reg), reg, testLimits())
-	if rec := serve(h, http.MethodGet, "/mem?mib=1&hold=5m"); rec.Code != 200 {
-		t.Fatalf("/mem = %d", rec.Code)
-	}
-	cancel()
-	err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
-		return h.HeldMiB() == 0, nil
+	synctest.Test(t, func(t *testing.T) {
+		reg := prometheus.NewRegistry()
+		ctx, cancel := context.WithCancel(context.Background())
+		h := NewHandler(ctx, NewMetrics(reg), reg, testLimits())
+		if rec := serve(h, http.MethodGet, "/mem?mib=1&hold=5m"); rec.Code != 200 {
+			t.Fatalf("/mem = %d", rec.Code)
+		}
+		cancel()
+		synctest.Wait()
+		if got := h.HeldMiB(); got != 0 {
+			t.Fatalf("memory held after shutdown: %d MiB", got)
+		}
 	})
-	if err != nil {
-		t.Fatalf("memory held after shutdown: %d MiB", h.HeldMiB())
-	}
 }
 
 func TestParseFlags(t *testing.T) {

@@ -54,10 +54,9 @@ type Handler struct {
 	metrics *Metrics
 	ready   atomic.Bool
 
-	mu       sync.Mutex
-	heldMiB  int
-	ctx      context.Context // ends held memory early on shutdown
-	released chan struct{}
+	mu      sync.Mutex
+	heldMiB int
+	ctx     context.Context // ends held memory early on shutdown
 }
 
 // NewHandler returns the app's handler: / and /mem (load), /metrics

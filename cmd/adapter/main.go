@@ -2,6 +2,9 @@
 package main
 
 import (
+	"fmt"
+	"os"
+
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/component-base/logs"
 	"k8s.io/klog/v2"
@@ -11,11 +14,14 @@ import (
 
 func main() {
 	logs.InitLogs()
-	defer logs.FlushLogs()
 
 	ctx := genericapiserver.SetupSignalContext()
 	if err := adapter.NewCommand(ctx).Execute(); err != nil {
-		klog.ErrorS(err, "Adapter exited")
-		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
+		// Plain text, one problem per line: a rules file with three
+		// mistakes names all three, each with its file and line.
+		logs.FlushLogs()
+		fmt.Fprintf(os.Stderr, "%s: %v\n", adapter.Name, err)
+		os.Exit(1)
 	}
+	klog.Flush()
 }

@@ -43,13 +43,28 @@ type Server struct {
 	queries []string
 }
 
-// New starts a fake Prometheus serving series; it stops with the test.
-func New(t testing.TB, series []map[string]string) *Server {
-	s := &Server{Series: series, Vecs: map[string][]Sample{}, t: t}
-	srv := httptest.NewServer(s)
-	t.Cleanup(srv.Close)
-	s.URL = srv.URL
-	return s
+// NewInMemory returns a fake Prometheus that listens nowhere: reach it
+// through Transport. A synctest bubble can run it, where time only moves
+// when every goroutine waits, which a goroutine in network I/O never does.
+func NewInMemory(t testing.TB, series []map[string]string) *Server {
+	return &Server{URL: "http://prometheus.test", Series: series, Vecs: map[string][]Sample{}, t: t}
+}
+
+// Transport serves requests with the fake directly, in the caller's
+// goroutine.
+func (s *Server) Transport() http.RoundTripper { return inMemory{s} }
+
+type inMemory struct{ s *Server }
+
+func (m inMemory) RoundTrip(req *http.Request) (*http.Response, error) {
+	rec := httptest.NewRecorder()
+	m.s.ServeHTTP(rec, req.Clone(req.Context()))
+	if err := req.Context().Err(); err != nil {
+		return nil, err
+	}
+	resp := rec.Result()
+	resp.Request = req
+	return resp, nil
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -2,7 +2,6 @@ package adapter
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -197,6 +196,14 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 		base.SecureServing.DisableHTTP2Serving = true
 	}
 	base.OpenAPIConfig, base.OpenAPIV3Config = openAPIConfigs(o.EnableCustomMetrics, o.EnableExternalMetrics, o.EnableResourceMetrics)
+	serverConfig, err := base.Config()
+	if err != nil {
+		return fmt.Errorf("configuring the API server: %w", err)
+	}
+	serverConfig.GenericConfig.ShutdownDelayDuration = o.ShutdownDelay
+	serverConfig.GenericConfig.BuildHandlerChainFunc = func(h http.Handler, c *genericapiserver.Config) http.Handler {
+		return genericapiserver.DefaultBuildHandlerChain(rejectMalformedSelectors(h), c)
+	}
 
 	server, err := base.Server()
 	if err != nil {
@@ -208,13 +215,13 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 			return fmt.Errorf("installing metrics.k8s.io: %w", err)
 		}
 	}
-	if err := server.GenericAPIServer.AddReadyzChecks(healthz.NamedCheck("pod-cache", func(*http.Request) error {
-		if !res.HasSynced() {
-			return errors.New("the pod cache is not filled yet")
-		}
-		return nil
-	})); err != nil {
-		return fmt.Errorf("adding readiness check: %w", err)
+	// Ready when the adapter can answer: pods are cached, and the rules'
+	// series were listed. /readyz?verbose names what is missing.
+	if err := server.GenericAPIServer.AddReadyzChecks(
+		healthz.NamedCheck("pod-cache", func(*http.Request) error { return res.PodCacheError() }),
+		healthz.NamedCheck("metric-discovery", func(*http.Request) error { return disc.Ready() }),
+	); err != nil {
+		return fmt.Errorf("adding readiness checks: %w", err)
 	}
 
 	res.Start(ctx)
@@ -285,20 +292,16 @@ func openAPIConfigs(custom, external, resource bool) (*openapicommon.Config, *op
 // loadRules reads --config (or the built-in rules) and compiles them.
 func (o *Options) loadRules() (*rules.Set, error) {
 	var cfg *config.Config
-	var warnings []string
 	var err error
 	source := o.ConfigFile
 	if source == "" {
 		source = config.DefaultSource
-		cfg, warnings, err = config.Default()
+		cfg, err = config.Default()
 	} else {
-		cfg, warnings, err = config.Load(source)
+		cfg, err = config.Load(source)
 	}
 	if err != nil {
 		return nil, err
-	}
-	for _, w := range warnings {
-		klog.InfoS("Config warning", "warning", w)
 	}
 	set, err := rules.CompileSet(cfg)
 	if err != nil {

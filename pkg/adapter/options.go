@@ -46,6 +46,7 @@ type Options struct {
 	EnableExternalMetrics      bool
 	EnableResourceMetrics      bool
 	DisableHTTP2               bool
+	ShutdownDelay              time.Duration
 	PrintDefaultConfig         bool
 	PrintVersion               bool
 }
@@ -110,6 +111,10 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 
 	general.BoolVar(&o.DisableHTTP2, "disable-http2", false,
 		"Serve HTTP/1.1 only (prometheus-adapter's flag; the same as --disable-http2-serving).")
+	general.DurationVar(&o.ShutdownDelay, "shutdown-delay-duration", 0,
+		"On SIGTERM, keep serving this long while /readyz fails, so the APIService's endpoints drop this replica before it "+
+			"stops listening; then finish the requests in flight. Behind a Service with more than one replica, set it to "+
+			"a few seconds (the manifests use 5s): with 0 a rollout fails the HPA syncs routed to a replica that has just stopped.")
 	general.BoolVar(&o.PrintDefaultConfig, "print-default-config", false, "Print the built-in rules file and exit.")
 	general.BoolVar(&o.PrintVersion, "version", false, "Print the version and exit.")
 }
@@ -121,6 +126,9 @@ func (o *Options) Validate() []error {
 		errs = append(errs, fmt.Errorf("--prometheus-url %q: %w", o.PrometheusURL, err))
 	} else if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		errs = append(errs, fmt.Errorf("--prometheus-url %q must be an absolute http or https URL", o.PrometheusURL))
+	}
+	if o.ShutdownDelay < 0 {
+		errs = append(errs, fmt.Errorf("--shutdown-delay-duration must not be negative, got %s", o.ShutdownDelay))
 	}
 	switch strings.ToUpper(o.PrometheusVerb) {
 	case http.MethodGet, http.MethodPost:
@@ -209,7 +217,7 @@ func (o *Options) PrometheusClientConfig() (promclient.Config, error) {
 			hc.Authorization = &promconfig.Authorization{Type: "Bearer", CredentialsFile: o.PrometheusTokenFile}
 		}
 		if err := hc.Validate(); err != nil {
-			return promclient.Config{}, fmt.Errorf("Prometheus client settings: %w", err)
+			return promclient.Config{}, fmt.Errorf("settings of the Prometheus client: %w", err)
 		}
 		var err error
 		if rt, err = promconfig.NewRoundTripperFromConfig(hc, "prometheus"); err != nil {

@@ -164,7 +164,7 @@ const DefaultSource = "<built-in config>"
 // Default returns the built-in configuration: requests-per-second and
 // packets-per-second, both sum(rate(app_requests_total[1m])) per object, for
 // pods, namespaces and the objects in PodOwnerResources.
-func Default() (*Config, []string, error) {
+func Default() (*Config, error) {
 	return Parse(defaultConfig, DefaultSource)
 }
 
@@ -173,24 +173,24 @@ func DefaultYAML() []byte { return slices.Clone(defaultConfig) }
 
 // Load reads and validates the rules file at path. Warnings are problems
 // that do not stop the adapter, such as sections it ignores.
-func Load(path string) (*Config, []string, error) {
+func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("reading config: %w", err)
+		return nil, fmt.Errorf("reading config: %w", err)
 	}
 	return Parse(data, path)
 }
 
 // Parse decodes and validates a rules file. source names the file in
 // errors. All problems found are reported together.
-func Parse(data []byte, source string) (*Config, []string, error) {
+func Parse(data []byte, source string) (*Config, error) {
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&root); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, nil, fmt.Errorf("%s: the file is empty; it needs at least one entry under rules", source)
+			return nil, fmt.Errorf("%s: the file is empty; it needs at least one entry under rules", source)
 		}
-		return nil, nil, fmt.Errorf("%s: %w", source, err)
+		return nil, fmt.Errorf("%s: %w", source, err)
 	}
 	doc := &root
 	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
@@ -200,12 +200,12 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 	var errs []error
 	checkKnownFields(doc, reflect.TypeFor[Config](), "", source, &errs)
 	if len(errs) > 0 {
-		return nil, nil, errors.Join(errs...)
+		return nil, errors.Join(errs...)
 	}
 
 	var c Config
 	if err := doc.Decode(&c); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", source, err)
+		return nil, fmt.Errorf("%s: %w", source, err)
 	}
 
 	v := validator{source: source, doc: doc}
@@ -219,14 +219,14 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 		v.resourceRules(c.ResourceRules)
 	}
 	if len(v.errs) > 0 {
-		return nil, nil, errors.Join(v.errs...)
+		return nil, errors.Join(v.errs...)
 	}
-
-	var warnings []string
 	if len(c.Rules) == 0 && len(c.ExternalRules) == 0 && c.ResourceRules == nil {
-		warnings = append(warnings, fmt.Sprintf("%s: no rules, externalRules or resourceRules: the adapter will serve no metrics", source))
+		// An adapter that serves nothing looks healthy and fails every
+		// HPA: refuse to start instead.
+		return nil, fmt.Errorf("%s: no rules, externalRules or resourceRules: there is nothing to serve", source)
 	}
-	return &c, warnings, nil
+	return &c, nil
 }
 
 // Delims are the metricsQuery and template delimiters.
@@ -420,7 +420,7 @@ func (v *validator) resourceMapping(section string, i int, field string, m Resou
 	for _, label := range labels {
 		gr := m.Overrides[label]
 		f := field + ".overrides." + label
-		if !model.LabelName(label).IsValidLegacy() {
+		if !model.LegacyValidation.IsValidLabelName(label) {
 			v.fail(section, i, f, "%q is not a valid Prometheus label name", label)
 		}
 		if gr.Resource == "" {
@@ -463,7 +463,7 @@ func (v *validator) resourceRules(rr *ResourceRules) {
 		switch {
 		case r.ContainerLabel == "":
 			v.fail(section, -1, res.name+".containerLabel", "is required: the label holding the container name (cAdvisor's is container)")
-		case !model.LabelName(r.ContainerLabel).IsValidLegacy():
+		case !model.LegacyValidation.IsValidLabelName(r.ContainerLabel):
 			v.fail(section, -1, res.name+".containerLabel", "%q is not a valid Prometheus label name", r.ContainerLabel)
 		}
 	}

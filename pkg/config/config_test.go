@@ -10,12 +10,9 @@ import (
 )
 
 func TestDefaultConfigIsValid(t *testing.T) {
-	c, warnings, err := Default()
+	c, err := Default()
 	if err != nil {
 		t.Fatalf("Default() error: %v", err)
-	}
-	if len(warnings) != 0 {
-		t.Errorf("Default() warnings: %v", warnings)
 	}
 	var names []string
 	for _, r := range c.Rules {
@@ -93,7 +90,7 @@ externalRules:
 `
 
 func TestParseAcceptsPrometheusAdapterConfig(t *testing.T) {
-	c, warnings, err := Parse([]byte(prometheusAdapterConfig), "pa.yaml")
+	c, err := Parse([]byte(prometheusAdapterConfig), "pa.yaml")
 	if err != nil {
 		t.Fatalf("Parse() error: %v", err)
 	}
@@ -108,9 +105,6 @@ func TestParseAcceptsPrometheusAdapterConfig(t *testing.T) {
 	}
 	if got := c.Rules[1].LabelValueReplacements; len(got) != 1 || got[0].Find != "#" {
 		t.Errorf("rules[1].labelValueReplacements = %+v", got)
-	}
-	if len(warnings) != 0 {
-		t.Errorf("warnings = %q, want none", warnings)
 	}
 	if len(c.ExternalRules) != 2 {
 		t.Fatalf("got %d externalRules, want 2", len(c.ExternalRules))
@@ -296,7 +290,7 @@ func TestParseRejects(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, _, err := Parse([]byte(tc.yaml), "cfg.yaml")
+			_, err := Parse([]byte(tc.yaml), "cfg.yaml")
 			if err == nil {
 				t.Fatalf("Parse() succeeded, want an error containing %q", tc.want)
 			}
@@ -311,7 +305,7 @@ func TestParseRejects(t *testing.T) {
 
 func TestParseReportsEveryProblem(t *testing.T) {
 	yaml := "rules:\n- seriesQuery: ''\n  metricsQuery: ''\n- seriesQuery: x\n  name: {matches: '('}\n  metricsQuery: y\n"
-	_, _, err := Parse([]byte(yaml), "cfg.yaml")
+	_, err := Parse([]byte(yaml), "cfg.yaml")
 	if err == nil {
 		t.Fatal("Parse() succeeded")
 	}
@@ -322,24 +316,23 @@ func TestParseReportsEveryProblem(t *testing.T) {
 	}
 }
 
-func TestParseWarnsAboutNoRules(t *testing.T) {
-	_, warnings, err := Parse([]byte("rules: []\n"), "cfg.yaml")
-	if err != nil {
-		t.Fatalf("Parse() error: %v", err)
-	}
-	if len(warnings) != 1 || !strings.Contains(warnings[0], "no rules") {
-		t.Errorf("warnings = %q, want one about no rules", warnings)
+func TestParseRejectsAFileWithNothingToServe(t *testing.T) {
+	for _, text := range []string{"rules: []\n", "rules: []\nexternalRules: []\n", "{}\n"} {
+		_, err := Parse([]byte(text), "cfg.yaml")
+		if err == nil || !strings.Contains(err.Error(), "cfg.yaml: no rules, externalRules or resourceRules") {
+			t.Errorf("%q: error %v, want one saying there is nothing to serve", text, err)
+		}
 	}
 }
 
 func TestParseCanonicalisesAggregateFromPods(t *testing.T) {
 	yaml := "rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      namespace: {resource: namespace}\n      pod: {resource: pod}\n    aggregateFromPods: [Deployment, ingress, svc.apps]\n  metricsQuery: y\n"
-	_, _, err := Parse([]byte(yaml), "cfg.yaml")
+	_, err := Parse([]byte(yaml), "cfg.yaml")
 	if err == nil || !strings.Contains(err.Error(), `"svc.apps" cannot be resolved`) {
 		t.Fatalf("Parse() error = %v, want svc.apps rejected", err)
 	}
 	yaml = strings.Replace(yaml, ", svc.apps", "", 1)
-	c, _, err := Parse([]byte(yaml), "cfg.yaml")
+	c, err := Parse([]byte(yaml), "cfg.yaml")
 	if err != nil {
 		t.Fatalf("Parse() error: %v", err)
 	}
@@ -355,14 +348,14 @@ func TestLoad(t *testing.T) {
 	if err := os.WriteFile(path, DefaultYAML(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c, _, err := Load(path)
+	c, err := Load(path)
 	if err != nil {
 		t.Fatalf("Load() error: %v", err)
 	}
 	if len(c.Rules) != 2 {
 		t.Errorf("Load() got %d rules, want 2", len(c.Rules))
 	}
-	_, _, err = Load(filepath.Join(dir, "missing.yaml"))
+	_, err = Load(filepath.Join(dir, "missing.yaml"))
 	if err == nil || !strings.Contains(err.Error(), "missing.yaml") {
 		t.Errorf("Load(missing) error = %v, want one naming the file", err)
 	}

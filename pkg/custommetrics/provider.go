@@ -304,14 +304,18 @@ func (p *Provider) bySelector(ctx context.Context, namespace string, selector la
 
 // queryObjects serves objects whose series carry a label with their name.
 // It returns values for the requested objects that have data, in the order
-// of names. Several series for one object (a query that keeps labels it
-// does not group by) are added up, as the rule's own sum would.
+// of names. A sample is mapped back to an object by the label values of
+// the names asked for (labelValueReplacements are not undone: that could
+// name an object that was never asked for). Several series for one object
+// (a query that keeps labels it does not group by) are added up, as the
+// rule's own sum would.
 func (p *Provider) queryObjects(ctx context.Context, r *request, namespace string, names []string) ([]custom_metrics.MetricValue, error) {
+	labelValues, byValue := r.rule.LabelValues(names)
 	var matchers []promql.Matcher
 	if r.namespaced {
 		matchers = append(matchers, promql.Equals(r.namespaceLabel, r.rule.ToLabelValue(namespace)))
 	}
-	matchers = append(matchers, promql.OneOf(r.label, labelValues(r.entry, names)))
+	matchers = append(matchers, promql.OneOf(r.label, labelValues))
 	matchers = append(matchers, r.matchers...)
 
 	expr, vec, err := p.run(ctx, r, matchers, []string{r.label})
@@ -323,21 +327,31 @@ func (p *Provider) queryObjects(ctx context.Context, r *request, namespace strin
 		ts     model.Time
 		series int
 	}
-	byName := make(map[string]total, len(vec))
+	totals := make([]total, len(names))
 	for _, s := range vec {
 		v, ok := s.Metric[model.LabelName(r.label)]
 		if !ok {
 			continue
 		}
-		name := r.rule.FromLabelValue(string(v))
-		t := byName[name]
-		byName[name] = total{sum: t.sum + float64(s.Value), ts: max(t.ts, s.Timestamp), series: t.series + 1}
+		i, asked := byValue[string(v)]
+		switch {
+		case !asked:
+			continue // a series of an object nobody asked for
+		case i < 0:
+			klog.V(2).InfoS("Dropping a sample whose label value several requested objects share (labelValueReplacements)",
+				"rule", r.rule.String(), "label", r.label, "value", string(v))
+			continue
+		}
+		t := &totals[i]
+		t.sum += float64(s.Value)
+		t.ts = max(t.ts, s.Timestamp)
+		t.series++
 	}
 	window := values.WindowSeconds(expr)
 	out := make([]custom_metrics.MetricValue, 0, len(names))
-	for _, n := range names {
-		t, ok := byName[n]
-		if !ok {
+	for i, n := range names {
+		t := totals[i]
+		if t.series == 0 {
 			continue
 		}
 		if t.series > 1 {
@@ -367,7 +381,7 @@ func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, nam
 	}
 	matchers := []promql.Matcher{
 		promql.Equals(r.namespaceLabel, r.rule.ToLabelValue(namespace)),
-		promql.OneOf(r.podLabel, labelValues(r.entry, pods)),
+		promql.OneOf(r.podLabel, podValues(r.rule, pods)),
 	}
 	matchers = append(matchers, r.matchers...)
 	expr, vec, err := p.run(ctx, r, matchers, []string{r.namespaceLabel})
@@ -456,11 +470,11 @@ func echo(sel labels.Selector) (*metav1.LabelSelector, error) {
 	return metav1.ParseToLabelSelector(out.String())
 }
 
-// labelValues applies the rule's labelValueReplacements to object names.
-func labelValues(e entry, names []string) []string {
-	out := make([]string, len(names))
-	for i, n := range names {
-		out[i] = e.rule.ToLabelValue(n)
+// podValues applies the rule's labelValueReplacements to pod names.
+func podValues(r *rules.Rule, pods []string) []string {
+	out := make([]string, len(pods))
+	for i, n := range pods {
+		out[i] = r.ToLabelValue(n)
 	}
 	return out
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
@@ -17,7 +18,6 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/metrics/pkg/apis/custom_metrics"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
@@ -89,9 +89,9 @@ func newFixture(t *testing.T, cfgYAML string, timeout time.Duration) *fixture {
 	var cfg *config.Config
 	var err error
 	if cfgYAML == "" {
-		cfg, _, err = config.Default()
+		cfg, err = config.Default()
 	} else {
-		cfg, _, err = config.Parse([]byte(cfgYAML), "test.yaml")
+		cfg, err = config.Parse([]byte(cfgYAML), "test.yaml")
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -100,8 +100,8 @@ func newFixture(t *testing.T, cfgYAML string, timeout time.Duration) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fp := fakeprom.New(t, appSeries)
-	client, err := promclient.New(promclient.Config{URL: fp.URL, Timeout: timeout})
+	fp := fakeprom.NewInMemory(t, appSeries)
+	client, err := promclient.New(promclient.Config{URL: fp.URL, RoundTripper: fp.Transport(), Timeout: timeout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -557,19 +557,27 @@ func TestPrometheusFailures(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, "", 200*time.Millisecond)
-			f.discover(t)
-			f.prom.SetFail(tc.fail)
-			f.prom.SetDelay(tc.delay)
-			_, err := f.p.GetMetricBySelector(context.Background(), "default", labels.SelectorFromSet(labels.Set{"app": "app"}), podsInfo("requests-per-second"), labels.Everything())
-			if err == nil || !tc.check(err) {
-				t.Fatalf("error = %v (%T)", err, err)
-			}
-			for _, w := range tc.wantMsg {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not say %q", err, w)
+			// In a synctest bubble the 2 s delay and the 200 ms deadline
+			// pass without waiting.
+			synctest.Test(t, func(t *testing.T) {
+				f := newFixture(t, "", 200*time.Millisecond)
+				f.discover(t)
+				f.prom.SetFail(tc.fail)
+				f.prom.SetDelay(tc.delay)
+				start := time.Now()
+				_, err := f.p.GetMetricBySelector(context.Background(), "default", labels.SelectorFromSet(labels.Set{"app": "app"}), podsInfo("requests-per-second"), labels.Everything())
+				if err == nil || !tc.check(err) {
+					t.Fatalf("error = %v (%T)", err, err)
 				}
-			}
+				if took := time.Since(start); took > 200*time.Millisecond {
+					t.Errorf("answered after %v, later than the 200ms deadline", took)
+				}
+				for _, w := range tc.wantMsg {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not say %q", err, w)
+					}
+				}
+			})
 		})
 	}
 }
@@ -608,48 +616,45 @@ func TestFailedRelistKeepsTheMetrics(t *testing.T) {
 // many callers while Prometheus is slow: they share one query and one list
 // of values, and a caller that gives up does not fail the others.
 func TestIdenticalSelectorRequestsShareOneAnswer(t *testing.T) {
-	f := newFixture(t, "", 5*time.Second)
-	f.discover(t)
-	const want = `sum(rate(app_requests_total{namespace="default",pod=~"app-a|app-b|app-c"}[1m])) by (pod)`
-	f.prom.Vecs[want] = []fakeprom.Sample{{Labels: map[string]string{"pod": "app-a"}, Value: "2", TS: 1700000000}}
-	f.prom.SetDelay(300 * time.Millisecond)
-	sel := labels.SelectorFromSet(labels.Set{"app": "app"})
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, "", 5*time.Second)
+		f.discover(t)
+		const want = `sum(rate(app_requests_total{namespace="default",pod=~"app-a|app-b|app-c"}[1m])) by (pod)`
+		f.prom.Vecs[want] = []fakeprom.Sample{{Labels: map[string]string{"pod": "app-a"}, Value: "2", TS: 1700000000}}
+		f.prom.SetDelay(300 * time.Millisecond)
+		sel := labels.SelectorFromSet(labels.Set{"app": "app"})
 
-	impatient, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make([]error, 8)
-	lists := make([]*custom_metrics.MetricValueList, 8)
-	for i := range 8 {
-		wg.Go(func() {
-			ctx := context.Background()
+		impatient, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		var wg sync.WaitGroup
+		errs := make([]error, 8)
+		lists := make([]*custom_metrics.MetricValueList, 8)
+		for i := range 8 {
+			wg.Go(func() {
+				ctx := context.Background()
+				if i == 0 {
+					ctx = impatient
+				}
+				lists[i], errs[i] = f.p.GetMetricBySelector(ctx, "default", sel, podsInfo("requests-per-second"), labels.Everything())
+			})
 			if i == 0 {
-				ctx = impatient
-			}
-			lists[i], errs[i] = f.p.GetMetricBySelector(ctx, "default", sel, podsInfo("requests-per-second"), labels.Everything())
-		})
-		if i == 0 {
-			// The impatient caller starts the shared call.
-			if err := wait.PollUntilContextTimeout(context.Background(), time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
-				return len(f.prom.Received()) == 1, nil
-			}); err != nil {
-				t.Fatal("the first request never reached Prometheus")
+				synctest.Wait() // the impatient caller starts the shared call
 			}
 		}
-	}
-	wg.Wait()
-	if !errors.Is(errs[0], context.DeadlineExceeded) {
-		t.Errorf("the impatient caller got %v, want its deadline", errs[0])
-	}
-	for i := 1; i < 8; i++ {
-		if errs[i] != nil || len(lists[i].Items) != 1 || lists[i].Items[0].Value.String() != "2" {
-			t.Errorf("caller %d: %v, %+v", i, errs[i], lists[i])
+		wg.Wait()
+		if !errors.Is(errs[0], context.DeadlineExceeded) {
+			t.Errorf("the impatient caller got %v, want its deadline", errs[0])
 		}
-	}
-	if got := f.prom.Received(); len(got) != 1 {
-		t.Errorf("%d queries for 8 identical requests, want 1", len(got))
-	}
-	if lists[1] == lists[2] {
-		t.Error("callers share one list object; each must get its own")
-	}
+		for i := 1; i < 8; i++ {
+			if errs[i] != nil || len(lists[i].Items) != 1 || lists[i].Items[0].Value.String() != "2" {
+				t.Errorf("caller %d: %v, %+v", i, errs[i], lists[i])
+			}
+		}
+		if got := f.prom.Received(); len(got) != 1 {
+			t.Errorf("%d queries for 8 identical requests, want 1", len(got))
+		}
+		if lists[1] == lists[2] {
+			t.Error("callers share one list object; each must get its own")
+		}
+	})
 }

@@ -26,6 +26,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 )
 
 // SeriesLister lists series; promclient.Client implements it.
@@ -171,6 +173,36 @@ func (d *Discoverer) Listed() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return len(d.last) == len(d.queries)
+}
+
+// Ready reports whether discovery has what the providers need to answer:
+// a round has run, and every query has been listed at least once, unless
+// Prometheus rejects it (a broken rule, logged and reported per rule, must
+// not keep the rest from being served). Otherwise it says what is missing.
+func (d *Discoverer) Ready() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.rounds == 0 {
+		return errors.New("series discovery has not run yet")
+	}
+	missing := map[string]error{}
+	for _, q := range d.queries {
+		if _, listed := d.last[q]; listed {
+			continue
+		}
+		err := d.lastFailed[q]
+		if err != nil && promclient.Classify(err) == promclient.BadQuery {
+			continue
+		}
+		if err == nil {
+			err = errors.New("not listed yet")
+		}
+		missing[q] = err
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("series never listed: %w", errorOf(missing))
+	}
+	return nil
 }
 
 // Err returns the failures of the last round, naming each query, or nil.

@@ -9,7 +9,10 @@ import (
 	"testing/synctest"
 	"time"
 
+	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 
 	clocktesting "k8s.io/utils/clock/testing"
 )
@@ -174,4 +177,31 @@ func TestRunBacksOffUntilListedThenKeepsTheInterval(t *testing.T) {
 			t.Errorf("after recovery: Err() = %v, Listed() = %v", err, d.Listed())
 		}
 	})
+}
+
+func TestReady(t *testing.T) {
+	l := newLister()
+	d := New(Config{Queries: []string{"a", "b"}, Lister: l, Clock: clocktesting.NewFakeClock(epoch)})
+	if err := d.Ready(); err == nil || !strings.Contains(err.Error(), "not run yet") {
+		t.Errorf("before any round: %v", err)
+	}
+	l.setFailing("a", &promclient.QueryError{Expr: "a", Series: true, Err: errors.New("connection refused")})
+	l.setFailing("b", &promclient.QueryError{Expr: "b", Series: true, Err: &v1.Error{Type: v1.ErrBadData, Msg: "parse error"}})
+	d.Relist(context.Background())
+	err := d.Ready()
+	if err == nil || !strings.Contains(err.Error(), "seriesQuery a") || strings.Contains(err.Error(), "seriesQuery b") {
+		t.Errorf("with Prometheus unreachable for a and b rejected: %v; want not ready for a only", err)
+	}
+	l.setFailing("a", nil)
+	d.Relist(context.Background())
+	if err := d.Ready(); err != nil {
+		t.Errorf("once a listed, with b's rule broken: %v, want ready", err)
+	}
+	// Ready stays once listed, even if a later round fails: the last
+	// series are served.
+	l.setFailing("a", errors.New("connection refused"))
+	d.Relist(context.Background())
+	if err := d.Ready(); err != nil {
+		t.Errorf("after a failed round: %v, want ready", err)
+	}
 }

@@ -57,7 +57,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	cfg, _, err := config.Parse([]byte(cfgYAML), "test.yaml")
+	cfg, err := config.Parse([]byte(cfgYAML), "test.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,8 +65,8 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fp := fakeprom.New(t, series)
-	client, err := promclient.New(promclient.Config{URL: fp.URL, Timeout: time.Second})
+	fp := fakeprom.NewInMemory(t, series)
+	client, err := promclient.New(promclient.Config{URL: fp.URL, RoundTripper: fp.Transport(), Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

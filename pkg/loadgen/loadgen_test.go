@@ -3,112 +3,140 @@ package loadgen
 import (
 	"context"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 )
 
-func counter(t *testing.T) (*httptest.Server, *atomic.Int64) {
-	t.Helper()
-	var n atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.RequestURI() != "/?cpu=1ms" {
-			http.Error(w, "unexpected "+r.URL.RequestURI(), http.StatusBadRequest)
-			return
+// counter answers in memory (no network, so a synctest bubble can run the
+// generator) and counts the requests for /?cpu=1ms by target host.
+type counter struct {
+	mu     sync.Mutex
+	hosts  map[string]int
+	status int
+	// block, when set, holds every request until it is closed or the
+	// request ends.
+	block chan struct{}
+}
+
+func (c *counter) RoundTrip(r *http.Request) (*http.Response, error) {
+	if c.block != nil {
+		select {
+		case <-c.block:
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
 		}
-		n.Add(1)
-	}))
-	t.Cleanup(srv.Close)
-	return srv, &n
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	status := c.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	if r.URL.RequestURI() != "/?cpu=1ms" {
+		status = http.StatusBadRequest
+	} else if status == http.StatusOK {
+		if c.hosts == nil {
+			c.hosts = map[string]int{}
+		}
+		c.hosts[r.URL.Host]++
+	}
+	return &http.Response{StatusCode: status, Body: http.NoBody, Request: r}, nil
+}
+
+func (c *counter) count(host string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.hosts[host]
 }
 
 func TestRunSpreadsRequestsRoundRobinAndStops(t *testing.T) {
-	a, na := counter(t)
-	b, nb := counter(t)
-	var stats Stats
-	start := time.Now()
-	err := Run(context.Background(), Config{
-		Targets:  func() []string { return []string{a.URL, b.URL} },
-		Path:     "/?cpu=1ms",
-		Rate:     Constant(200),
-		Duration: 500 * time.Millisecond,
-	}, &stats)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if took := time.Since(start); took > 10*time.Second {
-		t.Errorf("Run took %v for a 500ms run", took)
-	}
-	sent, ok := stats.Sent.Load(), stats.OK.Load()
-	if sent == 0 || ok != sent || stats.Failed.Load() != 0 {
-		t.Fatalf("stats %s: want every request sent to succeed", stats.String())
-	}
-	if got := na.Load() + nb.Load(); got != ok {
-		t.Errorf("servers saw %d requests, stats say %d ok", got, ok)
-	}
-	if d := na.Load() - nb.Load(); d < -1 || d > 1 {
-		t.Errorf("round robin uneven: %d vs %d", na.Load(), nb.Load())
-	}
+	synctest.Test(t, func(t *testing.T) {
+		c := &counter{}
+		var stats Stats
+		start := time.Now()
+		err := Run(context.Background(), Config{
+			Targets:  func() []string { return []string{"http://a", "http://b"} },
+			Path:     "/?cpu=1ms",
+			Rate:     Constant(200),
+			Duration: 500 * time.Millisecond,
+			Client:   &http.Client{Transport: c},
+		}, &stats)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took != 500*time.Millisecond {
+			t.Errorf("Run took %v for a 500ms run", took)
+		}
+		sent, ok := stats.Sent.Load(), stats.OK.Load()
+		if sent < 99 || sent > 100 || ok != sent || stats.Failed.Load() != 0 {
+			t.Fatalf("stats %s: want 100 requests (200/s for 0.5s), all ok", stats.String())
+		}
+		na, nb := int64(c.count("a")), int64(c.count("b"))
+		if na+nb != ok {
+			t.Errorf("targets saw %d requests, stats say %d ok", na+nb, ok)
+		}
+		if d := na - nb; d < -1 || d > 1 {
+			t.Errorf("round robin uneven: %d vs %d", na, nb)
+		}
+	})
 }
 
 func TestRunCountsFailuresAndSkips(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "no", http.StatusServiceUnavailable)
-	}))
-	defer srv.Close()
-	var stats Stats
-	if err := Run(context.Background(), Config{Targets: func() []string { return []string{srv.URL} }, Rate: Constant(100), Duration: 200 * time.Millisecond}, &stats); err != nil {
-		t.Fatal(err)
-	}
-	if stats.Failed.Load() == 0 || stats.OK.Load() != 0 {
-		t.Errorf("stats %s: want only failures", stats.String())
-	}
+	synctest.Test(t, func(t *testing.T) {
+		var stats Stats
+		failing := &http.Client{Transport: &counter{status: http.StatusServiceUnavailable}}
+		if err := Run(context.Background(), Config{Targets: func() []string { return []string{"http://a"} }, Path: "/?cpu=1ms", Rate: Constant(100), Duration: 200 * time.Millisecond, Client: failing}, &stats); err != nil {
+			t.Fatal(err)
+		}
+		// Pacing sends the first request once a whole credit has accrued,
+		// so 100/s for 0.2s is 19 or 20 requests.
+		if f := stats.Failed.Load(); f < 19 || f > 20 || stats.OK.Load() != 0 {
+			t.Errorf("stats %s: want 19-20 failures", stats.String())
+		}
 
-	var none Stats
-	if err := Run(context.Background(), Config{Targets: func() []string { return nil }, Rate: Constant(100), Duration: 200 * time.Millisecond}, &none); err != nil {
-		t.Fatal(err)
-	}
-	if none.Skipped.Load() == 0 || none.Sent.Load() != 0 {
-		t.Errorf("stats %s: want skips without targets", none.String())
-	}
+		var none Stats
+		if err := Run(context.Background(), Config{Targets: func() []string { return nil }, Rate: Constant(100), Duration: 200 * time.Millisecond, Client: failing}, &none); err != nil {
+			t.Fatal(err)
+		}
+		if s := none.Skipped.Load(); s < 19 || s > 20 || none.Sent.Load() != 0 {
+			t.Errorf("stats %s: want 19-20 skips without targets", none.String())
+		}
+	})
 }
 
 func TestRunDropsBeyondMaxInFlight(t *testing.T) {
-	release := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
+	synctest.Test(t, func(t *testing.T) {
+		c := &counter{block: make(chan struct{})}
+		defer close(c.block)
+		var stats Stats
+		err := Run(context.Background(), Config{
+			Targets: func() []string { return []string{"http://a"} }, Path: "/?cpu=1ms", Rate: Constant(200), Duration: 300 * time.Millisecond,
+			MaxInFlight: 2, Timeout: 500 * time.Millisecond, Client: &http.Client{Transport: c},
+		}, &stats)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}))
-	defer srv.Close()
-	defer close(release)
-	var stats Stats
-	err := Run(context.Background(), Config{
-		Targets: func() []string { return []string{srv.URL} }, Rate: Constant(200), Duration: 300 * time.Millisecond,
-		MaxInFlight: 2, Timeout: 500 * time.Millisecond,
-	}, &stats)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if stats.Sent.Load() != 2 || stats.Dropped.Load() == 0 {
-		t.Errorf("stats %s: want 2 sent and the rest dropped", stats.String())
-	}
+		if d := stats.Dropped.Load(); stats.Sent.Load() != 2 || d < 57 || d > 58 {
+			t.Errorf("stats %s: want 2 sent and the other 57-58 (of 200/s for 0.3s) dropped", stats.String())
+		}
+	})
 }
 
 func TestRunIdlesAtZeroRate(t *testing.T) {
-	srv, n := counter(t)
-	var stats Stats
-	err := Run(context.Background(), Config{Targets: func() []string { return []string{srv.URL} }, Path: "/?cpu=1ms", Rate: Constant(0), Duration: 300 * time.Millisecond}, &stats)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n.Load() != 0 || stats.Sent.Load() != 0 {
-		t.Errorf("sent %d requests at rate 0", n.Load())
-	}
+	synctest.Test(t, func(t *testing.T) {
+		c := &counter{}
+		var stats Stats
+		err := Run(context.Background(), Config{Targets: func() []string { return []string{"http://a"} }, Path: "/?cpu=1ms", Rate: Constant(0), Duration: 300 * time.Millisecond, Client: &http.Client{Transport: c}}, &stats)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.count("a") != 0 || stats.Sent.Load() != 0 {
+			t.Errorf("sent %d requests at rate 0", c.count("a"))
+		}
+	})
 }
 
 func TestRunValidates(t *testing.T) {

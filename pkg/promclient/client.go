@@ -17,8 +17,10 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/api"
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
@@ -84,10 +86,10 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("parsing Prometheus URL %q: %w", cfg.URL, err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("Prometheus URL %q: scheme must be http or https", cfg.URL)
+		return nil, fmt.Errorf("the Prometheus URL %q: scheme must be http or https", cfg.URL)
 	}
 	if u.Host == "" {
-		return nil, fmt.Errorf("Prometheus URL %q has no host", cfg.URL)
+		return nil, fmt.Errorf("the Prometheus URL %q has no host", cfg.URL)
 	}
 	rt := cfg.RoundTripper
 	if rt == nil {
@@ -125,7 +127,7 @@ func (c *Client) Query(ctx context.Context, expr string) (model.Vector, error) {
 		vec, warnings, err := c.query(qctx, expr)
 		klog.V(4).InfoS("Prometheus query done", "expr", expr, "duration", time.Since(start), "err", err)
 		if len(warnings) > 0 {
-			klog.V(2).InfoS("Prometheus query returned warnings", "expr", expr, "warnings", warnings)
+			klog.V(2).InfoS("Prometheus query returned warnings", "expr", ShortQuery(expr), "warnings", warnings)
 		}
 		return vec, err
 	})
@@ -190,12 +192,30 @@ type QueryError struct {
 	Err    error
 }
 
+// Error names the query, cut to MaxQueryInError bytes: at 10,000 pods a
+// query is 100 KB, which would end up in HPA events and API server logs.
 func (e *QueryError) Error() string {
 	what := "query"
 	if e.Series {
 		what = "series listing"
 	}
-	return fmt.Sprintf("Prometheus %s %q: %v", what, e.Expr, describe(e.Err))
+	return fmt.Sprintf("Prometheus %s %s: %v", what, ShortQuery(e.Expr), describe(e.Err))
+}
+
+// MaxQueryInError is how much of a query an error message quotes.
+const MaxQueryInError = 200
+
+// ShortQuery quotes a query for a message, cut to MaxQueryInError bytes
+// with its full length said.
+func ShortQuery(expr string) string {
+	if len(expr) <= MaxQueryInError {
+		return strconv.Quote(expr)
+	}
+	cut := expr[:MaxQueryInError]
+	for !utf8.ValidString(cut) {
+		cut = cut[:len(cut)-1]
+	}
+	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(cut), len(expr))
 }
 
 func (e *QueryError) Unwrap() error { return e.Err }
@@ -211,6 +231,9 @@ const (
 	Timeout
 	// BadQuery: Prometheus rejected the query itself (a rule problem).
 	BadQuery
+	// Execution: Prometheus could not evaluate the query (too many
+	// samples, many-to-many matching): a rule or size problem.
+	Execution
 	// Canceled: the caller went away.
 	Canceled
 )
@@ -227,6 +250,8 @@ func Classify(err error) Kind {
 		return Timeout
 	case errors.As(err, &apiErr) && apiErr.Type == v1.ErrBadData:
 		return BadQuery
+	case errors.As(err, &apiErr) && apiErr.Type == v1.ErrExec:
+		return Execution
 	default:
 		return Unavailable
 	}

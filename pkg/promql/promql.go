@@ -51,6 +51,13 @@ func Quote(s string) string {
 	return strconv.Quote(s)
 }
 
+// StringBody is s escaped for the inside of a double-quoted PromQL string:
+// Quote(s) without its quotes.
+func StringBody(s string) string {
+	q := Quote(s)
+	return q[1 : len(q)-1]
+}
+
 // Equals matches label name equal to the literal value.
 func Equals(name, value string) Matcher { return Matcher{Name: name, Op: Equal, Value: value} }
 
@@ -121,7 +128,7 @@ func FromSelector(sel labels.Selector) ([]Matcher, error) {
 	out := make([]Matcher, 0, len(reqs))
 	for _, r := range reqs {
 		key := r.Key()
-		if !model.LabelName(key).IsValidLegacy() {
+		if !model.LegacyValidation.IsValidLabelName(key) {
 			return nil, &SelectorError{Requirement: r.String(), Reason: fmt.Sprintf("%q is not a valid Prometheus label name", key)}
 		}
 		values := r.ValuesUnsorted()

@@ -1,13 +1,16 @@
 package promql
 
 import (
+	"errors"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
+	"github.com/prometheus/common/model"
 	"k8s.io/apimachinery/pkg/labels"
 )
 
@@ -64,7 +67,8 @@ func TestFromSelector(t *testing.T) {
 }
 
 func asSelectorError(err error, target **SelectorError) bool {
-	se, ok := err.(*SelectorError)
+	var se *SelectorError
+	ok := errors.As(err, &se)
 	if ok {
 		*target = se
 	}
@@ -179,6 +183,67 @@ func FuzzMatcherValueCannotEscape(f *testing.F) {
 			for _, miss := range []string{v + "x", "x" + v, v + v + "|", "anything"} {
 				if miss != v && miss != "other" && re.MatchString(miss) {
 					t.Fatalf("matcher %q also matches %q", s, miss)
+				}
+			}
+		}
+	})
+}
+
+// FuzzFromSelector feeds arbitrary Kubernetes label selectors through
+// FromSelector and checks what a PromQL reader would see: every matcher is
+// a valid label name and a string literal that unquotes to its value, and
+// the regular expression of a set requirement matches exactly the set's
+// values. Run it with make fuzz.
+func FuzzFromSelector(f *testing.F) {
+	for _, seed := range []string{
+		"app=web", "app in (a.b,c-d),tier!=x", "!canary,team", "env notin (prod,stage)",
+		"a.b/c=x_y", "k in (a,b,c,d,e,f)", "x==y", "x>3",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		sel, err := labels.Parse(raw)
+		if err != nil {
+			return
+		}
+		ms, err := FromSelector(sel)
+		if err != nil {
+			var se *SelectorError
+			if !errors.As(err, &se) {
+				t.Fatalf("%q: error %v is not a *SelectorError", raw, err)
+			}
+			return
+		}
+		reqs, _ := sel.Requirements()
+		if len(ms) != len(reqs) {
+			t.Fatalf("%q: %d matchers for %d requirements", raw, len(ms), len(reqs))
+		}
+		for i, m := range ms {
+			if !model.LegacyValidation.IsValidLabelName(m.Name) {
+				t.Fatalf("%q: matcher name %q is not a label name", raw, m.Name)
+			}
+			s := m.String()
+			quoted := strings.TrimPrefix(s, m.Name+string(m.Op))
+			v, err := strconv.Unquote(quoted)
+			if err != nil || v != m.Value {
+				t.Fatalf("%q: matcher %s: value does not unquote to %q (%v)", raw, s, m.Value, err)
+			}
+			if m.Op != RegexpEq && m.Op != RegexpNeq {
+				continue
+			}
+			re, err := regexp.Compile("^(?:" + m.Value + ")$")
+			if err != nil {
+				t.Fatalf("%q: matcher %s is not a valid regular expression: %v", raw, s, err)
+			}
+			values := reqs[i].ValuesUnsorted()
+			for _, want := range values {
+				if !re.MatchString(want) {
+					t.Fatalf("%q: %s does not match its value %q", raw, s, want)
+				}
+			}
+			for _, other := range []string{"", "x", values[0] + "x", "x" + values[0], strings.ToUpper(values[0])} {
+				if !slices.Contains(values, other) && re.MatchString(other) {
+					t.Fatalf("%q: %s matches %q, which is not in the set", raw, s, other)
 				}
 			}
 		}

@@ -11,6 +11,7 @@ package resolver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -73,17 +74,29 @@ type Resolver struct {
 	watched map[schema.GroupVersionResource]informers.GenericInformer
 	// selections caches label selections per watched resource.
 	selections map[cache.SharedIndexInformer]*selectionCache
+	// watchErrors holds each informer's last list or watch error.
+	watchErrors map[cache.SharedIndexInformer]*watchError
+	// syncTimeout bounds a request's wait for a cache to fill.
+	syncTimeout time.Duration
 }
+
+type watchError struct{ err error }
+
+// DefaultSyncTimeout is how long a request waits for a cache to fill
+// (the first request for a resource starts watching it).
+const DefaultSyncTimeout = 10 * time.Second
 
 // New returns a Resolver. mapper resolves resources other than the
 // pod owners to the version to watch. Nothing is watched until Start.
 func New(kube kubernetes.Interface, meta metadata.Interface, mapper apimeta.RESTMapper) *Resolver {
 	r := &Resolver{
-		mapper:     mapper,
-		meta:       metadatainformer.NewSharedInformerFactoryWithOptions(meta, 0, metadatainformer.WithTransform(stripMetadata)),
-		typed:      informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithTransform(stripTyped)),
-		watched:    map[schema.GroupVersionResource]informers.GenericInformer{},
-		selections: map[cache.SharedIndexInformer]*selectionCache{},
+		mapper:      mapper,
+		meta:        metadatainformer.NewSharedInformerFactoryWithOptions(meta, 0, metadatainformer.WithTransform(stripMetadata)),
+		typed:       informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithTransform(stripTyped)),
+		watched:     map[schema.GroupVersionResource]informers.GenericInformer{},
+		selections:  map[cache.SharedIndexInformer]*selectionCache{},
+		watchErrors: map[cache.SharedIndexInformer]*watchError{},
+		syncTimeout: DefaultSyncTimeout,
 	}
 	r.pods = r.meta.ForResource(PodsGVR)
 	// A new informer that has not started: adding the index and the event
@@ -99,12 +112,30 @@ func (r *Resolver) prepareInformer(inf cache.SharedIndexInformer) error {
 	if err := addLabelIndex(inf); err != nil {
 		return err
 	}
+	we := &watchError{}
+	r.watchErrors[inf] = we
+	if err := inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, reflector *cache.Reflector, err error) {
+		r.mu.Lock()
+		we.err = err
+		r.mu.Unlock()
+		cache.DefaultWatchErrorHandler(ctx, reflector, err)
+	}); err != nil {
+		return fmt.Errorf("watching for list errors: %w", err)
+	}
 	c := newSelectionCache()
 	if err := c.watch(inf); err != nil {
 		return fmt.Errorf("watching for relabelled objects: %w", err)
 	}
 	r.selections[inf] = c
 	return nil
+}
+
+// SetSyncTimeout sets how long a request waits for a cache to fill
+// (DefaultSyncTimeout). Call it before Start.
+func (r *Resolver) SetSyncTimeout(d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.syncTimeout = d
 }
 
 // Start starts the pod informer and remembers ctx for informers started
@@ -162,25 +193,72 @@ func (r *Resolver) informer(ctx context.Context, gvr schema.GroupVersionResource
 	if inf.Informer().HasSynced() {
 		return inf, nil
 	}
+	// A cache that does not fill (the adapter may not list the resource)
+	// must not hold the request until the API server gives up on it.
 	start := time.Now()
-	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
-		return nil, &NotSyncedError{Resource: gvr.GroupResource(), Waited: time.Since(start)}
+	wctx, cancel := context.WithTimeout(ctx, r.syncTimeout)
+	defer cancel()
+	if !cache.WaitForCacheSync(wctx.Done(), inf.Informer().HasSynced) {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &NotSyncedError{Resource: gvr.GroupResource(), Waited: time.Since(start), LastError: r.watchError(inf.Informer())}
 	}
 	return inf, nil
 }
 
-// NotSyncedError means a cache was not filled before the request's
-// deadline, typically because the adapter may not list or watch the
+// watchError is the last error the informer's list or watch met, or nil.
+func (r *Resolver) watchError(inf cache.SharedIndexInformer) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.watchErrors[inf]; e != nil {
+		return e.err
+	}
+	return nil
+}
+
+// PodCacheError explains why the pod cache is not filled, or is nil once
+// it is: the adapter is not ready before.
+func (r *Resolver) PodCacheError() error {
+	if r.pods.Informer().HasSynced() {
+		return nil
+	}
+	if err := r.watchError(r.pods.Informer()); err != nil {
+		return fmt.Errorf("the pod cache is not filled: %w%s", err, rbacHint(err, PodsGVR.GroupResource()))
+	}
+	return errors.New("the pod cache is not filled yet")
+}
+
+func rbacHint(err error, gr schema.GroupResource) string {
+	if apierrors.IsForbidden(err) {
+		return fmt.Sprintf(" (grant the adapter's ServiceAccount get, list and watch on %s)", gr)
+	}
+	return ""
+}
+
+// ErrMapping wraps failures of the REST mapper other than "no such
+// resource": the cluster's API could not be read.
+var ErrMapping = errors.New("resolving resource")
+
+// NotSyncedError means a cache was not filled within the resolver's sync
+// timeout, typically because the adapter may not list or watch the
 // resource.
 type NotSyncedError struct {
 	Resource schema.GroupResource
 	Waited   time.Duration
+	// LastError is the last error listing or watching met, if any.
+	LastError error
 }
 
 func (e *NotSyncedError) Error() string {
-	return fmt.Sprintf("the cache of %s is not filled after %s: check that the adapter may list and watch them (RBAC) and that the API server is reachable",
-		e.Resource, e.Waited.Round(time.Millisecond))
+	msg := fmt.Sprintf("the cache of %s is not filled after %s", e.Resource, e.Waited.Round(time.Millisecond))
+	if e.LastError == nil {
+		return msg + ": check that the adapter may get, list and watch them (RBAC) and that the API server is reachable"
+	}
+	return fmt.Sprintf("%s: %v%s", msg, e.LastError, rbacHint(e.LastError, e.Resource))
 }
+
+func (e *NotSyncedError) Unwrap() error { return e.LastError }
 
 // PodsMatching returns the names of the pods in namespace that sel
 // matches, sorted. The slice may be shared with other callers: do not
@@ -202,7 +280,10 @@ func (r *Resolver) ObjectsMatching(ctx context.Context, gr schema.GroupResource,
 	if !ok {
 		var err error
 		if gvr, err = r.mapper.ResourceFor(gr.WithVersion("")); err != nil {
-			return nil, fmt.Errorf("resolving resource %s: %w", gr, err)
+			if apimeta.IsNoMatchError(err) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w %s: %w", ErrMapping, gr, err)
 		}
 	}
 	inf, err := r.informer(ctx, gvr)

@@ -3,6 +3,7 @@ package resolver
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -217,6 +218,9 @@ func TestCachedOwnersAreStripped(t *testing.T) {
 	}
 }
 
+// TestForbiddenResourceIsNotSynced: a resource the adapter may not list
+// answers within the sync timeout, not the request's deadline, with an
+// error that names the resource, the cause and the permission to grant.
 func TestForbiddenResourceIsNotSynced(t *testing.T) {
 	forbid := func(c *kubefake.Clientset) {
 		c.PrependReactor("list", "deployments", func(k8stesting.Action) (bool, runtime.Object, error) {
@@ -224,12 +228,22 @@ func TestForbiddenResourceIsNotSynced(t *testing.T) {
 		})
 	}
 	r := newTestResolver(t, nil, forbid)
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	r.SetSyncTimeout(500 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	start := time.Now()
 	_, err := r.PodsFor(ctx, DeploymentsGVR.GroupResource(), "shop", "web")
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("answered after %v; the sync timeout is 500ms", took)
+	}
 	var ns *NotSyncedError
 	if !errors.As(err, &ns) || ns.Resource != DeploymentsGVR.GroupResource() {
 		t.Fatalf("error = %v, want NotSyncedError for deployments.apps", err)
+	}
+	for _, want := range []string{"deployments.apps", "RBAC says no", "grant the adapter's ServiceAccount get, list and watch on deployments.apps"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
 	}
 }
 

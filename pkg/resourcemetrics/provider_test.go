@@ -74,14 +74,14 @@ type fixture struct {
 
 func newFixture(t *testing.T, withRules bool) *fixture {
 	t.Helper()
-	fp := fakeprom.New(t, nil)
-	client, err := promclient.New(promclient.Config{URL: fp.URL, Timeout: time.Second})
+	fp := fakeprom.NewInMemory(t, nil)
+	client, err := promclient.New(promclient.Config{URL: fp.URL, RoundTripper: fp.Transport(), Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var rr *rules.ResourceRules
 	if withRules {
-		cfg, _, err := config.Default()
+		cfg, err := config.Default()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -46,8 +46,8 @@ type Rule struct {
 	mapping
 	aggregate  []schema.GroupResource
 	namespaced bool
-	replacer   *strings.Replacer
-	unreplacer *strings.Replacer
+	// replacements rewrite object names into label values, in order.
+	replacements []config.LabelValueReplacement
 }
 
 // mapping is a compiled resources section: which series labels name which
@@ -115,17 +115,7 @@ func compile(section string, i int, c config.Rule) (*Rule, error) {
 		}
 		r.aggregate = append(r.aggregate, schema.ParseGroupResource(canonical))
 	}
-	if len(c.LabelValueReplacements) > 0 {
-		var fwd, back []string
-		for _, rep := range c.LabelValueReplacements {
-			fwd = append(fwd, rep.Find, rep.Replace)
-			if rep.Replace != "" {
-				back = append(back, rep.Replace, rep.Find)
-			}
-		}
-		r.replacer = strings.NewReplacer(fwd...)
-		r.unreplacer = strings.NewReplacer(back...)
-	}
+	r.replacements = c.LabelValueReplacements
 	return r, nil
 }
 
@@ -170,7 +160,7 @@ func (m *mapping) LabelFor(singular string) (string, bool) {
 		return "", false
 	}
 	label := b.String()
-	if !model.LabelName(label).IsValidLegacy() {
+	if !model.LegacyValidation.IsValidLabelName(label) {
 		return "", false
 	}
 	return label, true
@@ -291,15 +281,23 @@ func (r *Rule) Render(series string, matchers []promql.Matcher, groupBy []string
 }
 
 // QueryData is what a query template sees for a request: .LabelMatchers
-// joins the matchers; .LabelValuesByName maps each label matched by = or =~
-// to its value (the first matcher of a label wins); .GroupBy joins groupBy.
+// joins the matchers; .GroupBy joins groupBy; .LabelValuesByName maps each
+// label matched by = or =~ (the first matcher of a label) to a regular
+// expression matching exactly its values (a\.b|c for "a.b" and "c", the
+// values joined by | as prometheus-adapter's documentation says), escaped
+// for a double-quoted PromQL string: `pod=~"<<index .LabelValuesByName
+// "pod">>"` selects those objects and nothing else, whatever their names.
 func QueryData(series string, matchers []promql.Matcher, groupBy []string) config.QueryData {
 	valuesByName := map[string]string{}
 	for _, m := range matchers {
-		if m.Op == promql.Equal || m.Op == promql.RegexpEq {
-			if _, dup := valuesByName[m.Name]; !dup {
-				valuesByName[m.Name] = m.Value
-			}
+		if _, dup := valuesByName[m.Name]; dup {
+			continue
+		}
+		switch m.Op {
+		case promql.Equal:
+			valuesByName[m.Name] = promql.StringBody(regexp.QuoteMeta(m.Value))
+		case promql.RegexpEq:
+			valuesByName[m.Name] = promql.StringBody(m.Value)
 		}
 	}
 	return config.QueryData{
@@ -322,20 +320,34 @@ func execute(t *template.Template, what string, data config.QueryData) (string, 
 	return b.String(), nil
 }
 
-// ToLabelValue applies labelValueReplacements to an object name.
+// ToLabelValue applies labelValueReplacements to an object name, each in
+// turn, as prometheus-adapter does. There is no way back: a label value is
+// mapped to an object by the values of the names a request asked for
+// (LabelValues).
 func (r *Rule) ToLabelValue(name string) string {
-	if r.replacer == nil {
-		return name
+	for _, rep := range r.replacements {
+		name = strings.ReplaceAll(name, rep.Find, rep.Replace)
 	}
-	return r.replacer.Replace(name)
+	return name
 }
 
-// FromLabelValue undoes labelValueReplacements on a label value.
-func (r *Rule) FromLabelValue(value string) string {
-	if r.unreplacer == nil {
-		return value
+// LabelValues maps names to their label values (ToLabelValue), and back:
+// byValue holds the index in names of each label value's one name, or -1
+// when several names have the same label value (then a sample of that
+// value cannot be told apart, and belongs to none of them).
+func (r *Rule) LabelValues(names []string) (values []string, byValue map[string]int) {
+	values = make([]string, len(names))
+	byValue = make(map[string]int, len(names))
+	for i, n := range names {
+		v := r.ToLabelValue(n)
+		values[i] = v
+		if _, dup := byValue[v]; dup {
+			byValue[v] = -1
+		} else {
+			byValue[v] = i
+		}
 	}
-	return r.unreplacer.Replace(value)
+	return values, byValue
 }
 
 // SeriesName returns the metric name of a discovered series.

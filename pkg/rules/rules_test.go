@@ -1,10 +1,14 @@
 package rules
 
 import (
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
@@ -13,7 +17,7 @@ import (
 
 func compileOne(t *testing.T, yaml string) *Rule {
 	t.Helper()
-	c, _, err := config.Parse([]byte(yaml), "test.yaml")
+	c, err := config.Parse([]byte(yaml), "test.yaml")
 	if err != nil {
 		t.Fatalf("config.Parse: %v", err)
 	}
@@ -112,16 +116,58 @@ func TestRender(t *testing.T) {
 }
 
 func TestLabelValueReplacements(t *testing.T) {
-	r := compileOne(t, "rules:\n- seriesQuery: x\n  metricsQuery: y\n  labelValueReplacements:\n  - {find: '#', replace: '_'}\n")
-	if got := r.ToLabelValue("a#b"); got != "a_b" {
-		t.Errorf("ToLabelValue = %q", got)
+	r := compileOne(t, "rules:\n- seriesQuery: x\n  metricsQuery: y\n  labelValueReplacements:\n  - {find: '.', replace: '-'}\n  - {find: '-v', replace: '_v'}\n")
+	// In order, as prometheus-adapter applies them: "." then "-v".
+	if got := r.ToLabelValue("my-app.v1"); got != "my-app_v1" {
+		t.Errorf("ToLabelValue = %q, want my-app_v1", got)
 	}
-	if got := r.FromLabelValue("a_b"); got != "a#b" {
-		t.Errorf("FromLabelValue = %q", got)
+	// Back from label values through the names asked for: my-app.v1 is
+	// found again (reversing the replacements would give my.app.v1), and
+	// two names with one label value belong to neither.
+	values, byValue := r.LabelValues([]string{"my-app.v1", "a.b", "a-b", "plain"})
+	if d := cmp.Diff([]string{"my-app_v1", "a-b", "a-b", "plain"}, values); d != "" {
+		t.Errorf("values (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff(map[string]int{"my-app_v1": 0, "a-b": -1, "plain": 3}, byValue); d != "" {
+		t.Errorf("byValue (-want +got):\n%s", d)
 	}
 	plain := compileOne(t, "rules:\n- seriesQuery: x\n  metricsQuery: y\n")
 	if got := plain.ToLabelValue("a#b"); got != "a#b" {
 		t.Errorf("ToLabelValue without replacements = %q", got)
+	}
+}
+
+// TestLabelValuesByNameIsExactAndSafe renders a template that uses
+// .LabelValuesByName inside a PromQL string, with names that carry dots,
+// quotes, backslashes and "}: the result is a valid string whose regex
+// matches exactly those names.
+func TestLabelValuesByNameIsExactAndSafe(t *testing.T) {
+	r := compileOne(t, "rules:\n- seriesQuery: x\n  metricsQuery: 'sum(<<.Series>>{pod=~\"<<index .LabelValuesByName \"pod\">>\",namespace=\"<<index .LabelValuesByName \"namespace\">>\"})'\n")
+	names := []string{`a.b`, `c"}or vector(1)`, `d\e`, `f|g`}
+	got, err := r.Render("s", []promql.Matcher{promql.Equals("namespace", `n"s.x`), promql.OneOf("pod", names)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `sum(s{pod=~"a\\.b|c\"\\}or vector\\(1\\)|d\\\\e|f\\|g",namespace="n\"s\\.x"})`
+	if got != want {
+		t.Fatalf("rendered\n  %s\nwant\n  %s", got, want)
+	}
+	// The string Prometheus reads from it is the regex of exactly the names.
+	body := got[strings.Index(got, `pod=~`)+5 : strings.Index(got, `,namespace=`)]
+	regex, err := strconv.Unquote(body)
+	if err != nil {
+		t.Fatalf("pod=~%s is not a valid string: %v", body, err)
+	}
+	re := regexp.MustCompile("^(?:" + regex + ")$")
+	for _, n := range names {
+		if !re.MatchString(n) {
+			t.Errorf("the regex %q does not match %q", regex, n)
+		}
+	}
+	for _, other := range []string{"aXb", `c"`, "f", "g", `d\\e`} {
+		if re.MatchString(other) {
+			t.Errorf("the regex %q matches %q, which was not asked for", regex, other)
+		}
 	}
 }
 

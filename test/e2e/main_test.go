@@ -10,62 +10,27 @@ package e2e
 
 import (
 	"context"
-	"flag"
-	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
 )
 
-var (
-	stack *localstack.Stack
-	runID = time.Now().Format("20060102-150405")
-)
+var stack *localstack.Stack
 
 func TestMain(m *testing.M) {
-	flag.Parse()
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	root, err := localstack.RepoRoot()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	dir := filepath.Join(root, "_output", "e2e-"+runID)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	start := time.Now()
-	stack, err = localstack.StartStack(ctx, localstack.StackOptions{
-		ClusterOptions: localstack.ClusterOptions{
-			Dir:                    dir,
-			HPASyncPeriod:          5 * time.Second,
-			DownscaleStabilization: 15 * time.Second,
-			Progress:               os.Stderr,
+	os.Exit(localstack.Suite{
+		Name: "e2e",
+		Options: localstack.StackOptions{
+			ClusterOptions: localstack.ClusterOptions{
+				HPASyncPeriod:          5 * time.Second,
+				DownscaleStabilization: 15 * time.Second,
+			},
 		},
-	})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "starting the local stack:", err)
-		return 1
-	}
-	fmt.Fprintf(os.Stderr, "local stack up in %s; logs in %s\n", time.Since(start).Round(100*time.Millisecond), dir)
-	code := m.Run()
-	if code != 0 {
-		stack.Procs.DumpLogs(os.Stderr, 60)
-	}
-	if err := stack.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "stopping the local stack:", err)
-		if code == 0 {
-			code = 1
-		}
-	}
-	if code == 0 {
-		// Keep the logs of failed runs only.
-		_ = os.RemoveAll(dir)
-	}
-	return code
+		Setup: func(_ context.Context, s *localstack.Stack) (func(), error) {
+			stack = s
+			return nil, nil
+		},
+	}.Run(m))
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -227,6 +228,32 @@ func (c *Cluster) step(format string, args ...any) {
 
 // Stop stops every process of the cluster (and anything added to Procs).
 func (c *Cluster) Stop() error { return c.Procs.StopAll(30 * time.Second) }
+
+// RestartAPIServer kills kube-apiserver (SIGKILL, as a crash or the loss
+// of its node would), starts it again with the same flags, port and etcd,
+// and waits until it is ready. It returns how long the API server was
+// down. (A SIGTERM would do too, but with clients holding watches open the
+// API server takes its full shutdown timeout, a minute, to exit.)
+func (c *Cluster) RestartAPIServer(ctx context.Context) (time.Duration, error) {
+	api := c.Procs.Find("kube-apiserver")
+	if api == nil {
+		return 0, errors.New("no kube-apiserver process")
+	}
+	down := time.Now()
+	api.Kill()
+	api, err := api.Restart(c.Procs)
+	if err != nil {
+		return 0, err
+	}
+	adminHTTP, err := c.HTTPClient("admin")
+	if err != nil {
+		return 0, err
+	}
+	if err := WaitHTTP(ctx, adminHTTP, c.ServerURL+"/readyz", 90*time.Second, api); err != nil {
+		return 0, fmt.Errorf("kube-apiserver after a restart: %w", err)
+	}
+	return time.Since(down), nil
+}
 
 // WriteKubeconfig writes a kubeconfig for the client certificate
 // pki/<user>.crt.

@@ -30,6 +30,10 @@ import (
 type Process struct {
 	Name    string
 	LogPath string
+	dir     string
+	bin     string
+	args    []string
+	env     []string
 	cmd     *exec.Cmd
 	done    chan struct{}
 	err     error
@@ -58,7 +62,7 @@ func Start(dir, name, bin string, args []string, env ...string) (*Process, error
 		_ = f.Close()
 		return nil, fmt.Errorf("starting %s (%s): %w", name, bin, err)
 	}
-	p := &Process{Name: name, LogPath: logPath, cmd: cmd, done: make(chan struct{}), logFile: f}
+	p := &Process{Name: name, LogPath: logPath, dir: dir, bin: bin, args: args, env: env, cmd: cmd, done: make(chan struct{}), logFile: f}
 	go func() {
 		p.err = cmd.Wait()
 		_ = f.Close()
@@ -95,6 +99,39 @@ func (p *Process) Stop(grace time.Duration) error {
 	_ = p.cmd.Process.Kill()
 	<-p.done
 	return fmt.Errorf("%s (pid %d) did not stop within %v of SIGTERM and was killed", p.Name, p.PID(), grace)
+}
+
+// Signal sends sig to the process (SIGSTOP and SIGCONT pause and resume
+// it).
+func (p *Process) Signal(sig syscall.Signal) error {
+	if exited, _ := p.Exited(); exited {
+		return fmt.Errorf("%s (pid %d) has exited", p.Name, p.PID())
+	}
+	return p.cmd.Process.Signal(sig)
+}
+
+// Kill sends SIGKILL and waits for the process to end.
+func (p *Process) Kill() {
+	if exited, _ := p.Exited(); exited {
+		return
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// Restart starts the same command again, appending to the same log, once
+// the process has ended (stop or kill it first). The new process takes
+// its place in g.
+func (p *Process) Restart(g *Group) (*Process, error) {
+	if exited, _ := p.Exited(); !exited {
+		return nil, fmt.Errorf("%s (pid %d) is still running", p.Name, p.PID())
+	}
+	q, err := Start(p.dir, p.Name, p.bin, p.args, p.env...)
+	if err != nil {
+		return nil, err
+	}
+	g.Replace(p, q)
+	return q, nil
 }
 
 // Tail returns the last n lines of the process's log.
@@ -135,6 +172,31 @@ func (g *Group) Remove(p *Process) {
 			return
 		}
 	}
+}
+
+// Replace puts q in p's place (or adds q when p is not owned).
+func (g *Group) Replace(p, q *Process) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for i, r := range g.procs {
+		if r == p {
+			g.procs[i] = q
+			return
+		}
+	}
+	g.procs = append(g.procs, q)
+}
+
+// Find returns the owned process named name, or nil.
+func (g *Group) Find(name string) *Process {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, p := range g.procs {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
 }
 
 // Processes returns the processes still owned.
@@ -186,7 +248,7 @@ func WaitHTTP(ctx context.Context, client *http.Client, url string, timeout time
 	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		if p != nil {
 			if done, perr := p.Exited(); done {
-				exited = fmt.Errorf("%s exited (%v) before %s answered; last log lines:\n%s", p.Name, perr, url, p.Tail(30))
+				exited = fmt.Errorf("%s exited (%w) before %s answered; last log lines:\n%s", p.Name, perr, url, p.Tail(30))
 				return false, exited
 			}
 		}
@@ -211,7 +273,7 @@ func WaitHTTP(ctx context.Context, client *http.Client, url string, timeout time
 		return exited
 	}
 	if err != nil && last != nil {
-		return fmt.Errorf("waiting for %s: %w (last: %v)", url, err, last)
+		return fmt.Errorf("waiting for %s: %w (last: %w)", url, err, last)
 	}
 	return err
 }
@@ -288,4 +350,30 @@ func Build(ctx context.Context, dir, pkg, name string) (string, error) {
 		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
 	}
 	return out, nil
+}
+
+// RequireEnv is the environment variable the Makefile sets so that a test
+// that needs servers fails, rather than skips, when they are missing.
+const RequireEnv = "LOCALSTACK_REQUIRED"
+
+// MissingServers returns, when one of the servers the local stack runs is
+// not built, why and what to run; "" when all are there. Tests skip with it
+// under a plain `go test ./...` on a fresh clone, and fail with it when
+// RequireEnv is set (make test, make e2e).
+func MissingServers(names ...string) string {
+	for _, n := range names {
+		var err error
+		switch n {
+		case "prometheus":
+			_, err = PrometheusBinary()
+		case "kubectl":
+			_, err = KubectlBinary()
+		default:
+			_, err = Binary(n)
+		}
+		if err != nil {
+			return err.Error()
+		}
+	}
+	return ""
 }

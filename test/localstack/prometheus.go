@@ -59,6 +59,20 @@ func StartPrometheus(ctx context.Context, g *Group, dir, configYAML string) (*Pr
 	return &Prometheus{URL: url, Proc: p}, nil
 }
 
+// Restart starts Prometheus again with the same flags, port and TSDB
+// (after Proc was stopped or killed) and waits until it is ready.
+func (p *Prometheus) Restart(ctx context.Context, g *Group) error {
+	q, err := p.Proc.Restart(g)
+	if err != nil {
+		return err
+	}
+	p.Proc = q
+	if err := WaitHTTP(ctx, nil, p.URL+"/-/ready", 60*time.Second, q); err != nil {
+		return fmt.Errorf("Prometheus not ready after a restart: %w", err)
+	}
+	return nil
+}
+
 // App is a running load-app process.
 type App struct {
 	URL  string

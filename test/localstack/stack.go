@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
@@ -27,6 +29,7 @@ import (
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/restmapper"
 	cmclient "k8s.io/metrics/pkg/client/custom_metrics"
 	"sigs.k8s.io/yaml"
@@ -67,9 +70,17 @@ type Stack struct {
 	// AdapterBinary is the adapter built for this stack.
 	AdapterBinary string
 	adapterEnv    []string
+	// adapterRules and adapterArgs are the rules file and extra flags of
+	// the adapter behind the APIServices, for more replicas of it.
+	adapterRules string
+	adapterArgs  []string
 
 	stopKubelet context.CancelFunc
 	kubeletDone chan error
+
+	endpoints     *endpointsController
+	stopEndpoints context.CancelFunc
+	endpointsDone chan struct{}
 }
 
 // APIServiceNames are the APIServices the adapter backs: the custom
@@ -185,13 +196,24 @@ func (s *Stack) startKubelet(ctx context.Context, appBin, dir string, progress i
 
 // Stop stops the kubelet's pods and every server.
 func (s *Stack) Stop() error {
+	if s.stopEndpoints != nil {
+		s.stopEndpoints()
+		<-s.endpointsDone
+		s.stopEndpoints = nil
+	}
 	if s.stopKubelet != nil {
 		s.stopKubelet()
+		var kubeletErr error
 		select {
-		case <-s.kubeletDone:
+		case kubeletErr = <-s.kubeletDone:
 		case <-time.After(30 * time.Second):
+			kubeletErr = errors.New("the process kubelet did not stop its pods within 30s")
 		}
 		s.stopKubelet = nil
+		if s.Cluster == nil {
+			return kubeletErr
+		}
+		return errors.Join(kubeletErr, s.Cluster.Stop())
 	}
 	if s.Cluster == nil {
 		return nil
@@ -451,16 +473,14 @@ func (s *Stack) startAdapter(ctx context.Context, opts StackOptions) error {
 	if err != nil {
 		return err
 	}
-	a, err := s.RunAdapter(ctx, "adapter", configPath, append([]string{"--metrics-relist-interval=" + opts.RelistInterval.String()}, opts.AdapterArgs...)...)
+	s.adapterRules = configPath
+	s.adapterArgs = append([]string{"--metrics-relist-interval=" + opts.RelistInterval.String()}, opts.AdapterArgs...)
+	a, err := s.RunAdapter(ctx, "adapter", s.adapterRules, s.adapterArgs...)
 	if err != nil {
 		return err
 	}
 	s.Adapter, s.AdapterURL = a.Process, a.URL
 
-	// Route the APIServices' Service to the host process. The API server
-	// refuses loopback addresses in Endpoints and IP EndpointSlices; an
-	// FQDN slice whose address is "127.0.0.1" is accepted and dialled as is
-	// (--enable-aggregator-routing=true).
 	const ns, name = "custom-metrics", "custom-metrics-apiserver"
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
@@ -469,17 +489,127 @@ func (s *Stack) startAdapter(ctx context.Context, opts StackOptions) error {
 	if _, err := s.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating the adapter's Service: %w", err)
 	}
-	portName, portNum, ready := "https", int32(a.Port), true
+	readiness, err := s.HTTPClient("")
+	if err != nil {
+		return err
+	}
+	readiness.Timeout = time.Second
+	s.endpoints = &endpointsController{client: s.Client, http: readiness, namespace: ns, service: name}
+	if err := s.endpoints.add(ctx, a); err != nil {
+		return err
+	}
+	ectx, stop := context.WithCancel(context.Background())
+	s.stopEndpoints, s.endpointsDone = stop, make(chan struct{})
+	go func() {
+		defer close(s.endpointsDone)
+		s.endpoints.run(ectx)
+	}()
+	return nil
+}
+
+// AddAdapterReplica starts one more adapter like the one behind the
+// APIServices (same rules, same flags plus extra) and puts it behind them
+// too: the aggregator then spreads requests over the replicas.
+func (s *Stack) AddAdapterReplica(ctx context.Context, name string, extra ...string) (*AdapterProcess, error) {
+	a, err := s.RunAdapter(ctx, name, s.adapterRules, append(slices.Clone(s.adapterArgs), extra...)...)
+	if err != nil {
+		return nil, err
+	}
+	return a, s.endpoints.add(ctx, a)
+}
+
+// endpointsController does, for the adapter processes, what the kubelet's
+// readiness probe and the EndpointSlice controller do for pods: each
+// replica has an EndpointSlice of the adapters' Service whose endpoint is
+// ready while the process answers /readyz. The API server refuses
+// loopback addresses in Endpoints and IP EndpointSlices; an FQDN slice
+// whose address is "127.0.0.1" is accepted and dialled as is
+// (--enable-aggregator-routing=true). A replica that is shutting down
+// fails /readyz during its --shutdown-delay-duration and leaves the
+// rotation before it stops serving.
+type endpointsController struct {
+	client             kubernetes.Interface
+	http               *http.Client
+	namespace, service string
+
+	mu       sync.Mutex
+	replicas []*endpointReplica
+}
+
+type endpointReplica struct {
+	adapter *AdapterProcess
+	slice   string
+	ready   bool
+}
+
+func (c *endpointsController) add(ctx context.Context, a *AdapterProcess) error {
+	r := &endpointReplica{adapter: a, slice: c.service + "-" + a.Name, ready: true}
+	portName, portNum := "https", int32(a.Port)
 	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: name + "-local", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		ObjectMeta:  metav1.ObjectMeta{Namespace: c.namespace, Name: r.slice, Labels: map[string]string{discoveryv1.LabelServiceName: c.service}},
 		AddressType: discoveryv1.AddressTypeFQDN,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"127.0.0.1"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"127.0.0.1"}, Conditions: discoveryv1.EndpointConditions{Ready: &r.ready}}},
 		Ports:       []discoveryv1.EndpointPort{{Name: &portName, Port: &portNum}},
 	}
-	if _, err := s.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("creating the adapter's EndpointSlice: %w", err)
+	if _, err := c.client.DiscoveryV1().EndpointSlices(c.namespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("creating the EndpointSlice of %s: %w", a.Name, err)
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.replicas = append(c.replicas, r)
 	return nil
+}
+
+// run probes every replica's /readyz five times a second and writes
+// changes to its slice; a write that fails (API server down) is retried
+// on the next probe.
+func (c *endpointsController) run(ctx context.Context) {
+	wait.UntilWithContext(ctx, c.sync, 200*time.Millisecond)
+}
+
+func (c *endpointsController) sync(ctx context.Context) {
+	c.mu.Lock()
+	replicas := slices.Clone(c.replicas)
+	c.mu.Unlock()
+	for _, r := range replicas {
+		ready := c.probe(ctx, r.adapter)
+		if ready == r.ready {
+			continue
+		}
+		if err := c.setReady(ctx, r.slice, ready); err == nil {
+			r.ready = ready
+		}
+	}
+}
+
+func (c *endpointsController) probe(ctx context.Context, a *AdapterProcess) bool {
+	if exited, _ := a.Exited(); exited {
+		return false
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.URL+"/readyz", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return false
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+func (c *endpointsController) setReady(ctx context.Context, name string, ready bool) error {
+	slices := c.client.DiscoveryV1().EndpointSlices(c.namespace)
+	es, err := slices.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	for i := range es.Endpoints {
+		es.Endpoints[i].Conditions.Ready = &ready
+	}
+	_, err = slices.Update(ctx, es, metav1.UpdateOptions{})
+	return err
 }
 
 var apiServicesGVR = schema.GroupVersionResource{Group: "apiregistration.k8s.io", Version: "v1", Resource: "apiservices"}

@@ -1,0 +1,312 @@
+package faults
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	cmv1beta2 "k8s.io/metrics/pkg/apis/custom_metrics/v1beta2"
+)
+
+// goroutineSlack is how far above its count before a fault the adapter's
+// goroutine count may stay after it: HTTP/2 streams and pooled
+// connections to Prometheus come and go with the HPA's own requests.
+const goroutineSlack = 10
+
+// recovered waits until the client's requests are answered again (every
+// clientPath 200, the pods answer naming the Deployment's ready pods) and
+// the HPA controller's next sync succeeded, and returns how long that took.
+func recovered(t *testing.T, timeout time.Duration) time.Duration {
+	t.Helper()
+	ctx := context.Background()
+	return waitFor(t, timeout, "answers and the HPA back after the fault", func() bool {
+		for _, p := range clientPaths {
+			if o := get(ctx, stack.ServerURL, p); o.code != http.StatusOK {
+				return false
+			}
+		}
+		names, err := podsAnswer(ctx)
+		if err != nil {
+			return false
+		}
+		want, err := readyPods(ctx, namespace)
+		if err != nil || !slices.Equal(names, want) {
+			return false
+		}
+		s, err := hpaState(ctx)
+		return err == nil && s.active
+	})
+}
+
+// podsAnswer asks the Pods HPA's question and returns the pods named in
+// the answer, sorted; every value must be a number >= 0.
+func podsAnswer(ctx context.Context) ([]string, error) {
+	o := get(ctx, stack.ServerURL, podsPath)
+	if o.code != http.StatusOK {
+		return nil, &answerError{o}
+	}
+	var list cmv1beta2.MetricValueList
+	if err := json.Unmarshal(o.body, &list); err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, v := range list.Items {
+		if v.Value.Sign() < 0 {
+			return nil, &answerError{o}
+		}
+		names = append(names, v.DescribedObject.Name)
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+type answerError struct{ o outcome }
+
+func (e *answerError) Error() string { return e.o.String() }
+
+// readyPods lists the ready pods of the app in namespace, sorted.
+func readyPods(ctx context.Context, namespace string) ([]string, error) {
+	pods, err := stack.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: labels.Set{"app": app}.String()})
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && slices.ContainsFunc(p.Status.Conditions, func(c corev1.PodCondition) bool {
+			return c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue
+		}) {
+			names = append(names, p.Name)
+		}
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// settleGoroutines waits until the adapter's goroutine count is back within
+// goroutineSlack of idle, and returns the count it settled at.
+func settleGoroutines(t *testing.T, adapterURL string, idle int) int {
+	t.Helper()
+	var last int
+	start := time.Now()
+	for time.Since(start) < 30*time.Second {
+		if last = goroutines(t, adapterURL); last <= idle+goroutineSlack {
+			return last
+		}
+		time.Sleep(time.Second)
+	}
+	t.Errorf("the adapter's goroutines did not return to %d (+%d) within 30s of the fault's end: %d", idle, goroutineSlack, last)
+	return last
+}
+
+// TestAdapterReplicaStoppedMidRun runs a second adapter replica behind the
+// APIServices, lets the API server spread requests over both, and stops
+// one (SIGTERM, as a pod deletion does) while the HPA and a client keep
+// asking: no request and no HPA sync may fail.
+func TestAdapterReplicaStoppedMidRun(t *testing.T) {
+	steady(t)
+	ctx := context.Background()
+	second, err := stack.AddAdapterReplica(ctx, "adapter-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	custom := map[string]string{"group": "custom.metrics.k8s.io"}
+	served := func(url string) float64 {
+		// The second replica loads the client CA that lets it tell the
+		// admin's certificate (not the API server's front proxy) a moment
+		// after it is ready: until then it answers -1.
+		n, err := adapterMetric(ctx, url, "apiserver_request_total", custom)
+		if err != nil {
+			return -1
+		}
+		return n
+	}
+	firstBefore := served(stack.AdapterURL)
+	waitFor(t, 30*time.Second, "the API server routing requests to the second replica", func() bool {
+		_ = get(ctx, stack.ServerURL, podsPath)
+		return served(second.URL) > 0
+	})
+
+	w := watch(t)
+	p := startProber(t, 100*time.Millisecond, clientPaths...)
+	time.Sleep(2 * hpaSyncEvery)
+	secondServed := served(second.URL)
+	stopping := time.Now()
+	stopErr := second.Stop(30 * time.Second)
+	stopTook := time.Since(stopping)
+	_, exitErr := second.Exited()
+	time.Sleep(2 * hpaSyncEvery)
+	outs := p.stop()
+	w.stop()
+	firstServed := served(stack.AdapterURL) - firstBefore
+
+	if stopErr != nil || exitErr != nil {
+		t.Errorf("the second replica did not stop cleanly on SIGTERM: %v %v", stopErr, exitErr)
+	}
+	if stopTook < shutdownDelay {
+		t.Errorf("the second replica stopped %s after SIGTERM, before its --shutdown-delay-duration of %s", stopTook, shutdownDelay)
+	}
+	if firstServed <= 0 || secondServed <= 0 {
+		t.Errorf("the API server did not spread requests over both replicas: %.0f and %.0f", firstServed, secondServed)
+	}
+	byCode, worst := summary(outs)
+	for _, o := range outs {
+		if o.code != http.StatusOK {
+			t.Errorf("a request failed while a replica stopped: %s", o)
+		}
+	}
+	if len(w.inactive) > 0 || w.minReplicas < replicas {
+		t.Errorf("an HPA sync failed while a replica stopped: %s", w)
+	}
+	report(t, "%d requests over %s: %s; slowest %s; custom metrics requests served: first replica %.0f, second %.0f before its SIGTERM; it stopped %s after SIGTERM; %s",
+		len(outs), (4*hpaSyncEvery + stopTook).Round(100*time.Millisecond), codes(byCode), worst.Round(time.Millisecond), firstServed, secondServed, stopTook.Round(100*time.Millisecond), w)
+}
+
+// TestAPIServerRestarted kills and restarts kube-apiserver under the
+// adapter: its informers must resync, so that pods created after the
+// restart are served, and the HPA's answers stay those of its own pods.
+func TestAPIServerRestarted(t *testing.T) {
+	steady(t)
+	ctx := context.Background()
+	w := watch(t)
+	down, err := stack.RestartAPIServer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stack.WaitAPIServicesAvailable(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// A namespace and a pod the adapter's informers only learn of after
+	// the restart.
+	const fresh = "after-restart"
+	if err := stack.DeployApp(ctx, fresh); err != nil {
+		t.Fatal(err)
+	}
+	want, err := readyPods(ctx, fresh)
+	if err != nil || len(want) != 1 {
+		t.Fatalf("pods of %s: %v %v", fresh, want, err)
+	}
+	path := "/apis/custom.metrics.k8s.io/v1beta2/namespaces/" + fresh + "/pods/" + want[0] + "/packets-per-second"
+	newPod := waitFor(t, 90*time.Second, "a pod created after the restart served", func() bool {
+		return get(ctx, stack.ServerURL, path).code == http.StatusOK
+	})
+	back := recovered(t, time.Minute)
+	w.stop()
+	if w.minReplicas < replicas {
+		t.Errorf("the HPA scaled in across the API server's restart: %s", w)
+	}
+	report(t, "API server down %s; a pod created after it served %s later; answers and the HPA right again %s after that; %s",
+		down.Round(100*time.Millisecond), newPod.Round(100*time.Millisecond), back.Round(100*time.Millisecond), w)
+}
+
+// TestPrometheusPausedUnderARunningHPA stops Prometheus (SIGSTOP): it
+// accepts connections and never answers, the worst kind of slow. Every
+// request must fail within --prometheus-timeout with a 504 naming
+// Prometheus, the HPA must keep its replicas and say why it cannot scale,
+// and after SIGCONT answers, the HPA and the adapter's goroutine count
+// come back.
+//
+// The HPA is judged while Prometheus is paused. Right after it resumes,
+// before its first scrapes, rate() over a window with a hole reads low,
+// and this HPA, with no scale-down stabilization, may scale in: that is
+// Prometheus' answer, faithfully served (docs/config.md#troubleshooting).
+func TestPrometheusPausedUnderARunningHPA(t *testing.T) {
+	steady(t)
+	idle := goroutines(t, stack.AdapterURL)
+	w := watch(t)
+	p := startProber(t, 500*time.Millisecond, clientPaths...)
+	prom := stack.Prometheus.Proc
+	if err := prom.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			if err := prom.Signal(syscall.SIGCONT); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	t.Cleanup(resume)
+
+	// Four HPA syncs without Prometheus.
+	time.Sleep(4 * hpaSyncEvery)
+	peak := goroutines(t, stack.AdapterURL)
+	outs := p.stop()
+	w.stop()
+	resume()
+
+	byCode, worst := summary(outs)
+	for _, o := range outs {
+		if (o.code != http.StatusGatewayTimeout && o.code != http.StatusServiceUnavailable) || !strings.Contains(o.message, "Prometheus") {
+			t.Errorf("paused Prometheus: want 504 or 503 naming Prometheus, got %s", o)
+		}
+	}
+	if limit := promTimeout + 2*time.Second; worst > limit {
+		t.Errorf("paused Prometheus: the slowest answer took %s, over --prometheus-timeout (%s) + 2s", worst, promTimeout)
+	}
+	if w.minReplicas < replicas {
+		t.Errorf("the HPA scaled in while Prometheus was paused: %s", w)
+	}
+	if !slices.ContainsFunc(w.inactive, func(s string) bool {
+		return strings.HasPrefix(s, "FailedGetPodsMetric") && strings.Contains(s, "Prometheus")
+	}) {
+		t.Errorf("the HPA's ScalingActive condition never named Prometheus as the cause: %s", w)
+	}
+	back := recovered(t, time.Minute)
+	after := settleGoroutines(t, stack.AdapterURL, idle)
+	report(t, "%d requests in %s paused: %s; slowest %s (timeout %s); answers and the HPA back %s after SIGCONT; goroutines %d idle, %d paused, %d after; paused: %s",
+		len(outs), 4*hpaSyncEvery, codes(byCode), worst.Round(time.Millisecond), promTimeout, back.Round(100*time.Millisecond), idle, peak, after, w)
+}
+
+// TestPrometheusKilledAndRestarted kills Prometheus (SIGKILL) and starts it
+// again on the same port with the same data: meanwhile every request gets
+// 503, "connection refused" once the connections the adapter held are
+// gone; after, values again.
+func TestPrometheusKilledAndRestarted(t *testing.T) {
+	steady(t)
+	idle := goroutines(t, stack.AdapterURL)
+	w := watch(t)
+	p := startProber(t, 500*time.Millisecond, clientPaths...)
+	killed := time.Now()
+	stack.Prometheus.Proc.Kill()
+	time.Sleep(2 * hpaSyncEvery)
+	outs := p.stop()
+	w.stop()
+	restart := time.Now()
+	if err := stack.Prometheus.Restart(context.Background(), stack.Procs); err != nil {
+		t.Fatal(err)
+	}
+	ready := time.Since(restart)
+
+	byCode, worst := summary(outs)
+	for _, o := range outs {
+		// A request on a kept-alive connection at the moment of the kill
+		// sees it reset; every later one is refused.
+		if o.code != http.StatusServiceUnavailable ||
+			(!strings.Contains(o.message, "connection refused") && (o.started.Sub(killed) > time.Second || !strings.Contains(o.message, "connection reset"))) {
+			t.Errorf("Prometheus down: want 503 saying connection refused, got %s", o)
+		}
+	}
+	if worst > time.Second {
+		t.Errorf("Prometheus down: the slowest answer took %s; a refused connection should fail at once", worst)
+	}
+	if w.minReplicas < replicas {
+		t.Errorf("the HPA scaled in while Prometheus was down: %s", w)
+	}
+	if !slices.ContainsFunc(w.inactive, func(s string) bool { return strings.Contains(s, "connection refused") }) {
+		t.Errorf("the HPA's ScalingActive condition never said connection refused: %s", w)
+	}
+	back := recovered(t, 90*time.Second)
+	after := settleGoroutines(t, stack.AdapterURL, idle)
+	report(t, "%d requests in %s down: %s; slowest %s; Prometheus ready %s after the restart, answers and the HPA back %s after that; goroutines %d before, %d after; down: %s",
+		len(outs), 2*hpaSyncEvery, codes(byCode), worst.Round(time.Millisecond), ready.Round(100*time.Millisecond), back.Round(100*time.Millisecond), idle, after, w)
+}

@@ -1,0 +1,327 @@
+package faults
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// The requests a client of the API server keeps making during a fault:
+// what the Pods HPA asks, what an External HPA asks, what kubectl top
+// (and a Resource HPA) asks.
+var (
+	podsPath     = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/" + namespace + "/pods/*/packets-per-second?labelSelector=app%3D" + app
+	externalPath = "/apis/external.metrics.k8s.io/v1beta1/namespaces/" + namespace + "/app_requests_per_second?labelSelector=container%3Dapp"
+	resourcePath = "/apis/metrics.k8s.io/v1beta1/namespaces/" + namespace + "/pods?labelSelector=app%3D" + app
+	clientPaths  = []string{podsPath, externalPath, resourcePath}
+)
+
+// state is what the HPA controller made of the HPA and the Deployment.
+type state struct {
+	replicas, ready, desired int32
+	// active is the ScalingActive condition; reason and message say why
+	// it is false.
+	active          bool
+	reason, message string
+}
+
+func hpaState(ctx context.Context) (state, error) {
+	var s state
+	d, err := stack.Client.AppsV1().Deployments(namespace).Get(ctx, app, metav1.GetOptions{})
+	if err != nil {
+		return s, err
+	}
+	h, err := stack.Client.AutoscalingV2().HorizontalPodAutoscalers(namespace).Get(ctx, app, metav1.GetOptions{})
+	if err != nil {
+		return s, err
+	}
+	s.replicas, s.ready, s.desired = *d.Spec.Replicas, d.Status.ReadyReplicas, h.Status.DesiredReplicas
+	for _, c := range h.Status.Conditions {
+		if c.Type == autoscalingv2.ScalingActive {
+			s.active = c.Status == corev1.ConditionTrue
+			s.reason, s.message = c.Reason, c.Message
+		}
+	}
+	return s, nil
+}
+
+// watcher polls the HPA and its Deployment four times a second and keeps
+// what it saw.
+type watcher struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu sync.Mutex
+	// minReplicas and maxReplicas are the Deployment's extremes.
+	minReplicas, maxReplicas int32
+	// inactive are the distinct "reason: message" of ScalingActive=False.
+	inactive []string
+	// polls and failedPolls count reads, and reads the API server did not
+	// answer.
+	polls, failedPolls int
+}
+
+func watch(t *testing.T) *watcher {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &watcher{cancel: cancel, done: make(chan struct{}), minReplicas: 1 << 30}
+	go func() {
+		defer close(w.done)
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+			s, err := hpaState(rctx)
+			rcancel()
+			w.mu.Lock()
+			w.polls++
+			if err != nil {
+				w.failedPolls++
+			} else {
+				w.minReplicas = min(w.minReplicas, s.replicas)
+				w.maxReplicas = max(w.maxReplicas, s.replicas)
+				if why := s.reason + ": " + s.message; !s.active && !slices.Contains(w.inactive, why) {
+					w.inactive = append(w.inactive, why)
+				}
+			}
+			w.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	t.Cleanup(w.stop)
+	return w
+}
+
+func (w *watcher) stop() {
+	w.cancel()
+	<-w.done
+}
+
+func (w *watcher) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return fmt.Sprintf("replicas %d..%d over %d reads (%d unanswered), ScalingActive=False seen %d ways: %q",
+		w.minReplicas, w.maxReplicas, w.polls, w.failedPolls, len(w.inactive), w.inactive)
+}
+
+// outcome is one answer a client got.
+type outcome struct {
+	path    string
+	started time.Time
+	code    int
+	took    time.Duration
+	message string
+	body    []byte
+}
+
+func (o outcome) String() string {
+	return fmt.Sprintf("%d after %s for %s: %s", o.code, o.took.Round(time.Millisecond), short(o.path), o.message)
+}
+
+func short(s string) string {
+	if len(s) > 160 {
+		return fmt.Sprintf("%s... (%d bytes)", s[:160], len(s))
+	}
+	return s
+}
+
+// get asks base+path with the admin's client certificate and returns the
+// code (0 when no answer came), the body, and the Status message of an
+// error.
+func get(ctx context.Context, base, path string) outcome {
+	o := outcome{path: path, started: time.Now()}
+	client, err := stack.HTTPClient("admin")
+	if err != nil {
+		o.message = err.Error()
+		return o
+	}
+	client.Timeout = 30 * time.Second
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
+	if err != nil {
+		o.message = err.Error()
+		return o
+	}
+	resp, err := client.Do(req)
+	o.took = time.Since(o.started)
+	if err != nil {
+		o.message = err.Error()
+		return o
+	}
+	defer resp.Body.Close()
+	o.code = resp.StatusCode
+	o.body, _ = io.ReadAll(resp.Body)
+	o.took = time.Since(o.started)
+	if o.code != http.StatusOK {
+		var st metav1.Status
+		if json.Unmarshal(o.body, &st) == nil && st.Message != "" {
+			o.message = st.Message
+		} else {
+			o.message = short(string(o.body))
+		}
+	}
+	return o
+}
+
+// prober asks each of its paths through the API server every interval,
+// each request on its own, so a slow answer does not hold back the next.
+type prober struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	mu     sync.Mutex
+	out    []outcome
+}
+
+func startProber(t *testing.T, every time.Duration, paths ...string) *prober {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &prober{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			for _, path := range paths {
+				wg.Go(func() {
+					// Not ctx: stopping the prober stops new requests,
+					// the ones in flight finish.
+					o := get(context.Background(), stack.ServerURL, path)
+					p.mu.Lock()
+					p.out = append(p.out, o)
+					p.mu.Unlock()
+				})
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	t.Cleanup(func() { p.stop() })
+	return p
+}
+
+// stop stops sending, waits for the answers in flight and returns every
+// answer.
+func (p *prober) stop() []outcome {
+	p.cancel()
+	<-p.done
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.out)
+}
+
+// summary counts answers by code and finds the slowest.
+func summary(outs []outcome) (byCode map[int]int, worst time.Duration) {
+	byCode = map[int]int{}
+	for _, o := range outs {
+		byCode[o.code]++
+		worst = max(worst, o.took)
+	}
+	return byCode, worst
+}
+
+func codes(byCode map[int]int) string {
+	keys := make([]int, 0, len(byCode))
+	for k := range byCode {
+		keys = append(keys, k)
+	}
+	sort.Ints(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%dx%d", byCode[k], k))
+	}
+	return strings.Join(parts, " ")
+}
+
+// report prints one line of figures for the suite's summary.
+func report(t *testing.T, format string, args ...any) {
+	t.Helper()
+	line := fmt.Sprintf(format, args...)
+	t.Log(line)
+	fmt.Printf("FAULT-REPORT %s: %s\n", t.Name(), line)
+}
+
+// adapterMetric sums the samples of a metric family on an adapter's
+// /metrics whose labels include match.
+func adapterMetric(ctx context.Context, adapterURL, family string, match map[string]string) (float64, error) {
+	o := get(ctx, adapterURL, "/metrics")
+	if o.code != http.StatusOK {
+		return 0, fmt.Errorf("GET %s/metrics: %d %s", adapterURL, o.code, o.message)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(string(o.body)))
+	if err != nil {
+		return 0, err
+	}
+	mf, ok := families[family]
+	if !ok {
+		return 0, fmt.Errorf("%s/metrics has no %s", adapterURL, family)
+	}
+	sum := 0.0
+next:
+	for _, m := range mf.GetMetric() {
+		for k, v := range match {
+			if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == k && l.GetValue() == v }) {
+				continue next
+			}
+		}
+		switch {
+		case m.GetCounter() != nil:
+			sum += m.GetCounter().GetValue()
+		case m.GetGauge() != nil:
+			sum += m.GetGauge().GetValue()
+		default:
+			return 0, errors.New(family + " is neither a counter nor a gauge")
+		}
+	}
+	return sum, nil
+}
+
+// goroutines reads the adapter's go_goroutines.
+func goroutines(t *testing.T, adapterURL string) int {
+	t.Helper()
+	g, err := adapterMetric(context.Background(), adapterURL, "go_goroutines", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int(g)
+}
+
+// waitFor polls cond every 250ms until it holds or timeout passes, and
+// returns how long that took.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < timeout {
+		if cond() {
+			return time.Since(start)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %s", what, timeout)
+	return 0
+}
