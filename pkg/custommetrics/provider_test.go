@@ -348,6 +348,45 @@ func TestGetMetricByNameForPod(t *testing.T) {
 	}
 }
 
+// A rule that does not aggregate leaves one series per endpoint: the
+// object's value is their sum, by name and by selector alike.
+func TestSeveralSeriesForOneObjectAreSummed(t *testing.T) {
+	f := newFixture(t, `rules:
+- seriesQuery: 'app_requests_total{namespace!="",pod!=""}'
+  resources: {overrides: {namespace: {resource: namespace}, pod: {resource: pod}}}
+  name: {matches: "^app_requests_total$", as: "raw-rate"}
+  metricsQuery: rate(<<.Series>>{<<.LabelMatchers>>}[1m])
+`, time.Second)
+	f.discover(t)
+	perEndpoint := func(pod string) []fakeprom.Sample {
+		return []fakeprom.Sample{
+			{Labels: map[string]string{"pod": pod, "endpoint": "/"}, Value: "1.5", TS: 1},
+			{Labels: map[string]string{"pod": pod, "endpoint": "/mem"}, Value: "2.25", TS: 1},
+		}
+	}
+	f.prom.Vecs[`rate(app_requests_total{namespace="default",pod="app-b"}[1m])`] = perEndpoint("app-b")
+	v, err := f.p.GetMetricByName(context.Background(), types.NamespacedName{Namespace: "default", Name: "app-b"}, podsInfo("raw-rate"), labels.Everything())
+	if err != nil {
+		t.Fatalf("GetMetricByName: %v (queries %q)", err, f.prom.Received())
+	}
+	if v.Value.String() != "3750m" {
+		t.Errorf("by name: value %s, want the sum 3750m", v.Value.String())
+	}
+
+	f.prom.Vecs[`rate(app_requests_total{namespace="default",pod=~"app-a|app-b|app-c"}[1m])`] = append(perEndpoint("app-a"), perEndpoint("app-b")...)
+	list, err := f.p.GetMetricBySelector(context.Background(), "default", labels.SelectorFromSet(labels.Set{"app": "app"}), podsInfo("raw-rate"), labels.Everything())
+	if err != nil {
+		t.Fatalf("GetMetricBySelector: %v (queries %q)", err, f.prom.Received())
+	}
+	got := map[string]string{}
+	for _, it := range list.Items {
+		got[it.DescribedObject.Name] = it.Value.String()
+	}
+	if d := cmp.Diff(map[string]string{"app-a": "3750m", "app-b": "3750m"}, got); d != "" {
+		t.Errorf("by selector (-want +got):\n%s", d)
+	}
+}
+
 func TestGetMetricByNameForNamespace(t *testing.T) {
 	f := newFixture(t, "", time.Second)
 	f.discover(t)
