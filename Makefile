@@ -53,7 +53,7 @@ faults: tools build ## Fault suite on the real stack: Prometheus paused and kill
 	go test -count=1 -timeout 20m -v ./test/faults/... 2>&1 | tee $(CURDIR)/_output/faults.log
 
 .PHONY: repo
-repo: shellcheck kubectl ## Repository checks: manifests and kustomizations, shellcheck, Dockerfile build stages
+repo: shellcheck kubectl $(BIN)/helm ## Repository checks: manifests, kustomizations and the Helm chart, shellcheck, Dockerfile build stages
 	go test -count=1 ./test/repo/...
 
 .PHONY: test
@@ -85,7 +85,7 @@ verify-fmt: ## Fail on unformatted Go files
 	@files=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$files" ]; then echo "gofmt needed:"; echo "$$files"; exit 1; fi
 
 .PHONY: tools
-tools: $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/etcd $(BIN)/prometheus kubectl ## Build the servers the local stack runs, from pinned modules
+tools: $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/etcd $(BIN)/prometheus $(BIN)/helm kubectl ## Build the servers the local stack runs and helm, from pinned modules
 
 $(BIN)/kube-apiserver $(BIN)/kube-controller-manager &: hack/tools/k8s/go.mod hack/tools/k8s/go.sum
 	@echo ">> building kube-apiserver and kube-controller-manager v$(KUBE_VERSION) (first time: several minutes)"
@@ -112,6 +112,12 @@ $(BIN)/etcd: hack/tools/etcd/go.mod hack/tools/etcd/go.sum hack/tools/etcd/main.
 $(BIN)/prometheus: hack/tools/prometheus/go.mod hack/tools/prometheus/go.sum
 	@echo ">> building prometheus (first time: several minutes)"
 	cd hack/tools/prometheus && go build -ldflags "-s -w" -o $(BIN)/prometheus github.com/prometheus/prometheus/cmd/prometheus
+
+# helm lints and renders manifests/helm/custom-metrics-adapter (make repo).
+$(BIN)/helm: hack/tools/helm/go.mod hack/tools/helm/go.sum
+	@echo ">> building helm (first time: a few minutes)"
+	cd hack/tools/helm && go build -ldflags "-s -w" -o $(BIN)/helm helm.sh/helm/v3/cmd/helm
+	@touch $(BIN)/helm
 
 .PHONY: shellcheck
 shellcheck: ## Make sure shellcheck is installed (Debian's package)

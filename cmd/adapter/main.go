@@ -2,6 +2,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -17,11 +18,18 @@ func main() {
 
 	ctx := genericapiserver.SetupSignalContext()
 	if err := adapter.NewCommand(ctx).Execute(); err != nil {
-		// Plain text, one problem per line: a rules file with three
-		// mistakes names all three, each with its file and line.
 		logs.FlushLogs()
-		fmt.Fprintf(os.Stderr, "%s: %v\n", adapter.Name, err)
-		os.Exit(1)
+		code := adapter.ExitFailed
+		var exit *adapter.ExitError
+		if errors.As(err, &exit) {
+			code, err = exit.Code, exit.Err
+		}
+		if err != nil {
+			// Plain text, one problem per line: a rules file with three
+			// mistakes names all three, each with its file and line.
+			fmt.Fprintf(os.Stderr, "%s: %v\n", adapter.Name, err)
+		}
+		os.Exit(code)
 	}
 	klog.Flush()
 }

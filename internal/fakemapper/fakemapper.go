@@ -1,27 +1,13 @@
 // Package fakemapper provides a fixed RESTMapper for tests: the core and
 // apps resources, Ingresses, Nodes and ConfigMaps, with their singular
-// forms. It does no discovery.
+// forms (rules.BuiltinMapper). It does no discovery.
 package fakemapper
 
 import (
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
 // New returns the mapper.
-func New() apimeta.RESTMapper {
-	m := apimeta.NewDefaultRESTMapper(nil)
-	for _, k := range []string{"Pod", "Service", "ConfigMap"} {
-		m.Add(corev1.SchemeGroupVersion.WithKind(k), apimeta.RESTScopeNamespace)
-	}
-	for _, k := range []string{"Namespace", "Node"} {
-		m.Add(corev1.SchemeGroupVersion.WithKind(k), apimeta.RESTScopeRoot)
-	}
-	for _, k := range []string{"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet"} {
-		m.Add(appsv1.SchemeGroupVersion.WithKind(k), apimeta.RESTScopeNamespace)
-	}
-	m.Add(networkingv1.SchemeGroupVersion.WithKind("Ingress"), apimeta.RESTScopeNamespace)
-	return m
-}
+func New() apimeta.RESTMapper { return rules.BuiltinMapper() }

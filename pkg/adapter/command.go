@@ -7,7 +7,7 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
-	"slices"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -15,8 +15,6 @@ import (
 	openapinamer "k8s.io/apiserver/pkg/endpoints/openapi"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/apiserver/pkg/server/healthz"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/metadata"
 	cliflag "k8s.io/component-base/cli/flag"
 	logsapi "k8s.io/component-base/logs/api/v1"
 	"k8s.io/component-base/term"
@@ -29,11 +27,8 @@ import (
 	generatedexternalmetrics "sigs.k8s.io/custom-metrics-apiserver/pkg/generated/openapi/externalmetrics"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/custommetrics"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/externalmetrics"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resourcemetrics"
 	resourceopenapi "github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resourcemetrics/openapi"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
@@ -103,6 +98,17 @@ Run it behind an APIService. Outside a cluster, point --lister-kubeconfig,
 		},
 	}
 
+	fss := installFlags(cmd, o, base, logging)
+	cols, _, _ := term.TerminalSize(cmd.OutOrStdout())
+	cliflag.SetUsageAndHelpFunc(cmd, fss, cols)
+	cmd.AddCommand(newExplainCommand(ctx), newCheckConfigCommand(ctx))
+	return cmd
+}
+
+// installFlags adds the adapter's flags to cmd, in named sections for
+// --help. The subcommands take the same flags, so the adapter's own
+// arguments can be passed to them as they are.
+func installFlags(cmd *cobra.Command, o *Options, base *basecmd.AdapterBase, logging *logsapi.LoggingConfiguration) cliflag.NamedFlagSets {
 	var fss cliflag.NamedFlagSets
 	o.AddFlags(fss.FlagSet("prometheus"), fss.FlagSet("metrics"), fss.FlagSet("general"))
 	fss.FlagSet("general").BoolP("help", "h", false, "Show this help and exit.")
@@ -116,81 +122,21 @@ Run it behind an APIService. Outside a cluster, point --lister-kubeconfig,
 	for _, fs := range fss.FlagSets {
 		cmd.Flags().AddFlagSet(fs)
 	}
-	cols, _, _ := term.TerminalSize(cmd.OutOrStdout())
-	cliflag.SetUsageAndHelpFunc(cmd, fss, cols)
-	return cmd
+	return fss
 }
 
 // Run builds the providers of the enabled APIs for the compiled rules and
 // serves until ctx is done.
 func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules.Set) error {
-	promCfg, err := o.PrometheusClientConfig()
+	c, err := o.build(base, set)
 	if err != nil {
 		return err
 	}
-	prom, err := promclient.New(promCfg)
-	if err != nil {
-		return err
+	if c.custom != nil {
+		base.WithCustomMetrics(c.custom)
 	}
-
-	restCfg, err := base.ClientConfig()
-	if err != nil {
-		return err
-	}
-	kube, err := kubernetes.NewForConfig(restCfg)
-	if err != nil {
-		return fmt.Errorf("creating Kubernetes client: %w", err)
-	}
-	meta, err := metadata.NewForConfig(restCfg)
-	if err != nil {
-		return fmt.Errorf("creating Kubernetes metadata client: %w", err)
-	}
-	mapper, err := base.RESTMapper()
-	if err != nil {
-		return fmt.Errorf("building the REST mapper: %w", err)
-	}
-	res := resolver.New(kube, meta, mapper)
-
-	// One discovery loop lists the series of the custom and external
-	// rules for both providers.
-	var discovered []*rules.Rule
-	var subscribers []func(discovery.Result)
-	var apis []string
-	if o.EnableCustomMetrics {
-		p := custommetrics.New(custommetrics.Config{
-			Rules:                      set.Custom,
-			Mapper:                     mapper,
-			Querier:                    prom,
-			Resolver:                   res,
-			MaxConcurrentObjectQueries: o.MaxConcurrentObjectQueries,
-		})
-		subscribers = append(subscribers, p.Update)
-		discovered = append(discovered, set.Custom...)
-		base.WithCustomMetrics(p)
-		apis = append(apis, "custom.metrics.k8s.io")
-	}
-	if o.EnableExternalMetrics {
-		p := externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: prom})
-		subscribers = append(subscribers, p.Update)
-		discovered = append(discovered, set.External...)
-		base.WithExternalMetrics(p)
-		apis = append(apis, "external.metrics.k8s.io")
-	}
-	disc := discovery.New(discovery.Config{
-		Queries:  seriesQueries(discovered),
-		Lister:   prom,
-		Interval: o.MetricsRelistInterval,
-		MaxAge:   o.MetricsMaxAge,
-		Timeout:  o.DiscoveryTimeout,
-	})
-	for _, fn := range subscribers {
-		disc.Subscribe(fn)
-	}
-	if o.EnableResourceMetrics {
-		apis = append(apis, "metrics.k8s.io")
-		if set.Resource == nil {
-			klog.InfoS("The config has no resourceRules: metrics.k8s.io answers every request 503 until they are added")
-		}
+	if c.external != nil {
+		base.WithExternalMetrics(c.external)
 	}
 	if o.DisableHTTP2 {
 		base.SecureServing.DisableHTTP2Serving = true
@@ -209,24 +155,37 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 	if err != nil {
 		return fmt.Errorf("creating the API server: %w", err)
 	}
-	if o.EnableResourceMetrics {
-		p := resourcemetrics.New(resourcemetrics.Config{Rules: set.Resource, Querier: prom, Objects: res})
-		if err := resourcemetrics.Install(server.GenericAPIServer, p); err != nil {
+	if c.resource != nil {
+		if err := resourcemetrics.Install(server.GenericAPIServer, c.resource); err != nil {
 			return fmt.Errorf("installing metrics.k8s.io: %w", err)
 		}
+	}
+	if o.EnableExplainEndpoint {
+		// Behind the API server's authentication and authorization, like
+		// /debug/pprof: callers need get on the non-resource URL.
+		server.GenericAPIServer.Handler.NonGoRestfulMux.HandlePrefix(explain.PathPrefix, explain.Handler(c.explainProviders()))
 	}
 	// Ready when the adapter can answer: pods are cached, and the rules'
 	// series were listed. /readyz?verbose names what is missing.
 	if err := server.GenericAPIServer.AddReadyzChecks(
-		healthz.NamedCheck("pod-cache", func(*http.Request) error { return res.PodCacheError() }),
-		healthz.NamedCheck("metric-discovery", func(*http.Request) error { return disc.Ready() }),
+		healthz.NamedCheck("pod-cache", func(*http.Request) error { return c.resolver.PodCacheError() }),
+		healthz.NamedCheck("metric-discovery", func(*http.Request) error { return c.disc.Ready() }),
 	); err != nil {
 		return fmt.Errorf("adding readiness checks: %w", err)
 	}
+	metrics.Register(c.resolver)
+	metrics.ObserveReload(true, time.Now())
 
-	res.Start(ctx)
-	go disc.Run(ctx)
-	klog.InfoS("Starting", "version", version.Get(), "apis", apis, "prometheus", o.PrometheusURL, "verb", o.PrometheusVerb, "timeout", o.PrometheusTimeout)
+	c.resolver.Start(ctx)
+	go c.disc.Run(ctx)
+	if o.ConfigFile != "" && o.WatchConfig {
+		r, err := newReloader(o.ConfigFile, o.loadRules, c.apply)
+		if err != nil {
+			return err
+		}
+		go r.run(ctx)
+	}
+	klog.InfoS("Starting", "version", version.Get(), "apis", c.apis, "prometheus", o.PrometheusURL, "verb", o.PrometheusVerb, "timeout", o.PrometheusTimeout)
 	if err := server.GenericAPIServer.PrepareRun().RunWithContext(ctx); err != nil {
 		return fmt.Errorf("serving: %w", err)
 	}
@@ -248,16 +207,6 @@ func defaultGC() {
 	}
 	debug.SetGCPercent(DefaultGCPercent)
 	klog.V(2).InfoS("Garbage collector target", "GOGC", DefaultGCPercent)
-}
-
-func seriesQueries(rs []*rules.Rule) []string {
-	var out []string
-	for _, r := range rs {
-		if !slices.Contains(out, r.SeriesQuery()) {
-			out = append(out, r.SeriesQuery())
-		}
-	}
-	return out
 }
 
 // openAPIConfigs returns the OpenAPI v2 and v3 configurations for the

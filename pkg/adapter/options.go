@@ -26,6 +26,10 @@ import (
 type Options struct {
 	// ConfigFile is the rules file; empty means the built-in rules.
 	ConfigFile string
+	// WatchConfig reloads ConfigFile when it changes and on SIGHUP.
+	WatchConfig bool
+	// EnableExplainEndpoint serves explain.PathPrefix.
+	EnableExplainEndpoint bool
 
 	PrometheusURL              string
 	PrometheusVerb             string
@@ -63,6 +67,8 @@ func NewOptions() *Options {
 		EnableCustomMetrics:        true,
 		EnableExternalMetrics:      true,
 		EnableResourceMetrics:      true,
+		WatchConfig:                true,
+		EnableExplainEndpoint:      true,
 	}
 }
 
@@ -94,6 +100,10 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 
 	rules.StringVar(&o.ConfigFile, "config", o.ConfigFile,
 		"Rules file in prometheus-adapter's format (rules, externalRules, resourceRules). Empty: the built-in rules (see --print-default-config): requests-per-second and packets-per-second from app_requests_total, the external metric app_requests_per_second, and CPU and memory from cAdvisor.")
+	rules.BoolVar(&o.WatchConfig, "watch-config", o.WatchConfig,
+		"Reload --config when it changes (its directory is watched, so a ConfigMap update is seen within a minute or so of kubectl apply) "+
+			"and on SIGHUP. A file that fails validation is logged and counted in custom_metrics_adapter_config_last_reload_successful; the rules that were serving still are. "+
+			"A good one re-runs discovery at once; no request fails during the switch.")
 	rules.BoolVar(&o.EnableCustomMetrics, "enable-custom-metrics", o.EnableCustomMetrics,
 		"Serve custom.metrics.k8s.io (v1beta1, v1beta2) from the config's rules.")
 	rules.BoolVar(&o.EnableExternalMetrics, "enable-external-metrics", o.EnableExternalMetrics,
@@ -115,6 +125,10 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 		"On SIGTERM, keep serving this long while /readyz fails, so the APIService's endpoints drop this replica before it "+
 			"stops listening; then finish the requests in flight. Behind a Service with more than one replica, set it to "+
 			"a few seconds (the manifests use 5s): with 0 a rollout fails the HPA syncs routed to a replica that has just stopped.")
+	general.BoolVar(&o.EnableExplainEndpoint, "enable-explain-endpoint", o.EnableExplainEndpoint,
+		"Serve /debug/explain/<API path>: for a metrics request, the rule that serves it, the objects it resolved, the PromQL, "+
+			"Prometheus' raw answer and the answer with its HTTP code (what `adapter explain` prints). Behind authentication and "+
+			"authorization: callers need get on that non-resource URL (system:masters has it).")
 	general.BoolVar(&o.PrintDefaultConfig, "print-default-config", false, "Print the built-in rules file and exit.")
 	general.BoolVar(&o.PrintVersion, "version", false, "Print the version and exit.")
 }

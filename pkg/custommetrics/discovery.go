@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
@@ -49,6 +50,8 @@ type index struct {
 	built   time.Time
 	// pending names the rules whose series were never listed, and why.
 	pending error
+	// shadowed lists the definitions an earlier rule's won over.
+	shadowed []Overlap
 	// resources memoises the REST mapper for requested group-resources
 	// (schema.GroupResource -> resourceInfo) until the next round.
 	resources sync.Map
@@ -169,6 +172,10 @@ func seriesShape(name string, ls model.LabelSet) string {
 // so an earlier rule wins over a later one, as the config documents.
 func (idx *index) add(k metricKey, e entry) {
 	if prev, ok := idx.entries[k]; ok {
+		if prev.rule != e.rule {
+			idx.shadowed = append(idx.shadowed, Overlap{Metric: k.metric, Resource: k.resource.String(),
+				Kept: fmt.Sprintf("%s series %s", prev.rule, prev.series), Ignored: fmt.Sprintf("%s series %s", e.rule, e.series)})
+		}
 		if prev.rule != e.rule || prev.series != e.series {
 			klog.V(2).InfoS("Metric defined twice; keeping the first definition",
 				"metric", k.metric, "resource", k.resource.String(),
@@ -184,6 +191,23 @@ func (idx *index) add(k metricKey, e entry) {
 // whose seriesQuery has never been listed serve nothing yet; lookups of
 // unknown metrics say so (503) instead of answering 404.
 func (p *Provider) Update(r discovery.Result) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.update(r)
+}
+
+// SetRules switches the provider to new rules (a reloaded config) with the
+// discovery round of their series. Requests in flight finish with the
+// rules they started with.
+func (p *Provider) SetRules(rs []*rules.Rule, r discovery.Result) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rules = rs
+	p.update(r)
+}
+
+// update builds and swaps in the index; call it with p.mu held.
+func (p *Provider) update(r discovery.Result) {
 	idx := buildIndex(p.rules, r.Series, p.mapper, r.Time)
 	var pending []error
 	for _, rule := range p.rules {
@@ -203,6 +227,62 @@ func (p *Provider) Update(r discovery.Result) {
 	} else {
 		klog.V(4).InfoS("Discovered custom metrics", "count", len(idx.list))
 	}
+	perRule := map[*rules.Rule]int{}
+	for _, e := range idx.entries {
+		perRule[e.rule]++
+	}
+	metrics.SetDiscoveredRules(metrics.CustomAPI, p.rules, r.Listed, perRule)
+}
+
+// Served is one metric the provider serves, and how.
+type Served struct {
+	Rule     string
+	Series   string
+	Metric   string
+	Resource string
+	// Namespaced is false for metrics of root-scoped objects.
+	Namespaced bool
+	// ViaPods is true for objects served through their pods
+	// (resources.aggregateFromPods).
+	ViaPods bool
+}
+
+// Overlap is a metric two rules define: the first in the file serves it.
+type Overlap struct {
+	Metric, Resource string
+	Kept, Ignored    string
+}
+
+// Served lists the metrics of the last discovery round, by rule order,
+// then metric and resource, and the definitions earlier rules won over.
+func (p *Provider) Served() ([]Served, []Overlap) {
+	idx := p.index.Load()
+	if idx == nil {
+		return nil, nil
+	}
+	order := map[*rules.Rule]int{}
+	p.mu.Lock()
+	for i, r := range p.rules {
+		order[r] = i
+	}
+	p.mu.Unlock()
+	out := make([]Served, 0, len(idx.entries))
+	ranks := make(map[string]int, len(idx.entries))
+	for k, e := range idx.entries {
+		s := Served{Rule: e.rule.String(), Series: e.series, Metric: k.metric, Resource: k.resource.String(), Namespaced: e.namespaced, ViaPods: e.viaPods}
+		ranks[s.Rule] = order[e.rule]
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b Served) int {
+		if c := ranks[a.Rule] - ranks[b.Rule]; c != 0 {
+			return c
+		}
+		if c := strings.Compare(a.Metric, b.Metric); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Resource, b.Resource)
+	})
+	return out, slices.Clone(idx.shadowed)
 }
 
 func summarize(list []provider.CustomMetricInfo) string {

@@ -21,6 +21,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +41,8 @@ import (
 	"k8s.io/metrics/pkg/apis/custom_metrics"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
@@ -73,6 +76,8 @@ type Config struct {
 
 // Provider serves custom metrics from Prometheus.
 type Provider struct {
+	// mu guards rules and serialises index builds.
+	mu            sync.Mutex
 	rules         []*rules.Rule
 	mapper        apimeta.RESTMapper
 	prom          promclient.Querier
@@ -178,7 +183,7 @@ type request struct {
 
 // prepare finds how to serve the request and turns its metric selector
 // into PromQL matchers.
-func (p *Provider) prepare(info provider.CustomMetricInfo, metricSelector labels.Selector) (*request, error) {
+func (p *Provider) prepare(ctx context.Context, info provider.CustomMetricInfo, metricSelector labels.Selector) (*request, error) {
 	e, info, ri, err := p.lookup(info)
 	if err != nil {
 		return nil, err
@@ -187,6 +192,7 @@ func (p *Provider) prepare(info provider.CustomMetricInfo, metricSelector labels
 	if err != nil {
 		return nil, apierrors.NewBadRequest(err.Error())
 	}
+	explain.From(ctx).Rule(e.rule.String(), e.series)
 	r := &request{entry: e, info: info, matchers: ms, kind: ri.kind, apiVersion: ri.apiVersion}
 	if r.selector, err = echo(metricSelector); err != nil {
 		return nil, apierrors.NewBadRequest(fmt.Sprintf("metric label selector %q: %v", metricSelector, err))
@@ -197,10 +203,11 @@ func (p *Provider) prepare(info provider.CustomMetricInfo, metricSelector labels
 // GetMetricByName implements provider.CustomMetricsProvider: the metric of
 // one object.
 func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedName, info provider.CustomMetricInfo, metricSelector labels.Selector) (*custom_metrics.MetricValue, error) {
-	r, err := p.prepare(info, metricSelector)
+	r, err := p.prepare(ctx, info, metricSelector)
 	if err != nil {
 		return nil, err
 	}
+	metrics.ObserveResolved(r.info.GroupResource.String(), 1)
 	if r.viaPods {
 		return p.objectViaPods(ctx, r, name.Namespace, name.Name)
 	}
@@ -223,6 +230,15 @@ func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedNam
 // query, one list of values, which every caller gets in a list of its own.
 // Each caller still waits no longer than its own context allows.
 func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, selector labels.Selector, info provider.CustomMetricInfo, metricSelector labels.Selector) (*custom_metrics.MetricValueList, error) {
+	if explain.From(ctx) != nil {
+		// Explained alone: a shared answer would record into another
+		// caller's trace.
+		items, err := p.bySelector(ctx, namespace, selector, info, metricSelector)
+		if err != nil {
+			return nil, err
+		}
+		return &custom_metrics.MetricValueList{Items: items}, nil
+	}
 	key := strings.Join([]string{namespace, selector.String(), info.String(), metricSelector.String()}, "\x00")
 	ch := p.selections.DoChan(key, func() (any, error) {
 		// The shared call must not die with the caller that started it:
@@ -249,7 +265,7 @@ const sharedRequestTimeout = time.Minute
 // bySelector answers GetMetricBySelector. The items it returns are shared
 // by every caller of the same request: nobody may modify them.
 func (p *Provider) bySelector(ctx context.Context, namespace string, selector labels.Selector, info provider.CustomMetricInfo, metricSelector labels.Selector) ([]custom_metrics.MetricValue, error) {
-	r, err := p.prepare(info, metricSelector)
+	r, err := p.prepare(ctx, info, metricSelector)
 	if err != nil {
 		return nil, err
 	}
@@ -262,6 +278,8 @@ func (p *Provider) bySelector(ctx context.Context, namespace string, selector la
 	if err != nil {
 		return nil, values.ResolveError(err, r.info.GroupResource.String())
 	}
+	metrics.ObserveResolved(r.info.GroupResource.String(), len(names))
+	explain.From(ctx).Resolved(fmt.Sprintf("%s matching %q in namespace %s", r.info.GroupResource, selector.String(), namespace), names)
 	if len(names) == 0 {
 		return []custom_metrics.MetricValue{}, nil
 	}
@@ -375,6 +393,7 @@ func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, nam
 	if err != nil {
 		return nil, values.ResolveError(err, r.info.GroupResource.String())
 	}
+	explain.From(ctx).Resolved(fmt.Sprintf("pods of %s %s", r.info.GroupResource, klog.KRef(namespace, name)), pods)
 	if len(pods) == 0 {
 		klog.V(2).InfoS("Object has no pods", "resource", r.info.GroupResource.String(), "object", klog.KRef(namespace, name), "metric", r.info.Metric)
 		return nil, notFoundBecause(r.info, name, "it selects no pods")
@@ -420,6 +439,8 @@ func (p *Provider) run(ctx context.Context, r *request, matchers []promql.Matche
 	}
 	start := time.Now()
 	vec, err := p.prom.Query(ctx, expr)
+	metrics.ObserveQuery(metrics.CustomAPI, r.rule.String(), start, len(vec), err)
+	explain.From(ctx).Queried(explain.Query{Rule: r.rule.String(), Expr: expr, Duration: time.Since(start), Vector: vec, Err: err})
 	if err != nil {
 		return expr, nil, values.QueryError(err, fmt.Sprintf("metric %s for %s", r.info.Metric, r.info.GroupResource), r.rule.String())
 	}

@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -27,6 +28,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 )
 
@@ -44,6 +46,9 @@ type Result struct {
 	Series map[string][]model.LabelSet
 	// Failed holds the queries whose listing failed in this round.
 	Failed map[string]error
+	// Listed holds, for each query in Series, when its last successful
+	// listing started.
+	Listed map[string]time.Time
 	// Time is when the round started.
 	Time time.Time
 }
@@ -75,9 +80,15 @@ type Discoverer struct {
 	timeout  time.Duration
 	clock    clock.Clock
 
+	// round serialises rounds: a reconfiguration waits for the round in
+	// progress, so subscribers never see a round of the old queries after
+	// the new ones were applied.
+	round sync.Mutex
+
 	mu          sync.Mutex
 	subscribers []func(Result)
 	last        map[string][]model.LabelSet
+	lastListed  map[string]time.Time
 	lastFailed  map[string]error
 	rounds      int
 }
@@ -85,18 +96,15 @@ type Discoverer struct {
 // New returns a Discoverer; call Run to start it.
 func New(cfg Config) *Discoverer {
 	d := &Discoverer{
-		lister:   cfg.Lister,
-		interval: cfg.Interval,
-		maxAge:   cfg.MaxAge,
-		timeout:  cfg.Timeout,
-		clock:    cfg.Clock,
-		last:     map[string][]model.LabelSet{},
+		lister:     cfg.Lister,
+		interval:   cfg.Interval,
+		maxAge:     cfg.MaxAge,
+		timeout:    cfg.Timeout,
+		clock:      cfg.Clock,
+		last:       map[string][]model.LabelSet{},
+		lastListed: map[string]time.Time{},
 	}
-	for _, q := range cfg.Queries {
-		if !slices.Contains(d.queries, q) {
-			d.queries = append(d.queries, q)
-		}
-	}
+	d.queries = dedup(cfg.Queries)
 	if d.interval <= 0 {
 		d.interval = time.Minute
 	}
@@ -128,13 +136,55 @@ func (d *Discoverer) Run(ctx context.Context) {
 // Relist runs one round of listings now and hands the Result to the
 // subscribers.
 func (d *Discoverer) Relist(ctx context.Context) Result {
+	d.round.Lock()
+	defer d.round.Unlock()
+	r := d.list(ctx)
+	d.mu.Lock()
+	subscribers := slices.Clone(d.subscribers)
+	d.mu.Unlock()
+	for _, fn := range subscribers {
+		fn(r)
+	}
+	return r
+}
+
+// Reconfigure replaces the queries, lists them at once, and hands that
+// round's Result to apply instead of the subscribers: apply switches the
+// providers to the rules the queries come from. Series of queries that
+// stay keep their last listing if this one fails. Rounds after this one
+// list the new queries and go to the subscribers as before.
+func (d *Discoverer) Reconfigure(ctx context.Context, queries []string, apply func(Result)) Result {
+	d.round.Lock()
+	defer d.round.Unlock()
+	queries = dedup(queries)
+	d.mu.Lock()
+	d.queries = queries
+	for q := range d.last {
+		if !slices.Contains(queries, q) {
+			delete(d.last, q)
+			delete(d.lastListed, q)
+		}
+	}
+	d.mu.Unlock()
+	r := d.list(ctx)
+	apply(r)
+	return r
+}
+
+// list runs one round of listings and records it. Call it with d.round
+// held.
+func (d *Discoverer) list(ctx context.Context) Result {
 	now := d.clock.Now()
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 
+	d.mu.Lock()
+	queries := slices.Clone(d.queries)
+	d.mu.Unlock()
+
 	failed := map[string]error{}
 	listed := map[string][]model.LabelSet{}
-	for _, q := range d.queries {
+	for _, q := range queries {
 		sets, err := d.lister.Series(ctx, []string{q}, now.Add(-d.maxAge), now)
 		if err != nil {
 			failed[q] = err
@@ -142,10 +192,12 @@ func (d *Discoverer) Relist(ctx context.Context) Result {
 		}
 		listed[q] = sets
 	}
+	metrics.ObserveDiscovery(d.clock.Since(now))
 
 	d.mu.Lock()
 	for q, sets := range listed {
 		d.last[q] = sets
+		d.lastListed[q] = now
 	}
 	series := make(map[string][]model.LabelSet, len(d.last))
 	for q, sets := range d.last {
@@ -153,18 +205,24 @@ func (d *Discoverer) Relist(ctx context.Context) Result {
 	}
 	d.lastFailed = failed
 	d.rounds++
-	subscribers := slices.Clone(d.subscribers)
+	r := Result{Series: series, Failed: failed, Listed: maps.Clone(d.lastListed), Time: now}
 	d.mu.Unlock()
 
 	if len(failed) > 0 {
 		klog.ErrorS(errorOf(failed), "Failed to list some series; their rules keep the metrics of their last listing",
-			"failed", len(failed), "queries", len(d.queries))
-	}
-	r := Result{Series: series, Failed: failed, Time: now}
-	for _, fn := range subscribers {
-		fn(r)
+			"failed", len(failed), "queries", len(queries))
 	}
 	return r
+}
+
+func dedup(queries []string) []string {
+	var out []string
+	for _, q := range queries {
+		if !slices.Contains(out, q) {
+			out = append(out, q)
+		}
+	}
+	return out
 }
 
 // Listed reports whether every query has been listed successfully at least

@@ -205,3 +205,47 @@ func TestReady(t *testing.T) {
 		t.Errorf("after a failed round: %v, want ready", err)
 	}
 }
+
+// TestReconfigureSwitchesQueriesAtOnce: a reloaded config's queries are
+// listed right away and handed to apply, not to the subscribers; a query
+// that stays keeps its last series when its new listing fails; a query
+// that goes is forgotten, so readiness does not wait for it.
+func TestReconfigureSwitchesQueriesAtOnce(t *testing.T) {
+	l := newLister()
+	l.series["c"] = []model.LabelSet{{"__name__": "c_total", "pod": "p"}}
+	clock := clocktesting.NewFakeClock(epoch)
+	d := New(Config{Queries: []string{"a", "b"}, Lister: l, Interval: time.Minute, Clock: clock})
+	var subscribed []Result
+	d.Subscribe(func(r Result) { subscribed = append(subscribed, r) })
+	d.Relist(context.Background())
+
+	clock.Step(time.Second)
+	l.setFailing("a", errors.New("boom"))
+	var applied []Result
+	r := d.Reconfigure(context.Background(), []string{"a", "c", "c"}, func(r Result) { applied = append(applied, r) })
+
+	if len(subscribed) != 1 || len(applied) != 1 {
+		t.Fatalf("subscribers got %d rounds, apply %d; want 1 and 1", len(subscribed), len(applied))
+	}
+	if _, ok := r.Series["b"]; ok {
+		t.Errorf("the dropped query b still has series: %v", r.Series)
+	}
+	if got := r.Series["a"]; len(got) != 1 || r.Failed["a"] == nil {
+		t.Errorf("query a: series %v, failure %v; want its last listing kept and the failure reported", got, r.Failed["a"])
+	}
+	if got := r.Series["c"]; len(got) != 1 || !r.Listed["c"].Equal(epoch.Add(time.Second)) {
+		t.Errorf("query c: series %v listed %v; want it listed now", got, r.Listed["c"])
+	}
+	if !r.Listed["a"].Equal(epoch) {
+		t.Errorf("query a last listed %v, want the first round's time", r.Listed["a"])
+	}
+
+	l.setFailing("a", nil)
+	d.Relist(context.Background())
+	if len(subscribed) != 2 || len(subscribed[1].Series) != 2 || !d.Listed() {
+		t.Fatalf("the next round lists the new queries for the subscribers: %+v, listed %v", subscribed[1], d.Listed())
+	}
+	if err := d.Ready(); err != nil {
+		t.Errorf("Ready() = %v after every new query was listed", err)
+	}
+}

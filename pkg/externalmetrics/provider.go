@@ -22,6 +22,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,6 +37,8 @@ import (
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
@@ -51,6 +54,8 @@ type Config struct {
 
 // Provider serves external metrics from Prometheus.
 type Provider struct {
+	// mu guards rules and serialises index builds.
+	mu    sync.Mutex
 	rules []*rules.Rule
 	prom  promclient.Querier
 	index atomic.Pointer[index]
@@ -79,10 +84,30 @@ type index struct {
 	list    []provider.ExternalMetricInfo
 	// pending names the rules whose series were never listed, and why.
 	pending error
+	// shadowed lists, for metrics two rules define, the ignored rule's
+	// definition after the kept one's.
+	shadowed [][2]string
 }
 
 // Update builds the list of external metrics from a discovery round.
 func (p *Provider) Update(r discovery.Result) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.update(r)
+}
+
+// SetRules switches the provider to new rules (a reloaded config) with the
+// discovery round of their series. Requests in flight finish with the
+// rules they started with.
+func (p *Provider) SetRules(rs []*rules.Rule, r discovery.Result) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rules = rs
+	p.update(r)
+}
+
+// update builds and swaps in the index; call it with p.mu held.
+func (p *Provider) update(r discovery.Result) {
 	idx := &index{metrics: map[string]entry{}}
 	var pending []error
 	for _, rule := range p.rules {
@@ -110,6 +135,9 @@ func (p *Provider) Update(r discovery.Result) {
 				continue
 			}
 			if prev, dup := idx.metrics[name]; dup {
+				if prev.rule != rule {
+					idx.shadowed = append(idx.shadowed, [2]string{fmt.Sprintf("%s series %s", prev.rule, prev.series), fmt.Sprintf("%s series %s", rule, series)})
+				}
 				if prev.rule != rule || prev.series != series {
 					klog.V(2).InfoS("External metric defined twice; keeping the first definition", "metric", name,
 						"kept", fmt.Sprintf("%s series %s", prev.rule, prev.series),
@@ -133,6 +161,26 @@ func (p *Provider) Update(r discovery.Result) {
 		}
 		klog.InfoS("Discovered external metrics", "count", len(idx.list), "metrics", strings.Join(names, ", "))
 	}
+	perRule := map[*rules.Rule]int{}
+	for _, e := range idx.metrics {
+		perRule[e.rule]++
+	}
+	metrics.SetDiscoveredRules(metrics.ExternalAPI, p.rules, r.Listed, perRule)
+}
+
+// Served maps each external metric of the last discovery round to the
+// rule and series serving it ("externalRules[0] series x"), and lists the
+// definitions earlier rules won over, each as kept and ignored.
+func (p *Provider) Served() (map[string]string, [][2]string) {
+	idx := p.index.Load()
+	if idx == nil {
+		return nil, nil
+	}
+	out := make(map[string]string, len(idx.metrics))
+	for name, e := range idx.metrics {
+		out[name] = fmt.Sprintf("%s series %s", e.rule, e.series)
+	}
+	return out, slices.Clone(idx.shadowed)
 }
 
 // ListAllExternalMetrics implements provider.ExternalMetricsProvider from
@@ -164,6 +212,8 @@ func (p *Provider) GetExternalMetric(ctx context.Context, namespace string, metr
 		err.ErrStatus.Message = fmt.Sprintf("external metric %q is not served: no externalRules series is named so", info.Metric)
 		return nil, err
 	}
+	trace := explain.From(ctx)
+	trace.Rule(e.rule.String(), e.series)
 	selMatchers, err := promql.FromSelector(metricSelector)
 	if err != nil {
 		return nil, apierrors.NewBadRequest(err.Error())
@@ -179,6 +229,8 @@ func (p *Provider) GetExternalMetric(ctx context.Context, namespace string, metr
 	}
 	start := time.Now()
 	vec, err := p.prom.Query(ctx, expr)
+	metrics.ObserveQuery(metrics.ExternalAPI, e.rule.String(), start, len(vec), err)
+	trace.Queried(explain.Query{Rule: e.rule.String(), Expr: expr, Duration: time.Since(start), Vector: vec, Err: err})
 	if err != nil {
 		return nil, values.QueryError(err, "external metric "+info.Metric, e.rule.String())
 	}

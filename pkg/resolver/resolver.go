@@ -521,3 +521,19 @@ func stripTyped(obj any) (any, error) {
 	}
 	return out, nil
 }
+
+// CacheSizes reports how many objects each informer cache holds, by
+// resource (e.g. "pods", "deployments.apps"), for the adapter's metrics.
+func (r *Resolver) CacheSizes() map[string]int {
+	r.mu.Lock()
+	watched := make(map[string]cache.SharedIndexInformer, len(r.watched))
+	for gvr, inf := range r.watched {
+		watched[gvr.GroupResource().String()] = inf.Informer()
+	}
+	r.mu.Unlock()
+	out := make(map[string]int, len(watched))
+	for resource, inf := range watched {
+		out[resource] = len(inf.GetStore().ListKeys())
+	}
+	return out
+}

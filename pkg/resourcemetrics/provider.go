@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/common/model"
@@ -37,6 +38,7 @@ import (
 	"k8s.io/metrics/pkg/apis/metrics"
 	"k8s.io/utils/clock"
 
+	adaptermetrics "github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
@@ -66,7 +68,7 @@ type Config struct {
 
 // Provider reads pod and node usage from Prometheus.
 type Provider struct {
-	rules   *rules.ResourceRules
+	rules   atomic.Pointer[rules.ResourceRules]
 	prom    promclient.Querier
 	objects ObjectLister
 	clock   clock.PassiveClock
@@ -74,12 +76,18 @@ type Provider struct {
 
 // New returns a Provider.
 func New(cfg Config) *Provider {
-	p := &Provider{rules: cfg.Rules, prom: cfg.Querier, objects: cfg.Objects, clock: cfg.Clock}
+	p := &Provider{prom: cfg.Querier, objects: cfg.Objects, clock: cfg.Clock}
+	p.rules.Store(cfg.Rules)
 	if p.clock == nil {
 		p.clock = clock.RealClock{}
 	}
 	return p
 }
+
+// SetRules switches to new resourceRules (a reloaded config); nil answers
+// every request 503. Requests in flight finish with the rules they
+// started with.
+func (p *Provider) SetRules(rs *rules.ResourceRules) { p.rules.Store(rs) }
 
 var errNoRules = apierrors.NewServiceUnavailable("the adapter's config has no resourceRules, so it serves no resource metrics: add them (see docs/config.md) or remove the v1beta1.metrics.k8s.io APIService")
 
@@ -95,7 +103,8 @@ type containerKey struct{ namespace, pod, container string }
 // PodMetrics returns the usage of the given pods. Pods without complete
 // data are left out.
 func (p *Provider) PodMetrics(ctx context.Context, pods []*metav1.PartialObjectMetadata) ([]metrics.PodMetrics, error) {
-	if p.rules == nil {
+	rs := p.rules.Load()
+	if rs == nil {
 		return nil, errNoRules
 	}
 	if len(pods) == 0 {
@@ -112,11 +121,11 @@ func (p *Provider) PodMetrics(ctx context.Context, pods []*metav1.PartialObjectM
 	var cpu, mem map[containerKey]usage
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() (err error) {
-		cpu, err = p.containers(gctx, p.rules.CPU, namespaces, names)
+		cpu, err = p.containers(gctx, rs.CPU, namespaces, names)
 		return err
 	})
 	g.Go(func() (err error) {
-		mem, err = p.containers(gctx, p.rules.Memory, namespaces, names)
+		mem, err = p.containers(gctx, rs.Memory, namespaces, names)
 		return err
 	})
 	if err := g.Wait(); err != nil {
@@ -143,7 +152,7 @@ func (p *Provider) PodMetrics(ctx context.Context, pods []*metav1.PartialObjectM
 		slices.Sort(containers)
 		pm := metrics.PodMetrics{
 			ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace, Labels: pod.Labels, CreationTimestamp: now},
-			Window:     metav1.Duration{Duration: p.rules.Window},
+			Window:     metav1.Duration{Duration: rs.Window},
 		}
 		var earliest model.Time
 		complete := true
@@ -222,7 +231,8 @@ func (p *Provider) containers(ctx context.Context, q *rules.ResourceQuery, names
 // NodeMetrics returns the usage of the given nodes. Nodes without both a
 // CPU and a memory value are left out.
 func (p *Provider) NodeMetrics(ctx context.Context, nodes []*metav1.PartialObjectMetadata) ([]metrics.NodeMetrics, error) {
-	if p.rules == nil {
+	rs := p.rules.Load()
+	if rs == nil {
 		return nil, errNoRules
 	}
 	if len(nodes) == 0 {
@@ -235,11 +245,11 @@ func (p *Provider) NodeMetrics(ctx context.Context, nodes []*metav1.PartialObjec
 	var cpu, mem map[string]usage
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() (err error) {
-		cpu, err = p.nodes(gctx, p.rules.CPU, names)
+		cpu, err = p.nodes(gctx, rs.CPU, names)
 		return err
 	})
 	g.Go(func() (err error) {
-		mem, err = p.nodes(gctx, p.rules.Memory, names)
+		mem, err = p.nodes(gctx, rs.Memory, names)
 		return err
 	})
 	if err := g.Wait(); err != nil {
@@ -263,7 +273,7 @@ func (p *Provider) NodeMetrics(ctx context.Context, nodes []*metav1.PartialObjec
 		out = append(out, metrics.NodeMetrics{
 			ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: n.Labels, CreationTimestamp: now},
 			Timestamp:  metav1.NewTime(min(cu.ts, mu.ts).Time()),
-			Window:     metav1.Duration{Duration: p.rules.Window},
+			Window:     metav1.Duration{Duration: rs.Window},
 			Usage:      corev1.ResourceList{corev1.ResourceCPU: cq, corev1.ResourceMemory: mq},
 		})
 	}
@@ -294,6 +304,7 @@ func (p *Provider) nodes(ctx context.Context, q *rules.ResourceQuery, names []st
 func (p *Provider) query(ctx context.Context, q *rules.ResourceQuery, expr, of string) (model.Vector, error) {
 	start := time.Now()
 	vec, err := p.prom.Query(ctx, expr)
+	adaptermetrics.ObserveQuery(adaptermetrics.ResourceAPI, "resourceRules."+q.Name, start, len(vec), err)
 	if err != nil {
 		return nil, values.QueryError(err, fmt.Sprintf("the %s of %s", q.Name, of), "resourceRules."+q.Name)
 	}

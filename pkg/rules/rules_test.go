@@ -10,7 +10,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 )
@@ -62,7 +61,7 @@ func TestMetricName(t *testing.T) {
 }
 
 func TestLabelResource(t *testing.T) {
-	mapper := fakemapper.New()
+	mapper := BuiltinMapper()
 	tests := []struct {
 		name      string
 		resources string

@@ -291,6 +291,36 @@ func TestManifestsPassServerSideDryRun(t *testing.T) {
 		return served[key]
 	}
 	checked := 0
+	// dryRun validates objs with kubectl apply --dry-run=server, leaving out
+	// the kinds the local API server does not serve.
+	dryRun := func(t *testing.T, ctx context.Context, what string, objs []*unstructured.Unstructured) {
+		t.Helper()
+		var keep []*unstructured.Unstructured
+		for _, o := range objs {
+			if !isServed(o.GetAPIVersion(), o.GetKind()) {
+				t.Logf("%s %s: %s is not served by the local API server (no CRD); not validated", o.GetKind(), o.GetName(), o.GetAPIVersion())
+				continue
+			}
+			keep = append(keep, o)
+		}
+		var buf strings.Builder
+		for _, o := range keep {
+			b, err := yaml.Marshal(o.Object)
+			if err != nil {
+				t.Fatal(err)
+			}
+			buf.WriteString("---\n")
+			buf.Write(b)
+		}
+		out, err := stack.Kubectl(ctx, []byte(buf.String()), "apply", "--dry-run=server", "-f", "-")
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if n := strings.Count(string(out), "(server dry run)"); n != len(keep) {
+			t.Errorf("%s: %d objects validated, want %d:\n%s", what, n, len(keep), out)
+		}
+		checked += len(keep)
+	}
 	for _, k := range dirs {
 		dir, err := filepath.Rel(root, filepath.Dir(k))
 		if err != nil {
@@ -303,34 +333,31 @@ func TestManifestsPassServerSideDryRun(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var keep []*unstructured.Unstructured
-			for _, o := range objs {
-				if !isServed(o.GetAPIVersion(), o.GetKind()) {
-					t.Logf("%s %s: %s is not served by the local API server (no CRD); not validated", o.GetKind(), o.GetName(), o.GetAPIVersion())
-					continue
-				}
-				keep = append(keep, o)
-			}
-			var buf strings.Builder
-			for _, o := range keep {
-				b, err := yaml.Marshal(o.Object)
-				if err != nil {
-					t.Fatal(err)
-				}
-				buf.WriteString("---\n")
-				buf.Write(b)
-			}
-			out, err := stack.Kubectl(ctx, []byte(buf.String()), "apply", "--dry-run=server", "-f", "-")
-			if err != nil {
-				t.Fatalf("%s: %v", dir, err)
-			}
-			if n := strings.Count(string(out), "(server dry run)"); n != len(keep) {
-				t.Errorf("%s: %d objects validated, want %d:\n%s", dir, n, len(keep), out)
-			}
-			checked += len(keep)
+			dryRun(t, ctx, dir, objs)
 		})
 	}
-	if checked < 30 {
+	// The Helm chart, with its defaults and with each values file under
+	// its ci/ (prometheus-adapter's style; every API with cert-manager).
+	for _, values := range [][]string{nil, {localstack.ChartPrometheusAdapterValues}, {localstack.ChartEveryAPIValues}} {
+		name := "helm/defaults"
+		if len(values) > 0 {
+			name = "helm/" + strings.TrimSuffix(filepath.Base(values[0]), ".yaml")
+		}
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			out, err := localstack.RenderChart(root, values...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			objs, err := localstack.SplitYAML(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dryRun(t, ctx, name, objs)
+		})
+	}
+	if checked < 75 {
 		t.Errorf("validated only %d objects", checked)
 	}
 }

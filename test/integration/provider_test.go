@@ -58,17 +58,18 @@ func podMeta(name string) *metav1.PartialObjectMetadata {
 	}
 }
 
-func TestProviderAgainstRealPrometheus(t *testing.T) {
+// processGroup skips (or fails, under LOCALSTACK_REQUIRED) without
+// bin/prometheus, and returns a process group that is stopped when the
+// test ends, its logs printed if it failed, and a folder for its files.
+func processGroup(t *testing.T) (*localstack.Group, string) {
+	t.Helper()
 	if why := localstack.MissingServers("prometheus"); why != "" {
 		if os.Getenv(localstack.RequireEnv) != "" {
 			t.Fatal(why)
 		}
 		t.Skipf("%s; run 'make integration', which builds Prometheus first", why)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	dir := t.TempDir()
-	var g localstack.Group
+	g := &localstack.Group{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			g.DumpLogs(os.Stderr, 40)
@@ -77,6 +78,13 @@ func TestProviderAgainstRealPrometheus(t *testing.T) {
 			t.Error(err)
 		}
 	})
+	return g, t.TempDir()
+}
+
+func TestProviderAgainstRealPrometheus(t *testing.T) {
+	g, dir := processGroup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
 
 	appBin, err := localstack.Build(ctx, dir, "./app", "app")
 	if err != nil {
@@ -86,14 +94,14 @@ func TestProviderAgainstRealPrometheus(t *testing.T) {
 	apps := map[string]*localstack.App{}
 	var targets strings.Builder
 	for _, name := range pods {
-		a, err := localstack.StartApp(ctx, &g, dir, name, appBin, "127.0.0.1", "--default-cpu=1ms")
+		a, err := localstack.StartApp(ctx, g, dir, name, appBin, "127.0.0.1", "--default-cpu=1ms")
 		if err != nil {
 			t.Fatal(err)
 		}
 		apps[name] = a
 		fmt.Fprintf(&targets, "  - targets: [%q]\n    labels: {namespace: default, pod: %s, container: app, node: node-1}\n", strings.TrimPrefix(a.URL, "http://"), name)
 	}
-	prom, err := localstack.StartPrometheus(ctx, &g, dir, fmt.Sprintf(`global:
+	prom, err := localstack.StartPrometheus(ctx, g, dir, fmt.Sprintf(`global:
   scrape_interval: 1s
   evaluation_interval: 1s
 scrape_configs:

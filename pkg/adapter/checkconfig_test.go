@@ -1,0 +1,98 @@
+package adapter
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakeprom"
+)
+
+const checkRules = `rules:
+- seriesQuery: 'app_requests_total{namespace!="",pod!=""}'
+  resources: {overrides: {namespace: {resource: namespace}, pod: {resource: pod}}}
+  name: {matches: "^app_(.*)_total$", as: "${1}-per-second"}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)
+- seriesQuery: 'app_requests_total{namespace!="",pod!=""}'
+  resources: {overrides: {namespace: {resource: namespace}, pod: {resource: pod}}}
+  name: {matches: "^app_(.*)_total$", as: "${1}-per-second"}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[5m])) by (<<.GroupBy>>)
+- seriesQuery: 'nothing_here_total{namespace!=""}'
+  resources: {overrides: {namespace: {resource: namespace}}}
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+externalRules:
+- seriesQuery: 'app_requests_total{namespace!=""}'
+  resources: {overrides: {namespace: {resource: namespace}}}
+  name: {matches: "^(.*)_total$", as: "${1}_per_second"}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m]))
+`
+
+func runCheckConfig(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := NewCommand(context.Background())
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(append([]string{"check-config"}, args...))
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+func TestCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	if err := os.WriteFile(good, []byte(checkRules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("rules:\n- seriesQuery: x\n  metricQuery: y\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// Offline.
+	out, err := runCheckConfig(t, "--config="+good)
+	if err != nil || !strings.Contains(out, good+": valid: 3 rules, 1 externalRules, resourceRules: none") {
+		t.Errorf("valid file: err %v, output %q", err, out)
+	}
+	_, err = runCheckConfig(t, "--config="+bad)
+	var exit *ExitError
+	if err == nil || errors.As(err, &exit) || !strings.Contains(err.Error(), bad+":3") || !strings.Contains(err.Error(), "metricQuery") {
+		t.Errorf("invalid file: err %v, want a plain error (exit 1) naming file, line and field", err)
+	}
+
+	// Against a Prometheus.
+	fp := fakeprom.NewInMemory(t, []map[string]string{
+		{"__name__": "app_requests_total", "namespace": "default", "pod": "app-a", "endpoint": "/"},
+	})
+	srv := httptest.NewServer(fp)
+	defer srv.Close()
+	out, err = runCheckConfig(t, "--config="+good, "--prometheus-url="+srv.URL)
+	if err != nil {
+		t.Fatalf("check-config with Prometheus: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"rules[0] (seriesQuery app_requests_total{namespace!=\"\",pod!=\"\"})\n  requests-per-second: namespaces (cluster-scoped), pods\n",
+		"rules[2] (seriesQuery nothing_here_total{namespace!=\"\"})\n  serves nothing: 0 series match",
+		"externalRules[0] (seriesQuery app_requests_total{namespace!=\"\"})\n  external metrics: app_requests_per_second\n",
+		"requests-per-second on pods: rules[0] series app_requests_total serves it, rules[1] series app_requests_total is ignored",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+
+	fp.SetFail(func(w http.ResponseWriter) bool {
+		http.Error(w, "forbidden", http.StatusForbidden)
+		return true
+	})
+	out, err = runCheckConfig(t, "--config="+good, "--prometheus-url="+srv.URL)
+	if !errors.As(err, &exit) || exit.Code != ExitAnswerError || !strings.Contains(out, "listing failed") || !strings.Contains(out, "403") {
+		t.Errorf("Prometheus refusing: err %v, output:\n%s\nwant exit 3 and each rule's listing failure naming 403", err, out)
+	}
+}

@@ -1,0 +1,137 @@
+package custommetrics
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakeprom"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+)
+
+// TestExplainFollowsOneRequest runs requests through explain.Run against
+// the real provider: the report names the rule, the pods resolved, the
+// PromQL and Prometheus' samples, and the code the API answers with.
+func TestExplainFollowsOneRequest(t *testing.T) {
+	f := newFixture(t, "", time.Second)
+	f.discover(t)
+	const expr = `sum(rate(app_requests_total{namespace="default",pod=~"app-a|app-b|app-c"}[1m])) by (pod)`
+	f.prom.Vecs[expr] = []fakeprom.Sample{{Labels: map[string]string{"pod": "app-a"}, Value: "1.5", TS: 1700000000.5}}
+
+	req, err := explain.ParseArgs("pods/requests-per-second", "default", "app=app", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := explain.Run(context.Background(), explain.Providers{Custom: f.p}, req)
+	if rep.Code != http.StatusOK || rep.Err != nil {
+		t.Fatalf("code %d, err %v; want 200", rep.Code, rep.Err)
+	}
+	if rep.Rule != "rules[0]" || rep.Series != "app_requests_total" {
+		t.Errorf("rule %q series %q, want rules[0] app_requests_total", rep.Rule, rep.Series)
+	}
+	if len(rep.Resolved) != 1 || !cmp.Equal(rep.Resolved[0].Names, []string{"app-a", "app-b", "app-c"}) {
+		t.Errorf("resolved %+v, want the three app pods", rep.Resolved)
+	}
+	if len(rep.Queries) != 1 || rep.Queries[0].Expr != expr || len(rep.Queries[0].Vector) != 1 {
+		t.Fatalf("queries %+v, want the one rendered query and its sample", rep.Queries)
+	}
+	if len(rep.Custom) != 1 || rep.Custom[0].Value.String() != "1500m" {
+		t.Errorf("values %+v, want app-a 1500m", rep.Custom)
+	}
+	var out bytes.Buffer
+	if err := rep.Write(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"rules[0]", expr, `{pod="app-a"} 1.5`, "HTTP 200", "default/pod/app-a requests-per-second = 1500m",
+		"GET /apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/requests-per-second?labelSelector=app%3Dapp"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+
+	// An object without pods: 404, and the report says why.
+	req, _ = explain.ParseArgs("deployments.apps/empty/requests-per-second", "default", "", "")
+	rep = explain.Run(context.Background(), explain.Providers{Custom: f.p}, req)
+	if rep.Code != http.StatusNotFound || !strings.Contains(rep.Err.Error(), "selects no pods") {
+		t.Errorf("empty deployment: code %d err %v, want 404 naming why", rep.Code, rep.Err)
+	}
+	// Prometheus failing: 503, and the failed query is in the report.
+	f.prom.SetFail(func(w http.ResponseWriter) bool {
+		http.Error(w, "down", http.StatusBadGateway)
+		return true
+	})
+	req, _ = explain.ParseArgs("pods/requests-per-second", "default", "app=app", "")
+	rep = explain.Run(context.Background(), explain.Providers{Custom: f.p}, req)
+	if rep.Code != http.StatusServiceUnavailable || len(rep.Queries) != 1 || rep.Queries[0].Err == nil {
+		t.Errorf("Prometheus down: code %d queries %+v, want 503 with the failed query", rep.Code, rep.Queries)
+	}
+	// The external API is not served here: an error, not a panic.
+	req, _ = explain.ParseArgs("external/x", "default", "", "")
+	if rep = explain.Run(context.Background(), explain.Providers{Custom: f.p}, req); rep.Code != http.StatusNotFound {
+		t.Errorf("external request without an external provider: code %d", rep.Code)
+	}
+}
+
+// TestSetRulesSwitchesTheServedMetrics: a reloaded rules set serves its
+// metrics from the next discovery round it is given, and forgets the old
+// rules' metrics.
+func TestSetRulesSwitchesTheServedMetrics(t *testing.T) {
+	f := newFixture(t, "", time.Second)
+	f.discover(t)
+	cfg, err := config.Parse([]byte(`
+rules:
+- seriesQuery: 'app_requests_total{namespace!="",pod!=""}'
+  resources: {overrides: {namespace: {resource: namespace}, pod: {resource: pod}}}
+  name: {matches: "^app_(.*)_total$", as: "app-${1}-rate"}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)
+- seriesQuery: 'app_requests_total{namespace!="",pod!=""}'
+  resources: {overrides: {namespace: {resource: namespace}, pod: {resource: pod}}}
+  name: {matches: "^app_(.*)_total$", as: "app-${1}-rate"}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[5m])) by (<<.GroupBy>>)
+`), "reloaded.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := rules.Compile("rules", cfg.Rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := f.disc.Reconfigure(context.Background(), []string{rs[0].SeriesQuery()}, func(r discovery.Result) { f.p.SetRules(rs, r) })
+	if len(r.Failed) > 0 {
+		t.Fatal(r.Failed)
+	}
+	var got []string
+	for _, m := range f.p.ListAllMetrics() {
+		got = append(got, m.GroupResource.String()+"/"+m.Metric)
+	}
+	if d := cmp.Diff([]string{"namespaces/app-requests-rate", "pods/app-requests-rate"}, got); d != "" {
+		t.Errorf("metrics after the reload (-want +got):\n%s", d)
+	}
+	const expr = `sum(rate(app_requests_total{namespace="default",pod=~"app-a|app-b|app-c"}[2m])) by (pod)`
+	f.prom.Vecs[expr] = []fakeprom.Sample{{Labels: map[string]string{"pod": "app-a"}, Value: "2", TS: 1700000000}}
+	list, err := f.p.GetMetricBySelector(context.Background(), "default", labels.SelectorFromSet(labels.Set{"app": "app"}), podsInfo("app-requests-rate"), labels.Everything())
+	if err != nil || len(list.Items) != 1 {
+		t.Fatalf("new metric: %v %v", list, err)
+	}
+	if _, err := f.p.GetMetricBySelector(context.Background(), "default", labels.Everything(), podsInfo("requests-per-second"), labels.Everything()); err == nil {
+		t.Error("the old rules' metric is still served after the reload")
+	}
+
+	served, overlaps := f.p.Served()
+	if len(served) != 2 || served[0].Rule != "rules[0]" {
+		t.Errorf("Served() = %+v", served)
+	}
+	if len(overlaps) != 2 || overlaps[0].Metric != "app-requests-rate" || !strings.HasPrefix(overlaps[0].Kept, "rules[0]") || !strings.HasPrefix(overlaps[0].Ignored, "rules[1]") {
+		t.Errorf("overlaps = %+v, want rules[1] shadowed by rules[0] on pods and namespaces", overlaps)
+	}
+}

@@ -1,0 +1,95 @@
+// Package explain answers "why does my metric say that": it follows one
+// API request through the adapter (the rule that serves it, the objects
+// and pods it resolved, the PromQL it rendered, Prometheus' raw answer)
+// and reports it next to what the API answers, with the HTTP code.
+//
+// The providers record into a Trace carried by the request's context;
+// without one, recording costs a context lookup. `adapter explain` runs a
+// request in-process with the adapter's own flags; the debug path
+// (/debug/explain/...) runs it inside a serving adapter.
+package explain
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/prometheus/common/model"
+)
+
+// Trace is what the providers did for one request.
+type Trace struct {
+	mu       sync.Mutex
+	rule     string
+	series   string
+	resolved []Resolution
+	queries  []Query
+}
+
+// Resolution is one lookup of objects in the informer caches.
+type Resolution struct {
+	// What was looked up, e.g. "pods matching app=app in default".
+	What  string
+	Names []string
+}
+
+// Query is one PromQL query and Prometheus' answer.
+type Query struct {
+	Rule     string
+	Expr     string
+	Duration time.Duration
+	Vector   model.Vector
+	Err      error
+}
+
+type traceKey struct{}
+
+// WithTrace returns a context whose requests record into t.
+func WithTrace(ctx context.Context, t *Trace) context.Context {
+	return context.WithValue(ctx, traceKey{}, t)
+}
+
+// From returns the context's Trace, or nil. Every method of a nil Trace
+// does nothing.
+func From(ctx context.Context) *Trace {
+	t, _ := ctx.Value(traceKey{}).(*Trace)
+	return t
+}
+
+// Rule records the rule serving the request and the series its metric
+// comes from.
+func (t *Trace) Rule(rule, series string) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.rule, t.series = rule, series
+}
+
+// Resolved records a lookup of objects.
+func (t *Trace) Resolved(what string, names []string) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.resolved = append(t.resolved, Resolution{What: what, Names: append([]string(nil), names...)})
+}
+
+// Queried records a query and its answer.
+func (t *Trace) Queried(q Query) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.queries = append(t.queries, q)
+}
+
+// snapshot copies what was recorded.
+func (t *Trace) snapshot() (rule, series string, resolved []Resolution, queries []Query) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.rule, t.series, append([]Resolution(nil), t.resolved...), append([]Query(nil), t.queries...)
+}

@@ -1,0 +1,266 @@
+// Package metrics holds the adapter's own metrics: how its Prometheus
+// queries went, per rule; what discovery found, per rule; whether the last
+// rules reload worked; how many objects requests resolved; how big the
+// informer caches are.
+//
+// They are registered on component-base's legacy registry, the one the
+// generic API server serves at /metrics next to its own apiserver_*
+// metrics. Until Register is called every recording function is a no-op,
+// so unit tests of the packages that record need nothing.
+//
+// docs/operations.md lists every metric with its labels.
+package metrics
+
+import (
+	"sync"
+	"time"
+
+	basemetrics "k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+)
+
+// Namespace prefixes every metric of the adapter.
+const Namespace = "custom_metrics_adapter"
+
+// The APIs a query or a rule serves, as the "api" label says them.
+const (
+	CustomAPI   = "custom"
+	ExternalAPI = "external"
+	ResourceAPI = "resource"
+)
+
+// Outcomes of a query, as the "outcome" label says them.
+const (
+	OutcomeOK          = "ok"
+	OutcomeNoData      = "no-data"
+	OutcomeTimeout     = "timeout"
+	OutcomeUnavailable = "unavailable"
+	OutcomeBadQuery    = "bad-query"
+	OutcomeCanceled    = "canceled"
+)
+
+var (
+	queryDuration = basemetrics.NewHistogramVec(&basemetrics.HistogramOpts{
+		Namespace: Namespace,
+		Subsystem: "prometheus",
+		Name:      "query_duration_seconds",
+		Help: "Time taken by the Prometheus queries that answer API requests, by API, rule and outcome " +
+			"(ok, no-data, timeout, unavailable, bad-query, canceled).",
+		// 1 ms to about 33 s.
+		Buckets:        basemetrics.ExponentialBuckets(0.001, 2, 16),
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"api", "rule", "outcome"})
+
+	discoveryDuration = basemetrics.NewHistogram(&basemetrics.HistogramOpts{
+		Namespace:      Namespace,
+		Subsystem:      "discovery",
+		Name:           "duration_seconds",
+		Help:           "Time taken by one round of series listings (every distinct seriesQuery of the rules).",
+		Buckets:        basemetrics.ExponentialBuckets(0.005, 2, 14),
+		StabilityLevel: basemetrics.ALPHA,
+	})
+
+	discoveryLastSuccess = basemetrics.NewGaugeVec(&basemetrics.GaugeOpts{
+		Namespace:      Namespace,
+		Subsystem:      "discovery",
+		Name:           "last_success_timestamp_seconds",
+		Help:           "When each rule's series were last listed successfully, as a Unix time.",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"api", "rule"})
+
+	discoveredMetrics = basemetrics.NewGaugeVec(&basemetrics.GaugeOpts{
+		Namespace:      Namespace,
+		Subsystem:      "discovery",
+		Name:           "metrics",
+		Help:           "Metrics each rule serves after the last discovery round (metric name and resource pairs for custom metrics, metric names for external ones).",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"api", "rule"})
+
+	reloadSuccessful = basemetrics.NewGauge(&basemetrics.GaugeOpts{
+		Namespace:      Namespace,
+		Subsystem:      "config",
+		Name:           "last_reload_successful",
+		Help:           "Whether the last attempt to reload the rules file succeeded (1) or kept the previous rules (0).",
+		StabilityLevel: basemetrics.ALPHA,
+	})
+
+	reloadLastSuccess = basemetrics.NewGauge(&basemetrics.GaugeOpts{
+		Namespace:      Namespace,
+		Subsystem:      "config",
+		Name:           "last_reload_success_timestamp_seconds",
+		Help:           "When the rules now served were loaded, as a Unix time.",
+		StabilityLevel: basemetrics.ALPHA,
+	})
+
+	reloads = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
+		Namespace:      Namespace,
+		Subsystem:      "config",
+		Name:           "reloads_total",
+		Help:           "Attempts to reload the rules file, by result (success, failure).",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"result"})
+
+	resolvedObjects = basemetrics.NewHistogramVec(&basemetrics.HistogramOpts{
+		Namespace:      Namespace,
+		Subsystem:      "request",
+		Name:           "resolved_objects",
+		Help:           "Objects a request named or selected, resolved from the informer caches, by resource.",
+		Buckets:        []float64{0, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000, 50000},
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"resource"})
+
+	all = []basemetrics.Registerable{
+		queryDuration, discoveryDuration, discoveryLastSuccess, discoveredMetrics,
+		reloadSuccessful, reloadLastSuccess, reloads, resolvedObjects,
+	}
+)
+
+// CacheSizer reports how many objects each informer cache holds, by
+// resource (e.g. "pods", "deployments.apps").
+type CacheSizer interface {
+	CacheSizes() map[string]int
+}
+
+var registerOnce sync.Once
+
+// Register adds the adapter's metrics to the legacy registry, with the
+// informer cache sizes read from caches at each scrape. Later calls do
+// nothing.
+func Register(caches CacheSizer) {
+	registerOnce.Do(func() {
+		for _, m := range all {
+			legacyregistry.MustRegister(m)
+		}
+		if caches != nil {
+			legacyregistry.CustomMustRegister(newCacheCollector(caches))
+		}
+	})
+}
+
+// RegisterOn adds the metrics to r: for tests, which cannot share the
+// process-wide registry.
+func RegisterOn(r basemetrics.KubeRegistry, caches CacheSizer) {
+	r.MustRegister(all...)
+	if caches != nil {
+		r.CustomMustRegister(newCacheCollector(caches))
+	}
+}
+
+// Outcome classifies a query's result.
+func Outcome(samples int, err error) string {
+	if err == nil {
+		if samples == 0 {
+			return OutcomeNoData
+		}
+		return OutcomeOK
+	}
+	switch promclient.Classify(err) {
+	case promclient.Canceled:
+		return OutcomeCanceled
+	case promclient.Timeout:
+		return OutcomeTimeout
+	case promclient.BadQuery, promclient.Execution:
+		return OutcomeBadQuery
+	default:
+		return OutcomeUnavailable
+	}
+}
+
+// ObserveQuery records a query run for rule of api, which started at start
+// and returned samples samples or err.
+func ObserveQuery(api, rule string, start time.Time, samples int, err error) {
+	queryDuration.WithLabelValues(api, rule, Outcome(samples, err)).Observe(time.Since(start).Seconds())
+}
+
+// ObserveDiscovery records one discovery round's duration.
+func ObserveDiscovery(d time.Duration) { discoveryDuration.Observe(d.Seconds()) }
+
+// RuleDiscovery is what one discovery round found for one rule.
+type RuleDiscovery struct {
+	Rule string
+	// Listed is when its series were last listed successfully; zero if
+	// never.
+	Listed time.Time
+	// Metrics is how many metrics it serves.
+	Metrics int
+}
+
+// SetDiscovered replaces what the metrics say of the rules of api: rules
+// no longer in the config disappear from them.
+func SetDiscovered(api string, rs []RuleDiscovery) {
+	discoveredMu.Lock()
+	defer discoveredMu.Unlock()
+	for _, rule := range discoveredRules[api] {
+		discoveryLastSuccess.DeleteLabelValues(api, rule)
+		discoveredMetrics.DeleteLabelValues(api, rule)
+	}
+	names := make([]string, 0, len(rs))
+	for _, r := range rs {
+		names = append(names, r.Rule)
+		if !r.Listed.IsZero() {
+			discoveryLastSuccess.WithLabelValues(api, r.Rule).Set(float64(r.Listed.UnixNano()) / 1e9)
+		}
+		discoveredMetrics.WithLabelValues(api, r.Rule).Set(float64(r.Metrics))
+	}
+	discoveredRules[api] = names
+}
+
+// SetDiscoveredRules is SetDiscovered for rules: listed holds when each
+// seriesQuery was last listed, served how many metrics each rule serves.
+func SetDiscoveredRules(api string, rs []*rules.Rule, listed map[string]time.Time, served map[*rules.Rule]int) {
+	found := make([]RuleDiscovery, 0, len(rs))
+	for _, r := range rs {
+		found = append(found, RuleDiscovery{Rule: r.String(), Listed: listed[r.SeriesQuery()], Metrics: served[r]})
+	}
+	SetDiscovered(api, found)
+}
+
+var (
+	discoveredMu    sync.Mutex
+	discoveredRules = map[string][]string{}
+)
+
+// ObserveReload records a reload attempt of the rules file.
+func ObserveReload(ok bool, at time.Time) {
+	if !ok {
+		reloadSuccessful.Set(0)
+		reloads.WithLabelValues("failure").Inc()
+		return
+	}
+	reloadSuccessful.Set(1)
+	reloadLastSuccess.Set(float64(at.UnixNano()) / 1e9)
+	reloads.WithLabelValues("success").Inc()
+}
+
+// ObserveResolved records how many objects of resource a request resolved.
+func ObserveResolved(resource string, n int) {
+	resolvedObjects.WithLabelValues(resource).Observe(float64(n))
+}
+
+// cacheCollector reports the informer cache sizes at each scrape.
+type cacheCollector struct {
+	basemetrics.BaseStableCollector
+	caches CacheSizer
+}
+
+var cacheObjectsDesc = basemetrics.NewDesc(
+	basemetrics.BuildFQName(Namespace, "informer", "cached_objects"),
+	"Objects held by each informer cache of the adapter, by resource.",
+	[]string{"resource"}, nil, basemetrics.ALPHA, "")
+
+func newCacheCollector(caches CacheSizer) *cacheCollector {
+	return &cacheCollector{caches: caches}
+}
+
+func (c *cacheCollector) DescribeWithStability(ch chan<- *basemetrics.Desc) {
+	ch <- cacheObjectsDesc
+}
+
+func (c *cacheCollector) CollectWithStability(ch chan<- basemetrics.Metric) {
+	for resource, n := range c.caches.CacheSizes() {
+		ch <- basemetrics.NewLazyConstMetric(cacheObjectsDesc, basemetrics.GaugeValue, float64(n), resource)
+	}
+}

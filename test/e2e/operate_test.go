@@ -1,0 +1,354 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/discovery"
+	"sigs.k8s.io/yaml"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
+)
+
+// extraRule is the rule the reload test adds: a new metric from the
+// app's series.
+var extraRule = map[string]any{
+	"seriesQuery": `app_requests_total{namespace!="",pod!=""}`,
+	"resources": map[string]any{"overrides": map[string]any{
+		"namespace": map[string]any{"resource": "namespace"},
+		"pod":       map[string]any{"resource": "pod"},
+	}},
+	"name":         map[string]any{"matches": "^app_requests_total$", "as": "requests-per-minute"},
+	"metricsQuery": "sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m]) * 60) by (<<.GroupBy>>)",
+}
+
+// listsMetric reports whether the custom metrics API lists resource/metric.
+func listsMetric(name string) (bool, error) {
+	dc := discovery.NewDiscoveryClientForConfigOrDie(stack.Admin)
+	rl, err := dc.ServerResourcesForGroupVersion("custom.metrics.k8s.io/v1beta2")
+	if err != nil {
+		return false, err
+	}
+	return slices.ContainsFunc(rl.APIResources, func(r metav1.APIResource) bool { return r.Name == name }), nil
+}
+
+// adapterMetrics scrapes the adapter's /metrics with the admin identity.
+func adapterMetrics(ctx context.Context) (map[string]*dto.MetricFamily, error) {
+	client, err := stack.HTTPClient("admin")
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, stack.AdapterURL+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	return parser.TextToMetricFamilies(resp.Body)
+}
+
+// sample returns the value of the first sample of family name whose
+// labels include lbls (a histogram's count), or false.
+func sample(mfs map[string]*dto.MetricFamily, name string, lbls map[string]string) (float64, bool) {
+	mf, ok := mfs[name]
+	if !ok {
+		return 0, false
+	}
+metrics:
+	for _, m := range mf.GetMetric() {
+		got := map[string]string{}
+		for _, lp := range m.GetLabel() {
+			got[lp.GetName()] = lp.GetValue()
+		}
+		for k, v := range lbls {
+			if got[k] != v {
+				continue metrics
+			}
+		}
+		switch {
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue(), true
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue(), true
+		case m.GetHistogram() != nil:
+			return float64(m.GetHistogram().GetSampleCount()), true
+		}
+	}
+	return 0, false
+}
+
+// TestRulesReloadLive changes the rules of the running adapter the way a
+// ConfigMap update does: the new metric is listed and served without a
+// restart; a broken file keeps every metric served and is reported; the
+// original file is served again at the end. It runs before the parallel
+// tests, so none of them meets a broken file.
+func TestRulesReloadLive(t *testing.T) {
+	ensureApp(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	orig, err := os.ReadFile(stack.AdapterRules())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := yaml.Unmarshal(orig, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg["rules"] = append(cfg["rules"].([]any), extraRule)
+	withExtra, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	t.Cleanup(func() {
+		if !restored {
+			_ = stack.UpdateAdapterRules(orig)
+		}
+	})
+	reloads := func(result string) float64 {
+		mfs, err := adapterMetrics(ctx)
+		if err != nil {
+			return -1
+		}
+		v, _ := sample(mfs, "custom_metrics_adapter_config_reloads_total", map[string]string{"result": result})
+		return v
+	}
+	okBefore, failedBefore := reloads("success"), reloads("failure")
+
+	// 1. A new rule: listed and served, no restart.
+	start := time.Now()
+	if err := stack.UpdateAdapterRules(withExtra); err != nil {
+		t.Fatal(err)
+	}
+	var lastErr error
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		ok, err := listsMetric("pods/requests-per-minute")
+		lastErr = err
+		return ok, nil
+	}); err != nil {
+		t.Fatalf("the new rule's metric was never listed (%v); adapter log:\n%s", lastErr, stack.Adapter.Tail(30))
+	}
+	listed := time.Since(start)
+	mc := stack.MetricsClient().NamespacedMetrics(ns)
+	sel := labels.SelectorFromSet(labels.Set{"app": app})
+	list, err := mc.GetForObjects(schema.GroupKind{Kind: "Pod"}, sel, "requests-per-minute", labels.Everything())
+	if err != nil || len(list.Items) == 0 {
+		t.Fatalf("the new metric is listed but not served: %v %v", list, err)
+	}
+	t.Logf("E2E-TIMING reload: new rule listed %s after the ConfigMap-style update; served %s=%s", listed.Round(time.Millisecond),
+		list.Items[0].DescribedObject.Name, list.Items[0].Value.String())
+	if exited, err := stack.Adapter.Exited(); exited {
+		t.Errorf("the adapter exited: %v", err)
+	}
+
+	// 2. A broken file: everything still served, the failure reported.
+	broken := append(append([]byte{}, withExtra...), []byte("  metricQuery: typo\n")...)
+	if err := stack.UpdateAdapterRules(broken); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		return reloads("failure") > failedBefore, nil
+	}); err != nil {
+		t.Fatalf("the broken file's reload was never counted as failed; adapter log:\n%s", stack.Adapter.Tail(30))
+	}
+	mfs, err := adapterMetrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := sample(mfs, "custom_metrics_adapter_config_last_reload_successful", nil); !ok || v != 0 {
+		t.Errorf("custom_metrics_adapter_config_last_reload_successful = %v (present %v), want 0 after a broken file", v, ok)
+	}
+	if !strings.Contains(stack.Adapter.Tail(50), "Rules file rejected") {
+		t.Errorf("the adapter's log does not say why the file was rejected:\n%s", stack.Adapter.Tail(50))
+	}
+	for _, metric := range []string{"requests-per-second", "requests-per-minute"} {
+		if ok, err := listsMetric("pods/" + metric); !ok || err != nil {
+			t.Errorf("after the broken file, pods/%s is not listed (%v)", metric, err)
+		}
+		if _, err := mc.GetForObjects(schema.GroupKind{Kind: "Pod"}, sel, metric, labels.Everything()); err != nil {
+			t.Errorf("after the broken file, pods/%s is not served: %v", metric, err)
+		}
+	}
+
+	// 3. Back to the original rules.
+	if err := stack.UpdateAdapterRules(orig); err != nil {
+		t.Fatal(err)
+	}
+	restored = true
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		ok, err := listsMetric("pods/requests-per-minute")
+		return err == nil && !ok, nil
+	}); err != nil {
+		t.Fatal("the original rules were never served again")
+	}
+	if got := reloads("success"); got < okBefore+2 {
+		t.Errorf("custom_metrics_adapter_config_reloads_total{result=success} = %v, want at least %v", got, okBefore+2)
+	}
+}
+
+// adapterCommand runs bin/adapter with args and returns its output and
+// exit code.
+func adapterCommand(ctx context.Context, args ...string) (string, int, error) {
+	cmd := exec.CommandContext(ctx, stack.AdapterBinary, args...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return out.String() + errOut.String(), exit.ExitCode(), nil
+	}
+	return out.String() + errOut.String(), 0, err
+}
+
+// TestExplain explains a 200, a 404 and a 503 with `adapter explain` run
+// with the adapter's own flags, and asks a running adapter's debug path.
+func TestExplain(t *testing.T) {
+	t.Parallel()
+	ensureApp(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	pods, err := stack.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + app})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("listing the app's pods: %v", err)
+	}
+	pod := pods.Items[0].Name
+	closed, err := localstack.FreePort("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := "--prometheus-url=http://127.0.0.1:" + strconv.Itoa(closed)
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		code  int
+		wants []string
+	}{
+		{"200", []string{"pods/requests-per-second", "-n", ns, "-l", "app=" + app}, 0,
+			[]string{"Rule:     rules[0] (series app_requests_total)", "pods matching \"app=app\" in namespace default", pod,
+				`app_requests_total{namespace="default",pod=`, "Prometheus answered: ", "HTTP 200 OK", "requests-per-second = "}},
+		{"404 no data", []string{"pods/" + pod + "/requests-per-second", "-n", ns, "--metric-selector", "endpoint=nothing"}, 3,
+			[]string{"Rule:     rules[0]", `endpoint="nothing"`, "Prometheus answered: no series", "HTTP 404 Not Found"}},
+		{"503 Prometheus down", []string{"pods/requests-per-second", "-n", ns, "-l", "app=" + app, down}, 3,
+			[]string{"HTTP 503 Service Unavailable", "connection refused"}},
+	} {
+		args := append(append([]string{"explain"}, stack.AdapterConnectionArgs()...), tc.args...)
+		out, code, err := adapterCommand(ctx, args...)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		t.Logf("adapter %s\n%s", strings.Join(tc.args, " "), out)
+		if code != tc.code {
+			t.Errorf("%s: exit %d, want %d", tc.name, code, tc.code)
+		}
+		for _, want := range tc.wants {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s: the report lacks %q", tc.name, want)
+			}
+		}
+	}
+
+	// The debug path of the running adapter: the same report, to an
+	// authorized caller only.
+	path := "/debug/explain/apis/custom.metrics.k8s.io/v1beta2/namespaces/" + ns + "/pods/*/requests-per-second?labelSelector=app%3D" + app
+	for _, user := range []string{"admin", ""} {
+		client, err := stack.HTTPClient(user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, stack.AdapterURL+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		switch {
+		case user == "" && resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden:
+			t.Errorf("anonymous GET %s: %s, want 401 or 403", path, resp.Status)
+		case user == "admin" && (resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "HTTP 200 OK") ||
+			!strings.Contains(string(body), "Rule:     rules[0]")):
+			t.Errorf("GET %s as admin: %s\n%s", path, resp.Status, body)
+		}
+	}
+}
+
+// TestAdapterMetricsAreScraped reads the adapter's own metrics from the
+// live adapter, after requests were served, and lints them.
+func TestAdapterMetricsAreScraped(t *testing.T) {
+	t.Parallel()
+	ensureApp(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	mc := stack.MetricsClient().NamespacedMetrics(ns)
+	if _, err := mc.GetForObjects(schema.GroupKind{Kind: "Pod"}, labels.SelectorFromSet(labels.Set{"app": app}), "requests-per-second", labels.Everything()); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := adapterMetrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ours []*dto.MetricFamily
+	for name, mf := range mfs {
+		if strings.HasPrefix(name, "custom_metrics_adapter_") {
+			ours = append(ours, mf)
+		}
+	}
+	problems, err := promlint.NewWithMetricFamilies(ours).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+	now := float64(time.Now().UnixNano())/1e9 + 1
+	for _, c := range []struct {
+		name  string
+		lbls  map[string]string
+		check func(float64) bool
+		want  string
+	}{
+		{"custom_metrics_adapter_prometheus_query_duration_seconds", map[string]string{"api": "custom", "rule": "rules[0]", "outcome": "ok"}, func(v float64) bool { return v >= 1 }, "at least one query"},
+		{"custom_metrics_adapter_discovery_duration_seconds", nil, func(v float64) bool { return v >= 1 }, "at least one round"},
+		{"custom_metrics_adapter_discovery_metrics", map[string]string{"api": "custom", "rule": "rules[0]"}, func(v float64) bool { return v >= 2 }, "the app's metrics"},
+		{"custom_metrics_adapter_discovery_metrics", map[string]string{"api": "external", "rule": "externalRules[0]"}, func(v float64) bool { return v >= 1 }, "the external metric"},
+		{"custom_metrics_adapter_discovery_last_success_timestamp_seconds", map[string]string{"api": "custom", "rule": "rules[0]"}, func(v float64) bool { return now-v < 120 }, "within the last 2 minutes"},
+		{"custom_metrics_adapter_request_resolved_objects", map[string]string{"resource": "pods"}, func(v float64) bool { return v >= 1 }, "at least one request"},
+		{"custom_metrics_adapter_informer_cached_objects", map[string]string{"resource": "pods"}, func(v float64) bool { return v >= 1 }, "the app's pods"},
+		{"custom_metrics_adapter_config_last_reload_success_timestamp_seconds", nil, func(v float64) bool { return v > 0 && v <= now }, "the time the rules were loaded"},
+	} {
+		v, ok := sample(mfs, c.name, c.lbls)
+		if !ok || !c.check(v) {
+			t.Errorf("%s%v = %v (present %v), want %s", c.name, c.lbls, v, ok, c.want)
+		}
+	}
+}
