@@ -308,7 +308,7 @@ func Binary(name string) (string, error) {
 	}
 	p := filepath.Join(root, "bin", name)
 	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("%s not found: run 'make %s' (or 'make tools') first", p, "bin/"+name)
+		return "", fmt.Errorf("%s not found: run 'make tools' first", p)
 	}
 	return p, nil
 }
