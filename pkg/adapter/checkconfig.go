@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -153,6 +154,10 @@ func (o *Options) checkDiscovery(ctx context.Context, w io.Writer, set *rules.Se
 			continue
 		}
 		ss := byRule[rule.String()]
+		if len(ss) == 0 && slices.ContainsFunc(overlaps, func(ov custommetrics.Overlap) bool { return strings.HasPrefix(ov.Ignored, rule.String()+" ") }) {
+			fmt.Fprintf(w, "  serves nothing: an earlier rule serves all its metrics (see Overlaps)\n")
+			continue
+		}
 		if len(ss) == 0 {
 			fmt.Fprintf(w, "  serves nothing: %d series match its seriesQuery, none gives a metric name with a resource label\n", len(r.Series[rule.SeriesQuery()]))
 			continue
@@ -175,6 +180,10 @@ func (o *Options) checkDiscovery(ctx context.Context, w io.Writer, set *rules.Se
 			}
 		}
 		sort.Strings(names)
+		if len(names) == 0 && slices.ContainsFunc(extOverlaps, func(ov [2]string) bool { return strings.HasPrefix(ov[1], rule.String()+" ") }) {
+			fmt.Fprintf(w, "  serves nothing: an earlier rule serves all its metrics (see Overlaps)\n")
+			continue
+		}
 		if len(names) == 0 {
 			fmt.Fprintf(w, "  serves nothing: %d series match its seriesQuery\n", len(r.Series[rule.SeriesQuery()]))
 			continue

@@ -11,7 +11,10 @@ import (
 	"strings"
 	"testing"
 
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakeprom"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
 const checkRules = `rules:
@@ -69,6 +72,7 @@ func TestCheckConfig(t *testing.T) {
 	// Against a Prometheus.
 	fp := fakeprom.NewInMemory(t, []map[string]string{
 		{"__name__": "app_requests_total", "namespace": "default", "pod": "app-a", "endpoint": "/"},
+		{"__name__": "app_requests_total", "namespace": "default", "pod": "app-a", "endpoint": "/", "extra": "x"},
 	})
 	srv := httptest.NewServer(fp)
 	defer srv.Close()
@@ -76,11 +80,15 @@ func TestCheckConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("check-config with Prometheus: %v\n%s", err, out)
 	}
+	if n := strings.Count(out, "requests-per-second on pods:"); n != 1 {
+		t.Errorf("the pods overlap is printed %d times, want once:\n%s", n, out)
+	}
 	for _, want := range []string{
 		"rules[0] (seriesQuery app_requests_total{namespace!=\"\",pod!=\"\"})\n  requests-per-second: namespaces (cluster-scoped), pods\n",
 		"rules[2] (seriesQuery nothing_here_total{namespace!=\"\"})\n  serves nothing: 0 series match",
 		"externalRules[0] (seriesQuery app_requests_total{namespace!=\"\"})\n  external metrics: app_requests_per_second\n",
 		"requests-per-second on pods: rules[0] series app_requests_total serves it, rules[1] series app_requests_total is ignored",
+		"rules[1] (seriesQuery app_requests_total{namespace!=\"\",pod!=\"\"})\n  serves nothing: an earlier rule serves all its metrics (see Overlaps)\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
@@ -94,5 +102,20 @@ func TestCheckConfig(t *testing.T) {
 	out, err = runCheckConfig(t, "--config="+good, "--prometheus-url="+srv.URL)
 	if !errors.As(err, &exit) || exit.Code != ExitAnswerError || !strings.Contains(out, "listing failed") || !strings.Contains(out, "403") {
 		t.Errorf("Prometheus refusing: err %v, output:\n%s\nwant exit 3 and each rule's listing failure naming 403", err, out)
+	}
+}
+
+func TestNamespacedFollowsTheMapper(t *testing.T) {
+	m := rules.BuiltinMapper()
+	for gr, want := range map[schema.GroupResource]bool{
+		{Resource: "pods"}:                          true,
+		{Group: "apps", Resource: "deployments"}:    true,
+		{Resource: "nodes"}:                         false,
+		{Resource: "namespaces"}:                    false,
+		{Group: "example.com", Resource: "widgets"}: true,
+	} {
+		if got := namespaced(m, gr); got != want {
+			t.Errorf("namespaced(%s) = %v, want %v", gr, got, want)
+		}
 	}
 }

@@ -6,7 +6,9 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"os/signal"
 	"runtime/debug"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -77,13 +79,23 @@ Run it behind an APIService. Outside a cluster, point --lister-kubeconfig,
 				_, err := cmd.OutOrStdout().Write(config.DefaultYAML())
 				return err
 			}
+			// SIGHUP reloads the rules. Caught from here on, so that it
+			// never ends the process (Go's default), whether or not a
+			// rules file is watched.
+			o.hup = make(chan os.Signal, 1)
+			signal.Notify(o.hup, syscall.SIGHUP)
 			if errs := o.Validate(); len(errs) > 0 {
 				return utilerrors.NewAggregate(errs)
 			}
-			set, err := o.loadRules()
+			data, err := o.readRules()
 			if err != nil {
 				return err
 			}
+			set, err := o.compileRules(data)
+			if err != nil {
+				return err
+			}
+			o.rulesData = data
 			if err := logsapi.ValidateAndApply(logging, nil); err != nil {
 				return fmt.Errorf("logging flags: %w", err)
 			}
@@ -174,16 +186,14 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 		return fmt.Errorf("adding readiness checks: %w", err)
 	}
 	metrics.Register(c.resolver)
-	metrics.ObserveReload(true, time.Now())
+	metrics.SetLoaded(time.Now())
 
 	c.resolver.Start(ctx)
 	go c.disc.Run(ctx)
 	if o.ConfigFile != "" && o.WatchConfig {
-		r, err := newReloader(o.ConfigFile, o.loadRules, c.apply)
-		if err != nil {
-			return err
-		}
-		go r.run(ctx)
+		go newReloader(o.ConfigFile, o.rulesData, o.compileRules, c.apply, o.hup).run(ctx)
+	} else if o.hup != nil {
+		go ignoreHUP(ctx, o.hup)
 	}
 	klog.InfoS("Starting", "version", version.Get(), "apis", c.apis, "prometheus", o.PrometheusURL, "verb", o.PrometheusVerb, "timeout", o.PrometheusTimeout)
 	if err := server.GenericAPIServer.PrepareRun().RunWithContext(ctx); err != nil {
@@ -240,6 +250,27 @@ func openAPIConfigs(custom, external, resource bool) (*openapicommon.Config, *op
 
 // loadRules reads --config (or the built-in rules) and compiles them.
 func (o *Options) loadRules() (*rules.Set, error) {
+	data, err := o.readRules()
+	if err != nil {
+		return nil, err
+	}
+	return o.compileRules(data)
+}
+
+// readRules reads --config; nil for the built-in rules.
+func (o *Options) readRules() ([]byte, error) {
+	if o.ConfigFile == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(o.ConfigFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return data, nil
+}
+
+// compileRules parses and compiles what readRules read.
+func (o *Options) compileRules(data []byte) (*rules.Set, error) {
 	var cfg *config.Config
 	var err error
 	source := o.ConfigFile
@@ -247,7 +278,7 @@ func (o *Options) loadRules() (*rules.Set, error) {
 		source = config.DefaultSource
 		cfg, err = config.Default()
 	} else {
-		cfg, err = config.Load(source)
+		cfg, err = config.Parse(data, source)
 	}
 	if err != nil {
 		return nil, err

@@ -8,6 +8,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	cliflag "k8s.io/component-base/cli/flag"
 	logsapi "k8s.io/component-base/logs/api/v1"
@@ -109,10 +111,13 @@ report says which and why), 1 when the request could not be run.`,
 			}
 			ctx, cancel := context.WithCancel(ctx)
 			defer cancel()
+			if req.API == explain.Custom && req.Namespace != "" && !namespaced(c.mapper, req.Resource) {
+				req.Namespace = "" // a cluster-scoped resource: -n does not apply
+			}
 			c.resolver.Start(ctx)
 			wctx, wcancel := context.WithTimeout(ctx, explainWait)
 			defer wcancel()
-			if !c.resolver.WaitForPods(wctx) {
+			if req.API == explain.Custom && !c.resolver.WaitForPods(wctx) {
 				return fmt.Errorf("the pod cache did not fill within %v: %w", explainWait, c.resolver.PodCacheError())
 			}
 			c.disc.Relist(ctx)
@@ -163,4 +168,18 @@ func applyLogging(cmd *cobra.Command, logging *logsapi.LoggingConfiguration, fs 
 		return fmt.Errorf("logging flags: %w", err)
 	}
 	return nil
+}
+
+// namespaced reports whether the mapper knows gr as a namespaced resource;
+// unknown resources count as namespaced, as the API would serve them.
+func namespaced(mapper apimeta.RESTMapper, gr schema.GroupResource) bool {
+	gvk, err := mapper.KindFor(gr.WithVersion(""))
+	if err != nil {
+		return true
+	}
+	m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return true
+	}
+	return m.Scope.Name() == apimeta.RESTScopeNameNamespace
 }

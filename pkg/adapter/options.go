@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -53,6 +54,11 @@ type Options struct {
 	ShutdownDelay              time.Duration
 	PrintDefaultConfig         bool
 	PrintVersion               bool
+
+	// rulesData is the rules file as compiled at startup; hup receives
+	// SIGHUP. Both are set by the command.
+	rulesData []byte
+	hup       chan os.Signal
 }
 
 // NewOptions returns the defaults.

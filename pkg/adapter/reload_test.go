@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -76,9 +77,16 @@ func TestReloaderFollowsAConfigMapUpdate(t *testing.T) {
 	o := NewOptions()
 	o.ConfigFile = filepath.Join(cm.dir, "config.yaml")
 	applied := make(chan *rules.Set, 10)
-	r, err := newReloader(o.ConfigFile, o.loadRules, func(_ context.Context, s *rules.Set) { applied <- s })
+	current, err := o.readRules()
 	if err != nil {
 		t.Fatal(err)
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	r := newReloader(o.ConfigFile, current, o.compileRules, func(_ context.Context, s *rules.Set) { applied <- s }, hup)
+	if r.watcher == nil {
+		t.Fatal("the rules file's directory is not watched")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -163,4 +171,33 @@ func value(t *testing.T, reg basemetrics.KubeRegistry, name string, lbls map[str
 		}
 	}
 	return -1
+}
+
+// TestReloaderCatchesAChangeMadeWhileStarting: the file changed after the
+// adapter compiled it and before the watch began; the reloader applies it
+// without waiting for another change.
+func TestReloaderCatchesAChangeMadeWhileStarting(t *testing.T) {
+	cm := &configMapDir{t: t, dir: t.TempDir()}
+	cm.write(fmt.Sprintf(ruleTemplate, "first"))
+	o := NewOptions()
+	o.ConfigFile = filepath.Join(cm.dir, "config.yaml")
+	current, err := o.readRules()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm.write(fmt.Sprintf(ruleTemplate, "second"))
+	applied := make(chan *rules.Set, 1)
+	r := newReloader(o.ConfigFile, current, o.compileRules, func(_ context.Context, s *rules.Set) { applied <- s }, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case s := <-applied:
+		if got := metricName(s); got != "second" {
+			t.Errorf("applied %q, want second", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the change made while starting was never applied")
+	}
 }

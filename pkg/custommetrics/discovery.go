@@ -127,6 +127,9 @@ func buildIndex(rs []*rules.Rule, seriesByQuery map[string][]model.LabelSet, map
 			}
 		}
 	}
+	slices.SortFunc(idx.shadowed, func(a, b Overlap) int {
+		return strings.Compare(a.Metric+" "+a.Resource+" "+a.Ignored, b.Metric+" "+b.Resource+" "+b.Ignored)
+	})
 	for k, e := range idx.entries {
 		idx.list = append(idx.list, provider.CustomMetricInfo{GroupResource: k.resource, Namespaced: e.namespaced, Metric: k.metric})
 	}
@@ -173,8 +176,11 @@ func seriesShape(name string, ls model.LabelSet) string {
 func (idx *index) add(k metricKey, e entry) {
 	if prev, ok := idx.entries[k]; ok {
 		if prev.rule != e.rule {
-			idx.shadowed = append(idx.shadowed, Overlap{Metric: k.metric, Resource: k.resource.String(),
-				Kept: fmt.Sprintf("%s series %s", prev.rule, prev.series), Ignored: fmt.Sprintf("%s series %s", e.rule, e.series)})
+			ov := Overlap{Metric: k.metric, Resource: k.resource.String(),
+				Kept: fmt.Sprintf("%s series %s", prev.rule, prev.series), Ignored: fmt.Sprintf("%s series %s", e.rule, e.series)}
+			if !slices.Contains(idx.shadowed, ov) {
+				idx.shadowed = append(idx.shadowed, ov)
+			}
 		}
 		if prev.rule != e.rule || prev.series != e.series {
 			klog.V(2).InfoS("Metric defined twice; keeping the first definition",

@@ -91,6 +91,11 @@ type Discoverer struct {
 	lastListed  map[string]time.Time
 	lastFailed  map[string]error
 	rounds      int
+	// ready is set once every query was listed: from then on, Ready
+	// stays nil (later failures, and queries a reload adds, keep the
+	// metrics already served and are reported by Err, the log and the
+	// metrics, not by taking the adapter out of its Service).
+	ready bool
 }
 
 // New returns a Discoverer; call Run to start it.
@@ -205,6 +210,9 @@ func (d *Discoverer) list(ctx context.Context) Result {
 	}
 	d.lastFailed = failed
 	d.rounds++
+	if len(d.missingLocked()) == 0 {
+		d.ready = true
+	}
 	r := Result{Series: series, Failed: failed, Listed: maps.Clone(d.lastListed), Time: now}
 	d.mu.Unlock()
 
@@ -237,12 +245,28 @@ func (d *Discoverer) Listed() bool {
 // a round has run, and every query has been listed at least once, unless
 // Prometheus rejects it (a broken rule, logged and reported per rule, must
 // not keep the rest from being served). Otherwise it says what is missing.
+// Once it has been nil it stays nil: a reload that adds a query, or a
+// Prometheus outage, must not take every replica out of readiness at once
+// while they serve what they have.
 func (d *Discoverer) Ready() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.ready {
+		return nil
+	}
 	if d.rounds == 0 {
 		return errors.New("series discovery has not run yet")
 	}
+	if missing := d.missingLocked(); len(missing) > 0 {
+		return fmt.Errorf("series never listed: %w", errorOf(missing))
+	}
+	d.ready = true
+	return nil
+}
+
+// missingLocked returns the queries never listed, and why, leaving out
+// those Prometheus rejects. Call it with d.mu held.
+func (d *Discoverer) missingLocked() map[string]error {
 	missing := map[string]error{}
 	for _, q := range d.queries {
 		if _, listed := d.last[q]; listed {
@@ -257,10 +281,7 @@ func (d *Discoverer) Ready() error {
 		}
 		missing[q] = err
 	}
-	if len(missing) > 0 {
-		return fmt.Errorf("series never listed: %w", errorOf(missing))
-	}
-	return nil
+	return missing
 }
 
 // Err returns the failures of the last round, naming each query, or nil.

@@ -230,6 +230,7 @@ func TestReconfigureSwitchesQueriesAtOnce(t *testing.T) {
 	if _, ok := r.Series["b"]; ok {
 		t.Errorf("the dropped query b still has series: %v", r.Series)
 	}
+
 	if got := r.Series["a"]; len(got) != 1 || r.Failed["a"] == nil {
 		t.Errorf("query a: series %v, failure %v; want its last listing kept and the failure reported", got, r.Failed["a"])
 	}
@@ -247,5 +248,16 @@ func TestReconfigureSwitchesQueriesAtOnce(t *testing.T) {
 	}
 	if err := d.Ready(); err != nil {
 		t.Errorf("Ready() = %v after every new query was listed", err)
+	}
+
+	// A reload adding a query Prometheus cannot list now: the adapter
+	// stays ready (it serves what it has); the failure is reported.
+	l.setFailing("d", errors.New("timeout"))
+	r = d.Reconfigure(context.Background(), []string{"a", "c", "d"}, func(Result) {})
+	if r.Failed["d"] == nil || d.Err() == nil {
+		t.Errorf("the failing new query is not reported: %v / %v", r.Failed, d.Err())
+	}
+	if err := d.Ready(); err != nil {
+		t.Errorf("Ready() = %v after a reload whose new query failed; a ready adapter stays ready", err)
 	}
 }

@@ -42,6 +42,9 @@ const (
 // Request is one API request to explain.
 type Request struct {
 	API API
+	// Version is the API version asked for; empty means v1beta2 for
+	// custom metrics, v1beta1 for external ones.
+	Version string
 	// Namespace is the request's namespace; empty for root-scoped objects
 	// (nodes, namespaces).
 	Namespace string
@@ -68,6 +71,13 @@ func (r Request) Path() string {
 	if r.MetricSelector != nil && !r.MetricSelector.Empty() {
 		q.Set("metricLabelSelector", r.MetricSelector.String())
 	}
+	version := r.Version
+	if version == "" {
+		version = "v1beta2"
+		if r.API == External {
+			version = "v1beta1"
+		}
+	}
 	var p string
 	switch {
 	case r.API == External:
@@ -75,13 +85,13 @@ func (r Request) Path() string {
 			q.Del("metricLabelSelector")
 			q.Set("labelSelector", r.MetricSelector.String())
 		}
-		p = fmt.Sprintf("/apis/%s/v1beta1/namespaces/%s/%s", External, r.Namespace, r.Metric)
+		p = fmt.Sprintf("/apis/%s/%s/namespaces/%s/%s", External, version, r.Namespace, r.Metric)
 	case r.Resource == namespaces:
-		p = fmt.Sprintf("/apis/%s/v1beta2/namespaces/%s/metrics/%s", Custom, r.Name, r.Metric)
+		p = fmt.Sprintf("/apis/%s/%s/namespaces/%s/metrics/%s", Custom, version, r.Name, r.Metric)
 	case r.Namespace == "":
-		p = fmt.Sprintf("/apis/%s/v1beta2/%s/%s/%s", Custom, r.Resource, r.Name, r.Metric)
+		p = fmt.Sprintf("/apis/%s/%s/%s/%s/%s", Custom, version, r.Resource, r.Name, r.Metric)
 	default:
-		p = fmt.Sprintf("/apis/%s/v1beta2/namespaces/%s/%s/%s/%s", Custom, r.Namespace, r.Resource, r.Name, r.Metric)
+		p = fmt.Sprintf("/apis/%s/%s/namespaces/%s/%s/%s/%s", Custom, version, r.Namespace, r.Resource, r.Name, r.Metric)
 	}
 	if len(q) > 0 {
 		p += "?" + q.Encode()
@@ -153,27 +163,29 @@ func ParsePath(path string, query url.Values) (Request, error) {
 	if len(parts) < 4 || parts[0] != "apis" || slices.Contains(parts, "") {
 		return Request{}, bad
 	}
-	api, rest := API(parts[1]), parts[3:]
+	api, version, rest := API(parts[1]), parts[2], parts[3:]
 	sel, msel := query.Get("labelSelector"), query.Get("metricLabelSelector")
-	switch api {
-	case External:
+	var req Request
+	var err error
+	switch {
+	case api == External && version == "v1beta1":
 		if len(rest) != 3 || rest[0] != "namespaces" {
 			return Request{}, bad
 		}
-		return ParseArgs("external/"+rest[2], rest[1], "", sel)
-	case Custom:
+		req, err = ParseArgs("external/"+rest[2], rest[1], "", sel)
+	case api != Custom || (version != "v1beta1" && version != "v1beta2"):
+		return Request{}, bad
+	case len(rest) == 4 && rest[0] == "namespaces" && rest[2] == "metrics":
+		req, err = ParseArgs("namespaces/"+rest[1]+"/"+rest[3], "", "", msel)
+	case len(rest) == 5 && rest[0] == "namespaces":
+		req, err = parseObject(rest[1], rest[2], rest[3], rest[4], sel, msel)
+	case len(rest) == 3 && rest[0] != "namespaces":
+		req, err = parseObject("", rest[0], rest[1], rest[2], sel, msel)
 	default:
 		return Request{}, bad
 	}
-	switch {
-	case len(rest) == 4 && rest[0] == "namespaces" && rest[2] == "metrics":
-		return ParseArgs("namespaces/"+rest[1]+"/"+rest[3], "", "", msel)
-	case len(rest) == 5 && rest[0] == "namespaces":
-		return parseObject(rest[1], rest[2], rest[3], rest[4], sel, msel)
-	case len(rest) == 3:
-		return parseObject("", rest[0], rest[1], rest[2], sel, msel)
-	}
-	return Request{}, bad
+	req.Version = version
+	return req, err
 }
 
 func parseObject(namespace, resource, name, metric, sel, msel string) (Request, error) {
@@ -332,7 +344,7 @@ func (r *Report) Write(w io.Writer) error {
 			ew.printf("    ... and %d more\n", n-maxListed)
 			break
 		}
-		ew.printf("    %s%s = %s at %s%s\n", v.MetricName, labels.Set(v.MetricLabels), v.Value.String(), v.Timestamp.UTC().Format(time.RFC3339), window(v.WindowSeconds))
+		ew.printf("    %s{%s} = %s at %s%s\n", v.MetricName, labels.Set(v.MetricLabels), v.Value.String(), v.Timestamp.UTC().Format(time.RFC3339), window(v.WindowSeconds))
 	}
 	return ew.err
 }

@@ -66,9 +66,22 @@ func TestParseRejectsWhatIsNotARequest(t *testing.T) {
 		}
 	}
 	for _, p := range []string{"/", "/api/v1/pods", "/apis/apps/v1/deployments", "/apis/custom.metrics.k8s.io/v1beta2/a/b/c/d/e/f",
-		"/apis/external.metrics.k8s.io/v1beta1/x"} {
+		"/apis/external.metrics.k8s.io/v1beta1/x", "/apis/custom.metrics.k8s.io/bogus/pods/p/m",
+		"/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/requests-per-second", "/apis/external.metrics.k8s.io/v1beta2/namespaces/default/m"} {
 		if _, err := ParsePath(p, url.Values{}); err == nil {
 			t.Errorf("ParsePath(%q) accepted it", p)
 		}
+	}
+}
+
+// TestParsePathKeepsTheVersion: a v1beta1 request is echoed as v1beta1.
+func TestParsePathKeepsTheVersion(t *testing.T) {
+	const p = "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/*/requests-per-second"
+	req, err := ParsePath(p, url.Values{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := req.Path(); got != p {
+		t.Errorf("Path() = %s, want %s", got, p)
 	}
 }

@@ -135,8 +135,9 @@ func (p *Provider) update(r discovery.Result) {
 				continue
 			}
 			if prev, dup := idx.metrics[name]; dup {
-				if prev.rule != rule {
-					idx.shadowed = append(idx.shadowed, [2]string{fmt.Sprintf("%s series %s", prev.rule, prev.series), fmt.Sprintf("%s series %s", rule, series)})
+				ov := [2]string{fmt.Sprintf("%s series %s", prev.rule, prev.series), fmt.Sprintf("%s series %s", rule, series)}
+				if prev.rule != rule && !slices.Contains(idx.shadowed, ov) {
+					idx.shadowed = append(idx.shadowed, ov)
 				}
 				if prev.rule != rule || prev.series != series {
 					klog.V(2).InfoS("External metric defined twice; keeping the first definition", "metric", name,

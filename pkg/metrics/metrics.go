@@ -223,6 +223,12 @@ var (
 	discoveredRules = map[string][]string{}
 )
 
+// SetLoaded records the rules loaded at startup: not a reload.
+func SetLoaded(at time.Time) {
+	reloadSuccessful.Set(1)
+	reloadLastSuccess.Set(float64(at.UnixNano()) / 1e9)
+}
+
 // ObserveReload records a reload attempt of the rules file.
 func ObserveReload(ok bool, at time.Time) {
 	if !ok {
