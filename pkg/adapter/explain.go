@@ -17,6 +17,7 @@ import (
 	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
 // Exit codes of the subcommands, for scripts.
@@ -170,16 +171,9 @@ func applyLogging(cmd *cobra.Command, logging *logsapi.LoggingConfiguration, fs 
 	return nil
 }
 
-// namespaced reports whether the mapper knows gr as a namespaced resource;
-// unknown resources count as namespaced, as the API would serve them.
+// namespaced reports whether gr is namespaced; resources the mapper does
+// not know count as namespaced, as the API would serve them.
 func namespaced(mapper apimeta.RESTMapper, gr schema.GroupResource) bool {
-	gvk, err := mapper.KindFor(gr.WithVersion(""))
-	if err != nil {
-		return true
-	}
-	m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-	if err != nil {
-		return true
-	}
-	return m.Scope.Name() == apimeta.RESTScopeNameNamespace
+	ns, known := rules.Scope(mapper, gr)
+	return !known || ns
 }

@@ -149,17 +149,11 @@ type labelRes struct {
 	namespaced bool
 }
 
-// isNamespaced reports whether gr is a namespaced resource.
+// isNamespaced reports whether gr is a namespaced resource the mapper
+// knows.
 func isNamespaced(gr schema.GroupResource, mapper apimeta.RESTMapper) bool {
-	gvk, err := mapper.KindFor(gr.WithVersion(""))
-	if err != nil {
-		return false
-	}
-	m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-	if err != nil {
-		return false
-	}
-	return m.Scope.Name() == apimeta.RESTScopeNameNamespace
+	namespaced, known := rules.Scope(mapper, gr)
+	return known && namespaced
 }
 
 func seriesShape(name string, ls model.LabelSet) string {

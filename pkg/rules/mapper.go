@@ -5,6 +5,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
 // BuiltinMapper returns a fixed REST mapping of the Kubernetes resources
@@ -24,4 +25,17 @@ func BuiltinMapper() apimeta.RESTMapper {
 	}
 	m.Add(networkingv1.SchemeGroupVersion.WithKind("Ingress"), apimeta.RESTScopeNamespace)
 	return m
+}
+
+// Scope says whether the mapper knows gr, and whether it is namespaced.
+func Scope(mapper apimeta.RESTMapper, gr schema.GroupResource) (namespaced, known bool) {
+	gvk, err := mapper.KindFor(gr.WithVersion(""))
+	if err != nil {
+		return false, false
+	}
+	m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return false, false
+	}
+	return m.Scope.Name() == apimeta.RESTScopeNameNamespace, true
 }
