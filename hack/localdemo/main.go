@@ -260,8 +260,12 @@ The stack stays up until Ctrl-C. Explore it:
   kubectl get --raw /apis/metrics.k8s.io/v1beta1/namespaces/hpa-cpu/pods
   %s/bin/loadgen --target=http://<pod IP>:8080 --rate=30 --duration=2m   # pod IPs: kubectl get pods -A -o wide
 
+Why a value is what it is (the rule, the pods, the PromQL, Prometheus' answer):
+  %s/bin/adapter explain %s pods/packets-per-second -n hpa-pods -l app=app
+  The rules file is reloaded when it changes: edit %s
+
 Prometheus: %s   Logs: %s
-`, s.AdminKubeconfig, s.Root, s.Prometheus.URL, s.Dir)
+`, s.AdminKubeconfig, s.Root, s.Root, strings.Join(s.AdapterConnectionArgs(), " "), s.AdapterRules(), s.Prometheus.URL, s.Dir)
 }
 
 type row struct {

@@ -255,6 +255,8 @@ func TestExplain(t *testing.T) {
 				`app_requests_total{namespace="default",pod=`, "Prometheus answered: ", "HTTP 200 OK", "requests-per-second = "}},
 		{"404 no data", []string{"pods/" + pod + "/requests-per-second", "-n", ns, "--metric-selector", "endpoint=nothing"}, 3,
 			[]string{"Rule:     rules[0]", `endpoint="nothing"`, "Prometheus answered: no series", "HTTP 404 Not Found"}},
+		{"200 through pods", []string{"deployments.apps/" + app + "/requests-per-second", "-n", ns}, 0,
+			[]string{"Rule:     rules[0]", "pods of deployments.apps default/" + app, pod, "by (namespace)", "HTTP 200 OK"}},
 		{"200 external", []string{"external/app_requests_per_second", "-n", ns}, 0,
 			[]string{"Rule:     externalRules[0]", `namespace="default"`, "HTTP 200 OK", "app_requests_per_second{"}},
 		{"503 Prometheus down", []string{"pods/requests-per-second", "-n", ns, "-l", "app=" + app, down}, 3,
