@@ -142,6 +142,33 @@ func TestRulesReloadLive(t *testing.T) {
 	}
 	okBefore, failedBefore := reloads("success"), reloads("failure")
 
+	// Throughout, a client asks for the original metric, as an HPA would:
+	// no request may fail during the reloads.
+	polled := make(chan [2]int)
+	pollCtx, stopPolling := context.WithCancel(ctx)
+	go func() {
+		mc := stack.MetricsClient().NamespacedMetrics(ns)
+		sel := labels.SelectorFromSet(labels.Set{"app": app})
+		var n, failed int
+		for pollCtx.Err() == nil {
+			n++
+			if _, err := mc.GetForObjects(schema.GroupKind{Kind: "Pod"}, sel, "requests-per-second", labels.Everything()); err != nil && pollCtx.Err() == nil {
+				failed++
+				t.Logf("request %d during the reloads failed: %v", n, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		polled <- [2]int{n, failed}
+	}()
+	defer func() {
+		stopPolling()
+		r := <-polled
+		t.Logf("E2E-TIMING reload: %d requests for the original metric during the reloads, %d failed", r[0], r[1])
+		if r[1] > 0 {
+			t.Errorf("%d of %d requests failed during the reloads", r[1], r[0])
+		}
+	}()
+
 	// 1. A new rule: listed and served, no restart.
 	start := time.Now()
 	if err := stack.UpdateAdapterRules(withExtra); err != nil {
