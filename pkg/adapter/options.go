@@ -82,7 +82,7 @@ func NewOptions() *Options {
 // on rules and the rest on general.
 func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 	prom.StringVar(&o.PrometheusURL, "prometheus-url", o.PrometheusURL,
-		"Base URL of the Prometheus HTTP API (http or https).")
+		"Base URL of the Prometheus HTTP API (http or https). HTTP_PROXY, HTTPS_PROXY and NO_PROXY from the environment apply.")
 	prom.StringVar(&o.PrometheusVerb, "prometheus-verb", o.PrometheusVerb,
 		"HTTP method for queries: POST (no size limit; needs Prometheus 2.1+) or GET (for proxies that refuse POST; queries for very many pods may exceed URL limits).")
 	prom.DurationVar(&o.PrometheusTimeout, "prometheus-timeout", o.PrometheusTimeout,
@@ -232,6 +232,9 @@ func (o *Options) PrometheusClientConfig() (promclient.Config, error) {
 			},
 			FollowRedirects: true,
 			EnableHTTP2:     true,
+			// As the Kubernetes client and --prometheus-auth-config do:
+			// HTTP(S)_PROXY and NO_PROXY apply (never to loopback).
+			ProxyConfig: promconfig.ProxyConfig{ProxyFromEnvironment: true},
 		}
 		if o.PrometheusTokenFile != "" {
 			hc.Authorization = &promconfig.Authorization{Type: "Bearer", CredentialsFile: o.PrometheusTokenFile}

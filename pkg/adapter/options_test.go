@@ -66,6 +66,35 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestPrometheusClientConfigHonoursProxyEnvironment: HTTP_PROXY applies
+// to the flags' transport as it does to --prometheus-auth-config's.
+func TestPrometheusClientConfigHonoursProxyEnvironment(t *testing.T) {
+	var proxied string
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		proxied = r.URL.String()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"success","data":{"resultType":"vector","result":[]}}`))
+	}))
+	defer proxy.Close()
+	t.Setenv("HTTP_PROXY", proxy.URL)
+	t.Setenv("NO_PROXY", "")
+	o := parse(t, "--prometheus-url=http://prometheus.example:9090")
+	cfg, err := o.PrometheusClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := promclient.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Query(context.Background(), "up"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(proxied, "http://prometheus.example:9090/api/v1/query") {
+		t.Errorf("the proxy saw %q, want the query to prometheus.example", proxied)
+	}
+}
+
 func TestPrometheusClientConfigSendsHeadersAndToken(t *testing.T) {
 	var gotAuth, gotOrg, gotMethod string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
