@@ -12,6 +12,7 @@
 package metrics
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -41,6 +42,8 @@ const (
 	OutcomeBadQuery    = "bad-query"
 	OutcomeCanceled    = "canceled"
 )
+
+var outcomes = []string{OutcomeOK, OutcomeNoData, OutcomeTimeout, OutcomeUnavailable, OutcomeBadQuery, OutcomeCanceled}
 
 var (
 	queryDuration = basemetrics.NewHistogramVec(&basemetrics.HistogramOpts{
@@ -193,13 +196,21 @@ type RuleDiscovery struct {
 func SetDiscovered(api string, rs []RuleDiscovery) {
 	discoveredMu.Lock()
 	defer discoveredMu.Unlock()
-	for _, rule := range discoveredRules[api] {
-		discoveryLastSuccess.DeleteLabelValues(api, rule)
-		discoveredMetrics.DeleteLabelValues(api, rule)
-	}
 	names := make([]string, 0, len(rs))
 	for _, r := range rs {
 		names = append(names, r.Rule)
+	}
+	for _, rule := range discoveredRules[api] {
+		discoveryLastSuccess.DeleteLabelValues(api, rule)
+		discoveredMetrics.DeleteLabelValues(api, rule)
+		if !slices.Contains(names, rule) {
+			// A rule a reload removed: its query series go too.
+			for _, o := range outcomes {
+				queryDuration.Delete(map[string]string{"api": api, "rule": rule, "outcome": o})
+			}
+		}
+	}
+	for _, r := range rs {
 		if !r.Listed.IsZero() {
 			discoveryLastSuccess.WithLabelValues(api, r.Rule).Set(float64(r.Listed.UnixNano()) / 1e9)
 		}

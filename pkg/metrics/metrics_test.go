@@ -91,6 +91,40 @@ custom_metrics_adapter_discovery_metrics{api="external",rule="externalRules[0]"}
 	}
 }
 
+// TestSetDiscoveredForgetsQueriesOfRemovedRules: after a reload drops
+// rules[1], its query series go; rules[0]'s stay. (The metrics are
+// process-wide: other tests' external series are left out.)
+func TestSetDiscoveredForgetsQueriesOfRemovedRules(t *testing.T) {
+	reg := basemetrics.NewKubeRegistry()
+	RegisterOn(reg, nil)
+	SetDiscovered(CustomAPI, []RuleDiscovery{{Rule: "rules[0]"}, {Rule: "rules[1]"}})
+	ObserveQuery(CustomAPI, "rules[0]", time.Now(), 1, nil)
+	ObserveQuery(CustomAPI, "rules[1]", time.Now(), 0, nil)
+	SetDiscovered(CustomAPI, []RuleDiscovery{{Rule: "rules[0]"}})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rulesSeen []string
+	for _, mf := range mfs {
+		if mf.GetName() != "custom_metrics_adapter_prometheus_query_duration_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			lbls := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				lbls[lp.GetName()] = lp.GetValue()
+			}
+			if lbls["api"] == CustomAPI {
+				rulesSeen = append(rulesSeen, lbls["rule"])
+			}
+		}
+	}
+	if len(rulesSeen) != 1 || rulesSeen[0] != "rules[0]" {
+		t.Errorf("query series for rules %v, want only rules[0]", rulesSeen)
+	}
+}
+
 func TestOutcome(t *testing.T) {
 	for _, tc := range []struct {
 		samples int
