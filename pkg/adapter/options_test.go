@@ -66,6 +66,26 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// queryWith validates o, builds the Prometheus client from it as the
+// adapter does, and runs one query.
+func queryWith(t *testing.T, o *Options) {
+	t.Helper()
+	if errs := o.Validate(); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	cfg, err := o.PrometheusClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := promclient.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Query(context.Background(), "up"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestPrometheusClientConfigHonoursProxyEnvironment: HTTP_PROXY applies
 // to the flags' transport as it does to --prometheus-auth-config's.
 func TestPrometheusClientConfigHonoursProxyEnvironment(t *testing.T) {
@@ -78,18 +98,7 @@ func TestPrometheusClientConfigHonoursProxyEnvironment(t *testing.T) {
 	defer proxy.Close()
 	t.Setenv("HTTP_PROXY", proxy.URL)
 	t.Setenv("NO_PROXY", "")
-	o := parse(t, "--prometheus-url=http://prometheus.example:9090")
-	cfg, err := o.PrometheusClientConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := promclient.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Query(context.Background(), "up"); err != nil {
-		t.Fatal(err)
-	}
+	queryWith(t, parse(t, "--prometheus-url=http://prometheus.example:9090"))
 	if !strings.HasPrefix(proxied, "http://prometheus.example:9090/api/v1/query") {
 		t.Errorf("the proxy saw %q, want the query to prometheus.example", proxied)
 	}
@@ -107,21 +116,7 @@ func TestPrometheusClientConfigSendsHeadersAndToken(t *testing.T) {
 	if err := os.WriteFile(token, []byte("s3cret"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	o := parse(t, "--prometheus-url="+srv.URL, "--prometheus-token-file="+token, "--prometheus-header=X-Scope-OrgID=team-a", "--prometheus-verb=GET")
-	if errs := o.Validate(); len(errs) > 0 {
-		t.Fatal(errs)
-	}
-	cfg, err := o.PrometheusClientConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := promclient.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Query(context.Background(), "up"); err != nil {
-		t.Fatal(err)
-	}
+	queryWith(t, parse(t, "--prometheus-url="+srv.URL, "--prometheus-token-file="+token, "--prometheus-header=X-Scope-OrgID=team-a", "--prometheus-verb=GET"))
 	if gotAuth != "Bearer s3cret" || gotOrg != "team-a" || gotMethod != http.MethodGet {
 		t.Errorf("Authorization=%q X-Scope-OrgID=%q method=%s", gotAuth, gotOrg, gotMethod)
 	}
