@@ -43,12 +43,15 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	cmv1beta2 "k8s.io/metrics/pkg/apis/custom_metrics/v1beta2"
+	cmscheme "k8s.io/metrics/pkg/client/custom_metrics/scheme"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
 )
@@ -99,6 +102,16 @@ type options struct {
 	// profiles, when set, is where a CPU and a heap profile of the
 	// adapter are written for each row.
 	profiles string
+	// accept is the Accept header of the adapter requests.
+	accept string
+}
+
+// Accept headers: what the HPA controller sends (kube-controller-manager's
+// --kube-api-content-type defaults to protobuf, and client-go adds */*),
+// and what kubectl get --raw and most scripts send.
+var accepts = map[string]string{
+	"protobuf": "application/vnd.kubernetes.protobuf, */*",
+	"json":     "application/json",
 }
 
 func run() error {
@@ -109,8 +122,12 @@ func run() error {
 	var env stringList
 	flag.Var(&env, "adapter-env", "An environment variable for the adapter process, NAME=value (repeatable), e.g. GOMEMLIMIT=120MiB.")
 	profiles := flag.String("profiles", "", "Folder for the adapter's CPU profile of each row's adapter side and a heap profile half way through it (go tool pprof reads them).")
+	accept := flag.String("accept", "protobuf", "The answer's encoding the clients ask the adapter for: protobuf (as the HPA controller asks) or json (as kubectl get --raw asks).")
 	flag.Parse()
-	o := options{profiles: *profiles}
+	o := options{profiles: *profiles, accept: accepts[*accept]}
+	if o.accept == "" {
+		return fmt.Errorf("-accept: %q is neither protobuf nor json", *accept)
+	}
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 100 || n%50 != 0 {
@@ -340,7 +357,10 @@ func newBench(s *localstack.Stack, queryLog string, o options) (*bench, error) {
 		ForceAttemptHTTP2:   true,
 		MaxIdleConnsPerHost: o.clients,
 	}
-	rawTransport := &http.Transport{MaxIdleConnsPerHost: o.clients}
+	// Asked exactly as the adapter asks: its Prometheus client (from
+	// prometheus/common) does not ask for gzip, and a gzipped answer costs
+	// Prometheus several times the CPU of the query itself.
+	rawTransport := &http.Transport{MaxIdleConnsPerHost: o.clients, DisableCompression: true}
 	return &bench{
 		s: s, queryLog: queryLog, o: o,
 		adapter: &http.Client{Transport: adapterTransport, Timeout: 30 * time.Second},
@@ -361,7 +381,7 @@ func (b *bench) adapterRequest(ctx context.Context, namespace, selector string) 
 	for _, g := range []string{"system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"} {
 		req.Header.Add("X-Remote-Group", g)
 	}
-	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Accept", b.o.accept)
 	return req, nil
 }
 
@@ -412,19 +432,135 @@ func (b *bench) count(req *http.Request, item []byte) (int, error) {
 	if bytes.Equal(item, adapterItem) {
 		client = b.adapter
 	}
-	resp, err := client.Do(req)
+	body, contentType, err := fetch(client, req)
 	if err != nil {
 		return 0, err
+	}
+	if bytes.Equal(item, adapterItem) && strings.HasPrefix(contentType, "application/vnd.kubernetes.protobuf") {
+		return countProtobufItems(body)
+	}
+	return bytes.Count(body, item), nil
+}
+
+// fetch sends req and returns the body and content type of a 200 answer.
+func fetch(client *http.Client, req *http.Request) ([]byte, string, error) {
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, "", err
 	}
 	defer func() { _ = resp.Body.Close() }()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return 0, err
+		return nil, "", err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("%s: %d %s", req.URL.Path, resp.StatusCode, truncate(body))
+		return nil, "", fmt.Errorf("%s: %d %s", req.URL.Path, resp.StatusCode, truncate(body))
 	}
-	return bytes.Count(body, item), nil
+	return body, resp.Header.Get("Content-Type"), nil
+}
+
+// decodeCheck decodes one answer in full, as the HPA controller's client
+// does, and checks it holds want pods of namespace, each with a value, and
+// that the clients' count of items agrees.
+func (b *bench) decodeCheck(ctx context.Context, namespace, selector string, want int) error {
+	req, err := b.adapterRequest(ctx, namespace, selector)
+	if err != nil {
+		return err
+	}
+	body, contentType, err := fetch(b.adapter, req)
+	if err != nil {
+		return err
+	}
+	obj, _, err := cmscheme.Codecs.UniversalDeserializer().Decode(body, nil, nil)
+	if err != nil {
+		return fmt.Errorf("decoding the answer (%s): %w", contentType, err)
+	}
+	list, ok := obj.(*cmv1beta2.MetricValueList)
+	if !ok {
+		return fmt.Errorf("the answer is a %T, want a v1beta2 MetricValueList", obj)
+	}
+	pods := map[string]bool{}
+	for _, v := range list.Items {
+		if v.DescribedObject.Kind != "Pod" || v.DescribedObject.Namespace != namespace || v.Value.Sign() <= 0 {
+			return fmt.Errorf("%s: unexpected value %s %s/%s = %s", selector, v.DescribedObject.Kind,
+				v.DescribedObject.Namespace, v.DescribedObject.Name, v.Value.String())
+		}
+		pods[v.DescribedObject.Name] = true
+	}
+	if len(pods) != want || len(list.Items) != want {
+		return fmt.Errorf("%s: %d values for %d pods decoded, want %d", selector, len(list.Items), len(pods), want)
+	}
+	return nil
+}
+
+// countProtobufItems counts the items of a MetricValueList in Kubernetes'
+// protobuf envelope (the magic "k8s\x00", then a runtime.Unknown whose
+// field 1 is the type and field 2 the object) without decoding the items:
+// the object's field 2 is repeated once per item. decodeProtobuf checks it
+// against the full decoder once per selector.
+func countProtobufItems(body []byte) (int, error) {
+	unknown, ok := bytes.CutPrefix(body, []byte("k8s\x00"))
+	if !ok {
+		return 0, errors.New("protobuf answer without the k8s envelope")
+	}
+	var kind string
+	var raw []byte
+	if err := protoFields(unknown, func(num protowire.Number, v []byte) error {
+		switch num {
+		case 1:
+			return protoFields(v, func(num protowire.Number, v []byte) error {
+				if num == 2 {
+					kind = string(v)
+				}
+				return nil
+			})
+		case 2:
+			raw = v
+		}
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	if kind != "MetricValueList" {
+		return 0, fmt.Errorf("protobuf answer of kind %q, want MetricValueList", kind)
+	}
+	n := 0
+	err := protoFields(raw, func(num protowire.Number, _ []byte) error {
+		if num == 2 {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+// protoFields calls f with each length-delimited field of a message and
+// skips the others.
+func protoFields(b []byte, f func(protowire.Number, []byte) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		if typ != protowire.BytesType {
+			n = protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return protowire.ParseError(n)
+			}
+			b = b[n:]
+			continue
+		}
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		if err := f(num, v); err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
 }
 
 func truncate(b []byte) string {
@@ -479,15 +615,21 @@ func (b *bench) queryOf(ctx context.Context, namespace, selector string, want in
 	if len(queries) != 1 {
 		return "", fmt.Errorf("%s: %d queries in Prometheus' query log, want the adapter's one", selector, len(queries))
 	}
+	if err := b.decodeCheck(ctx, namespace, selector, want); err != nil {
+		return "", err
+	}
 	return queries[0], nil
 }
 
 type row struct {
-	pods                   int
-	selection              string
-	adapter, raw           result
-	rss                    int64
-	cpuSeconds             float64
+	pods         int
+	selection    string
+	adapter, raw result
+	rss          int64
+	cpuSeconds   float64
+	// CPU seconds of Prometheus and of the clients (this process) during
+	// the adapter side and during the raw side: where the cores went.
+	promCPU, clientCPU     [2]float64
 	adapterErrs, rawErrs   int64
 	adapterWrong, rawWrong int64
 }
@@ -510,6 +652,7 @@ func (b *bench) measure(ctx context.Context, n int, sel selection, byNamespaceSe
 	r := row{pods: n, selection: sel.name}
 	profileDone := b.profile(ctx, fmt.Sprintf("%d-%s", n, strings.ReplaceAll(sel.name, " ", "-")))
 	cpu0 := b.cpuSeconds()
+	prom0, self0 := cpuSeconds(b.s.Prometheus.Proc.PID()), cpuSeconds(os.Getpid())
 	var errs, wrong atomic.Int64
 	r.adapter = b.load(ctx, func(ctx context.Context, i int) error {
 		req, err := b.adapterRequest(ctx, ns, sel.selectors[i%len(sel.selectors)])
@@ -519,6 +662,8 @@ func (b *bench) measure(ctx context.Context, n int, sel selection, byNamespaceSe
 		return b.check(req, adapterItem, sel.want, &errs, &wrong)
 	})
 	r.cpuSeconds = b.cpuSeconds() - cpu0
+	prom1, self1 := cpuSeconds(b.s.Prometheus.Proc.PID()), cpuSeconds(os.Getpid())
+	r.promCPU[0], r.clientCPU[0] = prom1-prom0, self1-self0
 	r.rss = b.rss()
 	if err := <-profileDone; err != nil {
 		return r, err
@@ -533,6 +678,7 @@ func (b *bench) measure(ctx context.Context, n int, sel selection, byNamespaceSe
 		}
 		return b.check(req, rawItem, sel.want, &errs, &wrong)
 	})
+	r.promCPU[1], r.clientCPU[1] = cpuSeconds(b.s.Prometheus.Proc.PID())-prom1, cpuSeconds(os.Getpid())-self1
 	r.rawErrs, r.rawWrong = errs.Load(), wrong.Load()
 	if r.adapterErrs+r.adapterWrong+r.rawErrs+r.rawWrong > 0 {
 		return r, fmt.Errorf("failed answers: adapter %d errors, %d with the wrong number of pods; raw %d errors, %d wrong",
@@ -693,8 +839,11 @@ func (b *bench) rss() int64 {
 }
 
 // cpuSeconds is the adapter's user and system CPU time so far.
-func (b *bench) cpuSeconds() float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", b.pid))
+func (b *bench) cpuSeconds() float64 { return cpuSeconds(b.pid) }
+
+// cpuSeconds is a process' user and system CPU time so far.
+func cpuSeconds(pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0
 	}
@@ -715,9 +864,11 @@ func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
 
 func (r row) line() string {
-	return fmt.Sprintf("%6d pods, %-26s adapter %7.1f req/s (p50 %s, p90 %s, p99 %s)  raw %7.1f req/s (p50 %s, p90 %s, p99 %s)  ratio %.2f  RSS %s  CPU %.1fs",
+	return fmt.Sprintf("%6d pods, %-26s adapter %7.1f req/s (p50 %s, p90 %s, p99 %s)  raw %7.1f req/s (p50 %s, p90 %s, p99 %s)  ratio %.2f  RSS %s\n"+
+		"%40s CPU s: adapter side: adapter %.1f, Prometheus %.1f, clients %.1f; raw side: Prometheus %.1f, clients %.1f",
 		r.pods, r.selection, r.adapter.rate(), ms(r.adapter.p50), ms(r.adapter.p90), ms(r.adapter.p99),
-		r.raw.rate(), ms(r.raw.p50), ms(r.raw.p90), ms(r.raw.p99), r.adapter.rate()/r.raw.rate(), mib(r.rss), r.cpuSeconds)
+		r.raw.rate(), ms(r.raw.p50), ms(r.raw.p90), ms(r.raw.p99), r.adapter.rate()/r.raw.rate(), mib(r.rss),
+		"", r.cpuSeconds, r.promCPU[0], r.clientCPU[0], r.promCPU[1], r.clientCPU[1])
 }
 
 func table(rows []row) string {

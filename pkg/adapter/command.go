@@ -30,6 +30,7 @@ import (
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/frontproxy"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resourcemetrics"
 	resourceopenapi "github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resourcemetrics/openapi"
@@ -159,6 +160,10 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 		return fmt.Errorf("configuring the API server: %w", err)
 	}
 	serverConfig.GenericConfig.ShutdownDelayDuration = o.ShutdownDelay
+	// Every request through the aggregator presents the same front-proxy
+	// certificate: verify it once per certificate and CA bundle.
+	authn := &serverConfig.GenericConfig.Authentication
+	authn.Authenticator = frontproxy.WithVerifyCache(authn.Authenticator, authn.RequestHeaderConfig, frontproxy.DefaultTTL)
 	serverConfig.GenericConfig.BuildHandlerChainFunc = func(h http.Handler, c *genericapiserver.Config) http.Handler {
 		return genericapiserver.DefaultBuildHandlerChain(rejectMalformedSelectors(h), c)
 	}

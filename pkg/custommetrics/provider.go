@@ -192,7 +192,9 @@ func (p *Provider) prepare(ctx context.Context, info provider.CustomMetricInfo, 
 	if err != nil {
 		return nil, apierrors.NewBadRequest(err.Error())
 	}
-	explain.From(ctx).Rule(e.rule.String(), e.series)
+	if t := explain.From(ctx); t != nil {
+		t.Rule(e.rule.String(), e.series)
+	}
 	r := &request{entry: e, info: info, matchers: ms, kind: ri.kind, apiVersion: ri.apiVersion}
 	if r.selector, err = echo(metricSelector); err != nil {
 		return nil, apierrors.NewBadRequest(fmt.Sprintf("metric label selector %q: %v", metricSelector, err))
@@ -279,7 +281,9 @@ func (p *Provider) bySelector(ctx context.Context, namespace string, selector la
 		return nil, values.ResolveError(err, r.info.GroupResource.String())
 	}
 	metrics.ObserveResolved(r.info.GroupResource.String(), len(names))
-	explain.From(ctx).Resolved(fmt.Sprintf("%s matching %q in namespace %s", r.info.GroupResource, selector.String(), namespace), names)
+	if t := explain.From(ctx); t != nil {
+		t.Resolved(fmt.Sprintf("%s matching %q in namespace %s", r.info.GroupResource, selector.String(), namespace), names)
+	}
 	if len(names) == 0 {
 		return []custom_metrics.MetricValue{}, nil
 	}
@@ -393,7 +397,9 @@ func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, nam
 	if err != nil {
 		return nil, values.ResolveError(err, r.info.GroupResource.String())
 	}
-	explain.From(ctx).Resolved(fmt.Sprintf("pods of %s %s", r.info.GroupResource, klog.KRef(namespace, name)), pods)
+	if t := explain.From(ctx); t != nil {
+		t.Resolved(fmt.Sprintf("pods of %s %s", r.info.GroupResource, klog.KRef(namespace, name)), pods)
+	}
 	if len(pods) == 0 {
 		klog.V(2).InfoS("Object has no pods", "resource", r.info.GroupResource.String(), "object", klog.KRef(namespace, name), "metric", r.info.Metric)
 		return nil, notFoundBecause(r.info, name, "it selects no pods")
@@ -440,7 +446,9 @@ func (p *Provider) run(ctx context.Context, r *request, matchers []promql.Matche
 	start := time.Now()
 	vec, err := p.prom.Query(ctx, expr)
 	metrics.ObserveQuery(metrics.CustomAPI, r.rule.String(), start, len(vec), err)
-	explain.From(ctx).Queried(explain.Query{Rule: r.rule.String(), Expr: expr, Duration: time.Since(start), Vector: vec, Err: err})
+	if t := explain.From(ctx); t != nil {
+		t.Queried(explain.Query{Rule: r.rule.String(), Expr: expr, Duration: time.Since(start), Vector: vec, Err: err})
+	}
 	if err != nil {
 		return expr, nil, values.QueryError(err, fmt.Sprintf("metric %s for %s", r.info.Metric, r.info.GroupResource), r.rule.String())
 	}

@@ -37,6 +37,8 @@ type Rule struct {
 	// Section is the config file section the rule comes from: "rules" or
 	// "externalRules".
 	Section string
+	// name is String(), formatted once.
+	name string
 
 	seriesQuery string
 	filters     []filter
@@ -61,7 +63,12 @@ type mapping struct {
 }
 
 // String names the rule as the config file does: rules[2].
-func (r *Rule) String() string { return fmt.Sprintf("%s[%d]", r.Section, r.Index) }
+func (r *Rule) String() string {
+	if r.name == "" {
+		return fmt.Sprintf("%s[%d]", r.Section, r.Index)
+	}
+	return r.name
+}
 
 type filter struct {
 	re   *regexp.Regexp
@@ -84,6 +91,7 @@ func Compile(section string, cfg []config.Rule) ([]*Rule, error) {
 
 func compile(section string, i int, c config.Rule) (*Rule, error) {
 	r := &Rule{Index: i, Section: section, seriesQuery: c.SeriesQuery, namespaced: c.Resources.IsNamespaced()}
+	r.name = fmt.Sprintf("%s[%d]", section, i)
 	for _, f := range c.SeriesFilters {
 		expr, keep := f.Is, true
 		if f.IsNot != "" {

@@ -1,0 +1,280 @@
+package frontproxy
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"math/big"
+	"net/http"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"k8s.io/apiserver/pkg/authentication/authenticator"
+	"k8s.io/apiserver/pkg/authentication/authenticatorfactory"
+	"k8s.io/apiserver/pkg/authentication/request/headerrequest"
+	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/apiserver/pkg/server/dynamiccertificates"
+)
+
+var t0 = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+
+type ca struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+}
+
+func newCA(t *testing.T, name string) *ca {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: t0.Add(-time.Hour), NotAfter: t0.Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(c)
+	return &ca{cert: c, key: key, pool: pool}
+}
+
+func (c *ca) leaf(t *testing.T, cn string, notAfter time.Time) *x509.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: t0.Add(-time.Hour), NotAfter: notAfter,
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, key.Public(), c.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leaf
+}
+
+// caProvider is a CA bundle that can be swapped, as a reloaded
+// ConfigMap or file is.
+type caProvider struct{ pool atomic.Pointer[x509.CertPool] }
+
+func (p *caProvider) Name() string                             { return "test" }
+func (p *caProvider) CurrentCABundleContent() []byte           { return nil }
+func (p *caProvider) AddListener(dynamiccertificates.Listener) {}
+func (p *caProvider) VerifyOptions() (x509.VerifyOptions, bool) {
+	pool := p.pool.Load()
+	if pool == nil {
+		return x509.VerifyOptions{}, false
+	}
+	return x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, true
+}
+
+// recorder stands for the API server's own authenticator.
+type recorder struct{ calls int }
+
+func (r *recorder) AuthenticateRequest(*http.Request) (*authenticator.Response, bool, error) {
+	r.calls++
+	return nil, false, errors.New("next authenticator")
+}
+
+type fixture struct {
+	fp       *frontProxy
+	auth     authenticator.Request
+	next     *recorder
+	provider *caProvider
+	verifies int
+	now      time.Time
+}
+
+func newFixture(t *testing.T, frontCA *ca) *fixture {
+	t.Helper()
+	f := &fixture{next: &recorder{}, provider: &caProvider{}, now: t0}
+	f.provider.pool.Store(frontCA.pool)
+	rh := &authenticatorfactory.RequestHeaderConfig{
+		UsernameHeaders:     headerrequest.StaticStringSlice{"X-Remote-User"},
+		GroupHeaders:        headerrequest.StaticStringSlice{"X-Remote-Group"},
+		ExtraHeaderPrefixes: headerrequest.StaticStringSlice{"X-Remote-Extra-"},
+		CAContentProvider:   f.provider,
+		AllowedClientNames:  headerrequest.StaticStringSlice{"front-proxy-client"},
+	}
+	f.fp = newFrontProxy(rh, time.Minute)
+	f.fp.now = func() time.Time { return f.now }
+	f.fp.verify = func(c *x509.Certificate, o x509.VerifyOptions) ([][]*x509.Certificate, error) {
+		f.verifies++
+		o.CurrentTime = f.now
+		return c.Verify(o)
+	}
+	f.auth = withFrontProxy(f.fp, f.next)
+	return f
+}
+
+func request(certs []*x509.Certificate, user string, groups ...string) *http.Request {
+	req, _ := http.NewRequest(http.MethodGet, "https://adapter/apis/custom.metrics.k8s.io/v1beta2", nil)
+	if certs != nil {
+		req.TLS = &tls.ConnectionState{PeerCertificates: certs}
+	}
+	if user != "" {
+		req.Header.Set("X-Remote-User", user)
+	}
+	for _, g := range groups {
+		req.Header.Add("X-Remote-Group", g)
+	}
+	return req
+}
+
+func wantUser(t *testing.T, auth authenticator.Request, req *http.Request, name string, groups ...string) {
+	t.Helper()
+	resp, ok, err := auth.AuthenticateRequest(req)
+	if err != nil || !ok {
+		t.Fatalf("not authenticated: ok=%v err=%v", ok, err)
+	}
+	if resp.User.GetName() != name || !slices.Equal(resp.User.GetGroups(), groups) {
+		t.Fatalf("user %q groups %v, want %q %v", resp.User.GetName(), resp.User.GetGroups(), name, groups)
+	}
+	if req.Header.Get("X-Remote-User") != "" {
+		t.Fatal("the identity headers were left on the request")
+	}
+}
+
+// wantAlice checks a request presenting cert as alice is authenticated.
+func wantAlice(t *testing.T, f *fixture, cert *x509.Certificate) {
+	t.Helper()
+	wantUser(t, f.auth, request([]*x509.Certificate{cert}, "alice"), "alice", user.AllAuthenticated)
+}
+
+func wantNext(t *testing.T, f *fixture, req *http.Request) {
+	t.Helper()
+	before := f.next.calls
+	_, ok, err := f.auth.AuthenticateRequest(req)
+	if ok || err == nil || f.next.calls != before+1 {
+		t.Fatalf("want the request left to the next authenticator: ok=%v err=%v calls %d→%d", ok, err, before, f.next.calls)
+	}
+}
+
+func TestVerifiedOncePerChain(t *testing.T) {
+	frontCA := newCA(t, "front-proxy-ca")
+	f := newFixture(t, frontCA)
+	cert := frontCA.leaf(t, "front-proxy-client", t0.Add(12*time.Hour))
+	for i := range 100 {
+		f.now = t0.Add(time.Duration(i) * 100 * time.Millisecond)
+		wantUser(t, f.auth, request([]*x509.Certificate{cert}, "system:serviceaccount:kube-system:horizontal-pod-autoscaler", "system:serviceaccounts"),
+			"system:serviceaccount:kube-system:horizontal-pod-autoscaler", "system:serviceaccounts", user.AllAuthenticated)
+	}
+	if f.verifies != 1 {
+		t.Fatalf("%d verifications for 100 requests with one certificate in 10 s, want 1", f.verifies)
+	}
+	if f.next.calls != 0 {
+		t.Fatalf("the next authenticator was called %d times", f.next.calls)
+	}
+	// A second aggregator (another API server) has its own entry.
+	other := frontCA.leaf(t, "front-proxy-client", t0.Add(12*time.Hour))
+	wantAlice(t, f, other)
+	wantUser(t, f.auth, request([]*x509.Certificate{other}, "bob"), "bob", user.AllAuthenticated)
+	if f.verifies != 2 {
+		t.Fatalf("%d verifications, want 2", f.verifies)
+	}
+}
+
+func TestTTLBoundsTrust(t *testing.T) {
+	frontCA := newCA(t, "front-proxy-ca")
+	f := newFixture(t, frontCA)
+	cert := frontCA.leaf(t, "front-proxy-client", t0.Add(12*time.Hour))
+	wantAlice(t, f, cert)
+	f.now = t0.Add(59 * time.Second)
+	wantAlice(t, f, cert)
+	f.now = t0.Add(61 * time.Second)
+	wantAlice(t, f, cert)
+	if f.verifies != 2 {
+		t.Fatalf("%d verifications, want 2 (the second after the TTL)", f.verifies)
+	}
+}
+
+func TestExpiredCertificateIsVerifiedAgain(t *testing.T) {
+	frontCA := newCA(t, "front-proxy-ca")
+	f := newFixture(t, frontCA)
+	cert := frontCA.leaf(t, "front-proxy-client", t0.Add(30*time.Second))
+	wantAlice(t, f, cert)
+	f.now = t0.Add(31 * time.Second)
+	wantNext(t, f, request([]*x509.Certificate{cert}, "alice"))
+	if f.verifies != 2 {
+		t.Fatalf("%d verifications, want 2", f.verifies)
+	}
+}
+
+func TestReloadedCABundle(t *testing.T) {
+	oldCA, newCA := newCA(t, "old-front-proxy-ca"), newCA(t, "new-front-proxy-ca")
+	f := newFixture(t, oldCA)
+	oldCert, newCert := oldCA.leaf(t, "front-proxy-client", t0.Add(12*time.Hour)), newCA.leaf(t, "front-proxy-client", t0.Add(12*time.Hour))
+	wantAlice(t, f, oldCert)
+	wantNext(t, f, request([]*x509.Certificate{newCert}, "alice"))
+
+	f.provider.pool.Store(newCA.pool)
+	wantNext(t, f, request([]*x509.Certificate{oldCert}, "alice"))
+	wantAlice(t, f, newCert)
+}
+
+func TestLeftToTheNextAuthenticator(t *testing.T) {
+	frontCA, clientCA := newCA(t, "front-proxy-ca"), newCA(t, "client-ca")
+	f := newFixture(t, frontCA)
+	for name, req := range map[string]*http.Request{
+		"no TLS":                    request(nil, "alice"),
+		"no client certificate":     request([]*x509.Certificate{}, "alice"),
+		"another CA's certificate":  request([]*x509.Certificate{clientCA.leaf(t, "front-proxy-client", t0.Add(time.Hour))}, "alice"),
+		"a common name not allowed": request([]*x509.Certificate{frontCA.leaf(t, "someone-else", t0.Add(time.Hour))}, "alice"),
+		"no identity header":        request([]*x509.Certificate{frontCA.leaf(t, "front-proxy-client", t0.Add(time.Hour))}, ""),
+	} {
+		t.Run(name, func(t *testing.T) { wantNext(t, f, req) })
+	}
+	// A common name no longer allowed is refused even once verified.
+	allowed := headerrequest.StaticStringSlice{"front-proxy-client"}
+	names := &allowed
+	f.fp.allowedNames = headerrequest.StringSliceProviderFunc(func() []string { return *names })
+	cert := frontCA.leaf(t, "front-proxy-client", t0.Add(time.Hour))
+	wantAlice(t, f, cert)
+	*names = headerrequest.StaticStringSlice{"another-proxy"}
+	wantNext(t, f, request([]*x509.Certificate{cert}, "alice"))
+	// No CA bundle loaded yet: nothing is authenticated here.
+	f.provider.pool.Store(nil)
+	wantNext(t, f, request([]*x509.Certificate{cert}, "alice"))
+}
+
+func TestBounded(t *testing.T) {
+	frontCA := newCA(t, "front-proxy-ca")
+	f := newFixture(t, frontCA)
+	for i := range maxEntries + 10 {
+		cert := frontCA.leaf(t, "front-proxy-client", t0.Add(time.Hour))
+		wantAlice(t, f, cert)
+		if n := len(f.fp.verified); n > maxEntries {
+			t.Fatalf("after %d certificates, %d entries, want at most %d", i+1, n, maxEntries)
+		}
+	}
+}
+
+func TestNothingToCache(t *testing.T) {
+	next := &recorder{}
+	if got := WithVerifyCache(next, nil, 0); got != next {
+		t.Fatal("without request-header authentication the authenticator must be left as it is")
+	}
+}
