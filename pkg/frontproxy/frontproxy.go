@@ -11,7 +11,7 @@
 // certificate every time, so the answer can be remembered.
 //
 // What is remembered is exactly what crypto/x509 verification depends on:
-// the certificate chain (by its bytes), the CA pool it was verified against
+// the certificate chain (its bytes, compared in full), the CA pool it was verified against
 // (the provider's pool pointer, which changes when the CA bundle is
 // reloaded) and the time (an entry lasts until the earliest NotAfter of the
 // verified chain, and at most a TTL). The allowed common names and the
@@ -21,8 +21,9 @@
 package frontproxy
 
 import (
-	"crypto/sha256"
+	"bytes"
 	"crypto/x509"
+	"hash/maphash"
 	"net/http"
 	"slices"
 	"sync"
@@ -64,6 +65,7 @@ func withFrontProxy(fp *frontProxy, next authenticator.Request) authenticator.Re
 }
 
 type entry struct {
+	chain [][]byte // the presented certificates' bytes
 	roots *x509.CertPool
 	until time.Time
 }
@@ -77,8 +79,9 @@ type frontProxy struct {
 	// verify is crypto/x509 verification; tests count its calls.
 	verify func(*x509.Certificate, x509.VerifyOptions) ([][]*x509.Certificate, error)
 
+	seed     maphash.Seed
 	mu       sync.Mutex
-	verified map[[sha256.Size]byte]entry
+	verified map[uint64]entry
 }
 
 func newFrontProxy(rh *authenticatorfactory.RequestHeaderConfig, ttl time.Duration) *frontProxy {
@@ -92,7 +95,8 @@ func newFrontProxy(rh *authenticatorfactory.RequestHeaderConfig, ttl time.Durati
 		ttl:           ttl,
 		now:           time.Now,
 		verify:        func(c *x509.Certificate, o x509.VerifyOptions) ([][]*x509.Certificate, error) { return c.Verify(o) },
-		verified:      map[[sha256.Size]byte]entry{},
+		seed:          maphash.MakeSeed(),
+		verified:      map[uint64]entry{},
 	}
 }
 
@@ -125,14 +129,14 @@ func (f *frontProxy) chainVerified(certs []*x509.Certificate, opts x509.VerifyOp
 	// A fixed verification time, or intermediates from the options, are
 	// not what the cache's key describes: verify every time.
 	cacheable := opts.CurrentTime.IsZero() && opts.Intermediates == nil && opts.Roots != nil
-	var key [sha256.Size]byte
+	var key uint64
 	now := f.now()
 	if cacheable {
-		key = chainKey(certs)
+		key = f.chainKey(certs)
 		f.mu.Lock()
 		e, ok := f.verified[key]
 		f.mu.Unlock()
-		if ok && e.roots == opts.Roots && now.Before(e.until) {
+		if ok && e.roots == opts.Roots && now.Before(e.until) && sameChain(e.chain, certs) {
 			return true
 		}
 	}
@@ -164,25 +168,36 @@ func (f *frontProxy) chainVerified(certs []*x509.Certificate, opts x509.VerifyOp
 				clear(f.verified)
 			}
 		}
-		f.verified[key] = entry{roots: opts.Roots, until: until}
+		chain := make([][]byte, len(certs))
+		for i, c := range certs {
+			chain[i] = c.Raw
+		}
+		f.verified[key] = entry{chain: chain, roots: opts.Roots, until: until}
 		f.mu.Unlock()
 	}
 	return true
 }
 
-// chainKey identifies a presented chain by its bytes.
-func chainKey(certs []*x509.Certificate) [sha256.Size]byte {
-	h := sha256.New()
-	var n [8]byte
+// chainKey hashes a presented chain's bytes. The hash only finds the
+// entry: sameChain compares the bytes themselves.
+func (f *frontProxy) chainKey(certs []*x509.Certificate) uint64 {
+	var h maphash.Hash
+	h.SetSeed(f.seed)
 	for _, c := range certs {
-		l := len(c.Raw)
-		for i := range n {
-			n[i] = byte(l >> (8 * i))
-		}
-		h.Write(n[:])
-		h.Write(c.Raw)
+		maphash.WriteComparable(&h, len(c.Raw))
+		_, _ = h.Write(c.Raw)
 	}
-	var key [sha256.Size]byte
-	h.Sum(key[:0])
-	return key
+	return h.Sum64()
+}
+
+func sameChain(chain [][]byte, certs []*x509.Certificate) bool {
+	if len(chain) != len(certs) {
+		return false
+	}
+	for i, c := range certs {
+		if !bytes.Equal(chain[i], c.Raw) {
+			return false
+		}
+	}
+	return true
 }
