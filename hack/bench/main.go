@@ -8,14 +8,17 @@
 // target), and the real adapter process serves them over HTTPS through its
 // whole handler chain. Clients call the adapter as the aggregator does (the
 // front-proxy client certificate, the HPA's identity in X-Remote-User), with
-// the HPA's request: pods/*/requests-per-second?labelSelector=....
+// the HPA's request: pods/*/requests-per-second?labelSelector=..., in
+// protobuf as the HPA controller asks (-accept=json for kubectl's JSON).
 //
 // For every namespace size and selection it runs N clients against the
 // adapter for a fixed time, then the same clients POSTing the same PromQL
 // (taken from Prometheus' query log, so it is exactly what the adapter sent)
-// to Prometheus for the same time, and prints one table: throughput, p50
-// and p99 of both, their ratio, and the adapter's resident memory and CPU
-// seconds. Every answer is checked for the number of pods it should hold.
+// to Prometheus for the same time, asking as the adapter asks (no gzip), and
+// prints one table: throughput, p50 and p99 of both, their ratio, and the
+// adapter's resident memory and CPU seconds; under each row, the CPU seconds
+// of the adapter, Prometheus and the clients on each side. Every answer is
+// checked for the number of pods it should hold.
 package main
 
 import (
