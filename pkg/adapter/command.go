@@ -163,7 +163,7 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 	// Every request through the aggregator presents the same front-proxy
 	// certificate: verify it once per certificate and CA bundle.
 	authn := &serverConfig.GenericConfig.Authentication
-	authn.Authenticator = frontproxy.WithVerifyCache(authn.Authenticator, authn.RequestHeaderConfig, frontproxy.DefaultTTL)
+	authn.Authenticator = frontproxy.WithVerifyCache(authn.Authenticator, authn.RequestHeaderConfig)
 	serverConfig.GenericConfig.BuildHandlerChainFunc = func(h http.Handler, c *genericapiserver.Config) http.Handler {
 		return genericapiserver.DefaultBuildHandlerChain(rejectMalformedSelectors(h), c)
 	}

@@ -1,7 +1,6 @@
 package custommetrics
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -209,18 +208,7 @@ func (p *Provider) SetRules(rs []*rules.Rule, r discovery.Result) {
 // update builds and swaps in the index; call it with p.mu held.
 func (p *Provider) update(r discovery.Result) {
 	idx := buildIndex(p.rules, r.Series, p.mapper, r.Time)
-	var pending []error
-	for _, rule := range p.rules {
-		if _, listed := r.Series[rule.SeriesQuery()]; listed {
-			continue
-		}
-		err := r.Failed[rule.SeriesQuery()]
-		if err == nil {
-			err = errors.New("not listed yet")
-		}
-		pending = append(pending, fmt.Errorf("%s: %w", rule, err))
-	}
-	idx.pending = errors.Join(pending...)
+	idx.pending = r.Pending(p.rules)
 	old := p.index.Swap(idx)
 	if old == nil || len(old.list) != len(idx.list) {
 		klog.InfoS("Discovered custom metrics", "count", len(idx.list), "metrics", summarize(idx.list))

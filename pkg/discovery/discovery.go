@@ -30,6 +30,7 @@ import (
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
 // SeriesLister lists series; promclient.Client implements it.
@@ -51,6 +52,24 @@ type Result struct {
 	Listed map[string]time.Time
 	// Time is when the round started.
 	Time time.Time
+}
+
+// Pending says, for each rule whose seriesQuery has never been listed, why
+// (the listing's error in this round, or that it was not listed yet); nil
+// when every rule's series were listed.
+func (r Result) Pending(rs []*rules.Rule) error {
+	var pending []error
+	for _, rule := range rs {
+		if _, listed := r.Series[rule.SeriesQuery()]; listed {
+			continue
+		}
+		err := r.Failed[rule.SeriesQuery()]
+		if err == nil {
+			err = errors.New("not listed yet")
+		}
+		pending = append(pending, fmt.Errorf("%s: %w", rule, err))
+	}
+	return errors.Join(pending...)
 }
 
 // Config configures a Discoverer.

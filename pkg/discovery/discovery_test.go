@@ -12,7 +12,9 @@ import (
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 
 	clocktesting "k8s.io/utils/clock/testing"
 )
@@ -259,5 +261,47 @@ func TestReconfigureSwitchesQueriesAtOnce(t *testing.T) {
 	}
 	if err := d.Ready(); err != nil {
 		t.Errorf("Ready() = %v after a reload whose new query failed; a ready adapter stays ready", err)
+	}
+}
+
+func TestPendingNamesTheRulesNeverListed(t *testing.T) {
+	cfg, err := config.Parse([]byte(`
+rules:
+- seriesQuery: 'listed{namespace!="",pod!=""}'
+  resources: {template: <<.Resource>>}
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+- seriesQuery: 'failing{namespace!="",pod!=""}'
+  resources: {template: <<.Resource>>}
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+- seriesQuery: 'waiting{namespace!="",pod!=""}'
+  resources: {template: <<.Resource>>}
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+`), "pending.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := rules.Compile("rules", cfg.Rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("connection refused")
+	r := Result{
+		Series: map[string][]model.LabelSet{rs[0].SeriesQuery(): nil},
+		Failed: map[string]error{rs[1].SeriesQuery(): boom},
+	}
+	err = r.Pending(rs)
+	if !errors.Is(err, boom) {
+		t.Errorf("Pending = %v, want it to wrap the failed listing's error", err)
+	}
+	for _, want := range []string{"rules[1]: connection refused", "rules[2]: not listed yet"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Pending = %v, want it to say %q", err, want)
+		}
+	}
+	if err != nil && strings.Contains(err.Error(), "rules[0]") {
+		t.Errorf("Pending = %v names rules[0], whose series were listed", err)
+	}
+	if err := (Result{Series: map[string][]model.LabelSet{rs[0].SeriesQuery(): nil, rs[1].SeriesQuery(): nil, rs[2].SeriesQuery(): nil}}).Pending(rs); err != nil {
+		t.Errorf("Pending with every series listed = %v, want nil", err)
 	}
 }

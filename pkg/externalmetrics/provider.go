@@ -17,7 +17,6 @@ package externalmetrics
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -108,16 +107,10 @@ func (p *Provider) SetRules(rs []*rules.Rule, r discovery.Result) {
 
 // update builds and swaps in the index; call it with p.mu held.
 func (p *Provider) update(r discovery.Result) {
-	idx := &index{metrics: map[string]entry{}}
-	var pending []error
+	idx := &index{metrics: map[string]entry{}, pending: r.Pending(p.rules)}
 	for _, rule := range p.rules {
 		sets, listed := r.Series[rule.SeriesQuery()]
 		if !listed {
-			err := r.Failed[rule.SeriesQuery()]
-			if err == nil {
-				err = errors.New("not listed yet")
-			}
-			pending = append(pending, fmt.Errorf("%s: %w", rule, err))
 			continue
 		}
 		var nsLabel string
@@ -149,7 +142,6 @@ func (p *Provider) update(r discovery.Result) {
 			idx.metrics[name] = entry{rule: rule, series: series, namespaceLabel: nsLabel}
 		}
 	}
-	idx.pending = errors.Join(pending...)
 	for name := range idx.metrics {
 		idx.list = append(idx.list, provider.ExternalMetricInfo{Metric: name})
 	}

@@ -37,9 +37,9 @@ import (
 )
 
 const (
-	// DefaultTTL bounds how long a verified chain is trusted without being
+	// trustFor bounds how long a verified chain is trusted without being
 	// verified again.
-	DefaultTTL = time.Minute
+	trustFor = time.Minute
 	// maxEntries bounds the memory of the cache: a cluster has a few
 	// aggregator certificates (one per API server, two while rotating).
 	// Only certificates signed by the request-header CA are remembered.
@@ -53,11 +53,11 @@ const (
 // bearer tokens, anonymous requests, and front-proxy requests that fail here
 // (next verifies them again and reports why). Users authenticated here get
 // the system:authenticated group, as next adds.
-func WithVerifyCache(next authenticator.Request, rh *authenticatorfactory.RequestHeaderConfig, ttl time.Duration) authenticator.Request {
+func WithVerifyCache(next authenticator.Request, rh *authenticatorfactory.RequestHeaderConfig) authenticator.Request {
 	if rh == nil || rh.CAContentProvider == nil || next == nil {
 		return next
 	}
-	return withFrontProxy(newFrontProxy(rh, ttl), next)
+	return withFrontProxy(newFrontProxy(rh), next)
 }
 
 func withFrontProxy(fp *frontProxy, next authenticator.Request) authenticator.Request {
@@ -84,15 +84,12 @@ type frontProxy struct {
 	verified map[uint64]entry
 }
 
-func newFrontProxy(rh *authenticatorfactory.RequestHeaderConfig, ttl time.Duration) *frontProxy {
-	if ttl <= 0 {
-		ttl = DefaultTTL
-	}
+func newFrontProxy(rh *authenticatorfactory.RequestHeaderConfig) *frontProxy {
 	return &frontProxy{
 		verifyOptions: rh.CAContentProvider.VerifyOptions,
 		allowedNames:  orEmpty(rh.AllowedClientNames),
 		headers:       headerrequest.NewDynamic(orEmpty(rh.UsernameHeaders), orEmpty(rh.UIDHeaders), orEmpty(rh.GroupHeaders), orEmpty(rh.ExtraHeaderPrefixes)),
-		ttl:           ttl,
+		ttl:           trustFor,
 		now:           time.Now,
 		verify:        func(c *x509.Certificate, o x509.VerifyOptions) ([][]*x509.Certificate, error) { return c.Verify(o) },
 		seed:          maphash.MakeSeed(),

@@ -119,7 +119,7 @@ func newFixture(t testing.TB, frontCA *ca) *fixture {
 		CAContentProvider:   f.provider,
 		AllowedClientNames:  headerrequest.StaticStringSlice{"front-proxy-client"},
 	}
-	f.fp = newFrontProxy(rh, time.Minute)
+	f.fp = newFrontProxy(rh)
 	f.fp.now = func() time.Time { return f.now }
 	f.fp.verify = func(c *x509.Certificate, o x509.VerifyOptions) ([][]*x509.Certificate, error) {
 		f.verifies++
@@ -274,7 +274,7 @@ func TestBounded(t *testing.T) {
 
 func TestNothingToCache(t *testing.T) {
 	next := &recorder{}
-	if got := WithVerifyCache(next, nil, 0); got != next {
+	if got := WithVerifyCache(next, nil); got != next {
 		t.Fatal("without request-header authentication the authenticator must be left as it is")
 	}
 }

@@ -63,12 +63,7 @@ type mapping struct {
 }
 
 // String names the rule as the config file does: rules[2].
-func (r *Rule) String() string {
-	if r.name == "" {
-		return fmt.Sprintf("%s[%d]", r.Section, r.Index)
-	}
-	return r.name
-}
+func (r *Rule) String() string { return r.name }
 
 type filter struct {
 	re   *regexp.Regexp
@@ -90,8 +85,7 @@ func Compile(section string, cfg []config.Rule) ([]*Rule, error) {
 }
 
 func compile(section string, i int, c config.Rule) (*Rule, error) {
-	r := &Rule{Index: i, Section: section, seriesQuery: c.SeriesQuery, namespaced: c.Resources.IsNamespaced()}
-	r.name = fmt.Sprintf("%s[%d]", section, i)
+	r := &Rule{Index: i, Section: section, name: fmt.Sprintf("%s[%d]", section, i), seriesQuery: c.SeriesQuery, namespaced: c.Resources.IsNamespaced()}
 	for _, f := range c.SeriesFilters {
 		expr, keep := f.Is, true
 		if f.IsNot != "" {

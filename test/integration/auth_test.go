@@ -193,12 +193,26 @@ func TestAuthPrometheusAccessFlags(t *testing.T) {
 		checkRefused(ctx, t, c, externalProvider(ctx, t, basicClient, c), unauthorized)
 	})
 
+	// shareToken makes token the one the proxy accepts and writes it to a
+	// new token file for the adapter, whose path it returns.
+	shareToken := func(t *testing.T, name, token string) string {
+		t.Helper()
+		writeFileAtomic(t, serverToken, token)
+		path := filepath.Join(dir, name)
+		writeFileAtomic(t, path, token)
+		return path
+	}
+	// viaProxy builds an adapter client that reaches Prometheus through
+	// the proxy with tokenFile and the tenant's header.
+	viaProxy := func(t *testing.T, tokenFile string, extra ...string) *promclient.Client {
+		t.Helper()
+		return adapterClient(t, append([]string{"--prometheus-url=" + proxy.URL, "--prometheus-token-file=" + tokenFile,
+			"--prometheus-header=" + tenantHeader + "=" + tenant}, extra...)...)
+	}
+
 	t.Run("TokenFileRotation", func(t *testing.T) {
-		writeFileAtomic(t, serverToken, "token-1")
-		clientToken := filepath.Join(dir, "adapter-token")
-		writeFileAtomic(t, clientToken, "token-1")
-		c := adapterClient(t, "--prometheus-url="+proxy.URL, "--prometheus-token-file="+clientToken,
-			"--prometheus-header="+tenantHeader+"="+tenant, "--prometheus-timeout=10s")
+		clientToken := shareToken(t, "adapter-token", "token-1")
+		c := viaProxy(t, clientToken, "--prometheus-timeout=10s")
 		ep := externalProvider(ctx, t, c, c)
 		proxy.take()
 		checkServes(ctx, t, c, mtlsInstance)
@@ -226,9 +240,7 @@ func TestAuthPrometheusAccessFlags(t *testing.T) {
 	})
 
 	t.Run("HeaderTenant", func(t *testing.T) {
-		writeFileAtomic(t, serverToken, "token-h")
-		clientToken := filepath.Join(dir, "tenant-token")
-		writeFileAtomic(t, clientToken, "token-h")
+		clientToken := shareToken(t, "tenant-token", "token-h")
 		flags := []string{"--prometheus-url=" + proxy.URL, "--prometheus-token-file=" + clientToken, "--prometheus-timeout=10s"}
 		good := adapterClient(t, append(flags, "--prometheus-header="+tenantHeader+"="+tenant, "--prometheus-header=X-Extra=one")...)
 		proxy.take()
@@ -246,12 +258,9 @@ func TestAuthPrometheusAccessFlags(t *testing.T) {
 	})
 
 	t.Run("VerbGETAndPOST", func(t *testing.T) {
-		writeFileAtomic(t, serverToken, "token-v")
-		clientToken := filepath.Join(dir, "verb-token")
-		writeFileAtomic(t, clientToken, "token-v")
+		clientToken := shareToken(t, "verb-token", "token-v")
 		for _, verb := range []string{http.MethodGet, http.MethodPost} {
-			c := adapterClient(t, "--prometheus-url="+proxy.URL, "--prometheus-token-file="+clientToken,
-				"--prometheus-header="+tenantHeader+"="+tenant, "--prometheus-verb="+verb)
+			c := viaProxy(t, clientToken, "--prometheus-verb="+verb)
 			proxy.take()
 			checkServes(ctx, t, c, mtlsInstance)
 			got := proxy.take()
@@ -269,11 +278,7 @@ func TestAuthPrometheusAccessFlags(t *testing.T) {
 	})
 
 	t.Run("Timeout", func(t *testing.T) {
-		writeFileAtomic(t, serverToken, "token-t")
-		clientToken := filepath.Join(dir, "timeout-token")
-		writeFileAtomic(t, clientToken, "token-t")
-		c := adapterClient(t, "--prometheus-url="+proxy.URL, "--prometheus-token-file="+clientToken,
-			"--prometheus-header="+tenantHeader+"="+tenant, "--prometheus-timeout=500ms")
+		c := viaProxy(t, shareToken(t, "timeout-token", "token-t"), "--prometheus-timeout=500ms")
 		ep := externalProvider(ctx, t, c, c)
 		proxy.hold.Store(true)
 		defer proxy.hold.Store(false)
