@@ -17,8 +17,13 @@
 // to Prometheus for the same time, asking as the adapter asks (no gzip), and
 // prints one table: throughput, p50 and p99 of both, their ratio, and the
 // adapter's resident memory and CPU seconds; under each row, the CPU seconds
-// of the adapter, Prometheus and the clients on each side. Every answer is
-// checked for the number of pods it should hold.
+// of the adapter, Prometheus and the clients on each side, in total and per
+// request. Every answer is checked for the number of pods it should hold.
+//
+// Before the rows it measures the floor: the adapter answering a selector
+// that matches no pod, which needs no Prometheus query. That is what the
+// serving path (TLS, HTTP/2, the API server's filters, encoding) costs on
+// its own; no provider can answer for less on the same stack.
 package main
 
 import (
@@ -235,6 +240,15 @@ func run() error {
 		}
 	}
 
+	// The floor: what the adapter's serving path costs with nothing to
+	// ask Prometheus, a selector no pod matches. No design of the provider
+	// serves a request for less than this on the same stack.
+	fl, err := b.floor(ctx, namespaceFor(o.sizes[0]))
+	if err != nil {
+		return err
+	}
+	fmt.Println(fl.line())
+
 	var rows []row
 	for _, n := range o.sizes {
 		for _, sel := range selectionsFor(n) {
@@ -246,7 +260,7 @@ func run() error {
 			rows = append(rows, r)
 		}
 	}
-	fmt.Printf("\n%s\n", table(rows))
+	fmt.Printf("\n%s\n%s\n", table(rows), fl.line())
 	fmt.Printf("adapter RSS when ready: %s, after the run: %s (peak %s)\n", mib(readyRSS), mib(b.rss()), mib(b.peakRSS.Load()))
 	return nil
 }
@@ -690,6 +704,39 @@ func (b *bench) measure(ctx context.Context, n int, sel selection, byNamespaceSe
 	return r, nil
 }
 
+// floorResult is the adapter serving empty answers: no pod selected, no
+// Prometheus query.
+type floorResult struct {
+	res                   result
+	adapterCPU, clientCPU float64
+}
+
+// floorSelector matches none of the bench's pods.
+const floorSelector = "app=none"
+
+// floor measures the adapter answering floorSelector in namespace.
+func (b *bench) floor(ctx context.Context, namespace string) (floorResult, error) {
+	cpu0, self0 := b.cpuSeconds(), cpuSeconds(os.Getpid())
+	var errs, wrong atomic.Int64
+	res := b.load(ctx, func(ctx context.Context, _ int) error {
+		req, err := b.adapterRequest(ctx, namespace, floorSelector)
+		if err != nil {
+			return err
+		}
+		return b.check(req, adapterItem, 0, &errs, &wrong)
+	})
+	f := floorResult{res: res, adapterCPU: b.cpuSeconds() - cpu0, clientCPU: cpuSeconds(os.Getpid()) - self0}
+	if errs.Load()+wrong.Load() > 0 {
+		return f, fmt.Errorf("floor: %d errors, %d answers that were not empty", errs.Load(), wrong.Load())
+	}
+	return f, nil
+}
+
+func (f floorResult) line() string {
+	return fmt.Sprintf("floor: no pod selected, no Prometheus query: adapter %7.1f req/s (p50 %s, p99 %s); CPU ms per request: adapter %.3f, clients %.3f",
+		f.res.rate(), ms(f.res.p50), ms(f.res.p99), perRequest(f.adapterCPU, f.res.n), perRequest(f.clientCPU, f.res.n))
+}
+
 func (b *bench) check(req *http.Request, item []byte, want int, errs, wrong *atomic.Int64) error {
 	got, err := b.count(req, item)
 	switch {
@@ -868,11 +915,17 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float
 
 func (r row) line() string {
 	return fmt.Sprintf("%6d pods, %-26s adapter %7.1f req/s (p50 %s, p90 %s, p99 %s)  raw %7.1f req/s (p50 %s, p90 %s, p99 %s)  ratio %.2f  RSS %s\n"+
-		"%40s CPU s: adapter side: adapter %.1f, Prometheus %.1f, clients %.1f; raw side: Prometheus %.1f, clients %.1f",
+		"%40s CPU s: adapter side: adapter %.1f, Prometheus %.1f, clients %.1f; raw side: Prometheus %.1f, clients %.1f\n"+
+		"%40s CPU ms per request: adapter side: adapter %.3f, Prometheus %.3f, clients %.3f; raw side: Prometheus %.3f, clients %.3f",
 		r.pods, r.selection, r.adapter.rate(), ms(r.adapter.p50), ms(r.adapter.p90), ms(r.adapter.p99),
 		r.raw.rate(), ms(r.raw.p50), ms(r.raw.p90), ms(r.raw.p99), r.adapter.rate()/r.raw.rate(), mib(r.rss),
-		"", r.cpuSeconds, r.promCPU[0], r.clientCPU[0], r.promCPU[1], r.clientCPU[1])
+		"", r.cpuSeconds, r.promCPU[0], r.clientCPU[0], r.promCPU[1], r.clientCPU[1],
+		"", perRequest(r.cpuSeconds, r.adapter.n), perRequest(r.promCPU[0], r.adapter.n), perRequest(r.clientCPU[0], r.adapter.n),
+		perRequest(r.promCPU[1], r.raw.n), perRequest(r.clientCPU[1], r.raw.n))
 }
+
+// perRequest is CPU seconds spread over n requests, in milliseconds.
+func perRequest(seconds float64, n int) float64 { return 1000 * seconds / float64(max(n, 1)) }
 
 func table(rows []row) string {
 	var b strings.Builder
