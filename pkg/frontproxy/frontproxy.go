@@ -11,13 +11,16 @@
 // certificate every time, so the answer can be remembered.
 //
 // What is remembered is exactly what crypto/x509 verification depends on:
-// the certificate chain (its bytes, compared in full), the CA pool it was verified against
-// (the provider's pool pointer, which changes when the CA bundle is
-// reloaded) and the time (an entry lasts until the earliest NotAfter of the
-// verified chain, and at most a TTL). The allowed common names and the
-// identity headers are read on every request, as the library does. Failures
-// are not remembered: a request whose certificate does not verify here is
-// left to the library's authenticator, which reports the error.
+// the certificate chain (its bytes, compared in full), the CA pool it was
+// verified against (the provider's pool pointer, which changes when the CA
+// bundle is reloaded) and the time: an entry stands while the wall clock is
+// within the validity of every certificate of the verified chain, as
+// crypto/x509 checks it, and for at most a TTL measured on the monotonic
+// clock, so a step of the wall clock neither extends trust nor skips the
+// check. The allowed common names and the identity headers are read on
+// every request, as the library does. Failures are not remembered: a
+// request whose certificate does not verify here is left to the library's
+// authenticator, which reports the error.
 package frontproxy
 
 import (
@@ -67,7 +70,21 @@ func withFrontProxy(fp *frontProxy, next authenticator.Request) authenticator.Re
 type entry struct {
 	chain [][]byte // the presented certificates' bytes
 	roots *x509.CertPool
-	until time.Time
+	// notBefore and notAfter bound the verified chain's validity, as
+	// crypto/x509 checks it: on the wall clock.
+	notBefore, notAfter time.Time
+	// at is when the chain was verified, with the monotonic clock's
+	// reading: the TTL runs on it, whatever the wall clock does.
+	at time.Time
+}
+
+// fresh reports whether the entry still stands at now: the wall clock
+// within the chain's validity (NotBefore and NotAfter carry no monotonic
+// reading, so they compare on the wall clock), and less than ttl since the
+// verification.
+func (e entry) fresh(now time.Time, ttl time.Duration) bool {
+	elapsed := now.Sub(e.at)
+	return !now.Before(e.notBefore) && !now.After(e.notAfter) && elapsed >= 0 && elapsed < ttl
 }
 
 type frontProxy struct {
@@ -133,7 +150,7 @@ func (f *frontProxy) chainVerified(certs []*x509.Certificate, opts x509.VerifyOp
 		f.mu.Lock()
 		e, ok := f.verified[key]
 		f.mu.Unlock()
-		if ok && e.roots == opts.Roots && now.Before(e.until) && sameChain(e.chain, certs) {
+		if ok && e.roots == opts.Roots && e.fresh(now, f.ttl) && sameChain(e.chain, certs) {
 			return true
 		}
 	}
@@ -148,16 +165,19 @@ func (f *frontProxy) chainVerified(certs []*x509.Certificate, opts x509.VerifyOp
 		return false
 	}
 	if cacheable {
-		until := now.Add(f.ttl)
-		for _, c := range chains[0] {
-			if c.NotAfter.Before(until) {
-				until = c.NotAfter
+		e := entry{roots: opts.Roots, notBefore: chains[0][0].NotBefore, notAfter: chains[0][0].NotAfter, at: now}
+		for _, c := range chains[0][1:] {
+			if c.NotBefore.After(e.notBefore) {
+				e.notBefore = c.NotBefore
+			}
+			if c.NotAfter.Before(e.notAfter) {
+				e.notAfter = c.NotAfter
 			}
 		}
 		f.mu.Lock()
 		if len(f.verified) >= maxEntries {
-			for k, e := range f.verified {
-				if !now.Before(e.until) || e.roots != opts.Roots {
+			for k, old := range f.verified {
+				if !old.fresh(now, f.ttl) || old.roots != opts.Roots {
 					delete(f.verified, k)
 				}
 			}
@@ -165,11 +185,11 @@ func (f *frontProxy) chainVerified(certs []*x509.Certificate, opts x509.VerifyOp
 				clear(f.verified)
 			}
 		}
-		chain := make([][]byte, len(certs))
+		e.chain = make([][]byte, len(certs))
 		for i, c := range certs {
-			chain[i] = c.Raw
+			e.chain[i] = c.Raw
 		}
-		f.verified[key] = entry{chain: chain, roots: opts.Roots, until: until}
+		f.verified[key] = e
 		f.mu.Unlock()
 	}
 	return true

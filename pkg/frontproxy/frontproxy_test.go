@@ -8,9 +8,11 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
 	"net/http"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -31,6 +33,10 @@ type ca struct {
 }
 
 func newCA(t testing.TB, name string) *ca {
+	return newCAUntil(t, name, t0.Add(24*time.Hour))
+}
+
+func newCAUntil(t testing.TB, name string, notAfter time.Time) *ca {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -38,7 +44,7 @@ func newCA(t testing.TB, name string) *ca {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: t0.Add(-time.Hour), NotAfter: t0.Add(24 * time.Hour),
+		NotBefore: t0.Add(-time.Hour), NotAfter: notAfter,
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
@@ -55,25 +61,44 @@ func newCA(t testing.TB, name string) *ca {
 }
 
 func (c *ca) leaf(t testing.TB, cn string, notAfter time.Time) *x509.Certificate {
-	t.Helper()
+	return c.sign(t, &x509.Certificate{
+		Subject: pkix.Name{CommonName: cn}, NotBefore: t0.Add(-time.Hour), NotAfter: notAfter,
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, nil)
+}
+
+// intermediate returns a CA signed by c.
+func (c *ca) intermediate(t testing.TB, name string) *ca {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: t0.Add(-time.Hour), NotAfter: notAfter,
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	cert := c.sign(t, &x509.Certificate{
+		Subject: pkix.Name{CommonName: name}, NotBefore: t0.Add(-time.Hour), NotAfter: t0.Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}, key)
+	return &ca{cert: cert, key: key}
+}
+
+// sign issues tmpl, for key or a new one.
+func (c *ca) sign(t testing.TB, tmpl *x509.Certificate, key *ecdsa.PrivateKey) *x509.Certificate {
+	t.Helper()
+	if key == nil {
+		var err error
+		if key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
+			t.Fatal(err)
+		}
 	}
+	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, key.Public(), c.key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf, err := x509.ParseCertificate(der)
+	cert, err := x509.ParseCertificate(der)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return leaf
+	return cert
 }
 
 // caProvider is a CA bundle that can be swapped, as a reloaded
@@ -115,6 +140,7 @@ func newFixture(t testing.TB, frontCA *ca) *fixture {
 	rh := &authenticatorfactory.RequestHeaderConfig{
 		UsernameHeaders:     headerrequest.StaticStringSlice{"X-Remote-User"},
 		GroupHeaders:        headerrequest.StaticStringSlice{"X-Remote-Group"},
+		UIDHeaders:          headerrequest.StaticStringSlice{"X-Remote-Uid"},
 		ExtraHeaderPrefixes: headerrequest.StaticStringSlice{"X-Remote-Extra-"},
 		CAContentProvider:   f.provider,
 		AllowedClientNames:  headerrequest.StaticStringSlice{"front-proxy-client"},
@@ -211,15 +237,183 @@ func TestTTLBoundsTrust(t *testing.T) {
 	}
 }
 
-func TestExpiredCertificateIsVerifiedAgain(t *testing.T) {
+// Outside the validity of any certificate of the chain, a remembered
+// verification does not stand: the chain is verified again, fails, and is
+// left to the next authenticator.
+func TestVerifiedAgainOutsideTheChainsValidity(t *testing.T) {
+	for name, tc := range map[string]struct {
+		caUntil, leafUntil, at time.Time
+	}{
+		"the certificate expired": {caUntil: t0.Add(24 * time.Hour), leafUntil: t0.Add(30 * time.Second), at: t0.Add(31 * time.Second)},
+		"the CA expired":          {caUntil: t0.Add(30 * time.Second), leafUntil: t0.Add(12 * time.Hour), at: t0.Add(31 * time.Second)},
+		// A wall clock stepped back before NotBefore (t0-1h), however
+		// recent the verification.
+		"the clock stepped back": {caUntil: t0.Add(24 * time.Hour), leafUntil: t0.Add(12 * time.Hour), at: t0.Add(-2 * time.Hour)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			frontCA := newCAUntil(t, "front-proxy-ca", tc.caUntil)
+			f := newFixture(t, frontCA)
+			cert := frontCA.leaf(t, "front-proxy-client", tc.leafUntil)
+			wantAlice(t, f, cert)
+			f.now = tc.at
+			wantNext(t, f, request([]*x509.Certificate{cert}, "alice"))
+			if f.verifies != 2 {
+				t.Fatalf("%d verifications, want 2", f.verifies)
+			}
+		})
+	}
+}
+
+// The identity is the request-header authenticator's: UID and extra
+// headers too, and every identity header is removed from the request.
+func TestIdentityFromTheHeaders(t *testing.T) {
 	frontCA := newCA(t, "front-proxy-ca")
 	f := newFixture(t, frontCA)
-	cert := frontCA.leaf(t, "front-proxy-client", t0.Add(30*time.Second))
+	req := request([]*x509.Certificate{frontCA.leaf(t, "front-proxy-client", t0.Add(time.Hour))}, "alice", "team-a")
+	req.Header.Set("X-Remote-Uid", "uid-1")
+	req.Header.Add("X-Remote-Extra-Scopes", "read")
+	req.Header.Add("X-Remote-Extra-Scopes", "write")
+	resp, ok, err := f.auth.AuthenticateRequest(req)
+	if err != nil || !ok {
+		t.Fatalf("not authenticated: ok=%v err=%v", ok, err)
+	}
+	u := resp.User
+	if u.GetName() != "alice" || u.GetUID() != "uid-1" || !slices.Equal(u.GetGroups(), []string{"team-a", user.AllAuthenticated}) ||
+		!slices.Equal(u.GetExtra()["scopes"], []string{"read", "write"}) {
+		t.Fatalf("user %q uid %q groups %v extra %v", u.GetName(), u.GetUID(), u.GetGroups(), u.GetExtra())
+	}
+	for _, h := range []string{"X-Remote-User", "X-Remote-Uid", "X-Remote-Group", "X-Remote-Extra-Scopes"} {
+		if req.Header.Get(h) != "" {
+			t.Errorf("%s left on the request", h)
+		}
+	}
+}
+
+// What this package does not authenticate is the next authenticator's to
+// answer, unchanged: a bearer token's user, for one.
+func TestNextAuthenticatorsAnswer(t *testing.T) {
+	frontCA := newCA(t, "front-proxy-ca")
+	f := newFixture(t, frontCA)
+	token := authenticator.RequestFunc(func(*http.Request) (*authenticator.Response, bool, error) {
+		return &authenticator.Response{User: &user.DefaultInfo{Name: "token-user", Groups: []string{user.AllAuthenticated}}}, true, nil
+	})
+	auth := withFrontProxy(f.fp, token)
+	wantUser(t, auth, request(nil, ""), "token-user", user.AllAuthenticated)
+}
+
+// The TTL runs on the monotonic clock: a forward step of the wall clock
+// within the chain's validity neither ends nor extends it, and a step past
+// NotAfter ends it at once.
+func TestTTLOnTheMonotonicClock(t *testing.T) {
+	frontCA := newCA(t, "front-proxy-ca")
+	f := newFixture(t, frontCA)
+	base := time.Now() // carries a monotonic reading
+	cert := frontCA.leaf(t, "front-proxy-client", base.Add(12*time.Hour))
+	f.now = base
 	wantAlice(t, f, cert)
-	f.now = t0.Add(31 * time.Second)
-	wantNext(t, f, request([]*x509.Certificate{cert}, "alice"))
+	f.now = base.Add(30 * time.Second)
+	wantAlice(t, f, cert)
+	if f.verifies != 1 {
+		t.Fatalf("%d verifications within the TTL, want 1", f.verifies)
+	}
+	e := f.fp.verified[f.fp.chainKey([]*x509.Certificate{cert})]
+	if !e.fresh(base.Add(59*time.Second), time.Minute) || e.fresh(base.Add(61*time.Second), time.Minute) {
+		t.Fatal("the TTL does not run on the monotonic clock")
+	}
+	// A wall clock stepped back before the chain's NotBefore leaves the
+	// monotonic clock going forward: the entry does not stand, however
+	// recent.
+	early := e
+	early.notBefore = base.Add(time.Minute).Round(0)
+	if early.fresh(base.Add(10*time.Second), time.Minute) {
+		t.Fatal("an entry stands before the chain's NotBefore")
+	}
+	// Past the chain's NotAfter the entry no longer stands, whatever the
+	// TTL.
+	if !e.fresh(base.Add(11*time.Hour), 24*time.Hour) || e.fresh(base.Add(13*time.Hour), 24*time.Hour) {
+		t.Fatal("an entry does not end at the chain's NotAfter")
+	}
+}
+
+// An entry is bounded by the latest NotBefore and the earliest NotAfter
+// of every certificate of the verified chain, the root included.
+func TestEntrySpansTheWholeChain(t *testing.T) {
+	frontCA := newCA(t, "front-proxy-ca") // valid from t0-1h to t0+24h
+	f := newFixture(t, frontCA)
+	cert := frontCA.sign(t, &x509.Certificate{
+		Subject: pkix.Name{CommonName: "front-proxy-client"}, NotBefore: t0.Add(-2 * time.Hour), NotAfter: t0.Add(48 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, nil)
+	wantAlice(t, f, cert)
+	e := f.fp.verified[f.fp.chainKey([]*x509.Certificate{cert})]
+	if !e.notBefore.Equal(frontCA.cert.NotBefore) || !e.notAfter.Equal(frontCA.cert.NotAfter) {
+		t.Fatalf("entry valid from %s to %s, want the CA's %s to %s", e.notBefore, e.notAfter, frontCA.cert.NotBefore, frontCA.cert.NotAfter)
+	}
+}
+
+func TestServerCertificateIsNotAClientCertificate(t *testing.T) {
+	frontCA := newCA(t, "front-proxy-ca")
+	f := newFixture(t, frontCA)
+	server := frontCA.sign(t, &x509.Certificate{
+		Subject: pkix.Name{CommonName: "front-proxy-client"}, NotBefore: t0.Add(-time.Hour), NotAfter: t0.Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, nil)
+	wantNext(t, f, request([]*x509.Certificate{server}, "alice"))
+	wantNext(t, f, request([]*x509.Certificate{server}, "alice"))
+	if len(f.fp.verified) != 0 {
+		t.Fatal("a failed verification was remembered")
+	}
+}
+
+// A leaf signed by an intermediate verifies with the intermediate the
+// client presents, and the entry is for that whole chain.
+func TestIntermediates(t *testing.T) {
+	frontCA := newCA(t, "front-proxy-ca")
+	f := newFixture(t, frontCA)
+	mid := frontCA.intermediate(t, "front-proxy-intermediate")
+	cert := mid.leaf(t, "front-proxy-client", t0.Add(12*time.Hour))
+	wantNext(t, f, request([]*x509.Certificate{cert}, "alice")) // without its intermediate
+	wantUser(t, f.auth, request([]*x509.Certificate{cert, mid.cert}, "alice"), "alice", user.AllAuthenticated)
+	wantUser(t, f.auth, request([]*x509.Certificate{cert, mid.cert}, "alice"), "alice", user.AllAuthenticated)
 	if f.verifies != 2 {
-		t.Fatalf("%d verifications, want 2", f.verifies)
+		t.Fatalf("%d verifications, want 2 (the chain without its intermediate, then the whole chain once)", f.verifies)
+	}
+	// Another intermediate of another CA is another chain, verified on
+	// its own (and refused).
+	stranger := newCA(t, "other-ca").intermediate(t, "front-proxy-intermediate")
+	wantNext(t, f, request([]*x509.Certificate{cert, stranger.cert}, "alice"))
+}
+
+// Many requests on a few chains at once: run under -race (make unit).
+func TestConcurrentRequests(t *testing.T) {
+	frontCA := newCA(t, "front-proxy-ca")
+	f := newFixture(t, frontCA)
+	f.fp.verify = func(c *x509.Certificate, o x509.VerifyOptions) ([][]*x509.Certificate, error) {
+		o.CurrentTime = t0
+		return c.Verify(o)
+	}
+	certs := []*x509.Certificate{
+		frontCA.leaf(t, "front-proxy-client", t0.Add(time.Hour)),
+		frontCA.leaf(t, "front-proxy-client", t0.Add(time.Hour)),
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 200 {
+				req := request([]*x509.Certificate{certs[(g+i)%2]}, "alice")
+				resp, ok, err := f.auth.AuthenticateRequest(req)
+				if err != nil || !ok || resp.User.GetName() != "alice" {
+					errs <- fmt.Errorf("request %d of goroutine %d: ok=%v: %w", i, g, ok, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }
 
