@@ -2,7 +2,6 @@ package resolver
 
 import (
 	"fmt"
-	"maps"
 	"slices"
 	"sync"
 
@@ -43,9 +42,10 @@ func postingKey(namespace string, kv ...string) string {
 	return key
 }
 
-// addLabelIndex adds the label index to an informer that has not started.
-func addLabelIndex(inf cache.SharedIndexInformer) error {
-	if err := inf.AddIndexers(cache.Indexers{labelIndex: labelIndexFunc}); err != nil {
+// addLabelIndex adds the label index to an informer that has not started,
+// with c's generations kept in step with it.
+func addLabelIndex(inf cache.SharedIndexInformer, c *selectionCache) error {
+	if err := inf.AddIndexers(cache.Indexers{labelIndex: c.indexFunc}); err != nil {
 		return fmt.Errorf("adding the label index: %w", err)
 	}
 	return nil
@@ -120,15 +120,24 @@ func matchingNames(indexer cache.Indexer, namespace string, sel labels.Selector)
 }
 
 // selectionCache remembers, per namespace, the sorted names each selector
-// matched, until an object of that namespace is added, deleted or
-// relabelled: every HPA asks the same question every 15 s, and hundreds of
-// them share a namespace. The informer's event handlers bump the
-// namespace's generation; an answer computed at an older generation is
-// not served.
+// matched, until an object of that namespace changes: every HPA asks the
+// same question every 15 s, and hundreds of them share a namespace.
+//
+// The namespace's generation is bumped by the label index's own function,
+// which client-go calls under the informer cache's write lock for every
+// object it adds, updates (old and new), deletes or replaces. So once the
+// cache holds a change, the generation has moved: an answer computed before
+// it is never served after it. (Bumping from the informer's event handlers
+// would not do: they run later, on their own goroutines, and a request in
+// between would get the old answer from a cache that already has the new
+// object.) Any change of an object bumps, not only a change of its labels:
+// the index function cannot tell an update's old object from a deletion.
 type selectionCache struct {
 	mu      sync.Mutex
 	gens    map[string]uint64
 	entries map[selectionKey]selectionEntry
+	// size is the number of names the entries hold.
+	size int
 }
 
 type selectionKey struct{ namespace, selector string }
@@ -138,41 +147,33 @@ type selectionEntry struct {
 	names []string
 }
 
-// maxSelections bounds the cache; past it, it starts over.
-const maxSelections = 4096
+// Bounds of the cache; past either, it starts over. An answer larger than
+// maxCachedNames is computed every time.
+const (
+	maxSelections  = 4096
+	maxCachedNames = 1 << 18
+)
 
 func newSelectionCache() *selectionCache {
 	return &selectionCache{gens: map[string]uint64{}, entries: map[selectionKey]selectionEntry{}}
 }
 
-// watch keeps the cache's generations in step with inf.
-func (c *selectionCache) watch(inf cache.SharedIndexInformer) error {
-	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { c.invalidate(obj) },
-		DeleteFunc: func(obj any) { c.invalidate(obj) },
-		UpdateFunc: func(old, obj any) {
-			o, err1 := apimeta.Accessor(old)
-			n, err2 := apimeta.Accessor(obj)
-			if err1 != nil || err2 != nil || !maps.Equal(o.GetLabels(), n.GetLabels()) {
-				c.invalidate(obj)
-			}
-		},
-	})
-	return err
+// indexFunc is the label index's function: it bumps the generation of the
+// object's namespace (and of the answers over all namespaces), then
+// returns the object's posting keys.
+func (c *selectionCache) indexFunc(obj any) ([]string, error) {
+	keys, err := labelIndexFunc(obj)
+	if m, merr := apimeta.Accessor(obj); merr == nil {
+		c.bump(m.GetNamespace())
+	}
+	return keys, err
 }
 
-func (c *selectionCache) invalidate(obj any) {
-	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = d.Obj
-	}
-	ns := ""
-	if m, err := apimeta.Accessor(obj); err == nil {
-		ns = m.GetNamespace()
-	}
+func (c *selectionCache) bump(namespace string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.gens[ns]++
-	if ns != "" {
+	c.gens[namespace]++
+	if namespace != "" {
 		c.gens[""]++ // the answers over all namespaces
 	}
 }
@@ -180,6 +181,10 @@ func (c *selectionCache) invalidate(obj any) {
 // names returns the cached answer, or computes, stores and returns it.
 // The slice is shared: callers must not modify it.
 func (c *selectionCache) names(namespace string, sel labels.Selector, compute func() ([]string, error)) ([]string, error) {
+	if _, selectable := sel.Requirements(); !selectable {
+		// labels.Nothing(), whose String() is Everything's.
+		return compute()
+	}
 	key := selectionKey{namespace, sel.String()}
 	c.mu.Lock()
 	gen := c.gens[namespace]
@@ -189,14 +194,20 @@ func (c *selectionCache) names(namespace string, sel labels.Selector, compute fu
 		return e.names, nil
 	}
 	names, err := compute()
-	if err != nil {
-		return nil, err
+	if err != nil || len(names) > maxCachedNames {
+		return names, err
 	}
 	c.mu.Lock()
-	if len(c.entries) >= maxSelections {
+	if old, ok := c.entries[key]; ok {
+		c.size -= len(old.names)
+		delete(c.entries, key)
+	}
+	if len(c.entries) >= maxSelections || c.size+len(names) > maxCachedNames {
 		clear(c.entries)
+		c.size = 0
 	}
 	c.entries[key] = selectionEntry{gen: gen, names: names}
+	c.size += len(names)
 	c.mu.Unlock()
 	return names, nil
 }

@@ -218,22 +218,30 @@ func TestMatchingNamesAgreesWithBruteForce(t *testing.T) {
 // TestPodsMatchingFollowsChurnThroughTheCache drives a real metadata
 // informer: answers are cached per selector, and a pod added, relabelled
 // or deleted shows in the next answers.
-func TestPodsMatchingFollowsChurnThroughTheCache(t *testing.T) {
+// startPodResolver starts a Resolver whose pods are pods, served by a
+// fake metadata client, and waits for its pod cache.
+func startPodResolver(t *testing.T, pods ...runtime.Object) (context.Context, *Resolver, *metadatafake.FakeMetadataClient) {
+	t.Helper()
 	scheme := runtime.NewScheme()
 	if err := metav1.AddMetaToScheme(scheme); err != nil {
 		t.Fatal(err)
 	}
-	metaClient := metadatafake.NewSimpleMetadataClient(scheme,
-		pod("shop", "web-1", map[string]string{"app": "web"}),
-		pod("shop", "web-2", map[string]string{"app": "web"}),
-	)
+	metaClient := metadatafake.NewSimpleMetadataClient(scheme, pods...)
 	r := New(kubefake.NewClientset(), metaClient, fakemapper.New())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	r.Start(ctx)
 	if !r.WaitForPods(ctx) {
 		t.Fatal("pod cache did not sync")
 	}
+	return ctx, r, metaClient
+}
+
+func TestPodsMatchingFollowsChurnThroughTheCache(t *testing.T) {
+	ctx, r, metaClient := startPodResolver(t,
+		pod("shop", "web-1", map[string]string{"app": "web"}),
+		pod("shop", "web-2", map[string]string{"app": "web"}),
+	)
 	web := labels.SelectorFromSet(labels.Set{"app": "web"})
 	eventually := func(step string, want ...string) {
 		t.Helper()
@@ -281,5 +289,143 @@ func TestPodsMatchingFollowsChurnThroughTheCache(t *testing.T) {
 	}
 	if b, _ := r.PodsMatching(ctx, "shop", web); &a[0] != &b[0] {
 		t.Error("a pod added in another namespace invalidated this namespace's answers")
+	}
+}
+
+// cachedIndexer is an informer's store with the label index and a
+// selection cache, as prepareInformer sets them up, without the informer:
+// what the store holds is what the next answer must say, with no event
+// handler run in between.
+func cachedIndexer(t *testing.T) (cache.Indexer, *selectionCache, func(ns, sel string) []string) {
+	t.Helper()
+	c := newSelectionCache()
+	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{
+		cache.NamespaceIndex: cache.MetaNamespaceIndexFunc,
+		labelIndex:           c.indexFunc,
+	})
+	names := func(ns, sel string) []string {
+		t.Helper()
+		s := mustParse(t, sel)
+		got, err := c.names(ns, s, func() ([]string, error) { return matchingNames(idx, ns, s) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	return idx, c, names
+}
+
+// Once the store holds a change, the next answer has it: the generation
+// moves under the store's lock, not when the informer's handlers get to it.
+func TestCachedAnswerFollowsTheStore(t *testing.T) {
+	idx, _, names := cachedIndexer(t)
+	want := func(step string, got []string, want ...string) {
+		t.Helper()
+		if d := cmp.Diff(want, got, cmpopts.EquateEmpty()); d != "" {
+			t.Errorf("%s (-want +got):\n%s", step, d)
+		}
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(idx.Add(pod("shop", "web-1", map[string]string{"app": "web"})))
+	want("start", names("shop", "app=web"), "web-1")
+	want("start, negation", names("shop", "app!=api"), "web-1")
+
+	must(idx.Add(pod("shop", "web-2", map[string]string{"app": "web"})))
+	want("added", names("shop", "app=web"), "web-1", "web-2")
+	want("added, negation", names("shop", "app!=api"), "web-1", "web-2")
+
+	must(idx.Update(pod("shop", "web-1", map[string]string{"app": "api"})))
+	want("relabelled", names("shop", "app=web"), "web-2")
+	want("relabelled, negation", names("shop", "app!=api"), "web-2")
+
+	must(idx.Delete(pod("shop", "web-2", nil)))
+	want("deleted", names("shop", "app=web"))
+	want("all namespaces", names("", "app=api"), "web-1")
+	want("all namespaces, none", names("", "app=web"))
+
+	// A relist replaces everything at once.
+	must(idx.Replace([]any{
+		pod("shop", "web-7", map[string]string{"app": "web"}),
+		pod("other", "web-8", map[string]string{"app": "web"}),
+	}, "2"))
+	want("replaced", names("shop", "app=web"), "web-7")
+	want("replaced, all namespaces", names("", "app=web"), "web-7", "web-8")
+}
+
+func TestCacheIsBoundedByNames(t *testing.T) {
+	idx, c, names := cachedIndexer(t)
+	for i := range 300 {
+		if err := idx.Add(pod("shop", fmt.Sprintf("p-%03d", i), map[string]string{"app": "web", "n": fmt.Sprint(i)})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Selectors that all match the whole namespace, each a new entry.
+	for i := range maxCachedNames/300 + 10 {
+		if got := names("shop", fmt.Sprintf("app=web,x%d!=y", i)); len(got) != 300 {
+			t.Fatalf("%d names, want 300", len(got))
+		}
+		c.mu.Lock()
+		size, n := c.size, 0
+		for _, e := range c.entries {
+			n += len(e.names)
+		}
+		c.mu.Unlock()
+		if size != n || size > maxCachedNames {
+			t.Fatalf("after %d selectors: size %d, entries hold %d names, bound %d", i+1, size, n, maxCachedNames)
+		}
+	}
+}
+
+// labels.Nothing() prints as labels.Everything() does: it must not share
+// Everything's entry.
+func TestNothingIsNotEverything(t *testing.T) {
+	idx, c, _ := cachedIndexer(t)
+	if err := idx.Add(pod("shop", "web-1", map[string]string{"app": "web"})); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		sel  labels.Selector
+		want int
+	}{{labels.Nothing(), 0}, {labels.Everything(), 1}, {labels.Nothing(), 0}} {
+		got, err := c.names("shop", tc.sel, func() ([]string, error) { return matchingNames(idx, "shop", tc.sel) })
+		if err != nil || len(got) != tc.want {
+			t.Fatalf("%#v: %v %v, want %d names", tc.sel, got, err, tc.want)
+		}
+	}
+}
+
+// Through a running informer: as soon as the informer's store holds a new
+// pod, the next answer has it, before or after the event handlers run.
+func TestAnswerHasWhatTheInformerHolds(t *testing.T) {
+	ctx, r, metaClient := startPodResolver(t)
+	store := r.pods.Informer().GetStore()
+	web := labels.SelectorFromSet(labels.Set{"app": "web"})
+	for i := range 200 {
+		name := fmt.Sprintf("web-%03d", i)
+		// Asked before every add, so that an answer is cached.
+		if _, err := r.PodsMatching(ctx, "shop", web); err != nil {
+			t.Fatal(err)
+		}
+		if err := metaClient.Tracker().Add(pod("shop", name, map[string]string{"app": "web"})); err != nil {
+			t.Fatal(err)
+		}
+		if err := wait.PollUntilContextTimeout(ctx, 100*time.Microsecond, 10*time.Second, true, func(context.Context) (bool, error) {
+			_, ok, err := store.GetByKey("shop/" + name)
+			return ok, err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := r.PodsMatching(ctx, "shop", web)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != i+1 || !slices.Contains(got, name) {
+			t.Fatalf("after %s reached the informer's store: %d pods match, %s among them: %v; want %d", name, len(got), name, slices.Contains(got, name), i+1)
+		}
 	}
 }

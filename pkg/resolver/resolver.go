@@ -109,7 +109,8 @@ func New(kube kubernetes.Interface, meta metadata.Interface, mapper apimeta.REST
 // prepareInformer adds the label index and the selection cache to a new
 // informer. Call it with r.mu held, or before the resolver is shared.
 func (r *Resolver) prepareInformer(inf cache.SharedIndexInformer) error {
-	if err := addLabelIndex(inf); err != nil {
+	c := newSelectionCache()
+	if err := addLabelIndex(inf, c); err != nil {
 		return err
 	}
 	we := &watchError{}
@@ -121,10 +122,6 @@ func (r *Resolver) prepareInformer(inf cache.SharedIndexInformer) error {
 		cache.DefaultWatchErrorHandler(ctx, reflector, err)
 	}); err != nil {
 		return fmt.Errorf("watching for list errors: %w", err)
-	}
-	c := newSelectionCache()
-	if err := c.watch(inf); err != nil {
-		return fmt.Errorf("watching for relabelled objects: %w", err)
 	}
 	r.selections[inf] = c
 	return nil
