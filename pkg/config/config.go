@@ -374,6 +374,10 @@ func (v *validator) rule(section string, i int, r *Rule) {
 		v.fail(section, i, "resources.aggregateFromPods", "externalRules name no objects; aggregateFromPods belongs in rules")
 	case external && r.Resources.IsNamespaced() && r.Resources.Template == "" && !overridesResource(r.Resources.Overrides, "namespace"):
 		v.fail(section, i, "resources", "a namespaced external rule needs the label that holds the namespace: add overrides: {namespace: {resource: namespace}} (or a template), or set namespaced: false to query across namespaces")
+	case external && r.Resources.IsNamespaced() && r.Resources.Template != "" && !overridesResource(r.Resources.Overrides, "namespace"):
+		if label, ok := templateLabel(r.Resources.Template, "namespace"); !ok {
+			v.fail(section, i, "resources.template", "renders %q for namespaces, which is not a Prometheus label name, so a namespaced external rule could not match its namespace: add overrides: {namespace: {resource: namespace}}, or set namespaced: false to query across namespaces", label)
+		}
 	}
 	seen := map[string]bool{}
 	for j, name := range r.Resources.AggregateFromPods {
@@ -427,6 +431,27 @@ func (v *validator) resourceMapping(section string, i int, field string, m Resou
 			v.fail(section, i, f, "resource is required")
 		}
 	}
+}
+
+// templateLabel renders a resources.template for a core resource, as
+// TemplateLabel does.
+func templateLabel(text, resource string) (string, bool) {
+	t, err := ParseResourceTemplate(text)
+	if err != nil {
+		return "", false
+	}
+	return TemplateLabel(t, resource)
+}
+
+// TemplateLabel renders a parsed resources.template for a core resource
+// (group "", resource singular) and reports whether the result is a valid
+// Prometheus label name.
+func TemplateLabel(t *template.Template, resource string) (string, bool) {
+	var b strings.Builder
+	if err := t.Execute(&b, ResourceTemplateData{Resource: resource}); err != nil {
+		return "", false
+	}
+	return b.String(), b.Len() > 0 && model.LegacyValidation.IsValidLabelName(b.String())
 }
 
 // resourceRules checks the resource metrics section.

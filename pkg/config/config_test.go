@@ -268,6 +268,11 @@ func TestParseRejects(t *testing.T) {
 			want: []string{"cfg.yaml:2", "externalRules[0].resources", "namespace: {resource: namespace}", "namespaced: false"},
 		},
 		{
+			name: "rejects a namespaced external rule whose template names no label for namespaces",
+			yaml: "externalRules:\n- seriesQuery: x\n  metricsQuery: y\n  resources:\n    template: <<.Group>>.<<.Resource>>\n",
+			want: []string{"cfg.yaml:5", "externalRules[0].resources.template", `renders ".namespace"`, "not a Prometheus label name", "namespaced: false"},
+		},
+		{
 			name: "rejects resourceRules without memory",
 			yaml: "resourceRules:\n  cpu:\n    containerQuery: sum(rate(c{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)\n    nodeQuery: sum(rate(n{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)\n    resources: {overrides: {pod: {resource: pod}, namespace: {resource: namespace}, node: {resource: node}}}\n    containerLabel: container\n",
 			want: []string{"cfg.yaml:1", "resourceRules.memory: is required"},

@@ -2,6 +2,7 @@ package custommetrics
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -91,7 +92,10 @@ func buildIndex(rs []*rules.Rule, seriesByQuery map[string][]model.LabelSet, map
 			var nsLabel, podLabel string
 			resources := map[schema.GroupResource]string{}
 			scoped := map[schema.GroupResource]bool{}
-			for ln := range ls {
+			// In the order of their names, so that when two labels map to
+			// the same resource (namespace and exported_namespace through
+			// a template), every discovery round picks the same one.
+			for _, ln := range slices.Sorted(maps.Keys(ls)) {
 				if ln == model.MetricNameLabel {
 					continue
 				}

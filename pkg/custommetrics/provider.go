@@ -416,11 +416,19 @@ func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, nam
 	var sum float64
 	var ts model.Time
 	n := 0
+	nsValue := model.LabelValue(r.rule.ToLabelValue(namespace))
 	for _, s := range vec {
+		if v, ok := s.Metric[model.LabelName(r.namespaceLabel)]; ok && v != nsValue {
+			// A pod of the same name in another namespace, from a
+			// metricsQuery that does not match on the namespace.
+			continue
+		}
 		v := float64(s.Value)
 		if math.IsNaN(v) || math.IsInf(v, 0) {
-			klog.V(2).InfoS("Dropping a sample that is not a finite number", "rule", r.rule.String(), "object", klog.KRef(namespace, name), "value", s.Value)
-			continue
+			// One series left out would make the sum smaller, not
+			// wrong-looking: no value rather than a partial one.
+			klog.V(2).InfoS("A series of the object's pods is not a finite number", "rule", r.rule.String(), "object", klog.KRef(namespace, name), "series", s.Metric.String(), "value", s.Value)
+			return nil, notFoundBecause(r.info, name, fmt.Sprintf("a series of its pods is %v", s.Value))
 		}
 		sum += v
 		ts = max(ts, s.Timestamp)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/common/model"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
@@ -435,9 +436,28 @@ func TestGetMetricByNameThroughPods(t *testing.T) {
 			samples: []fakeprom.Sample{
 				{Labels: map[string]string{"namespace": "default", "endpoint": "/"}, Value: "1", TS: 5},
 				{Labels: map[string]string{"namespace": "default", "endpoint": "/mem"}, Value: "0.5", TS: 6},
-				{Labels: map[string]string{"namespace": "default", "endpoint": "/x"}, Value: "+Inf", TS: 6},
 			},
 			want: "1500m", kind: "Service", version: "v1",
+		},
+		{
+			name:     "leaves out series of another namespace's pods of the same names",
+			resource: deployments, object: "app",
+			query: `sum(rate(app_requests_total{namespace="default",pod=~"app-a|app-b|app-c"}[1m])) by (namespace)`,
+			samples: []fakeprom.Sample{
+				{Labels: map[string]string{"namespace": "default"}, Value: "3", TS: 5},
+				{Labels: map[string]string{"namespace": "staging"}, Value: "100", TS: 5},
+			},
+			want: "3", kind: "Deployment", version: "apps/v1",
+		},
+		{
+			name:     "is 404, not a smaller sum, when a series is not a finite number",
+			resource: services, object: "app",
+			query: `sum(rate(app_requests_total{namespace="default",pod=~"app-a|app-b|app-c"}[1m])) by (namespace)`,
+			samples: []fakeprom.Sample{
+				{Labels: map[string]string{"namespace": "default", "endpoint": "/"}, Value: "1", TS: 5},
+				{Labels: map[string]string{"namespace": "default", "endpoint": "/x"}, Value: "+Inf", TS: 6},
+			},
+			wantErr: "a series of its pods is +Inf",
 		},
 		{
 			name:     "is 404 for an object that selects no pods",
@@ -460,7 +480,7 @@ func TestGetMetricByNameThroughPods(t *testing.T) {
 			resource: deployments, object: "other",
 			query:   `sum(rate(app_requests_total{namespace="default",pod="other-1"}[1m])) by (namespace)`,
 			samples: []fakeprom.Sample{{Labels: map[string]string{"namespace": "default"}, Value: "NaN", TS: 5}},
-			wantErr: "no data",
+			wantErr: "a series of its pods is NaN",
 		},
 	}
 	for _, tc := range tests {
@@ -696,4 +716,38 @@ func TestIdenticalSelectorRequestsShareOneAnswer(t *testing.T) {
 			t.Error("callers share one list object; each must get its own")
 		}
 	})
+}
+
+// Two labels of a series that map to namespaces (a template's namespace
+// and an override's exported_namespace): every discovery round picks the
+// same one, the first by name, whatever the order Go's maps give.
+func TestDiscoveryPicksTheSameNamespaceLabelEveryRound(t *testing.T) {
+	cfg, err := config.Parse([]byte(`rules:
+- seriesQuery: 'http_requests_total'
+  resources:
+    template: <<.Resource>>
+    overrides: {exported_namespace: {resource: namespace}}
+  name: {matches: "^(.*)_total$", as: "${1}_per_second"}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)
+`), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := rules.Compile("rules", cfg.Rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := map[string][]model.LabelSet{rs[0].SeriesQuery(): {{
+		"__name__": "http_requests_total", "namespace": "monitoring", "exported_namespace": "shop", "pod": "web-1",
+	}}}
+	for round := range 50 {
+		idx := buildIndex(rs, series, fakemapper.New(), time.Unix(0, 0))
+		e, ok := idx.entries[metricKey{rules.Pods, "http_requests_per_second"}]
+		if !ok {
+			t.Fatalf("round %d: the pods metric was not discovered: %v", round, idx.list)
+		}
+		if e.namespaceLabel != "exported_namespace" {
+			t.Fatalf("round %d: namespace label %q, want exported_namespace (the first by name)", round, e.namespaceLabel)
+		}
+	}
 }

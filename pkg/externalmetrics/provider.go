@@ -115,8 +115,14 @@ func (p *Provider) update(r discovery.Result) {
 		}
 		var nsLabel string
 		if rule.Namespaced() {
-			// Validation guarantees the label exists for namespaced rules.
-			nsLabel, _ = rule.LabelFor("namespace")
+			// Validation refuses a namespaced rule without this label;
+			// should one get here, it serves nothing rather than every
+			// namespace's series.
+			var ok bool
+			if nsLabel, ok = rule.LabelFor("namespace"); !ok {
+				klog.ErrorS(nil, "Not serving a namespaced external rule that names no namespace label", "rule", rule.String())
+				continue
+			}
 		}
 		for _, ls := range sets {
 			series := rules.SeriesName(ls)
@@ -235,8 +241,12 @@ func (p *Provider) GetExternalMetric(ctx context.Context, namespace string, metr
 	for _, s := range vec {
 		q, ok := values.Quantity(float64(s.Value))
 		if !ok {
-			klog.V(2).InfoS("Dropping a sample that is not a finite number", "externalMetric", info.Metric, "series", s.Metric.String(), "value", s.Value)
-			continue
+			// The HPA adds up every item: one left out would make its
+			// total smaller, so the answer is no value at all.
+			klog.V(2).InfoS("A series of an external metric is not a finite number", "externalMetric", info.Metric, "series", s.Metric.String(), "value", s.Value)
+			err := apierrors.NewNotFound(externalMetrics, info.Metric)
+			err.ErrStatus.Message = fmt.Sprintf("external metric %q: series %s is %v, which the API cannot carry; no value is served rather than a total without it", info.Metric, s.Metric, s.Value)
+			return nil, err
 		}
 		lbls := make(map[string]string, len(s.Metric))
 		for k, v := range s.Metric {

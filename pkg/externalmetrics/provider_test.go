@@ -143,11 +143,10 @@ func TestGetExternalMetric(t *testing.T) {
 			want:    []string{`app_requests_per_second{}=12500m@1700000002/60s`},
 		},
 		{
-			name:      "drops values that are not numbers and answers an empty list for no data",
+			name:      "answers an empty list for no data",
 			namespace: "jobs", metric: "queue_depth",
-			query:   `sum(queue_depth{namespace="jobs"}) by (queue)`,
-			samples: []fakeprom.Sample{{Labels: map[string]string{"queue": "a"}, Value: "NaN", TS: 1700000000}},
-			want:    nil,
+			query: `sum(queue_depth{namespace="jobs"}) by (queue)`,
+			want:  nil,
 		},
 	}
 	for _, tc := range tests {
@@ -204,6 +203,17 @@ func TestGetExternalMetricErrors(t *testing.T) {
 	}
 	if q := f.prom.Received(); len(q) != 0 {
 		t.Errorf("queries sent for rejected requests: %v", q)
+	}
+
+	// One series that is not a number: no answer, rather than a list the
+	// HPA would add up without it.
+	f.prom.Vecs[`sum(queue_depth{namespace="jobs"}) by (queue)`] = []fakeprom.Sample{
+		{Labels: map[string]string{"queue": "a"}, Value: "NaN", TS: 1700000000},
+		{Labels: map[string]string{"queue": "b"}, Value: "7", TS: 1700000000},
+	}
+	_, err = f.p.GetExternalMetric(context.Background(), "jobs", labels.Everything(), info("queue_depth"))
+	if !apierrors.IsNotFound(err) || !strings.Contains(err.Error(), `series {queue="a"} is NaN`) {
+		t.Errorf("a NaN series: %v, want 404 naming it", err)
 	}
 
 	f.prom.SetFail(func(w http.ResponseWriter) bool {

@@ -157,12 +157,8 @@ func (m *mapping) LabelFor(singular string) (string, bool) {
 	if m.resTemplate == nil {
 		return "", false
 	}
-	var b strings.Builder
-	if err := m.resTemplate.Execute(&b, config.ResourceTemplateData{Resource: singular}); err != nil || b.Len() == 0 {
-		return "", false
-	}
-	label := b.String()
-	if !model.LegacyValidation.IsValidLabelName(label) {
+	label, ok := config.TemplateLabel(m.resTemplate, singular)
+	if !ok {
 		return "", false
 	}
 	return label, true
