@@ -61,7 +61,9 @@ func decodeQuery(body []byte) (model.Vector, []string, error) {
 					if resultType != "" && resultType != "vector" {
 						return d.skip()
 					}
-					haveResult = true
+					// A repeated key's last value counts, as with
+					// encoding/json.
+					haveResult, vec = true, nil
 					return d.vector(&vec)
 				default:
 					return d.skip()
@@ -249,8 +251,12 @@ func (d *decoder) vector(vec *model.Vector) error {
 		err := d.object(func(key []byte) error {
 			switch fieldName(key, "metric", "value", "histogram") {
 			case "metric":
-				m := model.Metric{}
-				s.Metric = m
+				// A repeated "metric" adds to the labels, as encoding/json
+				// decodes into the map it already has.
+				if s.Metric == nil {
+					s.Metric = model.Metric{}
+				}
+				m := s.Metric
 				return d.object(func(name []byte) error {
 					v, err := d.string()
 					m[model.LabelName(name)] = model.LabelValue(v)

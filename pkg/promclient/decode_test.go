@@ -76,6 +76,12 @@ func TestDecodeQuery(t *testing.T) {
 			body: `{"infos":["i"],"status":"success","stats":{"a":[1,{"b":null}],"c":true},"data":{"resultType":"vector","result":[],"extra":1.5e2}}`,
 			want: ``,
 		},
+		{
+			name: "reads repeated keys as encoding/json does: the last result, merged labels",
+			body: `{"status":"success","data":{"resultType":"vector","result":[{"metric":{"pod":"old"},"value":[1,"9"]}],` +
+				`"result":[{"metric":{"pod":"a"},"metric":{"ns":"x"},"value":[1,"1"]}]}}`,
+			want: `{ns="x", pod="a"}=1@1000`,
+		},
 		{name: "rejects a scalar", body: `{"status":"success","data":{"resultType":"scalar","result":[1700000000,"1"]}}`, err: "not an instant vector"},
 		{name: "rejects a matrix", body: `{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[1,"1"]]}]}}`, err: "not an instant vector"},
 		{name: "rejects native histograms", body: `{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"histogram":[1,{}]}]}}`, err: "native histogram"},
