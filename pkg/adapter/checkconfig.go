@@ -138,9 +138,12 @@ func (o *Options) checkDiscovery(ctx context.Context, w io.Writer, set *rules.Se
 	})
 	disc.Subscribe(custom.Update)
 	disc.Subscribe(external.Update)
+	for _, warning := range o.Warnings() {
+		fmt.Fprintf(w, "warning: %s\n", warning)
+	}
 	start := time.Now()
 	r := disc.Relist(ctx)
-	fmt.Fprintf(w, "\nDiscovery at %s: %d seriesQueries, %d failed, %v\n", o.PrometheusURL, len(r.Series)+len(missing(r)), len(r.Failed), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(w, "\nDiscovery at %s: %d seriesQueries, %d failed, %v\n", redactURL(o.PrometheusURL), len(r.Series)+len(missing(r)), len(r.Failed), time.Since(start).Round(time.Millisecond))
 
 	served, overlaps := custom.Served()
 	byRule := map[string][]custommetrics.Served{}

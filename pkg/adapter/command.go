@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -115,6 +117,14 @@ Run it behind an APIService. Outside a cluster, point --lister-kubeconfig,
 	cols, _, _ := term.TerminalSize(cmd.OutOrStdout())
 	cliflag.SetUsageAndHelpFunc(cmd, fss, cols)
 	cmd.AddCommand(newExplainCommand(ctx), newCheckConfigCommand(ctx))
+	// The help function above prints flags only: name the subcommands
+	// in the description.
+	var b strings.Builder
+	b.WriteString("\n\nCommands (adapter COMMAND --help for each):\n")
+	for _, sub := range cmd.Commands() {
+		fmt.Fprintf(&b, "  %-13s %s\n", sub.Name(), sub.Short)
+	}
+	cmd.Long += strings.TrimRight(b.String(), "\n")
 	return cmd
 }
 
@@ -193,19 +203,40 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 	metrics.Register(c.resolver)
 	metrics.SetLoaded(time.Now())
 
-	c.resolver.Start(ctx)
-	go c.disc.Run(ctx)
+	// What requests rely on (the caches, discovery, the rules, the REST
+	// mapper) runs until the server has stopped serving, not only until
+	// the signal: after SIGTERM the server keeps answering for
+	// --shutdown-delay-duration and while requests in flight finish.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBG()
+	c.resolver.Start(bg)
+	go c.disc.Run(bg)
+	// New resource types (a CRD installed later, an aggregated API that
+	// was down at start), every --discovery-interval.
+	c.refresher.RunUntil(bg.Done())
 	if o.ConfigFile != "" && o.WatchConfig {
-		go newReloader(o.ConfigFile, o.rulesData, o.compileRules, c.apply, o.hup).run(ctx)
+		go newReloader(o.ConfigFile, o.rulesData, o.compileRules, c.apply, o.hup).run(bg)
 	} else if o.hup != nil {
-		go ignoreHUP(ctx, o.hup)
+		go ignoreHUP(bg, o.hup)
 	}
-	klog.InfoS("Starting", "version", version.Get(), "apis", c.apis, "prometheus", o.PrometheusURL, "verb", o.PrometheusVerb, "timeout", o.PrometheusTimeout)
+	for _, w := range o.Warnings() {
+		klog.Warning(w)
+	}
+	klog.InfoS("Starting", "version", version.Get(), "apis", c.apis, "prometheus", redactURL(o.PrometheusURL), "verb", o.PrometheusVerb, "timeout", o.PrometheusTimeout)
 	if err := server.GenericAPIServer.PrepareRun().RunWithContext(ctx); err != nil {
 		return fmt.Errorf("serving: %w", err)
 	}
 	klog.InfoS("Stopped")
 	return nil
+}
+
+// redactURL is u with any password replaced by "xxxxx", for logs.
+func redactURL(u string) string {
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return parsed.Redacted()
 }
 
 // DefaultGCPercent is the garbage collector's target when GOGC is not set:

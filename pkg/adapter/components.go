@@ -26,14 +26,17 @@ import (
 // loop feeding the custom and external providers. The server, `adapter
 // explain` and a rules reload share them.
 type components struct {
-	prom     *promclient.Client
-	mapper   apimeta.RESTMapper
-	resolver *resolver.Resolver
-	custom   *custommetrics.Provider
-	external *externalmetrics.Provider
-	resource *resourcemetrics.Provider
-	disc     *discovery.Discoverer
-	apis     []string
+	prom   *promclient.Client
+	mapper apimeta.RESTMapper
+	// refresher rediscovers the cluster's resource types for mapper, every
+	// --discovery-interval.
+	refresher mapperRefresher
+	resolver  *resolver.Resolver
+	custom    *custommetrics.Provider
+	external  *externalmetrics.Provider
+	resource  *resourcemetrics.Provider
+	disc      *discovery.Discoverer
+	apis      []string
 }
 
 // build creates the components for the compiled rules. Nothing runs until
@@ -61,6 +64,10 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 	}
 	if c.mapper, err = base.RESTMapper(); err != nil {
 		return nil, fmt.Errorf("building the REST mapper: %w", err)
+	}
+	var ok bool
+	if c.refresher, ok = c.mapper.(mapperRefresher); !ok {
+		return nil, fmt.Errorf("the REST mapper (%T) cannot be refreshed: --discovery-interval would do nothing", c.mapper)
 	}
 	c.resolver = resolver.New(kube, meta, c.mapper)
 
@@ -149,4 +156,10 @@ func (c *components) explainProviders() explain.Providers {
 		p.External = c.external
 	}
 	return p
+}
+
+// mapperRefresher is custom-metrics-apiserver's regenerating REST mapper:
+// RunUntil rediscovers resource types at its interval until stop closes.
+type mapperRefresher interface {
+	RunUntil(stop <-chan struct{})
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -145,7 +146,7 @@ func (o *Options) Validate() []error {
 	if u, err := url.Parse(o.PrometheusURL); err != nil {
 		errs = append(errs, fmt.Errorf("--prometheus-url %q: %w", o.PrometheusURL, err))
 	} else if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		errs = append(errs, fmt.Errorf("--prometheus-url %q must be an absolute http or https URL", o.PrometheusURL))
+		errs = append(errs, fmt.Errorf("--prometheus-url %q must be an absolute http or https URL", u.Redacted()))
 	}
 	if o.ShutdownDelay < 0 {
 		errs = append(errs, fmt.Errorf("--shutdown-delay-duration must not be negative, got %s", o.ShutdownDelay))
@@ -189,6 +190,34 @@ func (o *Options) Validate() []error {
 		errs = append(errs, fmt.Errorf("--max-concurrent-object-queries must be at least 1, got %d", o.MaxConcurrentObjectQueries))
 	}
 	return errs
+}
+
+// Warnings names flags that are accepted but have no effect, or an
+// effect the user may not expect, with this --prometheus-url.
+func (o *Options) Warnings() []string {
+	u, err := url.Parse(o.PrometheusURL)
+	if err != nil || u.Scheme != "http" {
+		return nil
+	}
+	var w []string
+	var tls []string
+	for flag, set := range map[string]bool{
+		"--prometheus-ca-file":                  o.PrometheusCAFile != "",
+		"--prometheus-client-tls-cert-file":     o.PrometheusClientCertFile != "",
+		"--prometheus-insecure-skip-tls-verify": o.PrometheusInsecureSkipTLS,
+	} {
+		if set {
+			tls = append(tls, flag)
+		}
+	}
+	if len(tls) > 0 {
+		slices.Sort(tls)
+		w = append(w, fmt.Sprintf("%s apply to https only: --prometheus-url %s is http, so they have no effect", strings.Join(tls, ", "), u.Redacted()))
+	}
+	if o.PrometheusTokenFile != "" || u.User != nil {
+		w = append(w, fmt.Sprintf("credentials for Prometheus (--prometheus-token-file, or a user in the URL) go over plain http to %s", u.Host))
+	}
+	return w
 }
 
 func parseHeader(h string) (string, string, error) {

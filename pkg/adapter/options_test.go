@@ -66,6 +66,42 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+func TestWarnings(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{name: "none for the defaults"},
+		{name: "none for TLS flags with https", args: []string{"--prometheus-url=https://p:9090", "--prometheus-ca-file=ca.pem", "--prometheus-token-file=t"}},
+		{
+			name: "TLS flags with http have no effect",
+			args: []string{"--prometheus-url=http://p:9090", "--prometheus-insecure-skip-tls-verify", "--prometheus-ca-file=ca.pem"},
+			want: []string{"--prometheus-ca-file, --prometheus-insecure-skip-tls-verify apply to https only"},
+		},
+		{
+			name: "credentials over http, the password never printed",
+			args: []string{"--prometheus-url=http://admin:s3cret@p:9090"},
+			want: []string{"credentials for Prometheus (--prometheus-token-file, or a user in the URL) go over plain http to p:9090"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := parse(t, tc.args...).Warnings()
+			if len(got) != len(tc.want) {
+				t.Fatalf("Warnings() = %q, want %d", got, len(tc.want))
+			}
+			for i, w := range tc.want {
+				if !strings.Contains(got[i], w) || strings.Contains(got[i], "s3cret") {
+					t.Errorf("warning %d = %q, want %q and no password", i, got[i], w)
+				}
+			}
+		})
+	}
+	if got := redactURL("http://admin:s3cret@p:9090/prom"); got != "http://admin:xxxxx@p:9090/prom" {
+		t.Errorf("redactURL = %q", got)
+	}
+}
+
 // queryWith validates o, builds the Prometheus client from it as the
 // adapter does, and runs one query.
 func queryWith(t *testing.T, o *Options) {
@@ -155,6 +191,11 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 	})
 	if n < 40 {
 		t.Errorf("only %d flags registered; the API server's flags are missing", n)
+	}
+	for _, sub := range cmd.Commands() {
+		if sub.Name() != "completion" && sub.Name() != "help" && !strings.Contains(help, "  "+sub.Name()+" ") {
+			t.Errorf("--help does not name the %s command", sub.Name())
+		}
 	}
 	for _, section := range []string{"Prometheus flags:", "Metrics flags:", "Kubernetes api flags:", "Logging flags:"} {
 		if !strings.Contains(help, section) {
