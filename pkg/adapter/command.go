@@ -90,6 +90,11 @@ Run it behind an APIService. Outside a cluster, point --lister-kubeconfig,
 			if errs := o.Validate(); len(errs) > 0 {
 				return utilerrors.NewAggregate(errs)
 			}
+			// Before anything is logged, so that -v and the log format
+			// apply to the rules' lines too.
+			if err := logsapi.ValidateAndApply(logging, nil); err != nil {
+				return fmt.Errorf("logging flags: %w", err)
+			}
 			data, err := o.readRules()
 			if err != nil {
 				return err
@@ -99,9 +104,6 @@ Run it behind an APIService. Outside a cluster, point --lister-kubeconfig,
 				return err
 			}
 			o.rulesData = data
-			if err := logsapi.ValidateAndApply(logging, nil); err != nil {
-				return fmt.Errorf("logging flags: %w", err)
-			}
 			defaultGC()
 			return o.Run(ctx, base, set)
 		},
