@@ -247,7 +247,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	fmt.Println(fl.line())
+	fmt.Println(floorLine(fl))
 
 	var rows []row
 	for _, n := range o.sizes {
@@ -260,7 +260,7 @@ func run() error {
 			rows = append(rows, r)
 		}
 	}
-	fmt.Printf("\n%s\n%s\n", table(rows), fl.line())
+	fmt.Printf("\n%s\n%s\n", table(rows), floorLine(fl))
 	fmt.Printf("adapter RSS when ready: %s, after the run: %s (peak %s; peak of its anonymous part, RssAnon: %s)\n",
 		mib(readyRSS), mib(b.rss()), mib(b.peakRSS.Load()), mib(b.peakAnon.Load()))
 	return nil
@@ -643,14 +643,8 @@ func (b *bench) queryOf(ctx context.Context, namespace, selector string, want in
 type row struct {
 	pods         int
 	selection    string
-	adapter, raw result
+	adapter, raw side
 	rss          int64
-	cpuSeconds   float64
-	// CPU seconds of Prometheus and of the clients (this process) during
-	// the adapter side and during the raw side: where the cores went.
-	promCPU, clientCPU     [2]float64
-	adapterErrs, rawErrs   int64
-	adapterWrong, rawWrong int64
 }
 
 type result struct {
@@ -661,6 +655,37 @@ type result struct {
 
 func (r result) rate() float64 { return float64(r.n) / r.seconds }
 
+// side is one side of a row (or the floor): its latencies, where the cores
+// went meanwhile (CPU seconds of the adapter, Prometheus and the clients,
+// this process), and the answers that failed or held the wrong number of
+// items.
+type side struct {
+	result
+	adapterCPU, promCPU, clientCPU float64
+	errs, wrong                    int64
+}
+
+// run runs the clients for the side's duration, each request from req(i),
+// and checks every answer holds want items.
+func (b *bench) run(ctx context.Context, req func(context.Context, int) (*http.Request, error), item []byte, want int) side {
+	adapter0, prom0, self0 := b.cpuSeconds(), cpuSeconds(b.s.Prometheus.Proc.PID()), cpuSeconds(os.Getpid())
+	var errs, wrong atomic.Int64
+	res := b.load(ctx, func(ctx context.Context, i int) error {
+		r, err := req(ctx, i)
+		if err != nil {
+			return err
+		}
+		return b.check(r, item, want, &errs, &wrong)
+	})
+	return side{
+		result:     res,
+		adapterCPU: b.cpuSeconds() - adapter0,
+		promCPU:    cpuSeconds(b.s.Prometheus.Proc.PID()) - prom0,
+		clientCPU:  cpuSeconds(os.Getpid()) - self0,
+		errs:       errs.Load(), wrong: wrong.Load(),
+	}
+}
+
 // measure runs one row: the adapter side, then the raw side.
 func (b *bench) measure(ctx context.Context, n int, sel selection, byNamespaceSelector map[string]string) (row, error) {
 	ns := namespaceFor(n)
@@ -670,73 +695,41 @@ func (b *bench) measure(ctx context.Context, n int, sel selection, byNamespaceSe
 	}
 	r := row{pods: n, selection: sel.name}
 	profileDone := b.profile(ctx, fmt.Sprintf("%d-%s", n, strings.ReplaceAll(sel.name, " ", "-")))
-	cpu0 := b.cpuSeconds()
-	prom0, self0 := cpuSeconds(b.s.Prometheus.Proc.PID()), cpuSeconds(os.Getpid())
-	var errs, wrong atomic.Int64
-	r.adapter = b.load(ctx, func(ctx context.Context, i int) error {
-		req, err := b.adapterRequest(ctx, ns, sel.selectors[i%len(sel.selectors)])
-		if err != nil {
-			return err
-		}
-		return b.check(req, adapterItem, sel.want, &errs, &wrong)
-	})
-	r.cpuSeconds = b.cpuSeconds() - cpu0
-	prom1, self1 := cpuSeconds(b.s.Prometheus.Proc.PID()), cpuSeconds(os.Getpid())
-	r.promCPU[0], r.clientCPU[0] = prom1-prom0, self1-self0
+	r.adapter = b.run(ctx, func(ctx context.Context, i int) (*http.Request, error) {
+		return b.adapterRequest(ctx, ns, sel.selectors[i%len(sel.selectors)])
+	}, adapterItem, sel.want)
 	r.rss = b.rss()
 	if err := <-profileDone; err != nil {
 		return r, err
 	}
-	r.adapterErrs, r.adapterWrong = errs.Load(), wrong.Load()
-	errs.Store(0)
-	wrong.Store(0)
-	r.raw = b.load(ctx, func(ctx context.Context, i int) error {
-		req, err := b.rawRequest(ctx, queries[i%len(queries)])
-		if err != nil {
-			return err
-		}
-		return b.check(req, rawItem, sel.want, &errs, &wrong)
-	})
-	r.promCPU[1], r.clientCPU[1] = cpuSeconds(b.s.Prometheus.Proc.PID())-prom1, cpuSeconds(os.Getpid())-self1
-	r.rawErrs, r.rawWrong = errs.Load(), wrong.Load()
-	if r.adapterErrs+r.adapterWrong+r.rawErrs+r.rawWrong > 0 {
+	r.raw = b.run(ctx, func(ctx context.Context, i int) (*http.Request, error) {
+		return b.rawRequest(ctx, queries[i%len(queries)])
+	}, rawItem, sel.want)
+	if r.adapter.errs+r.adapter.wrong+r.raw.errs+r.raw.wrong > 0 {
 		return r, fmt.Errorf("failed answers: adapter %d errors, %d with the wrong number of pods; raw %d errors, %d wrong",
-			r.adapterErrs, r.adapterWrong, r.rawErrs, r.rawWrong)
+			r.adapter.errs, r.adapter.wrong, r.raw.errs, r.raw.wrong)
 	}
 	return r, nil
-}
-
-// floorResult is the adapter serving empty answers: no pod selected, no
-// Prometheus query.
-type floorResult struct {
-	res                   result
-	adapterCPU, clientCPU float64
 }
 
 // floorSelector matches none of the bench's pods.
 const floorSelector = "app=none"
 
-// floor measures the adapter answering floorSelector in namespace.
-func (b *bench) floor(ctx context.Context, namespace string) (floorResult, error) {
-	cpu0, self0 := b.cpuSeconds(), cpuSeconds(os.Getpid())
-	var errs, wrong atomic.Int64
-	res := b.load(ctx, func(ctx context.Context, _ int) error {
-		req, err := b.adapterRequest(ctx, namespace, floorSelector)
-		if err != nil {
-			return err
-		}
-		return b.check(req, adapterItem, 0, &errs, &wrong)
-	})
-	f := floorResult{res: res, adapterCPU: b.cpuSeconds() - cpu0, clientCPU: cpuSeconds(os.Getpid()) - self0}
-	if errs.Load()+wrong.Load() > 0 {
-		return f, fmt.Errorf("floor: %d errors, %d answers that were not empty", errs.Load(), wrong.Load())
+// floor measures the adapter answering floorSelector in namespace: empty
+// answers, no Prometheus query.
+func (b *bench) floor(ctx context.Context, namespace string) (side, error) {
+	f := b.run(ctx, func(ctx context.Context, _ int) (*http.Request, error) {
+		return b.adapterRequest(ctx, namespace, floorSelector)
+	}, adapterItem, 0)
+	if f.errs+f.wrong > 0 {
+		return f, fmt.Errorf("floor: %d errors, %d answers that were not empty", f.errs, f.wrong)
 	}
 	return f, nil
 }
 
-func (f floorResult) line() string {
+func floorLine(f side) string {
 	return fmt.Sprintf("floor: no pod selected, no Prometheus query: adapter %7.1f req/s (p50 %s, p99 %s); CPU ms per request: adapter %.3f, clients %.3f",
-		f.res.rate(), ms(f.res.p50), ms(f.res.p99), perRequest(f.adapterCPU, f.res.n), perRequest(f.clientCPU, f.res.n))
+		f.rate(), ms(f.p50), ms(f.p99), perRequest(f.adapterCPU, f.n), perRequest(f.clientCPU, f.n))
 }
 
 func (b *bench) check(req *http.Request, item []byte, want int, errs, wrong *atomic.Int64) error {
@@ -930,14 +923,15 @@ func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
 
 func (r row) line() string {
+	a, w := r.adapter, r.raw
 	return fmt.Sprintf("%6d pods, %-26s adapter %7.1f req/s (p50 %s, p90 %s, p99 %s)  raw %7.1f req/s (p50 %s, p90 %s, p99 %s)  ratio %.2f  RSS %s\n"+
 		"%40s CPU s: adapter side: adapter %.1f, Prometheus %.1f, clients %.1f; raw side: Prometheus %.1f, clients %.1f\n"+
 		"%40s CPU ms per request: adapter side: adapter %.3f, Prometheus %.3f, clients %.3f; raw side: Prometheus %.3f, clients %.3f",
-		r.pods, r.selection, r.adapter.rate(), ms(r.adapter.p50), ms(r.adapter.p90), ms(r.adapter.p99),
-		r.raw.rate(), ms(r.raw.p50), ms(r.raw.p90), ms(r.raw.p99), r.adapter.rate()/r.raw.rate(), mib(r.rss),
-		"", r.cpuSeconds, r.promCPU[0], r.clientCPU[0], r.promCPU[1], r.clientCPU[1],
-		"", perRequest(r.cpuSeconds, r.adapter.n), perRequest(r.promCPU[0], r.adapter.n), perRequest(r.clientCPU[0], r.adapter.n),
-		perRequest(r.promCPU[1], r.raw.n), perRequest(r.clientCPU[1], r.raw.n))
+		r.pods, r.selection, a.rate(), ms(a.p50), ms(a.p90), ms(a.p99),
+		w.rate(), ms(w.p50), ms(w.p90), ms(w.p99), a.rate()/w.rate(), mib(r.rss),
+		"", a.adapterCPU, a.promCPU, a.clientCPU, w.promCPU, w.clientCPU,
+		"", perRequest(a.adapterCPU, a.n), perRequest(a.promCPU, a.n), perRequest(a.clientCPU, a.n),
+		perRequest(w.promCPU, w.n), perRequest(w.clientCPU, w.n))
 }
 
 // perRequest is CPU seconds spread over n requests, in milliseconds.
@@ -950,7 +944,7 @@ func table(rows []row) string {
 	for _, r := range rows {
 		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %.0f | %s | %s | %.2f | %s | %.1f |\n",
 			thousands(r.pods), r.selection, r.adapter.rate(), ms(r.adapter.p50), ms(r.adapter.p99),
-			r.raw.rate(), ms(r.raw.p50), ms(r.raw.p99), r.adapter.rate()/r.raw.rate(), mib(r.rss), r.cpuSeconds)
+			r.raw.rate(), ms(r.raw.p50), ms(r.raw.p99), r.adapter.rate()/r.raw.rate(), mib(r.rss), r.adapter.adapterCPU)
 	}
 	return b.String()
 }

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
@@ -199,19 +198,17 @@ func (o *Options) Warnings() []string {
 	if err != nil || u.Scheme != "http" {
 		return nil
 	}
-	var w []string
-	var tls []string
-	for flag, set := range map[string]bool{
-		"--prometheus-ca-file":                  o.PrometheusCAFile != "",
-		"--prometheus-client-tls-cert-file":     o.PrometheusClientCertFile != "",
-		"--prometheus-insecure-skip-tls-verify": o.PrometheusInsecureSkipTLS,
-	} {
-		if set {
-			tls = append(tls, flag)
-		}
+	var w, tls []string
+	if o.PrometheusCAFile != "" {
+		tls = append(tls, "--prometheus-ca-file")
+	}
+	if o.PrometheusClientCertFile != "" {
+		tls = append(tls, "--prometheus-client-tls-cert-file")
+	}
+	if o.PrometheusInsecureSkipTLS {
+		tls = append(tls, "--prometheus-insecure-skip-tls-verify")
 	}
 	if len(tls) > 0 {
-		slices.Sort(tls)
 		w = append(w, fmt.Sprintf("%s apply to https only: --prometheus-url %s is http, so they have no effect", strings.Join(tls, ", "), u.Redacted()))
 	}
 	if o.PrometheusTokenFile != "" || u.User != nil {

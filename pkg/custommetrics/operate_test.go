@@ -13,10 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakeprom"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
 // TestExplainFollowsOneRequest runs requests through explain.Run against
@@ -88,7 +86,7 @@ func TestExplainFollowsOneRequest(t *testing.T) {
 func TestSetRulesSwitchesTheServedMetrics(t *testing.T) {
 	f := newFixture(t, "", time.Second)
 	f.discover(t)
-	cfg, err := config.Parse([]byte(`
+	rs := compileRules(t, `
 rules:
 - seriesQuery: 'app_requests_total{namespace!="",pod!=""}'
   resources: {overrides: {namespace: {resource: namespace}, pod: {resource: pod}}}
@@ -98,14 +96,7 @@ rules:
   resources: {overrides: {namespace: {resource: namespace}, pod: {resource: pod}}}
   name: {matches: "^app_(.*)_total$", as: "app-${1}-rate"}
   metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[5m])) by (<<.GroupBy>>)
-`), "reloaded.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs, err := rules.Compile("rules", cfg.Rules)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	r := f.disc.Reconfigure(context.Background(), []string{rs[0].SeriesQuery()}, func(r discovery.Result) { f.p.SetRules(rs, r) })
 	if len(r.Failed) > 0 {
 		t.Fatal(r.Failed)

@@ -85,7 +85,9 @@ type fixture struct {
 	clock *clocktesting.FakeClock
 }
 
-func newFixture(t *testing.T, cfgYAML string, timeout time.Duration) *fixture {
+// compileRules parses a rules file (the default one for "") and compiles
+// its rules section.
+func compileRules(t *testing.T, cfgYAML string) []*rules.Rule {
 	t.Helper()
 	var cfg *config.Config
 	var err error
@@ -101,6 +103,12 @@ func newFixture(t *testing.T, cfgYAML string, timeout time.Duration) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return rs
+}
+
+func newFixture(t *testing.T, cfgYAML string, timeout time.Duration) *fixture {
+	t.Helper()
+	rs := compileRules(t, cfgYAML)
 	fp := fakeprom.NewInMemory(t, appSeries)
 	client, err := promclient.New(promclient.Config{URL: fp.URL, RoundTripper: fp.Transport(), Timeout: timeout})
 	if err != nil {
@@ -722,21 +730,14 @@ func TestIdenticalSelectorRequestsShareOneAnswer(t *testing.T) {
 // and an override's exported_namespace): every discovery round picks the
 // same one, the first by name, whatever the order Go's maps give.
 func TestDiscoveryPicksTheSameNamespaceLabelEveryRound(t *testing.T) {
-	cfg, err := config.Parse([]byte(`rules:
+	rs := compileRules(t, `rules:
 - seriesQuery: 'http_requests_total'
   resources:
     template: <<.Resource>>
     overrides: {exported_namespace: {resource: namespace}}
   name: {matches: "^(.*)_total$", as: "${1}_per_second"}
   metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)
-`), "test.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs, err := rules.Compile("rules", cfg.Rules)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	series := map[string][]model.LabelSet{rs[0].SeriesQuery(): {{
 		"__name__": "http_requests_total", "namespace": "monitoring", "exported_namespace": "shop", "pod": "web-1",
 	}}}

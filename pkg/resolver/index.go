@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/client-go/tools/cache"
@@ -19,17 +20,14 @@ import (
 // own lock, so a lookup never sees an object the cache no longer holds.
 const labelIndex = "labels"
 
-func labelIndexFunc(obj any) ([]string, error) {
-	m, err := apimeta.Accessor(obj)
-	if err != nil {
-		return nil, err
-	}
+// postingKeys are the label index's values for an object.
+func postingKeys(m metav1.Object) []string {
 	ls := m.GetLabels()
 	keys := make([]string, 0, 2*len(ls))
 	for k, v := range ls {
 		keys = append(keys, postingKey(m.GetNamespace(), k, v), postingKey(m.GetNamespace(), k))
 	}
-	return keys, nil
+	return keys
 }
 
 // postingKey is the index value of a label (with its value, or without for
@@ -162,11 +160,12 @@ func newSelectionCache() *selectionCache {
 // object's namespace (and of the answers over all namespaces), then
 // returns the object's posting keys.
 func (c *selectionCache) indexFunc(obj any) ([]string, error) {
-	keys, err := labelIndexFunc(obj)
-	if m, merr := apimeta.Accessor(obj); merr == nil {
-		c.bump(m.GetNamespace())
+	m, err := apimeta.Accessor(obj)
+	if err != nil {
+		return nil, err
 	}
-	return keys, err
+	c.bump(m.GetNamespace())
+	return postingKeys(m), nil
 }
 
 func (c *selectionCache) bump(namespace string) {

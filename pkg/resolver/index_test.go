@@ -27,7 +27,7 @@ func newIndexer(t *testing.T) cache.Indexer {
 	t.Helper()
 	return cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{
 		cache.NamespaceIndex: cache.MetaNamespaceIndexFunc,
-		labelIndex:           labelIndexFunc,
+		labelIndex:           newSelectionCache().indexFunc,
 	})
 }
 

@@ -157,11 +157,10 @@ func (m *mapping) LabelFor(singular string) (string, bool) {
 	if m.resTemplate == nil {
 		return "", false
 	}
-	label, ok := config.TemplateLabel(m.resTemplate, singular)
-	if !ok {
-		return "", false
+	if label, ok := config.TemplateLabel(m.resTemplate, singular); ok {
+		return label, true
 	}
-	return label, true
+	return "", false
 }
 
 // compileReverseTemplate turns a resources.template such as
