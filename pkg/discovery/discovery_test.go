@@ -62,6 +62,7 @@ func newLister() *fakeLister {
 	}
 }
 
+// fixed date: the start of the fake clock the lister reads.
 var epoch = time.Unix(1_700_000_000, 0)
 
 func TestRelistListsEachQueryOnceForTheRecentPast(t *testing.T) {

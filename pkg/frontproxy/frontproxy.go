@@ -73,18 +73,24 @@ type entry struct {
 	// notBefore and notAfter bound the verified chain's validity, as
 	// crypto/x509 checks it: on the wall clock.
 	notBefore, notAfter time.Time
-	// at is when the chain was verified, with the monotonic clock's
-	// reading: the TTL runs on it, whatever the wall clock does.
-	at time.Time
+	// at is when the chain was verified, on the monotonic clock: the TTL
+	// runs on it, whatever the wall clock does.
+	at time.Duration
+}
+
+// instant is a reading of both clocks: the wall clock, against which
+// certificates are valid, and the monotonic clock, on which the TTL runs.
+type instant struct {
+	wall time.Time
+	mono time.Duration
 }
 
 // fresh reports whether the entry still stands at now: the wall clock
-// within the chain's validity (NotBefore and NotAfter carry no monotonic
-// reading, so they compare on the wall clock), and less than ttl since the
-// verification.
-func (e entry) fresh(now time.Time, ttl time.Duration) bool {
-	elapsed := now.Sub(e.at)
-	return !now.Before(e.notBefore) && !now.After(e.notAfter) && elapsed >= 0 && elapsed < ttl
+// within the chain's validity, and less than ttl on the monotonic clock
+// since the verification.
+func (e entry) fresh(now instant, ttl time.Duration) bool {
+	elapsed := now.mono - e.at
+	return !now.wall.Before(e.notBefore) && !now.wall.After(e.notAfter) && elapsed >= 0 && elapsed < ttl
 }
 
 type frontProxy struct {
@@ -92,7 +98,7 @@ type frontProxy struct {
 	allowedNames  headerrequest.StringSliceProvider
 	headers       authenticator.Request
 	ttl           time.Duration
-	now           func() time.Time
+	now           func() instant
 	// verify is crypto/x509 verification; tests count its calls.
 	verify func(*x509.Certificate, x509.VerifyOptions) ([][]*x509.Certificate, error)
 
@@ -107,11 +113,17 @@ func newFrontProxy(rh *authenticatorfactory.RequestHeaderConfig) *frontProxy {
 		allowedNames:  orEmpty(rh.AllowedClientNames),
 		headers:       headerrequest.NewDynamic(orEmpty(rh.UsernameHeaders), orEmpty(rh.UIDHeaders), orEmpty(rh.GroupHeaders), orEmpty(rh.ExtraHeaderPrefixes)),
 		ttl:           trustFor,
-		now:           time.Now,
+		now:           clock(time.Now()),
 		verify:        func(c *x509.Certificate, o x509.VerifyOptions) ([][]*x509.Certificate, error) { return c.Verify(o) },
 		seed:          maphash.MakeSeed(),
 		verified:      map[uint64]entry{},
 	}
+}
+
+// clock reads the wall clock, and the monotonic clock as the time since
+// start (time.Since reads start's monotonic reading).
+func clock(start time.Time) func() instant {
+	return func() instant { return instant{wall: time.Now(), mono: time.Since(start)} }
 }
 
 func orEmpty(p headerrequest.StringSliceProvider) headerrequest.StringSliceProvider {
@@ -165,7 +177,7 @@ func (f *frontProxy) chainVerified(certs []*x509.Certificate, opts x509.VerifyOp
 		return false
 	}
 	if cacheable {
-		e := entry{roots: opts.Roots, notBefore: chains[0][0].NotBefore, notAfter: chains[0][0].NotAfter, at: now}
+		e := entry{roots: opts.Roots, notBefore: chains[0][0].NotBefore, notAfter: chains[0][0].NotAfter, at: now.mono}
 		for _, c := range chains[0][1:] {
 			if c.NotBefore.After(e.notBefore) {
 				e.notBefore = c.NotBefore

@@ -24,7 +24,10 @@ import (
 	"k8s.io/apiserver/pkg/server/dynamiccertificates"
 )
 
-var t0 = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+// t0 is the wall clock when the tests start, read once: every
+// certificate's validity and every clock reading of the tests is relative
+// to it, so the tests hold on any day. Certificates carry whole seconds.
+var t0 = time.Now().UTC().Truncate(time.Second)
 
 type ca struct {
 	cert *x509.Certificate
@@ -130,12 +133,16 @@ type fixture struct {
 	next     *recorder
 	provider *caProvider
 	verifies int
-	now      time.Time
+	now      instant // both clocks, set by the test
 }
+
+// after sets both clocks d after t0, as time passes when nobody steps the
+// wall clock.
+func (f *fixture) after(d time.Duration) { f.now = instant{wall: t0.Add(d), mono: d} }
 
 func newFixture(t testing.TB, frontCA *ca) *fixture {
 	t.Helper()
-	f := &fixture{next: &recorder{}, provider: &caProvider{}, now: t0}
+	f := &fixture{next: &recorder{}, provider: &caProvider{}, now: instant{wall: t0}}
 	f.provider.pool.Store(frontCA.pool)
 	rh := &authenticatorfactory.RequestHeaderConfig{
 		UsernameHeaders:     headerrequest.StaticStringSlice{"X-Remote-User"},
@@ -146,10 +153,10 @@ func newFixture(t testing.TB, frontCA *ca) *fixture {
 		AllowedClientNames:  headerrequest.StaticStringSlice{"front-proxy-client"},
 	}
 	f.fp = newFrontProxy(rh)
-	f.fp.now = func() time.Time { return f.now }
+	f.fp.now = func() instant { return f.now }
 	f.fp.verify = func(c *x509.Certificate, o x509.VerifyOptions) ([][]*x509.Certificate, error) {
 		f.verifies++
-		o.CurrentTime = f.now
+		o.CurrentTime = f.now.wall
 		return c.Verify(o)
 	}
 	f.auth = withFrontProxy(f.fp, f.next)
@@ -204,7 +211,7 @@ func TestVerifiedOncePerChain(t *testing.T) {
 	f := newFixture(t, frontCA)
 	cert := frontCA.leaf(t, "front-proxy-client", t0.Add(12*time.Hour))
 	for i := range 100 {
-		f.now = t0.Add(time.Duration(i) * 100 * time.Millisecond)
+		f.after(time.Duration(i) * 100 * time.Millisecond)
 		wantUser(t, f.auth, request([]*x509.Certificate{cert}, "system:serviceaccount:kube-system:horizontal-pod-autoscaler", "system:serviceaccounts"),
 			"system:serviceaccount:kube-system:horizontal-pod-autoscaler", "system:serviceaccounts", user.AllAuthenticated)
 	}
@@ -228,9 +235,9 @@ func TestTTLBoundsTrust(t *testing.T) {
 	f := newFixture(t, frontCA)
 	cert := frontCA.leaf(t, "front-proxy-client", t0.Add(12*time.Hour))
 	wantAlice(t, f, cert)
-	f.now = t0.Add(59 * time.Second)
+	f.after(59 * time.Second)
 	wantAlice(t, f, cert)
-	f.now = t0.Add(61 * time.Second)
+	f.after(61 * time.Second)
 	wantAlice(t, f, cert)
 	if f.verifies != 2 {
 		t.Fatalf("%d verifications, want 2 (the second after the TTL)", f.verifies)
@@ -242,13 +249,14 @@ func TestTTLBoundsTrust(t *testing.T) {
 // left to the next authenticator.
 func TestVerifiedAgainOutsideTheChainsValidity(t *testing.T) {
 	for name, tc := range map[string]struct {
-		caUntil, leafUntil, at time.Time
+		caUntil, leafUntil time.Time
+		at                 instant
 	}{
-		"the certificate expired": {caUntil: t0.Add(24 * time.Hour), leafUntil: t0.Add(30 * time.Second), at: t0.Add(31 * time.Second)},
-		"the CA expired":          {caUntil: t0.Add(30 * time.Second), leafUntil: t0.Add(12 * time.Hour), at: t0.Add(31 * time.Second)},
-		// A wall clock stepped back before NotBefore (t0-1h), however
-		// recent the verification.
-		"the clock stepped back": {caUntil: t0.Add(24 * time.Hour), leafUntil: t0.Add(12 * time.Hour), at: t0.Add(-2 * time.Hour)},
+		"the certificate expired": {caUntil: t0.Add(24 * time.Hour), leafUntil: t0.Add(30 * time.Second), at: instant{wall: t0.Add(31 * time.Second), mono: 31 * time.Second}},
+		"the CA expired":          {caUntil: t0.Add(30 * time.Second), leafUntil: t0.Add(12 * time.Hour), at: instant{wall: t0.Add(31 * time.Second), mono: 31 * time.Second}},
+		// A wall clock stepped back before NotBefore (t0-1h), one second
+		// after the verification.
+		"the clock stepped back": {caUntil: t0.Add(24 * time.Hour), leafUntil: t0.Add(12 * time.Hour), at: instant{wall: t0.Add(-2 * time.Hour), mono: time.Second}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			frontCA := newCAUntil(t, "front-proxy-ca", tc.caUntil)
@@ -301,37 +309,42 @@ func TestNextAuthenticatorsAnswer(t *testing.T) {
 	wantUser(t, auth, request(nil, ""), "token-user", user.AllAuthenticated)
 }
 
-// The TTL runs on the monotonic clock: a forward step of the wall clock
-// within the chain's validity neither ends nor extends it, and a step past
-// NotAfter ends it at once.
+// The TTL runs on the monotonic clock: a step of the wall clock within
+// the chain's validity neither ends nor extends it, and a step past
+// NotAfter (or back before NotBefore) ends it at once.
 func TestTTLOnTheMonotonicClock(t *testing.T) {
-	frontCA := newCA(t, "front-proxy-ca")
-	f := newFixture(t, frontCA)
-	base := time.Now() // carries a monotonic reading
-	cert := frontCA.leaf(t, "front-proxy-client", base.Add(12*time.Hour))
-	f.now = base
-	wantAlice(t, f, cert)
-	f.now = base.Add(30 * time.Second)
-	wantAlice(t, f, cert)
-	if f.verifies != 1 {
-		t.Fatalf("%d verifications within the TTL, want 1", f.verifies)
+	frontCA := newCA(t, "front-proxy-ca") // valid from t0-1h to t0+24h
+	cert := frontCA.leaf(t, "front-proxy-client", t0.Add(12*time.Hour))
+	for _, tc := range []struct {
+		name       string
+		then       instant // the second request, after one verified at t0
+		remembered bool    // whether the second request is served from memory
+	}{
+		{name: "the wall clock stepped two hours forward, 30 s after the verification", then: instant{wall: t0.Add(2 * time.Hour), mono: 30 * time.Second}, remembered: true},
+		{name: "the wall clock stepped 50 minutes back, 30 s after the verification", then: instant{wall: t0.Add(-50 * time.Minute), mono: 30 * time.Second}, remembered: true},
+		{name: "the wall clock stepped back by the TTL, 61 s after the verification", then: instant{wall: t0.Add(time.Second), mono: 61 * time.Second}},
+		{name: "the wall clock stepped past the certificate's NotAfter, 1 s after the verification", then: instant{wall: t0.Add(13 * time.Hour), mono: time.Second}},
+		{name: "the wall clock stepped back before NotBefore, 1 s after the verification", then: instant{wall: t0.Add(-2 * time.Hour), mono: time.Second}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, frontCA)
+			wantAlice(t, f, cert)
+			f.now = tc.then
+			want := 1
+			if !tc.remembered {
+				want = 2
+			}
+			_, _, _ = f.auth.AuthenticateRequest(request([]*x509.Certificate{cert}, "alice"))
+			if f.verifies != want {
+				t.Fatalf("%d verifications, want %d", f.verifies, want)
+			}
+		})
 	}
-	e := f.fp.verified[f.fp.chainKey([]*x509.Certificate{cert})]
-	if !e.fresh(base.Add(59*time.Second), time.Minute) || e.fresh(base.Add(61*time.Second), time.Minute) {
-		t.Fatal("the TTL does not run on the monotonic clock")
-	}
-	// A wall clock stepped back before the chain's NotBefore leaves the
-	// monotonic clock going forward: the entry does not stand, however
-	// recent.
-	early := e
-	early.notBefore = base.Add(time.Minute).Round(0)
-	if early.fresh(base.Add(10*time.Second), time.Minute) {
-		t.Fatal("an entry stands before the chain's NotBefore")
-	}
-	// Past the chain's NotAfter the entry no longer stands, whatever the
-	// TTL.
-	if !e.fresh(base.Add(11*time.Hour), 24*time.Hour) || e.fresh(base.Add(13*time.Hour), 24*time.Hour) {
-		t.Fatal("an entry does not end at the chain's NotAfter")
+	// The clock the adapter runs with reads the monotonic clock from its
+	// start.
+	now := clock(time.Now().Add(-time.Hour))()
+	if now.mono < time.Hour || now.wall.IsZero() {
+		t.Fatalf("clock read %v on the monotonic clock, want at least 1h since its start", now.mono)
 	}
 }
 
@@ -496,7 +509,7 @@ func BenchmarkFrontProxy(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			f := newFixture(b, frontCA)
 			f.fp.ttl = ttl
-			f.fp.now = time.Now
+			f.fp.now = clock(time.Now())
 			for b.Loop() {
 				req := request([]*x509.Certificate{cert}, "alice")
 				if _, ok, err := f.auth.AuthenticateRequest(req); !ok || err != nil {

@@ -28,8 +28,9 @@ func TestMetricsFollowPrometheusConventions(t *testing.T) {
 	ObserveQuery(CustomAPI, "rules[0]", time.Now(), 2, nil)
 	ObserveQuery(ExternalAPI, "externalRules[0]", time.Now(), 0, context.DeadlineExceeded)
 	ObserveDiscovery(20 * time.Millisecond)
+	// fixed date: timestamps the gauges export as they are.
 	SetDiscovered(CustomAPI, []RuleDiscovery{{Rule: "rules[0]", Listed: time.Unix(100, 0), Metrics: 4}})
-	ObserveReload(true, time.Unix(200, 0))
+	ObserveReload(true, time.Unix(200, 0)) // fixed date: as above.
 	ObserveResolved("pods", 12)
 
 	problems, err := testutil.GatherAndLint(reg)

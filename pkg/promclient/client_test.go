@@ -118,6 +118,7 @@ func TestSeries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// fixed date: only the range of the request, which the fake serves as it is.
 	start, end := time.Unix(1700000000, 0), time.Unix(1700000060, 0)
 	sets, err := c.Series(context.Background(), []string{`app_requests_total{pod!=""}`}, start, end)
 	if err != nil {

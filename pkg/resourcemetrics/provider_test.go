@@ -98,6 +98,7 @@ func newFixture(t *testing.T, withRules bool) *fixture {
 		},
 		resolver.NodesGVR: {meta("", "node-1", nil), meta("", "node-2", nil)},
 	}}
+	// fixed date: the fake clock the provider reads; nothing reads the real one.
 	p := New(Config{Rules: rr, Querier: client, Objects: objs, Clock: clocktesting.NewFakeClock(time.Unix(1_700_000_100, 0))})
 	return &fixture{prom: fp, pods: &podStorage{p: p}, nodes: &nodeStorage{p: p}}
 }

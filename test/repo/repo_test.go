@@ -1,9 +1,10 @@
-// Package repo checks the repository's non-Go parts: every manifest is
+// Package repo checks the repository as a whole: every manifest is
 // rendered by a kustomization and each kustomization renders, the rules the
 // manifests ship are the built-in ones, every shell script passes
 // shellcheck, each Dockerfile's build stage builds here with plain go, the
-// generated OpenAPI definitions are current, and the Helm chart lints and
-// renders what the kustomizations do (helm_test.go).
+// generated OpenAPI definitions are current, the Helm chart lints and
+// renders what the kustomizations do (helm_test.go), and no Go code takes a
+// literal date for "now" nor is any certificate committed (dates_test.go).
 // Applying the manifests to a real API server is in test/e2e.
 package repo
 
