@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"k8s.io/component-base/term"
 	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/catalog"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/custommetrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
@@ -145,64 +145,47 @@ func (o *Options) checkDiscovery(ctx context.Context, w io.Writer, set *rules.Se
 	r := disc.Relist(ctx)
 	fmt.Fprintf(w, "\nDiscovery at %s: %d seriesQueries, %d failed, %v\n", redactURL(o.PrometheusURL), len(r.Series)+len(missing(r)), len(r.Failed), time.Since(start).Round(time.Millisecond))
 
-	served, overlaps := custom.Served()
-	byRule := map[string][]custommetrics.Served{}
-	for _, s := range served {
-		byRule[s.Rule] = append(byRule[s.Rule], s)
-	}
-	for _, rule := range set.Custom {
-		fmt.Fprintf(w, "\n%s (seriesQuery %s)\n", rule, rule.SeriesQuery())
-		if err := r.Failed[rule.SeriesQuery()]; err != nil {
-			fmt.Fprintf(w, "  listing failed: %v\n", err)
-			continue
-		}
-		ss := byRule[rule.String()]
-		if len(ss) == 0 && slices.ContainsFunc(overlaps, func(ov custommetrics.Overlap) bool { return strings.HasPrefix(ov.Ignored, rule.String()+" ") }) {
-			fmt.Fprintf(w, "  serves nothing: an earlier rule serves all its metrics (see Overlaps)\n")
-			continue
-		}
-		if len(ss) == 0 {
-			fmt.Fprintf(w, "  serves nothing: %d series match its seriesQuery, none gives a metric name with a resource label\n", len(r.Series[rule.SeriesQuery()]))
-			continue
-		}
-		for _, line := range perMetric(ss) {
-			fmt.Fprintf(w, "  %s\n", line)
-		}
-	}
+	customServed, customOverlaps := custom.Served()
+	printRules(w, set.Custom, r, customServed, customOverlaps)
 	extServed, extOverlaps := external.Served()
-	for _, rule := range set.External {
-		fmt.Fprintf(w, "\n%s (seriesQuery %s)\n", rule, rule.SeriesQuery())
-		if err := r.Failed[rule.SeriesQuery()]; err != nil {
-			fmt.Fprintf(w, "  listing failed: %v\n", err)
-			continue
-		}
-		var names []string
-		for name, by := range extServed {
-			if strings.HasPrefix(by, rule.String()+" ") {
-				names = append(names, name)
-			}
-		}
-		sort.Strings(names)
-		if len(names) == 0 && slices.ContainsFunc(extOverlaps, func(ov [2]string) bool { return strings.HasPrefix(ov[1], rule.String()+" ") }) {
-			fmt.Fprintf(w, "  serves nothing: an earlier rule serves all its metrics (see Overlaps)\n")
-			continue
-		}
-		if len(names) == 0 {
-			fmt.Fprintf(w, "  serves nothing: %d series match its seriesQuery\n", len(r.Series[rule.SeriesQuery()]))
-			continue
-		}
-		fmt.Fprintf(w, "  external metrics: %s\n", strings.Join(names, ", "))
-	}
-	if len(overlaps)+len(extOverlaps) > 0 {
+	printRules(w, set.External, r, extServed, extOverlaps)
+	if overlaps := append(customOverlaps, extOverlaps...); len(overlaps) > 0 {
 		fmt.Fprintf(w, "\nOverlaps (the first rule in the file serves the metric):\n")
 		for _, ov := range overlaps {
-			fmt.Fprintf(w, "  %s on %s: %s serves it, %s is ignored\n", ov.Metric, ov.Resource, ov.Kept, ov.Ignored)
-		}
-		for _, ov := range extOverlaps {
-			fmt.Fprintf(w, "  external metric: %s serves it, %s is ignored\n", ov[0], ov[1])
+			what := "external metric"
+			if ov.Resource != "" {
+				what = ov.Metric + " on " + ov.Resource
+			}
+			fmt.Fprintf(w, "  %s: %s serves it, %s is ignored\n", what, ov.Kept, ov.Ignored)
 		}
 	}
 	return len(r.Failed) > 0, nil
+}
+
+// printRules prints what each rule of one section serves, or why it
+// serves nothing.
+func printRules(w io.Writer, rs []*rules.Rule, r discovery.Result, served []catalog.Served, overlaps []catalog.Overlap) {
+	for _, rule := range rs {
+		fmt.Fprintf(w, "\n%s (seriesQuery %s)\n", rule, rule.SeriesQuery())
+		ss := slices.DeleteFunc(slices.Clone(served), func(s catalog.Served) bool { return s.Rule != rule })
+		shadowed := slices.ContainsFunc(overlaps, func(ov catalog.Overlap) bool { return ov.Ignored.Rule == rule })
+		switch err := r.Failed[rule.SeriesQuery()]; {
+		case err != nil:
+			fmt.Fprintf(w, "  listing failed: %v\n", err)
+		case rule.LeftOut() != nil:
+			fmt.Fprintf(w, "  left out: %v\n", rule.LeftOut())
+		case len(ss) == 0 && shadowed:
+			fmt.Fprintf(w, "  serves nothing: an earlier rule serves all its metrics (see Overlaps)\n")
+		case len(ss) == 0 && rule.Section == "rules":
+			fmt.Fprintf(w, "  serves nothing: %d series match its seriesQuery, none gives a metric name with a resource label\n", len(r.Series[rule.SeriesQuery()]))
+		case len(ss) == 0:
+			fmt.Fprintf(w, "  serves nothing: %d series match its seriesQuery\n", len(r.Series[rule.SeriesQuery()]))
+		default:
+			for _, line := range perMetric(ss) {
+				fmt.Fprintf(w, "  %s\n", line)
+			}
+		}
+	}
 }
 
 // missing lists the failed queries that were never listed.
@@ -216,10 +199,11 @@ func missing(r discovery.Result) []string {
 	return out
 }
 
-// perMetric writes one line per metric: its resources, marking those
-// served through their pods and those of root-scoped objects.
-func perMetric(ss []custommetrics.Served) []string {
-	var lines []string
+// perMetric writes one line per metric with its resources, marking those
+// served through their pods and those of root-scoped objects; external
+// metrics, which have no resource, on one line.
+func perMetric(ss []catalog.Served) []string {
+	var lines, external []string
 	var metric string
 	var resources []string
 	flush := func() {
@@ -228,19 +212,23 @@ func perMetric(ss []custommetrics.Served) []string {
 		}
 	}
 	for _, s := range ss {
+		if s.Resource == "" {
+			external = append(external, s.Metric)
+			continue
+		}
 		if s.Metric != metric {
 			flush()
 			metric, resources = s.Metric, nil
 		}
 		r := s.Resource
-		switch {
-		case s.ViaPods:
-			r += " (through its pods)"
-		case !s.Namespaced:
-			r += " (cluster-scoped)"
+		if s.Note != "" {
+			r += " (" + s.Note + ")"
 		}
 		resources = append(resources, r)
 	}
 	flush()
+	if len(external) > 0 {
+		lines = append(lines, "external metrics: "+strings.Join(external, ", "))
+	}
 	return lines
 }

@@ -121,7 +121,7 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 	rules.DurationVar(&o.MetricsMaxAge, "metrics-max-age", o.MetricsMaxAge,
 		"How far back discovery looks for series. Defaults to --metrics-relist-interval; may not be shorter.")
 	rules.DurationVar(&o.DiscoveryTimeout, "discovery-timeout", o.DiscoveryTimeout,
-		"Deadline for one round of series listings (every distinct seriesQuery). Listing series is slower than a query on large Prometheus servers.")
+		"Deadline for one round of series listings, and so for each listing: the distinct seriesQuery selectors are listed side by side (four at a time), and one that fails keeps the series of its last good listing. Listing series is slower than a query on large Prometheus servers.")
 	rules.IntVar(&o.MaxConcurrentObjectQueries, "max-concurrent-object-queries", o.MaxConcurrentObjectQueries,
 		"For a label-selector request over objects served through their pods (e.g. deployments.apps/*), how many objects are queried at once.")
 

@@ -119,10 +119,10 @@ rules:
 	}
 
 	served, overlaps := f.p.Served()
-	if len(served) != 2 || served[0].Rule != "rules[0]" {
+	if len(served) != 2 || served[0].Rule.String() != "rules[0]" {
 		t.Errorf("Served() = %+v", served)
 	}
-	if len(overlaps) != 2 || overlaps[0].Metric != "app-requests-rate" || !strings.HasPrefix(overlaps[0].Kept, "rules[0]") || !strings.HasPrefix(overlaps[0].Ignored, "rules[1]") {
+	if len(overlaps) != 2 || overlaps[0].Metric != "app-requests-rate" || overlaps[0].Kept.Rule.String() != "rules[0]" || overlaps[0].Ignored.Rule.String() != "rules[1]" {
 		t.Errorf("overlaps = %+v, want rules[1] shadowed by rules[0] on pods and namespaces", overlaps)
 	}
 }

@@ -10,43 +10,40 @@
 // objects. Objects whose series carry no label of their own (an Ingress, a
 // Deployment) can be served through their pods (resources.aggregateFromPods).
 //
-// Errors reaching API callers are apimachinery StatusErrors: 404 for an
-// unknown metric or an object without data, 400 for a metric selector with
-// no PromQL equivalent, 503/504 when Prometheus fails or is too slow.
+// Errors reaching API callers are apimachinery StatusErrors (package
+// apistatus): 404 for an unknown metric or an object without data, 400 for
+// a metric selector with no PromQL equivalent, 503/504 when Prometheus
+// fails or is too slow, or the request ends first.
 package custommetrics
 
 import (
 	"context"
 	"fmt"
-	"math"
-	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/common/model"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	"k8s.io/metrics/pkg/apis/custom_metrics"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/catalog"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/values"
 )
 
 // ObjectResolver finds the objects a request names. *resolver.Resolver
@@ -76,15 +73,12 @@ type Config struct {
 
 // Provider serves custom metrics from Prometheus.
 type Provider struct {
-	// mu guards rules and serialises index builds.
-	mu            sync.Mutex
-	rules         []*rules.Rule
+	catalog       *catalog.Catalog[metricKey, entry]
 	mapper        apimeta.RESTMapper
 	prom          promclient.Querier
 	resolver      ObjectResolver
 	objectQueries int
-
-	index atomic.Pointer[index]
+	resources     *resourceMemo
 	// selections collapses identical selector requests in flight.
 	selections singleflight.Group
 }
@@ -95,76 +89,82 @@ var _ provider.CustomMetricsProvider = (*Provider)(nil)
 // first discovery round.
 func New(cfg Config) *Provider {
 	p := &Provider{
-		rules:         cfg.Rules,
 		mapper:        cfg.Mapper,
 		prom:          cfg.Querier,
 		resolver:      cfg.Resolver,
 		objectQueries: cfg.MaxConcurrentObjectQueries,
+		resources:     newResourceMemo(),
 	}
 	if p.objectQueries <= 0 {
 		p.objectQueries = 8
 	}
+	p.catalog = catalog.New(catalog.Config[metricKey, entry]{
+		API:      metrics.CustomAPI,
+		Rules:    cfg.Rules,
+		Build:    indexer{mapper: cfg.Mapper}.build,
+		Compare:  compareKeys,
+		Describe: describe,
+		NotFound: func(k metricKey, why string) error {
+			err := provider.NewMetricNotFoundError(k.resource, k.metric)
+			if why != "" {
+				err.ErrStatus.Message += ": " + why
+			}
+			return err
+		},
+	})
 	return p
 }
 
+// Update builds the index of served metrics from a discovery round.
+func (p *Provider) Update(r discovery.Result) {
+	p.catalog.Update(r)
+	p.resources.reset()
+}
+
+// SetRules switches the provider to new rules (a reloaded config) with the
+// discovery round of their series. Requests in flight finish with the
+// rules they started with.
+func (p *Provider) SetRules(rs []*rules.Rule, r discovery.Result) {
+	p.catalog.SetRules(rs, r)
+	p.resources.reset()
+}
+
 // Discovered reports whether a discovery round has been received.
-func (p *Provider) Discovered() bool { return p.index.Load() != nil }
+func (p *Provider) Discovered() bool { return p.catalog.Index() != nil }
+
+// Served lists the metrics of the last discovery round and the
+// definitions earlier rules won over (nil before the first round).
+func (p *Provider) Served() ([]catalog.Served, []catalog.Overlap) { return p.catalog.Served() }
+
+// Resources lists the group-resources the last discovery round serves.
+func (p *Provider) Resources() []schema.GroupResource {
+	idx := p.catalog.Index()
+	if idx == nil {
+		return nil
+	}
+	var out []schema.GroupResource
+	seen := map[schema.GroupResource]bool{}
+	for k := range idx.All() {
+		if !seen[k.resource] {
+			seen[k.resource] = true
+			out = append(out, k.resource)
+		}
+	}
+	return out
+}
 
 // ListAllMetrics implements provider.CustomMetricsProvider. It returns the
 // last discovered list and never blocks on Prometheus.
 func (p *Provider) ListAllMetrics() []provider.CustomMetricInfo {
-	idx := p.index.Load()
+	idx := p.catalog.Index()
 	if idx == nil {
 		return nil
 	}
-	return slices.Clone(idx.list)
-}
-
-// resourceInfo is what the REST mapper says of a group-resource as a
-// request names it: its normalised form, and the kind and API version its
-// values describe.
-type resourceInfo struct {
-	gr               schema.GroupResource
-	kind, apiVersion string
-}
-
-// resource maps a requested group-resource once per discovery round: the
-// REST mapper's lookups walk every resource the cluster serves, too slow
-// to repeat on every request.
-func (p *Provider) resource(idx *index, gr schema.GroupResource) resourceInfo {
-	if ri, ok := idx.resources.Load(gr); ok {
-		return ri.(resourceInfo)
+	out := make([]provider.CustomMetricInfo, 0, idx.Len())
+	for k, e := range idx.All() {
+		out = append(out, provider.CustomMetricInfo{GroupResource: k.resource, Namespaced: e.Value.namespaced, Metric: k.metric})
 	}
-	ri := resourceInfo{gr: gr}
-	if gvr, err := p.mapper.ResourceFor(gr.WithVersion("")); err == nil {
-		ri.gr = gvr.GroupResource()
-	} else {
-		klog.V(4).InfoS("Unknown resource in request", "resource", gr.String(), "err", err)
-	}
-	if gvk, err := p.mapper.KindFor(ri.gr.WithVersion("")); err == nil {
-		ri.kind, ri.apiVersion = gvk.Kind, gvk.GroupVersion().String()
-	}
-	idx.resources.Store(gr, ri)
-	return ri
-}
-
-// lookup normalises the request's group-resource and finds how to serve it.
-func (p *Provider) lookup(info provider.CustomMetricInfo) (entry, provider.CustomMetricInfo, resourceInfo, error) {
-	idx := p.index.Load()
-	if idx == nil {
-		return entry{}, info, resourceInfo{}, apierrors.NewServiceUnavailable("metric discovery has not completed yet")
-	}
-	ri := p.resource(idx, info.GroupResource)
-	info.GroupResource = ri.gr
-	e, ok := idx.entries[metricKey{info.GroupResource, info.Metric}]
-	if !ok || e.namespaced != info.Namespaced {
-		if idx.pending != nil {
-			return entry{}, info, ri, apierrors.NewServiceUnavailable(fmt.Sprintf(
-				"metric %s for %s is not known, and some rules could not list their series yet: %v", info.Metric, info.GroupResource, idx.pending))
-		}
-		return entry{}, info, ri, provider.NewMetricNotFoundError(info.GroupResource, info.Metric)
-	}
-	return e, info, ri, nil
+	return out
 }
 
 // request is one API request, resolved: how its metric is served, the
@@ -172,19 +172,29 @@ func (p *Provider) lookup(info provider.CustomMetricInfo) (entry, provider.Custo
 // with echoes. It is built once per request, so a list of 10,000 values
 // shares one selector and one window.
 type request struct {
-	entry
+	catalog.Entry[entry]
 	info provider.CustomMetricInfo
 	// matchers are the metric selector's requirements as PromQL.
 	matchers []promql.Matcher
 	// selector is the metric selector echoed in each value; nil for none.
-	selector         *metav1.LabelSelector
-	kind, apiVersion string
+	selector *metav1.LabelSelector
+	resourceInfo
+}
+
+// what names the request's metric in errors.
+func what(info provider.CustomMetricInfo) string {
+	return fmt.Sprintf("metric %s for %s", info.Metric, info.GroupResource)
 }
 
 // prepare finds how to serve the request and turns its metric selector
 // into PromQL matchers.
 func (p *Provider) prepare(ctx context.Context, info provider.CustomMetricInfo, metricSelector labels.Selector) (*request, error) {
-	e, info, ri, err := p.lookup(info)
+	ri := p.resources.lookup(p.mapper, info.GroupResource)
+	info.GroupResource = ri.gr
+	e, err := p.catalog.Lookup(metricKey{info.GroupResource, info.Metric}, what(info), "rules")
+	if err == nil && e.Value.namespaced != info.Namespaced {
+		err = provider.NewMetricNotFoundError(info.GroupResource, info.Metric)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -192,10 +202,8 @@ func (p *Provider) prepare(ctx context.Context, info provider.CustomMetricInfo, 
 	if err != nil {
 		return nil, apierrors.NewBadRequest(err.Error())
 	}
-	if t := explain.From(ctx); t != nil {
-		t.Rule(e.rule.String(), e.series)
-	}
-	r := &request{entry: e, info: info, matchers: ms, kind: ri.kind, apiVersion: ri.apiVersion}
+	explain.From(ctx).Rule(e.Rule.String(), e.Series)
+	r := &request{Entry: e, info: info, matchers: ms, resourceInfo: ri}
 	if r.selector, err = echo(metricSelector); err != nil {
 		return nil, apierrors.NewBadRequest(fmt.Sprintf("metric label selector %q: %v", metricSelector, err))
 	}
@@ -205,12 +213,17 @@ func (p *Provider) prepare(ctx context.Context, info provider.CustomMetricInfo, 
 // GetMetricByName implements provider.CustomMetricsProvider: the metric of
 // one object.
 func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedName, info provider.CustomMetricInfo, metricSelector labels.Selector) (*custom_metrics.MetricValue, error) {
+	v, err := p.byName(ctx, name, info, metricSelector)
+	return v, apistatus.Of(err, what(info))
+}
+
+func (p *Provider) byName(ctx context.Context, name types.NamespacedName, info provider.CustomMetricInfo, metricSelector labels.Selector) (*custom_metrics.MetricValue, error) {
 	r, err := p.prepare(ctx, info, metricSelector)
 	if err != nil {
 		return nil, err
 	}
 	metrics.ObserveResolved(r.info.GroupResource.String(), 1)
-	if r.viaPods {
+	if r.Value.viaPods {
 		return p.objectViaPods(ctx, r, name.Namespace, name.Name)
 	}
 	values, err := p.queryObjects(ctx, r, name.Namespace, []string{name.Name})
@@ -232,14 +245,20 @@ func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedNam
 // query, one list of values, which every caller gets in a list of its own.
 // Each caller still waits no longer than its own context allows.
 func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, selector labels.Selector, info provider.CustomMetricInfo, metricSelector labels.Selector) (*custom_metrics.MetricValueList, error) {
+	items, err := p.shared(ctx, namespace, selector, info, metricSelector)
+	if err != nil {
+		return nil, apistatus.Of(err, what(info))
+	}
+	return &custom_metrics.MetricValueList{Items: items}, nil
+}
+
+// shared answers a selector request, sharing the answer with identical
+// requests in flight.
+func (p *Provider) shared(ctx context.Context, namespace string, selector labels.Selector, info provider.CustomMetricInfo, metricSelector labels.Selector) ([]custom_metrics.MetricValue, error) {
 	if explain.From(ctx) != nil {
 		// Explained alone: a shared answer would record into another
 		// caller's trace.
-		items, err := p.bySelector(ctx, namespace, selector, info, metricSelector)
-		if err != nil {
-			return nil, err
-		}
-		return &custom_metrics.MetricValueList{Items: items}, nil
+		return p.bySelector(ctx, namespace, selector, info, metricSelector)
 	}
 	key := strings.Join([]string{namespace, selector.String(), info.String(), metricSelector.String()}, "\x00")
 	ch := p.selections.DoChan(key, func() (any, error) {
@@ -254,9 +273,9 @@ func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, se
 		if res.Err != nil {
 			return nil, res.Err
 		}
-		return &custom_metrics.MetricValueList{Items: res.Val.([]custom_metrics.MetricValue)}, nil
+		return res.Val.([]custom_metrics.MetricValue), nil
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, apistatus.Ended(ctx.Err(), "waiting for the answer it shares with identical requests")
 	}
 }
 
@@ -278,21 +297,24 @@ func (p *Provider) bySelector(ctx context.Context, namespace string, selector la
 		names, err = p.resolver.ObjectsMatching(ctx, r.info.GroupResource, namespace, selector)
 	}
 	if err != nil {
-		return nil, values.ResolveError(err, r.info.GroupResource.String())
+		return nil, apistatus.Resolve(err, r.info.GroupResource.String())
 	}
 	metrics.ObserveResolved(r.info.GroupResource.String(), len(names))
-	if t := explain.From(ctx); t != nil {
-		t.Resolved(fmt.Sprintf("%s matching %q in namespace %s", r.info.GroupResource, selector.String(), namespace), names)
-	}
-	if len(names) == 0 {
+	explain.From(ctx).Resolved(fmt.Sprintf("%s matching %q in namespace %s", r.info.GroupResource, selector.String(), namespace), names)
+	switch {
+	case len(names) == 0:
 		return []custom_metrics.MetricValue{}, nil
-	}
-	if !r.viaPods {
+	case !r.Value.viaPods:
 		return p.queryObjects(ctx, r, namespace, names)
+	default:
+		return p.eachViaPods(ctx, r, namespace, names)
 	}
+}
 
-	// One query per object: each object's value is the rule's query over
-	// that object's pods. The first hard error stops launching more.
+// eachViaPods serves objects through their pods, one query per object:
+// each object's value is the rule's query over that object's pods. The
+// first hard error stops launching more.
+func (p *Provider) eachViaPods(ctx context.Context, r *request, namespace string, names []string) ([]custom_metrics.MetricValue, error) {
 	results := make([]*custom_metrics.MetricValue, len(names))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(p.objectQueries)
@@ -313,7 +335,7 @@ func (p *Provider) bySelector(ctx context.Context, namespace string, selector la
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, apistatus.Ended(err, "querying the objects' pods")
 	}
 	items := []custom_metrics.MetricValue{}
 	for _, v := range results {
@@ -324,201 +346,66 @@ func (p *Provider) bySelector(ctx context.Context, namespace string, selector la
 	return items, nil
 }
 
-// queryObjects serves objects whose series carry a label with their name.
-// It returns values for the requested objects that have data, in the order
-// of names. A sample is mapped back to an object by the label values of
-// the names asked for (labelValueReplacements are not undone: that could
-// name an object that was never asked for). Several series for one object
-// (a query that keeps labels it does not group by) are added up, as the
-// rule's own sum would.
-func (p *Provider) queryObjects(ctx context.Context, r *request, namespace string, names []string) ([]custom_metrics.MetricValue, error) {
-	labelValues, byValue := r.rule.LabelValues(names)
-	var matchers []promql.Matcher
-	if r.namespaced {
-		matchers = append(matchers, promql.Equals(r.namespaceLabel, r.rule.ToLabelValue(namespace)))
-	}
-	matchers = append(matchers, promql.OneOf(r.label, labelValues))
-	matchers = append(matchers, r.matchers...)
+// resourceInfo is what the REST mapper says of a group-resource as a
+// request names it: its normalised form, and the kind and API version its
+// values describe.
+type resourceInfo struct {
+	gr               schema.GroupResource
+	kind, apiVersion string
+}
 
-	expr, vec, err := p.run(ctx, r, matchers, []string{r.label})
+// resourceMemo remembers the REST mapper's answers for requested
+// group-resources until the next discovery round: its lookups walk every
+// resource the cluster serves, too slow to repeat on every request. Only
+// resources the mapper knows are remembered, at most maxRemembered of
+// them, so a client naming made-up resources cannot grow it.
+type resourceMemo struct {
+	mu sync.Mutex
+	m  map[schema.GroupResource]resourceInfo
+}
+
+// maxRemembered bounds the memo: a cluster's resources, each under a few
+// spellings (singular, plural), fit many times over.
+const maxRemembered = 1024
+
+func newResourceMemo() *resourceMemo {
+	return &resourceMemo{m: map[schema.GroupResource]resourceInfo{}}
+}
+
+func (m *resourceMemo) reset() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	clear(m.m)
+}
+
+func (m *resourceMemo) len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.m)
+}
+
+func (m *resourceMemo) lookup(mapper apimeta.RESTMapper, gr schema.GroupResource) resourceInfo {
+	m.mu.Lock()
+	ri, ok := m.m[gr]
+	m.mu.Unlock()
+	if ok {
+		return ri
+	}
+	ri = resourceInfo{gr: gr}
+	gvr, err := mapper.ResourceFor(gr.WithVersion(""))
 	if err != nil {
-		return nil, err
+		klog.V(4).InfoS("Unknown resource in request", "resource", gr.String(), "err", err)
+		return ri
 	}
-	type total struct {
-		sum    float64
-		ts     model.Time
-		series int
+	ri.gr = gvr.GroupResource()
+	if gvk, err := mapper.KindFor(ri.gr.WithVersion("")); err == nil {
+		ri.kind, ri.apiVersion = gvk.Kind, gvk.GroupVersion().String()
 	}
-	totals := make([]total, len(names))
-	for _, s := range vec {
-		v, ok := s.Metric[model.LabelName(r.label)]
-		if !ok {
-			continue
-		}
-		i, asked := byValue[string(v)]
-		switch {
-		case !asked:
-			continue // a series of an object nobody asked for
-		case i < 0:
-			klog.V(2).InfoS("Dropping a sample whose label value several requested objects share (labelValueReplacements)",
-				"rule", r.rule.String(), "label", r.label, "value", string(v))
-			continue
-		}
-		t := &totals[i]
-		t.sum += float64(s.Value)
-		t.ts = max(t.ts, s.Timestamp)
-		t.series++
+	m.mu.Lock()
+	if len(m.m) >= maxRemembered {
+		clear(m.m)
 	}
-	window := values.WindowSeconds(expr)
-	out := make([]custom_metrics.MetricValue, 0, len(names))
-	for i, n := range names {
-		t := totals[i]
-		if t.series == 0 {
-			continue
-		}
-		if t.series > 1 {
-			klog.V(2).InfoS("Query returned several series for an object; serving their sum", "rule", r.rule.String(), "object", n, "series", t.series)
-		}
-		q, ok := values.Quantity(t.sum)
-		if !ok {
-			klog.V(2).InfoS("Dropping a value that is not a finite number", "rule", r.rule.String(), "object", n, "value", t.sum)
-			continue
-		}
-		out = append(out, r.value(namespace, n, t.ts, window, q))
-	}
-	return out, nil
-}
-
-// objectViaPods serves one object by querying its pods' series, grouped by
-// namespace, so the rule's own aggregation (sum, avg, max...) applies
-// across the object's pods. Series the query leaves apart are added up.
-func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, name string) (*custom_metrics.MetricValue, error) {
-	pods, err := p.resolver.PodsFor(ctx, r.info.GroupResource, namespace, name)
-	if err != nil {
-		return nil, values.ResolveError(err, r.info.GroupResource.String())
-	}
-	if t := explain.From(ctx); t != nil {
-		t.Resolved(fmt.Sprintf("pods of %s %s", r.info.GroupResource, klog.KRef(namespace, name)), pods)
-	}
-	if len(pods) == 0 {
-		klog.V(2).InfoS("Object has no pods", "resource", r.info.GroupResource.String(), "object", klog.KRef(namespace, name), "metric", r.info.Metric)
-		return nil, notFoundBecause(r.info, name, "it selects no pods")
-	}
-	matchers := []promql.Matcher{
-		promql.Equals(r.namespaceLabel, r.rule.ToLabelValue(namespace)),
-		promql.OneOf(r.podLabel, podValues(r.rule, pods)),
-	}
-	matchers = append(matchers, r.matchers...)
-	expr, vec, err := p.run(ctx, r, matchers, []string{r.namespaceLabel})
-	if err != nil {
-		return nil, err
-	}
-	var sum float64
-	var ts model.Time
-	n := 0
-	nsValue := model.LabelValue(r.rule.ToLabelValue(namespace))
-	for _, s := range vec {
-		if v, ok := s.Metric[model.LabelName(r.namespaceLabel)]; ok && v != nsValue {
-			// A pod of the same name in another namespace, from a
-			// metricsQuery that does not match on the namespace.
-			continue
-		}
-		v := float64(s.Value)
-		if math.IsNaN(v) || math.IsInf(v, 0) {
-			// One series left out would make the sum smaller, not
-			// wrong-looking: no value rather than a partial one.
-			klog.V(2).InfoS("A series of the object's pods is not a finite number", "rule", r.rule.String(), "object", klog.KRef(namespace, name), "series", s.Metric.String(), "value", s.Value)
-			return nil, notFoundBecause(r.info, name, fmt.Sprintf("a series of its pods is %v", s.Value))
-		}
-		sum += v
-		ts = max(ts, s.Timestamp)
-		n++
-	}
-	if n == 0 {
-		return nil, notFoundBecause(r.info, name, fmt.Sprintf("Prometheus has no data for its %d pods", len(pods)))
-	}
-	q, ok := values.Quantity(sum)
-	if !ok {
-		return nil, notFoundBecause(r.info, name, "the sum of its pods' values is not a finite number")
-	}
-	v := r.value(namespace, name, ts, values.WindowSeconds(expr), q)
-	return &v, nil
-}
-
-// run renders the rule's query and runs it.
-func (p *Provider) run(ctx context.Context, r *request, matchers []promql.Matcher, groupBy []string) (string, model.Vector, error) {
-	expr, err := r.rule.Render(r.series, matchers, groupBy)
-	if err != nil {
-		return "", nil, apierrors.NewInternalError(err)
-	}
-	start := time.Now()
-	vec, err := p.prom.Query(ctx, expr)
-	metrics.ObserveQuery(metrics.CustomAPI, r.rule.String(), start, len(vec), err)
-	if t := explain.From(ctx); t != nil {
-		t.Queried(explain.Query{Rule: r.rule.String(), Expr: expr, Duration: time.Since(start), Vector: vec, Err: err})
-	}
-	if err != nil {
-		return expr, nil, values.QueryError(err, fmt.Sprintf("metric %s for %s", r.info.Metric, r.info.GroupResource), r.rule.String())
-	}
-	klog.V(4).InfoS("Query done", "metric", r.info.Metric, "resource", r.info.GroupResource.String(),
-		"series", len(vec), "duration", time.Since(start), "expr", expr)
-	return expr, vec, nil
-}
-
-// value is the answer for one object.
-func (r *request) value(namespace, name string, ts model.Time, window *int64, q resource.Quantity) custom_metrics.MetricValue {
-	if r.info.GroupResource == rules.Namespaces {
-		namespace = ""
-	}
-	return custom_metrics.MetricValue{
-		DescribedObject: custom_metrics.ObjectReference{
-			Kind:       r.kind,
-			APIVersion: r.apiVersion,
-			Namespace:  namespace,
-			Name:       name,
-		},
-		Metric:        custom_metrics.MetricIdentifier{Name: r.info.Metric, Selector: r.selector},
-		Timestamp:     metav1.NewTime(ts.Time()),
-		WindowSeconds: window,
-		Value:         q,
-	}
-}
-
-// echo turns the request's metric selector back into the API form each
-// value carries (nil for none), with metav1.ParseToLabelSelector, which has
-// no "!=": a != requirement is echoed as the notin of its one value, which
-// selects the same.
-func echo(sel labels.Selector) (*metav1.LabelSelector, error) {
-	if sel == nil || sel.Empty() {
-		return nil, nil
-	}
-	reqs, _ := sel.Requirements()
-	out := labels.NewSelector()
-	for _, r := range reqs {
-		if r.Operator() == selection.NotEquals {
-			notIn, err := labels.NewRequirement(r.Key(), selection.NotIn, r.ValuesUnsorted())
-			if err != nil {
-				return nil, err
-			}
-			r = *notIn
-		}
-		out = out.Add(r)
-	}
-	return metav1.ParseToLabelSelector(out.String())
-}
-
-// podValues applies the rule's labelValueReplacements to pod names.
-func podValues(r *rules.Rule, pods []string) []string {
-	out := make([]string, len(pods))
-	for i, n := range pods {
-		out[i] = r.ToLabelValue(n)
-	}
-	return out
-}
-
-// notFoundBecause is a 404 naming the metric, the object and why.
-func notFoundBecause(info provider.CustomMetricInfo, name, why string) error {
-	err := provider.NewMetricNotFoundForError(info.GroupResource, info.Metric, name)
-	err.ErrStatus.Message += ": " + why
-	return err
+	m.m[gr] = ri
+	m.mu.Unlock()
+	return ri
 }

@@ -4,8 +4,11 @@
 // metrics). Each distinct seriesQuery is listed once per round, however many
 // rules share it.
 //
-// A listing that fails for one query keeps that query's last good series and
-// reports the failure; the others are used as listed. Until every query has
+// The listings of a round run side by side (at most MaxConcurrentListings
+// at once), each bounded by the round's deadline (--discovery-timeout), so
+// one slow seriesQuery cannot starve the others. A listing that fails for
+// one query keeps that query's last good series and reports the failure;
+// the others are used as listed. Until every query has
 // been listed once, failed rounds are retried sooner, backing off from one
 // second up to the relist interval.
 //
@@ -23,6 +26,7 @@ import (
 	"time"
 
 	"github.com/prometheus/common/model"
+	"golang.org/x/sync/errgroup"
 
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2"
@@ -82,9 +86,13 @@ type Config struct {
 	Interval time.Duration
 	// MaxAge is how far back a listing looks for series; at least Interval.
 	MaxAge time.Duration
-	// Timeout bounds one round of listings. Series listings on large
-	// Prometheus servers are slow: it should be longer than a query's.
+	// Timeout bounds one round of listings, and so each listing. Series
+	// listings on large Prometheus servers are slow: it should be longer
+	// than a query's.
 	Timeout time.Duration
+	// MaxConcurrentListings bounds the listings of a round that run at
+	// once; DefaultConcurrentListings when not positive.
+	MaxConcurrentListings int
 	// Clock defaults to the real clock.
 	Clock clock.Clock
 }
@@ -97,6 +105,7 @@ type Discoverer struct {
 	interval time.Duration
 	maxAge   time.Duration
 	timeout  time.Duration
+	parallel int
 	clock    clock.Clock
 
 	// round serialises rounds: a reconfiguration waits for the round in
@@ -124,6 +133,7 @@ func New(cfg Config) *Discoverer {
 		interval:   cfg.Interval,
 		maxAge:     cfg.MaxAge,
 		timeout:    cfg.Timeout,
+		parallel:   cfg.MaxConcurrentListings,
 		clock:      cfg.Clock,
 		last:       map[string][]model.LabelSet{},
 		lastListed: map[string]time.Time{},
@@ -141,8 +151,16 @@ func New(cfg Config) *Discoverer {
 	if d.clock == nil {
 		d.clock = clock.RealClock{}
 	}
+	if d.parallel <= 0 {
+		d.parallel = DefaultConcurrentListings
+	}
 	return d
 }
+
+// DefaultConcurrentListings is how many series listings a round runs at
+// once unless configured: enough that a slow seriesQuery leaves the others
+// their time, few enough not to load Prometheus with a burst.
+const DefaultConcurrentListings = 4
 
 // Subscribe registers fn to receive every round's Result, in the goroutine
 // that runs the listings. Call it before Run.
@@ -206,16 +224,7 @@ func (d *Discoverer) list(ctx context.Context) Result {
 	queries := slices.Clone(d.queries)
 	d.mu.Unlock()
 
-	failed := map[string]error{}
-	listed := map[string][]model.LabelSet{}
-	for _, q := range queries {
-		sets, err := d.lister.Series(ctx, []string{q}, now.Add(-d.maxAge), now)
-		if err != nil {
-			failed[q] = err
-			continue
-		}
-		listed[q] = sets
-	}
+	failed, listed := d.listEach(ctx, queries, now)
 	metrics.ObserveDiscovery(d.clock.Since(now))
 
 	d.mu.Lock()
@@ -240,6 +249,31 @@ func (d *Discoverer) list(ctx context.Context) Result {
 			"failed", len(failed), "queries", len(queries))
 	}
 	return r
+}
+
+// listEach lists every query, side by side, and returns the failures and
+// the listings.
+func (d *Discoverer) listEach(ctx context.Context, queries []string, now time.Time) (map[string]error, map[string][]model.LabelSet) {
+	failed := map[string]error{}
+	listed := map[string][]model.LabelSet{}
+	var mu sync.Mutex
+	var g errgroup.Group
+	g.SetLimit(d.parallel)
+	for _, q := range queries {
+		g.Go(func() error {
+			sets, err := d.lister.Series(ctx, []string{q}, now.Add(-d.maxAge), now)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failed[q] = err
+			} else {
+				listed[q] = sets
+			}
+			return nil // one query's failure is its own
+		})
+	}
+	_ = g.Wait()
+	return failed, listed
 }
 
 func dedup(queries []string) []string {

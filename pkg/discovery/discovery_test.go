@@ -116,6 +116,51 @@ func TestAFailedQueryKeepsItsLastSeriesAndTheOthersMoveOn(t *testing.T) {
 	}
 }
 
+// blockingLister blocks the listing of slow until its context ends, and
+// answers the other queries at once.
+type blockingLister struct {
+	*fakeLister
+	slow string
+}
+
+func (b blockingLister) Series(ctx context.Context, matches []string, start, end time.Time) ([]model.LabelSet, error) {
+	if matches[0] == b.slow {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return b.fakeLister.Series(ctx, matches, start, end)
+}
+
+// One slow seriesQuery costs only its own listing: the others, listed side
+// by side under the round's deadline, are served; the slow one keeps the
+// series of its last good listing.
+func TestASlowListingDoesNotStarveTheOthers(t *testing.T) {
+	l := newLister()
+	l.series["c"] = []model.LabelSet{{"__name__": "c_total", "pod": "p"}}
+	d := New(Config{Queries: []string{"a", "b", "c"}, Lister: l, Timeout: 200 * time.Millisecond, MaxConcurrentListings: 2})
+	d.Relist(context.Background())
+
+	slow := New(Config{Queries: []string{"a", "b", "c"}, Lister: blockingLister{fakeLister: l, slow: "a"}, Timeout: 200 * time.Millisecond, MaxConcurrentListings: 2})
+	slow.last = d.last // as if the first round had listed a
+	l.mu.Lock()
+	l.series["b"] = append(l.series["b"], model.LabelSet{"__name__": "b2_total", "pod": "p"})
+	l.mu.Unlock()
+	start := time.Now()
+	r := slow.Relist(context.Background())
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the round took %v, past its 200ms deadline", took)
+	}
+	if len(r.Failed) != 1 || !errors.Is(r.Failed["a"], context.DeadlineExceeded) {
+		t.Errorf("Failed = %v, want only the slow query, at the round's deadline", r.Failed)
+	}
+	if len(r.Series["b"]) != 2 || len(r.Series["c"]) != 1 {
+		t.Errorf("the other queries' series = %v and %v, want their new listings", r.Series["b"], r.Series["c"])
+	}
+	if len(r.Series["a"]) != 1 {
+		t.Errorf("the slow query's series = %v, want those of its last good listing", r.Series["a"])
+	}
+}
+
 func TestNeverListedQueriesAreNotListed(t *testing.T) {
 	l := newLister()
 	l.setFailing("b", errors.New("bad_data: parse error"))

@@ -18,12 +18,8 @@ package externalmetrics
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/common/model"
 
@@ -35,11 +31,14 @@ import (
 	"k8s.io/metrics/pkg/apis/external_metrics"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/catalog"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/query"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/values"
 )
@@ -53,11 +52,8 @@ type Config struct {
 
 // Provider serves external metrics from Prometheus.
 type Provider struct {
-	// mu guards rules and serialises index builds.
-	mu    sync.Mutex
-	rules []*rules.Rule
-	prom  promclient.Querier
-	index atomic.Pointer[index]
+	*catalog.Catalog[string, entry]
+	prom promclient.Querier
 }
 
 var _ provider.ExternalMetricsProvider = (*Provider)(nil)
@@ -65,187 +61,131 @@ var _ provider.ExternalMetricsProvider = (*Provider)(nil)
 // New returns a Provider. It serves nothing until Update hands it the
 // first discovery round.
 func New(cfg Config) *Provider {
-	return &Provider{rules: cfg.Rules, prom: cfg.Querier}
+	return &Provider{
+		prom: cfg.Querier,
+		Catalog: catalog.New(catalog.Config[string, entry]{
+			API:     metrics.ExternalAPI,
+			Rules:   cfg.Rules,
+			Build:   build,
+			Compare: strings.Compare,
+			Describe: func(name string, e catalog.Entry[entry]) catalog.Served {
+				return catalog.Served{Source: e.Source, Metric: name}
+			},
+			NotFound: notFound,
+		}),
+	}
 }
 
-// entry is how one external metric is queried.
+// entry is how one external metric is queried: the label the request's
+// namespace is matched on, empty for rules with namespaced: false.
 type entry struct {
-	rule   *rules.Rule
-	series string
-	// namespaceLabel is the label the request's namespace is matched on;
-	// empty for rules with namespaced: false.
 	namespaceLabel string
 }
 
-// index is one discovery result; immutable once built.
-type index struct {
-	metrics map[string]entry
-	list    []provider.ExternalMetricInfo
-	// pending names the rules whose series were never listed, and why.
-	pending error
-	// shadowed lists, for metrics two rules define, the ignored rule's
-	// definition after the kept one's.
-	shadowed [][2]string
-}
-
-// Update builds the list of external metrics from a discovery round.
-func (p *Provider) Update(r discovery.Result) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.update(r)
-}
-
-// SetRules switches the provider to new rules (a reloaded config) with the
-// discovery round of their series. Requests in flight finish with the
-// rules they started with.
-func (p *Provider) SetRules(rs []*rules.Rule, r discovery.Result) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.rules = rs
-	p.update(r)
-}
-
-// update builds and swaps in the index; call it with p.mu held.
-func (p *Provider) update(r discovery.Result) {
-	idx := &index{metrics: map[string]entry{}, pending: r.Pending(p.rules)}
-	for _, rule := range p.rules {
-		sets, listed := r.Series[rule.SeriesQuery()]
+// build maps the series each rule discovered to external metric names.
+func build(rs []*rules.Rule, round discovery.Result, idx *catalog.Index[string, entry]) {
+	for _, rule := range rs {
+		sets, listed := round.Series[rule.SeriesQuery()]
 		if !listed {
 			continue
 		}
-		var nsLabel string
-		if rule.Namespaced() {
-			// Validation refuses a namespaced rule without this label;
-			// should one get here, it serves nothing rather than every
-			// namespace's series.
+		var e entry
+		leftOut := rule.LeftOut()
+		if leftOut == nil && rule.Namespaced() {
+			// Compilation leaves out a namespaced rule without this label
+			// (LeftOut); should one get here, it serves nothing rather
+			// than every namespace's series.
 			var ok bool
-			if nsLabel, ok = rule.LabelFor("namespace"); !ok {
-				klog.ErrorS(nil, "Not serving a namespaced external rule that names no namespace label", "rule", rule.String())
-				continue
+			if e.namespaceLabel, ok = rule.LabelFor("namespace"); !ok {
+				leftOut = fmt.Errorf("%s is left out: it is namespaced and no label maps to namespaces", rule)
 			}
 		}
 		for _, ls := range sets {
 			series := rules.SeriesName(ls)
-			if series == "" {
-				continue
-			}
 			name, ok := rule.MetricName(series)
-			if !ok {
+			if series == "" || !ok {
 				continue
 			}
-			if prev, dup := idx.metrics[name]; dup {
-				ov := [2]string{fmt.Sprintf("%s series %s", prev.rule, prev.series), fmt.Sprintf("%s series %s", rule, series)}
-				if prev.rule != rule && !slices.Contains(idx.shadowed, ov) {
-					idx.shadowed = append(idx.shadowed, ov)
-				}
-				if prev.rule != rule || prev.series != series {
-					klog.V(2).InfoS("External metric defined twice; keeping the first definition", "metric", name,
-						"kept", fmt.Sprintf("%s series %s", prev.rule, prev.series),
-						"ignored", fmt.Sprintf("%s series %s", rule, series))
-				}
+			if leftOut != nil {
+				idx.Refuse(name, leftOut)
 				continue
 			}
-			idx.metrics[name] = entry{rule: rule, series: series, namespaceLabel: nsLabel}
+			idx.Add(name, catalog.Entry[entry]{Source: catalog.Source{Rule: rule, Series: series}, Value: e})
 		}
 	}
-	for name := range idx.metrics {
-		idx.list = append(idx.list, provider.ExternalMetricInfo{Metric: name})
-	}
-	sort.Slice(idx.list, func(i, j int) bool { return idx.list[i].Metric < idx.list[j].Metric })
-	old := p.index.Swap(idx)
-	if old == nil || len(old.list) != len(idx.list) {
-		names := make([]string, 0, len(idx.list))
-		for _, m := range idx.list {
-			names = append(names, m.Metric)
-		}
-		klog.InfoS("Discovered external metrics", "count", len(idx.list), "metrics", strings.Join(names, ", "))
-	}
-	perRule := map[*rules.Rule]int{}
-	for _, e := range idx.metrics {
-		perRule[e.rule]++
-	}
-	metrics.SetDiscoveredRules(metrics.ExternalAPI, p.rules, r.Listed, perRule)
-}
-
-// Served maps each external metric of the last discovery round to the
-// rule and series serving it ("externalRules[0] series x"), and lists the
-// definitions earlier rules won over, each as kept and ignored.
-func (p *Provider) Served() (map[string]string, [][2]string) {
-	idx := p.index.Load()
-	if idx == nil {
-		return nil, nil
-	}
-	out := make(map[string]string, len(idx.metrics))
-	for name, e := range idx.metrics {
-		out[name] = fmt.Sprintf("%s series %s", e.rule, e.series)
-	}
-	return out, slices.Clone(idx.shadowed)
 }
 
 // ListAllExternalMetrics implements provider.ExternalMetricsProvider from
 // the last discovery round; it never waits for Prometheus.
 func (p *Provider) ListAllExternalMetrics() []provider.ExternalMetricInfo {
-	idx := p.index.Load()
+	idx := p.Index()
 	if idx == nil {
 		return nil
 	}
-	return slices.Clone(idx.list)
+	out := make([]provider.ExternalMetricInfo, 0, idx.Len())
+	for name := range idx.All() {
+		out = append(out, provider.ExternalMetricInfo{Metric: name})
+	}
+	return out
 }
 
 // externalMetrics names the API in errors.
 var externalMetrics = schema.GroupResource{Group: external_metrics.GroupName, Resource: "externalmetrics"}
 
+func notFound(name, why string) error {
+	err := apierrors.NewNotFound(externalMetrics, name)
+	if why == "" {
+		why = "no externalRules series is named so"
+	}
+	err.ErrStatus.Message = fmt.Sprintf("external metric %q is not served: %s", name, why)
+	return err
+}
+
 // GetExternalMetric implements provider.ExternalMetricsProvider.
 func (p *Provider) GetExternalMetric(ctx context.Context, namespace string, metricSelector labels.Selector, info provider.ExternalMetricInfo) (*external_metrics.ExternalMetricValueList, error) {
-	idx := p.index.Load()
-	if idx == nil {
-		return nil, apierrors.NewServiceUnavailable("metric discovery has not completed yet")
-	}
-	e, ok := idx.metrics[info.Metric]
-	if !ok {
-		if idx.pending != nil {
-			return nil, apierrors.NewServiceUnavailable(fmt.Sprintf(
-				"external metric %s is not known, and some externalRules could not list their series yet: %v", info.Metric, idx.pending))
-		}
-		err := apierrors.NewNotFound(externalMetrics, info.Metric)
-		err.ErrStatus.Message = fmt.Sprintf("external metric %q is not served: no externalRules series is named so", info.Metric)
+	what := "external metric " + info.Metric
+	list, err := p.get(ctx, namespace, metricSelector, info.Metric)
+	return list, apistatus.Of(err, what)
+}
+
+func (p *Provider) get(ctx context.Context, namespace string, metricSelector labels.Selector, name string) (*external_metrics.ExternalMetricValueList, error) {
+	what := "external metric " + name
+	e, err := p.Lookup(name, what, "externalRules")
+	if err != nil {
 		return nil, err
 	}
-	trace := explain.From(ctx)
-	trace.Rule(e.rule.String(), e.series)
+	explain.From(ctx).Rule(e.Rule.String(), e.Series)
 	selMatchers, err := promql.FromSelector(metricSelector)
 	if err != nil {
 		return nil, apierrors.NewBadRequest(err.Error())
 	}
 	var matchers []promql.Matcher
-	if e.namespaceLabel != "" {
-		matchers = append(matchers, promql.Equals(e.namespaceLabel, e.rule.ToLabelValue(namespace)))
+	if e.Value.namespaceLabel != "" {
+		matchers = append(matchers, promql.Equals(e.Value.namespaceLabel, e.Rule.ToLabelValue(namespace)))
 	}
 	matchers = append(matchers, selMatchers...)
-	expr, err := e.rule.Render(e.series, matchers, nil)
+	res, err := query.Run(ctx, p.prom, query.Query{
+		API: metrics.ExternalAPI, Rule: e.Rule.String(), What: what,
+		Render: func() (string, error) { return e.Rule.Render(e.Series, matchers, nil) },
+	})
 	if err != nil {
-		return nil, apierrors.NewInternalError(err)
+		return nil, err
 	}
-	start := time.Now()
-	vec, err := p.prom.Query(ctx, expr)
-	metrics.ObserveQuery(metrics.ExternalAPI, e.rule.String(), start, len(vec), err)
-	trace.Queried(explain.Query{Rule: e.rule.String(), Expr: expr, Duration: time.Since(start), Vector: vec, Err: err})
-	if err != nil {
-		return nil, values.QueryError(err, "external metric "+info.Metric, e.rule.String())
-	}
-	klog.V(4).InfoS("Query done", "externalMetric", info.Metric, "namespace", namespace,
-		"series", len(vec), "duration", time.Since(start), "expr", expr)
+	return externalValues(name, res)
+}
 
-	window := values.WindowSeconds(expr)
-	list := &external_metrics.ExternalMetricValueList{Items: make([]external_metrics.ExternalMetricValue, 0, len(vec))}
-	for _, s := range vec {
+// externalValues is one value per series, with its labels, sorted by them.
+func externalValues(name string, res query.Result) (*external_metrics.ExternalMetricValueList, error) {
+	window := values.WindowSeconds(res.Expr)
+	list := &external_metrics.ExternalMetricValueList{Items: make([]external_metrics.ExternalMetricValue, 0, len(res.Vector))}
+	for _, s := range res.Vector {
 		q, ok := values.Quantity(float64(s.Value))
 		if !ok {
 			// The HPA adds up every item: one left out would make its
 			// total smaller, so the answer is no value at all.
-			klog.V(2).InfoS("A series of an external metric is not a finite number", "externalMetric", info.Metric, "series", s.Metric.String(), "value", s.Value)
-			err := apierrors.NewNotFound(externalMetrics, info.Metric)
-			err.ErrStatus.Message = fmt.Sprintf("external metric %q: series %s is %v, which the API cannot carry; no value is served rather than a total without it", info.Metric, s.Metric, s.Value)
+			klog.V(2).InfoS("A series of an external metric is not a finite number", "externalMetric", name, "series", s.Metric.String(), "value", s.Value)
+			err := apierrors.NewNotFound(externalMetrics, name)
+			err.ErrStatus.Message = fmt.Sprintf("external metric %q: series %s is %v, which the API cannot carry; no value is served rather than a total without it", name, s.Metric, s.Value)
 			return nil, err
 		}
 		lbls := make(map[string]string, len(s.Metric))
@@ -255,7 +195,7 @@ func (p *Provider) GetExternalMetric(ctx context.Context, namespace string, metr
 			}
 		}
 		list.Items = append(list.Items, external_metrics.ExternalMetricValue{
-			MetricName:    info.Metric,
+			MetricName:    name,
 			MetricLabels:  lbls,
 			Timestamp:     metav1.NewTime(s.Timestamp.Time()),
 			WindowSeconds: window,

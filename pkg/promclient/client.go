@@ -62,7 +62,8 @@ type Config struct {
 	RoundTripper http.RoundTripper
 	// Method is GET or POST. POST has no limit on the query's size.
 	Method Method
-	// Timeout bounds every call, including waiting for a shared one.
+	// Timeout bounds every query, including waiting for a shared one.
+	// Series listings are bounded by their caller's context instead.
 	Timeout time.Duration
 }
 
@@ -171,10 +172,11 @@ func (c *Client) query(ctx context.Context, expr string) (model.Vector, []string
 	}
 }
 
-// Series implements SeriesLister.
+// Series implements SeriesLister. It is bounded by ctx alone, not by the
+// query timeout: discovery gives each listing the round's deadline
+// (--discovery-timeout), as listings on a large Prometheus take longer
+// than queries.
 func (c *Client) Series(ctx context.Context, matches []string, start, end time.Time) ([]model.LabelSet, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
 	sets, warnings, _, err := c.api.Series(ctx, matches, start, end)
 	if len(warnings) > 0 {
 		klog.V(2).InfoS("Prometheus series listing returned warnings", "matches", matches, "warnings", warnings)

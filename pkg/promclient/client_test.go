@@ -200,6 +200,38 @@ func TestQueryDeadline(t *testing.T) {
 	}
 }
 
+// A series listing is slower than a query on a large Prometheus: it is
+// bounded by its caller's deadline (the discovery round's), not by the
+// query timeout.
+func TestSeriesIsBoundedByItsCallerNotTheQueryTimeout(t *testing.T) {
+	body := readReply(t, "series.json")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, body)
+	}))
+	defer srv.Close()
+	c, err := New(Config{URL: srv.URL, Timeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sets, err := c.Series(ctx, []string{"up"}, time.Now().Add(-time.Minute), time.Now())
+	if err != nil || len(sets) != 2 {
+		t.Fatalf("a listing of 200 ms with a 50 ms query timeout and a 10 s deadline: %v, %v", sets, err)
+	}
+	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := c.Series(short, []string{"up"}, time.Now().Add(-time.Minute), time.Now()); Classify(err) != Timeout {
+		t.Errorf("past the caller's deadline: error = %v, want a Timeout", err)
+	}
+}
+
 func TestUnreachable(t *testing.T) {
 	c, err := New(Config{URL: "http://127.0.0.1:1", Timeout: time.Second})
 	if err != nil {

@@ -237,6 +237,10 @@ func rbacHint(err error, gr schema.GroupResource) string {
 // resource": the cluster's API could not be read.
 var ErrMapping = errors.New("resolving resource")
 
+// ErrTooManyWatched refuses to watch a resource past the resolver's
+// bound.
+var ErrTooManyWatched = errors.New("watching too many resources")
+
 // NotSyncedError means a cache was not filled within the resolver's sync
 // timeout, typically because the adapter may not list or watch the
 // resource.

@@ -23,7 +23,6 @@ import (
 	"math"
 	"slices"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/common/model"
 	"golang.org/x/sync/errgroup"
@@ -41,9 +40,9 @@ import (
 	adaptermetrics "github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/query"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/values"
 )
 
 // ObjectLister finds pods and nodes; *resolver.Resolver implements it from
@@ -200,16 +199,12 @@ func (p *Provider) containers(ctx context.Context, q *rules.ResourceQuery, names
 		promql.OneOf(q.PodLabel, names),
 	}
 	groupBy := compactLabels(q.NamespaceLabel, q.PodLabel, q.ContainerLabel)
-	expr, err := q.RenderContainers(matchers, groupBy)
-	if err != nil {
-		return nil, apierrors.NewInternalError(err)
-	}
-	vec, err := p.query(ctx, q, expr, "pods")
+	res, err := p.query(ctx, q, "pods", func() (string, error) { return q.RenderContainers(matchers, groupBy) })
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[containerKey]usage, len(vec))
-	for _, s := range vec {
+	out := make(map[containerKey]usage, len(res.Vector))
+	for _, s := range res.Vector {
 		k := containerKey{
 			namespace: string(s.Metric[model.LabelName(q.NamespaceLabel)]),
 			pod:       string(s.Metric[model.LabelName(q.PodLabel)]),
@@ -281,16 +276,14 @@ func (p *Provider) NodeMetrics(ctx context.Context, nodes []*metav1.PartialObjec
 }
 
 func (p *Provider) nodes(ctx context.Context, q *rules.ResourceQuery, names []string) (map[string]usage, error) {
-	expr, err := q.RenderNodes([]promql.Matcher{promql.OneOf(q.NodeLabel, names)}, []string{q.NodeLabel})
-	if err != nil {
-		return nil, apierrors.NewInternalError(err)
-	}
-	vec, err := p.query(ctx, q, expr, "nodes")
+	res, err := p.query(ctx, q, "nodes", func() (string, error) {
+		return q.RenderNodes([]promql.Matcher{promql.OneOf(q.NodeLabel, names)}, []string{q.NodeLabel})
+	})
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]usage, len(vec))
-	for _, s := range vec {
+	out := make(map[string]usage, len(res.Vector))
+	for _, s := range res.Vector {
 		name := string(s.Metric[model.LabelName(q.NodeLabel)])
 		if name == "" {
 			continue
@@ -301,15 +294,11 @@ func (p *Provider) nodes(ctx context.Context, q *rules.ResourceQuery, names []st
 	return out, nil
 }
 
-func (p *Provider) query(ctx context.Context, q *rules.ResourceQuery, expr, of string) (model.Vector, error) {
-	start := time.Now()
-	vec, err := p.prom.Query(ctx, expr)
-	adaptermetrics.ObserveQuery(adaptermetrics.ResourceAPI, "resourceRules."+q.Name, start, len(vec), err)
-	if err != nil {
-		return nil, values.QueryError(err, fmt.Sprintf("the %s of %s", q.Name, of), "resourceRules."+q.Name)
-	}
-	klog.V(4).InfoS("Query done", "resource", q.Name, "of", of, "series", len(vec), "duration", time.Since(start), "expr", expr)
-	return vec, nil
+// query runs one resource's query of pods or nodes.
+func (p *Provider) query(ctx context.Context, q *rules.ResourceQuery, of string, render func() (string, error)) (query.Result, error) {
+	return query.Run(ctx, p.prom, query.Query{
+		API: adaptermetrics.ResourceAPI, Rule: "resourceRules." + q.Name, What: fmt.Sprintf("the %s of %s", q.Name, of), Render: render,
+	})
 }
 
 // cpuQuantity is CPU cores as a Quantity in nanocores, what metrics-server

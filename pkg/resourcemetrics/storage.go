@@ -16,7 +16,7 @@ import (
 	"k8s.io/apiserver/pkg/registry/rest"
 	"k8s.io/metrics/pkg/apis/metrics"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/values"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
 )
 
 // podStorage serves pods.metrics.k8s.io: GET one pod's usage, LIST the
@@ -52,7 +52,7 @@ func (s *podStorage) List(ctx context.Context, options *metainternalversion.List
 	namespace := genericapirequest.NamespaceValue(ctx)
 	pods, err := s.p.objects.Metadata(ctx, podsGVR, namespace, labelSel)
 	if err != nil {
-		return nil, values.ResolveError(err, "pods")
+		return nil, apistatus.Resolve(err, "pods")
 	}
 	pods = filterFields(pods, fieldSel)
 	items, err := s.p.PodMetrics(ctx, pods)
@@ -69,7 +69,7 @@ func (s *podStorage) Get(ctx context.Context, name string, _ *metav1.GetOptions)
 		return nil, apierrors.NewNotFound(s.groupResource(), name)
 	}
 	if err != nil {
-		return nil, values.ResolveError(err, "pods")
+		return nil, apistatus.Resolve(err, "pods")
 	}
 	items, err := s.p.PodMetrics(ctx, []*metav1.PartialObjectMetadata{pod})
 	if err != nil {
@@ -139,7 +139,7 @@ func (s *nodeStorage) List(ctx context.Context, options *metainternalversion.Lis
 	}
 	nodes, err := s.p.objects.Metadata(ctx, nodesGVR, "", labelSel)
 	if err != nil {
-		return nil, values.ResolveError(err, "nodes")
+		return nil, apistatus.Resolve(err, "nodes")
 	}
 	nodes = filterFields(nodes, fieldSel)
 	items, err := s.p.NodeMetrics(ctx, nodes)
@@ -155,7 +155,7 @@ func (s *nodeStorage) Get(ctx context.Context, name string, _ *metav1.GetOptions
 		return nil, apierrors.NewNotFound(s.groupResource(), name)
 	}
 	if err != nil {
-		return nil, values.ResolveError(err, "nodes")
+		return nil, apistatus.Resolve(err, "nodes")
 	}
 	items, err := s.p.NodeMetrics(ctx, []*metav1.PartialObjectMetadata{node})
 	if err != nil {

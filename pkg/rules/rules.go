@@ -50,7 +50,14 @@ type Rule struct {
 	namespaced bool
 	// replacements rewrite object names into label values, in order.
 	replacements []config.LabelValueReplacement
+	// leftOut says why the rule is not served, when it is not.
+	leftOut error
 }
+
+// LeftOut says why the rule cannot be served correctly, or is nil: such a
+// rule is still listed (so that a request for its metrics is answered
+// with the reason) but serves nothing, and every other rule serves.
+func (r *Rule) LeftOut() error { return r.leftOut }
 
 // mapping is a compiled resources section: which series labels name which
 // Kubernetes resources.

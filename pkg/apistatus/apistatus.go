@@ -1,0 +1,134 @@
+// Package apistatus is the one table from a failure to what the metrics
+// APIs answer: every error a provider returns goes through it, so the same
+// failure gets the same HTTP status whichever API (custom, external or
+// resource metrics) served the request. What reaches the API server is an
+// apimachinery StatusError; a raw error would become a 500.
+//
+//	Prometheus did not answer in time, or the request ended   504
+//	Prometheus unreachable or failing, a cache not filled     503
+//	a rule renders a query Prometheus rejects or cannot run   500, naming the rule
+//	a resource the cluster does not serve                     404
+//	a StatusError (NotFound, BadRequest, ...)                 passed through
+//	anything else                                             500
+//
+// It knows the errors of promclient and resolver; it does not produce
+// values.
+package apistatus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
+)
+
+// Query turns a failed Prometheus query into a StatusError:
+//
+//   - 504 for a timeout, and for a request cancelled while it waited (the
+//     API server's own answer to a request whose context ended);
+//   - 500 naming the rule when Prometheus rejects the query the rule
+//     rendered (bad_data) or cannot evaluate it (execution: too many
+//     samples, many-to-many matching): the rule or the request's size is
+//     at fault, and retrying will not help;
+//   - 503 when Prometheus cannot be reached or fails.
+//
+// what names what was asked for ("metric requests-per-second for pods"),
+// rule the rule that rendered the query. The message quotes the query cut
+// short (promclient.ShortQuery).
+func Query(err error, what, rule string) error {
+	msg := fmt.Sprintf("unable to fetch %s: %v", what, err)
+	switch promclient.Classify(err) {
+	case promclient.Timeout:
+		return apierrors.NewTimeoutError(msg, 0)
+	case promclient.Canceled:
+		return apierrors.NewTimeoutError(fmt.Sprintf("the request for %s ended before Prometheus answered", what), 0)
+	case promclient.BadQuery:
+		return apierrors.NewInternalError(fmt.Errorf("%s renders a query Prometheus rejects: %w", rule, err))
+	case promclient.Execution:
+		return apierrors.NewInternalError(fmt.Errorf("%s renders a query Prometheus cannot evaluate (the rule, or the size of the request): %w", rule, err))
+	default:
+		return apierrors.NewServiceUnavailable(msg)
+	}
+}
+
+// Resolve turns a failure to resolve the objects of a request into a
+// StatusError: StatusErrors (NotFound) pass through; a resource the
+// cluster does not serve (the REST mapper has no match) is 404; a cache
+// that is not filled, a REST mapper that cannot tell, and a resource the
+// adapter stopped watching for a while are 503; a request that ended is
+// 504; anything else 500.
+func Resolve(err error, what string) error {
+	var status apierrors.APIStatus
+	var notSynced *resolver.NotSyncedError
+	switch {
+	case errors.As(err, &status):
+		return err
+	case apimeta.IsNoMatchError(err):
+		nf := apierrors.NewNotFound(schema.GroupResource{Resource: what}, "")
+		nf.ErrStatus.Message = fmt.Sprintf("%s: the cluster serves no such resource: %v", what, err)
+		return nf
+	case errors.As(err, &notSynced), errors.Is(err, resolver.ErrTooManyWatched):
+		return apierrors.NewServiceUnavailable(err.Error())
+	case isContext(err):
+		return Ended(err, "resolving "+what)
+	case isMapperError(err):
+		return apierrors.NewServiceUnavailable(fmt.Sprintf("resolving %s: %v", what, err))
+	default:
+		return apierrors.NewInternalError(fmt.Errorf("resolving %s: %w", what, err))
+	}
+}
+
+// Ended is the answer to a request whose context ended (its deadline, or
+// the caller went away) while the adapter was still working on it: 504,
+// as the API server answers a request that runs out of time, never a 500.
+// doing says what was under way ("waiting for the answer shared with an
+// identical request").
+func Ended(err error, doing string) error {
+	why := "reached its deadline"
+	if errors.Is(err, context.Canceled) {
+		why = "was cancelled"
+	}
+	return apierrors.NewTimeoutError(fmt.Sprintf("the request %s while %s", why, doing), 0)
+}
+
+// Of is the last step of every provider method: a StatusError passes
+// through, a context's end is Ended, and anything else is a 500 that says
+// what failed. what names the request ("metric requests-per-second for
+// pods").
+func Of(err error, what string) error {
+	var status apierrors.APIStatus
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &status):
+		return err
+	case isContext(err):
+		return Ended(err, "serving "+what)
+	default:
+		return apierrors.NewInternalError(fmt.Errorf("serving %s: %w", what, err))
+	}
+}
+
+// NotFound is a 404 for name of gr that says why there is no value.
+func NotFound(gr schema.GroupResource, name, why string) *apierrors.StatusError {
+	err := apierrors.NewNotFound(gr, name)
+	err.ErrStatus.Message += ": " + why
+	return err
+}
+
+func isContext(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// isMapperError reports errors of the REST mapper other than no-match
+// (discovery failing): the cluster's API is unknown for now.
+func isMapperError(err error) bool {
+	var ambiguous *apimeta.AmbiguousResourceError
+	return errors.As(err, &ambiguous) || errors.Is(err, resolver.ErrMapping)
+}

@@ -1,0 +1,210 @@
+package custommetrics
+
+import (
+	"context"
+	"fmt"
+	"math"
+
+	"github.com/prometheus/common/model"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/klog/v2"
+	"k8s.io/metrics/pkg/apis/custom_metrics"
+	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/query"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/values"
+)
+
+// queryObjects serves objects whose series carry a label with their name.
+// It returns values for the requested objects that have data, in the order
+// of names. A sample is mapped back to an object by the label values of
+// the names asked for (labelValueReplacements are not undone: that could
+// name an object that was never asked for). Several series for one object
+// (a query that keeps labels it does not group by) are added up, as the
+// rule's own sum would.
+func (p *Provider) queryObjects(ctx context.Context, r *request, namespace string, names []string) ([]custom_metrics.MetricValue, error) {
+	labelValues, byValue := r.Rule.LabelValues(names)
+	var matchers []promql.Matcher
+	if r.Value.namespaced {
+		matchers = append(matchers, promql.Equals(r.Value.namespaceLabel, r.Rule.ToLabelValue(namespace)))
+	}
+	matchers = append(matchers, promql.OneOf(r.Value.label, labelValues))
+	matchers = append(matchers, r.matchers...)
+
+	res, err := p.run(ctx, r, matchers, []string{r.Value.label})
+	if err != nil {
+		return nil, err
+	}
+	type total struct {
+		sum    float64
+		ts     model.Time
+		series int
+	}
+	totals := make([]total, len(names))
+	for _, s := range res.Vector {
+		v, ok := s.Metric[model.LabelName(r.Value.label)]
+		if !ok {
+			continue
+		}
+		i, asked := byValue[string(v)]
+		switch {
+		case !asked:
+			continue // a series of an object nobody asked for
+		case i < 0:
+			klog.V(2).InfoS("Dropping a sample whose label value several requested objects share (labelValueReplacements)",
+				"rule", r.Rule.String(), "label", r.Value.label, "value", string(v))
+			continue
+		}
+		t := &totals[i]
+		t.sum += float64(s.Value)
+		t.ts = max(t.ts, s.Timestamp)
+		t.series++
+	}
+	window := values.WindowSeconds(res.Expr)
+	out := make([]custom_metrics.MetricValue, 0, len(names))
+	for i, n := range names {
+		t := totals[i]
+		if t.series == 0 {
+			continue
+		}
+		if t.series > 1 {
+			klog.V(2).InfoS("Query returned several series for an object; serving their sum", "rule", r.Rule.String(), "object", n, "series", t.series)
+		}
+		q, ok := values.Quantity(t.sum)
+		if !ok {
+			klog.V(2).InfoS("Dropping a value that is not a finite number", "rule", r.Rule.String(), "object", n, "value", t.sum)
+			continue
+		}
+		out = append(out, r.value(namespace, n, t.ts, window, q))
+	}
+	return out, nil
+}
+
+// objectViaPods serves one object by querying its pods' series, grouped by
+// namespace, so the rule's own aggregation (sum, avg, max...) applies
+// across the object's pods. Series the query leaves apart are added up.
+func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, name string) (*custom_metrics.MetricValue, error) {
+	pods, err := p.resolver.PodsFor(ctx, r.info.GroupResource, namespace, name)
+	if err != nil {
+		return nil, apistatus.Resolve(err, r.info.GroupResource.String())
+	}
+	explain.From(ctx).Resolved(fmt.Sprintf("pods of %s %s", r.info.GroupResource, klog.KRef(namespace, name)), pods)
+	if len(pods) == 0 {
+		klog.V(2).InfoS("Object has no pods", "resource", r.info.GroupResource.String(), "object", klog.KRef(namespace, name), "metric", r.info.Metric)
+		return nil, notFoundBecause(r.info, name, "it selects no pods")
+	}
+	matchers := []promql.Matcher{
+		promql.Equals(r.Value.namespaceLabel, r.Rule.ToLabelValue(namespace)),
+		promql.OneOf(r.Value.podLabel, podValues(r.Rule, pods)),
+	}
+	matchers = append(matchers, r.matchers...)
+	res, err := p.run(ctx, r, matchers, []string{r.Value.namespaceLabel})
+	if err != nil {
+		return nil, err
+	}
+	var sum float64
+	var ts model.Time
+	n := 0
+	nsValue := model.LabelValue(r.Rule.ToLabelValue(namespace))
+	for _, s := range res.Vector {
+		if v, ok := s.Metric[model.LabelName(r.Value.namespaceLabel)]; ok && v != nsValue {
+			// A pod of the same name in another namespace, from a
+			// metricsQuery that does not match on the namespace.
+			continue
+		}
+		v := float64(s.Value)
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			// One series left out would make the sum smaller, not
+			// wrong-looking: no value rather than a partial one.
+			klog.V(2).InfoS("A series of the object's pods is not a finite number", "rule", r.Rule.String(), "object", klog.KRef(namespace, name), "series", s.Metric.String(), "value", s.Value)
+			return nil, notFoundBecause(r.info, name, fmt.Sprintf("a series of its pods is %v", s.Value))
+		}
+		sum += v
+		ts = max(ts, s.Timestamp)
+		n++
+	}
+	if n == 0 {
+		return nil, notFoundBecause(r.info, name, fmt.Sprintf("Prometheus has no data for its %d pods", len(pods)))
+	}
+	q, ok := values.Quantity(sum)
+	if !ok {
+		return nil, notFoundBecause(r.info, name, "the sum of its pods' values is not a finite number")
+	}
+	v := r.value(namespace, name, ts, values.WindowSeconds(res.Expr), q)
+	return &v, nil
+}
+
+// run renders the rule's query for the request and runs it.
+func (p *Provider) run(ctx context.Context, r *request, matchers []promql.Matcher, groupBy []string) (query.Result, error) {
+	return query.Run(ctx, p.prom, query.Query{
+		API: metrics.CustomAPI, Rule: r.Rule.String(), What: what(r.info),
+		Render: func() (string, error) { return r.Rule.Render(r.Series, matchers, groupBy) },
+	})
+}
+
+// value is the answer for one object.
+func (r *request) value(namespace, name string, ts model.Time, window *int64, q resource.Quantity) custom_metrics.MetricValue {
+	if r.info.GroupResource == rules.Namespaces {
+		namespace = ""
+	}
+	return custom_metrics.MetricValue{
+		DescribedObject: custom_metrics.ObjectReference{
+			Kind:       r.kind,
+			APIVersion: r.apiVersion,
+			Namespace:  namespace,
+			Name:       name,
+		},
+		Metric:        custom_metrics.MetricIdentifier{Name: r.info.Metric, Selector: r.selector},
+		Timestamp:     metav1.NewTime(ts.Time()),
+		WindowSeconds: window,
+		Value:         q,
+	}
+}
+
+// echo turns the request's metric selector back into the API form each
+// value carries (nil for none), with metav1.ParseToLabelSelector, which has
+// no "!=": a != requirement is echoed as the notin of its one value, which
+// selects the same.
+func echo(sel labels.Selector) (*metav1.LabelSelector, error) {
+	if sel == nil || sel.Empty() {
+		return nil, nil
+	}
+	reqs, _ := sel.Requirements()
+	out := labels.NewSelector()
+	for _, r := range reqs {
+		if r.Operator() == selection.NotEquals {
+			notIn, err := labels.NewRequirement(r.Key(), selection.NotIn, r.ValuesUnsorted())
+			if err != nil {
+				return nil, err
+			}
+			r = *notIn
+		}
+		out = out.Add(r)
+	}
+	return metav1.ParseToLabelSelector(out.String())
+}
+
+// podValues applies the rule's labelValueReplacements to pod names.
+func podValues(r *rules.Rule, pods []string) []string {
+	out := make([]string, len(pods))
+	for i, n := range pods {
+		out[i] = r.ToLabelValue(n)
+	}
+	return out
+}
+
+// notFoundBecause is a 404 naming the metric, the object and why.
+func notFoundBecause(info provider.CustomMetricInfo, name, why string) error {
+	err := provider.NewMetricNotFoundForError(info.GroupResource, info.Metric, name)
+	err.ErrStatus.Message += ": " + why
+	return err
+}

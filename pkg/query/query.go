@@ -1,0 +1,68 @@
+// Package query is the one step every metrics API takes from a rule to
+// Prometheus' answer: it renders the rule's query for a request, runs it,
+// and records it — in the adapter's metrics (per API, rule and outcome), in
+// the explain trace of the request (package explain), in the log at -v=4 —
+// and turns a failure into the status the API answers (package apistatus).
+// The custom, external and resource metrics providers all call Run, so a
+// query is measured, explained and mapped the same way whichever API asks.
+//
+// It does not build PromQL (package rules renders it) and does not turn
+// samples into values (the providers and package values do).
+package query
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/common/model"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/klog/v2"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+)
+
+// Query is one query of one request.
+type Query struct {
+	// API is the API asking: metrics.CustomAPI, ExternalAPI or
+	// ResourceAPI.
+	API string
+	// Rule names the rule as the config file does (rules[2],
+	// resourceRules.cpu): in the adapter's metrics, the trace and errors.
+	Rule string
+	// What names what was asked, for errors: "metric requests-per-second
+	// for pods".
+	What string
+	// Render renders the rule's query for the request.
+	Render func() (string, error)
+}
+
+// Result is what Prometheus answered.
+type Result struct {
+	// Expr is the PromQL that ran.
+	Expr   string
+	Vector model.Vector
+}
+
+// Run renders q and runs it on prom. Its errors are StatusErrors: a query
+// that does not render is a 500 naming the rule, a failed query what
+// apistatus.Query says.
+func Run(ctx context.Context, prom promclient.Querier, q Query) (Result, error) {
+	expr, err := q.Render()
+	if err != nil {
+		return Result{}, apierrors.NewInternalError(err)
+	}
+	start := time.Now()
+	vec, err := prom.Query(ctx, expr)
+	took := time.Since(start)
+	metrics.ObserveQuery(q.API, q.Rule, start, len(vec), err)
+	explain.From(ctx).Queried(explain.Query{Rule: q.Rule, Expr: expr, Duration: took, Vector: vec, Err: err})
+	if err != nil {
+		return Result{Expr: expr}, apistatus.Query(err, q.What, q.Rule)
+	}
+	klog.V(4).InfoS("Query done", "api", q.API, "rule", q.Rule, "what", q.What, "series", len(vec), "duration", took, "expr", expr)
+	return Result{Expr: expr, Vector: vec}, nil
+}
