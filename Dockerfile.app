@@ -7,7 +7,7 @@ RUN go mod download
 COPY hack/build.sh hack/build.sh
 COPY app/ app/
 COPY cmd/loadgen/ cmd/loadgen/
-COPY pkg/loadgen/ pkg/loadgen/
+COPY internal/loadgen/ internal/loadgen/
 ARG VERSION=devel
 RUN VERSION=${VERSION} hack/build.sh /out ./app ./cmd/loadgen
 

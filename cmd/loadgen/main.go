@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/loadgen"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/loadgen"
 )
 
 type targets []string

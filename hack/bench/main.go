@@ -51,6 +51,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/procfs"
 	"google.golang.org/protobuf/encoding/protowire"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -865,25 +866,19 @@ func (b *bench) fetchProfile(ctx context.Context, path, file string) error {
 // stacks, what a container's memory limit cannot reclaim, unlike the
 // binary's own pages).
 func (b *bench) rss() int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", b.pid))
+	p, err := procfs.NewProc(b.pid)
 	if err != nil {
 		return 0
 	}
-	var rss int64
-	for _, line := range strings.Split(string(data), "\n") {
-		name, rest, ok := strings.Cut(line, ":")
-		if !ok || (name != "VmRSS" && name != "RssAnon") {
-			continue
-		}
-		kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-		v := kb << 10
-		if name == "VmRSS" {
-			rss = v
-			raise(&b.peakRSS, v)
-		} else {
-			raise(&b.peakAnon, v)
-		}
+	// VmRSS and RssAnon from /proc/<pid>/status, in bytes. The peaks are
+	// the highest values sampled here, not the kernel's VmHWM.
+	st, err := p.NewStatus()
+	if err != nil {
+		return 0
 	}
+	rss := int64(st.VmRSS)
+	raise(&b.peakRSS, rss)
+	raise(&b.peakAnon, int64(st.RssAnon))
 	return rss
 }
 
@@ -902,20 +897,17 @@ func (b *bench) cpuSeconds() float64 { return cpuSeconds(b.pid) }
 
 // cpuSeconds is a process' user and system CPU time so far.
 func cpuSeconds(pid int) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0
 	}
-	// Fields after the parenthesised command: state is field 3; utime and
-	// stime are fields 14 and 15, in clock ticks (USER_HZ, 100 on Linux).
-	s := string(data)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(fields) < 13 {
+	// utime + stime from /proc/<pid>/stat, clock ticks turned into seconds
+	// at USER_HZ (100 on Linux).
+	st, err := p.Stat()
+	if err != nil {
 		return 0
 	}
-	utime, _ := strconv.ParseFloat(fields[11], 64)
-	stime, _ := strconv.ParseFloat(fields[12], 64)
-	return (utime + stime) / 100
+	return st.CPUTime()
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }

@@ -24,7 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/loadgen"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/loadgen"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
 )
 

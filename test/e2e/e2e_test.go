@@ -22,7 +22,7 @@ import (
 	"k8s.io/client-go/discovery"
 	"sigs.k8s.io/yaml"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/loadgen"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/loadgen"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
 )
 

@@ -30,11 +30,11 @@ import (
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/loadgen"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/custommetrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/externalmetrics"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/loadgen"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resourcemetrics"
