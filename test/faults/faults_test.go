@@ -3,6 +3,8 @@ package faults
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/wait"
 	cmv1beta2 "k8s.io/metrics/pkg/apis/custom_metrics/v1beta2"
 )
 
@@ -26,8 +29,7 @@ const goroutineSlack = 10
 // the HPA controller's next sync succeeded, and returns how long that took.
 func recovered(t *testing.T, timeout time.Duration) time.Duration {
 	t.Helper()
-	ctx := context.Background()
-	return waitFor(t, timeout, "answers and the HPA back after the fault", func() bool {
+	return waitFor(t, timeout, "answers and the HPA back after the fault", func(ctx context.Context) bool {
 		for _, p := range clientPaths {
 			if o := get(ctx, stack.ServerURL, p); o.code != http.StatusOK {
 				return false
@@ -95,12 +97,12 @@ func readyPods(ctx context.Context, namespace string) ([]string, error) {
 func settleGoroutines(t *testing.T, adapterURL string, idle int) int {
 	t.Helper()
 	var last int
-	start := time.Now()
-	for time.Since(start) < 30*time.Second {
-		if last = goroutines(t, adapterURL); last <= idle+goroutineSlack {
-			return last
-		}
-		time.Sleep(time.Second)
+	err := wait.PollUntilContextTimeout(context.Background(), time.Second, 30*time.Second, true, func(context.Context) (bool, error) {
+		last = goroutines(t, adapterURL)
+		return last <= idle+goroutineSlack, nil
+	})
+	if err == nil {
+		return last
 	}
 	t.Errorf("the adapter's goroutines did not return to %d (+%d) within 30s of the fault's end: %d", idle, goroutineSlack, last)
 	return last
@@ -129,20 +131,35 @@ func TestAdapterReplicaStoppedMidRun(t *testing.T) {
 		return n
 	}
 	firstBefore := served(stack.AdapterURL)
-	waitFor(t, 30*time.Second, "the API server routing requests to the second replica", func() bool {
+	waitFor(t, 30*time.Second, "the API server routing requests to the second replica", func(ctx context.Context) bool {
 		_ = get(ctx, stack.ServerURL, podsPath)
 		return served(second.URL) > 0
 	})
 
 	w := watch(t)
 	p := startProber(t, 100*time.Millisecond, clientPaths...)
-	time.Sleep(2 * hpaSyncEvery)
+	// failures says what failed while the replicas served and one stopped:
+	// nothing may, for two HPA syncs on each side of the SIGTERM.
+	failures := func(outs []outcome) error {
+		var errs []error
+		for _, o := range outs {
+			if o.code != http.StatusOK {
+				errs = append(errs, fmt.Errorf("a request failed while a replica stopped: %s", o))
+			}
+		}
+		if minReplicas, inactive := w.seen(); len(inactive) > 0 || minReplicas < replicas {
+			errs = append(errs, fmt.Errorf("an HPA sync failed while a replica stopped: %s", w))
+		}
+		return errors.Join(errs...)
+	}
+	nothingFailed := func(context.Context) error { return failures(p.outcomes()) }
+	withBoth := holdsFor(ctx, t, 2*hpaSyncEvery, checkEvery, nothingFailed)
 	secondServed := served(second.URL)
 	stopping := time.Now()
 	stopErr := second.Stop(30 * time.Second)
 	stopTook := time.Since(stopping)
 	_, exitErr := second.Exited()
-	time.Sleep(2 * hpaSyncEvery)
+	withOne := holdsFor(ctx, t, 2*hpaSyncEvery, checkEvery, nothingFailed)
 	outs := p.stop()
 	w.stop()
 	firstServed := served(stack.AdapterURL) - firstBefore
@@ -157,16 +174,11 @@ func TestAdapterReplicaStoppedMidRun(t *testing.T) {
 		t.Errorf("the API server did not spread requests over both replicas: %.0f and %.0f", firstServed, secondServed)
 	}
 	byCode, worst := summary(outs)
-	for _, o := range outs {
-		if o.code != http.StatusOK {
-			t.Errorf("a request failed while a replica stopped: %s", o)
-		}
-	}
-	if len(w.inactive) > 0 || w.minReplicas < replicas {
-		t.Errorf("an HPA sync failed while a replica stopped: %s", w)
+	if err := failures(outs); err != nil {
+		t.Error(err)
 	}
 	report(t, "%d requests over %s: %s; slowest %s; custom metrics requests served: first replica %.0f, second %.0f before its SIGTERM; it stopped %s after SIGTERM; %s",
-		len(outs), (4*hpaSyncEvery + stopTook).Round(100*time.Millisecond), codes(byCode), worst.Round(time.Millisecond), firstServed, secondServed, stopTook.Round(100*time.Millisecond), w)
+		len(outs), (withBoth + stopTook + withOne).Round(100*time.Millisecond), codes(byCode), worst.Round(time.Millisecond), firstServed, secondServed, stopTook.Round(100*time.Millisecond), w)
 }
 
 // TestAPIServerRestarted kills and restarts kube-apiserver under the
@@ -194,7 +206,7 @@ func TestAPIServerRestarted(t *testing.T) {
 		t.Fatalf("pods of %s: %v %v", fresh, want, err)
 	}
 	path := "/apis/custom.metrics.k8s.io/v1beta2/namespaces/" + fresh + "/pods/" + want[0] + "/packets-per-second"
-	newPod := waitFor(t, 90*time.Second, "a pod created after the restart served", func() bool {
+	newPod := waitFor(t, 90*time.Second, "a pod created after the restart served", func(ctx context.Context) bool {
 		return get(ctx, stack.ServerURL, path).code == http.StatusOK
 	})
 	back := recovered(t, time.Minute)
@@ -219,9 +231,28 @@ func TestAPIServerRestarted(t *testing.T) {
 // Prometheus' answer, faithfully served (docs/config.md#troubleshooting).
 func TestPrometheusPausedUnderARunningHPA(t *testing.T) {
 	steady(t)
+	ctx := context.Background()
 	idle := goroutines(t, stack.AdapterURL)
 	w := watch(t)
 	p := startProber(t, 500*time.Millisecond, clientPaths...)
+	// failures says how the answers and the HPA broke what must hold while
+	// Prometheus is paused.
+	failures := func(outs []outcome) error {
+		var errs []error
+		_, worst := summary(outs)
+		for _, o := range outs {
+			if (o.code != http.StatusGatewayTimeout && o.code != http.StatusServiceUnavailable) || !strings.Contains(o.message, "Prometheus") {
+				errs = append(errs, fmt.Errorf("paused Prometheus: want 504 or 503 naming Prometheus, got %s", o))
+			}
+		}
+		if limit := promTimeout + 2*time.Second; worst > limit {
+			errs = append(errs, fmt.Errorf("paused Prometheus: the slowest answer took %s, over --prometheus-timeout (%s) + 2s", worst, promTimeout))
+		}
+		if minReplicas, _ := w.seen(); minReplicas < replicas {
+			errs = append(errs, fmt.Errorf("the HPA scaled in while Prometheus was paused: %s", w))
+		}
+		return errors.Join(errs...)
+	}
 	prom := stack.Prometheus.Proc
 	if err := prom.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -238,23 +269,15 @@ func TestPrometheusPausedUnderARunningHPA(t *testing.T) {
 	t.Cleanup(resume)
 
 	// Four HPA syncs without Prometheus.
-	time.Sleep(4 * hpaSyncEvery)
+	paused := holdsFor(ctx, t, 4*hpaSyncEvery, checkEvery, func(context.Context) error { return failures(p.outcomes()) })
 	peak := goroutines(t, stack.AdapterURL)
 	outs := p.stop()
 	w.stop()
 	resume()
 
 	byCode, worst := summary(outs)
-	for _, o := range outs {
-		if (o.code != http.StatusGatewayTimeout && o.code != http.StatusServiceUnavailable) || !strings.Contains(o.message, "Prometheus") {
-			t.Errorf("paused Prometheus: want 504 or 503 naming Prometheus, got %s", o)
-		}
-	}
-	if limit := promTimeout + 2*time.Second; worst > limit {
-		t.Errorf("paused Prometheus: the slowest answer took %s, over --prometheus-timeout (%s) + 2s", worst, promTimeout)
-	}
-	if w.minReplicas < replicas {
-		t.Errorf("the HPA scaled in while Prometheus was paused: %s", w)
+	if err := failures(outs); err != nil {
+		t.Error(err)
 	}
 	if !slices.ContainsFunc(w.inactive, func(s string) bool {
 		return strings.HasPrefix(s, "FailedGetPodsMetric") && strings.Contains(s, "Prometheus")
@@ -264,7 +287,7 @@ func TestPrometheusPausedUnderARunningHPA(t *testing.T) {
 	back := recovered(t, time.Minute)
 	after := settleGoroutines(t, stack.AdapterURL, idle)
 	report(t, "%d requests in %s paused: %s; slowest %s (timeout %s); answers and the HPA back %s after SIGCONT; goroutines %d idle, %d paused, %d after; paused: %s",
-		len(outs), 4*hpaSyncEvery, codes(byCode), worst.Round(time.Millisecond), promTimeout, back.Round(100*time.Millisecond), idle, peak, after, w)
+		len(outs), paused.Round(100*time.Millisecond), codes(byCode), worst.Round(time.Millisecond), promTimeout, back.Round(100*time.Millisecond), idle, peak, after, w)
 }
 
 // TestPrometheusKilledAndRestarted kills Prometheus (SIGKILL) and starts it
@@ -273,34 +296,46 @@ func TestPrometheusPausedUnderARunningHPA(t *testing.T) {
 // gone; after, values again.
 func TestPrometheusKilledAndRestarted(t *testing.T) {
 	steady(t)
+	ctx := context.Background()
 	idle := goroutines(t, stack.AdapterURL)
 	w := watch(t)
 	p := startProber(t, 500*time.Millisecond, clientPaths...)
-	killed := time.Now()
+	var killed time.Time
+	// failures says how the answers and the HPA broke what must hold while
+	// Prometheus is down.
+	failures := func(outs []outcome) error {
+		var errs []error
+		_, worst := summary(outs)
+		for _, o := range outs {
+			// A request on a kept-alive connection at the moment of the kill
+			// sees it reset; every later one is refused.
+			if o.code != http.StatusServiceUnavailable ||
+				(!strings.Contains(o.message, "connection refused") && (o.started.Sub(killed) > time.Second || !strings.Contains(o.message, "connection reset"))) {
+				errs = append(errs, fmt.Errorf("Prometheus down: want 503 saying connection refused, got %s", o))
+			}
+		}
+		if worst > time.Second {
+			errs = append(errs, fmt.Errorf("Prometheus down: the slowest answer took %s; a refused connection should fail at once", worst))
+		}
+		if minReplicas, _ := w.seen(); minReplicas < replicas {
+			errs = append(errs, fmt.Errorf("the HPA scaled in while Prometheus was down: %s", w))
+		}
+		return errors.Join(errs...)
+	}
+	killed = time.Now()
 	stack.Prometheus.Proc.Kill()
-	time.Sleep(2 * hpaSyncEvery)
+	down := holdsFor(ctx, t, 2*hpaSyncEvery, checkEvery, func(context.Context) error { return failures(p.outcomes()) })
 	outs := p.stop()
 	w.stop()
 	restart := time.Now()
-	if err := stack.Prometheus.Restart(context.Background(), stack.Procs); err != nil {
+	if err := stack.Prometheus.Restart(ctx, stack.Procs); err != nil {
 		t.Fatal(err)
 	}
 	ready := time.Since(restart)
 
 	byCode, worst := summary(outs)
-	for _, o := range outs {
-		// A request on a kept-alive connection at the moment of the kill
-		// sees it reset; every later one is refused.
-		if o.code != http.StatusServiceUnavailable ||
-			(!strings.Contains(o.message, "connection refused") && (o.started.Sub(killed) > time.Second || !strings.Contains(o.message, "connection reset"))) {
-			t.Errorf("Prometheus down: want 503 saying connection refused, got %s", o)
-		}
-	}
-	if worst > time.Second {
-		t.Errorf("Prometheus down: the slowest answer took %s; a refused connection should fail at once", worst)
-	}
-	if w.minReplicas < replicas {
-		t.Errorf("the HPA scaled in while Prometheus was down: %s", w)
+	if err := failures(outs); err != nil {
+		t.Error(err)
 	}
 	if !slices.ContainsFunc(w.inactive, func(s string) bool { return strings.Contains(s, "connection refused") }) {
 		t.Errorf("the HPA's ScalingActive condition never said connection refused: %s", w)
@@ -308,5 +343,5 @@ func TestPrometheusKilledAndRestarted(t *testing.T) {
 	back := recovered(t, 90*time.Second)
 	after := settleGoroutines(t, stack.AdapterURL, idle)
 	report(t, "%d requests in %s down: %s; slowest %s; Prometheus ready %s after the restart, answers and the HPA back %s after that; goroutines %d before, %d after; down: %s",
-		len(outs), 2*hpaSyncEvery, codes(byCode), worst.Round(time.Millisecond), ready.Round(100*time.Millisecond), back.Round(100*time.Millisecond), idle, after, w)
+		len(outs), down.Round(100*time.Millisecond), codes(byCode), worst.Round(time.Millisecond), ready.Round(100*time.Millisecond), back.Round(100*time.Millisecond), idle, after, w)
 }

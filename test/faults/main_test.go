@@ -23,8 +23,9 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/loadgen"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/loadgen"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
 )
 
@@ -111,21 +112,21 @@ func steadyHPA(ctx context.Context) (stop func(), err error) {
 // waitSteady waits until the HPA is active and holds the Deployment at
 // replicas ready pods for three syncs in a row.
 func waitSteady(ctx context.Context, timeout time.Duration) error {
+	// since is when the HPA was last seen becoming steady.
 	var since time.Time
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		s, err := hpaState(ctx)
-		if err == nil && s.active && s.replicas == replicas && s.ready == replicas && s.desired == replicas {
-			if since.IsZero() {
-				since = time.Now()
-			}
-			if time.Since(since) >= 3*hpaSyncEvery {
-				return nil
-			}
-		} else {
+		if err != nil || !s.active || s.replicas != replicas || s.ready != replicas || s.desired != replicas {
 			since = time.Time{}
+			return false, nil
 		}
-		time.Sleep(500 * time.Millisecond)
+		if since.IsZero() {
+			since = time.Now()
+		}
+		return time.Since(since) >= 3*hpaSyncEvery, nil
+	})
+	if err == nil {
+		return nil
 	}
 	s, err := hpaState(ctx)
 	if err != nil {

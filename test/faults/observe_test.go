@@ -20,6 +20,7 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // The requests a client of the API server keeps making during a fault:
@@ -83,33 +84,37 @@ func watch(t *testing.T) *watcher {
 	w := &watcher{cancel: cancel, done: make(chan struct{}), minReplicas: 1 << 30}
 	go func() {
 		defer close(w.done)
-		tick := time.NewTicker(250 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
-			s, err := hpaState(rctx)
-			rcancel()
-			w.mu.Lock()
-			w.polls++
-			if err != nil {
-				w.failedPolls++
-			} else {
-				w.minReplicas = min(w.minReplicas, s.replicas)
-				w.maxReplicas = max(w.maxReplicas, s.replicas)
-				if why := s.reason + ": " + s.message; !s.active && !slices.Contains(w.inactive, why) {
-					w.inactive = append(w.inactive, why)
-				}
-			}
-			w.mu.Unlock()
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-		}
+		wait.NonSlidingUntilWithContext(ctx, w.read, 250*time.Millisecond)
 	}()
 	t.Cleanup(w.stop)
 	return w
+}
+
+// read reads the HPA and its Deployment once and keeps what it saw.
+func (w *watcher) read(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	s, err := hpaState(ctx)
+	cancel()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.polls++
+	if err != nil {
+		w.failedPolls++
+		return
+	}
+	w.minReplicas = min(w.minReplicas, s.replicas)
+	w.maxReplicas = max(w.maxReplicas, s.replicas)
+	if why := s.reason + ": " + s.message; !s.active && !slices.Contains(w.inactive, why) {
+		w.inactive = append(w.inactive, why)
+	}
+}
+
+// seen returns the Deployment's fewest replicas and the ScalingActive=False
+// reasons so far; it may be called while the watcher runs.
+func (w *watcher) seen() (minReplicas int32, inactive []string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.minReplicas, slices.Clone(w.inactive)
 }
 
 func (w *watcher) stop() {
@@ -200,9 +205,7 @@ func startProber(t *testing.T, every time.Duration, paths ...string) *prober {
 		defer close(p.done)
 		var wg sync.WaitGroup
 		defer wg.Wait()
-		tick := time.NewTicker(every)
-		defer tick.Stop()
-		for {
+		wait.NonSlidingUntilWithContext(ctx, func(context.Context) {
 			for _, path := range paths {
 				wg.Go(func() {
 					// Not ctx: stopping the prober stops new requests,
@@ -213,15 +216,18 @@ func startProber(t *testing.T, every time.Duration, paths ...string) *prober {
 					p.mu.Unlock()
 				})
 			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-		}
+		}, every)
 	}()
 	t.Cleanup(func() { p.stop() })
 	return p
+}
+
+// outcomes returns the answers so far, not those still in flight; it may
+// be called while the prober runs.
+func (p *prober) outcomes() []outcome {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.out)
 }
 
 // stop stops sending, waits for the answers in flight and returns every
@@ -229,9 +235,7 @@ func startProber(t *testing.T, every time.Duration, paths ...string) *prober {
 func (p *prober) stop() []outcome {
 	p.cancel()
 	<-p.done
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return slices.Clone(p.out)
+	return p.outcomes()
 }
 
 // summary counts answers by code and finds the slowest.
@@ -312,16 +316,42 @@ func goroutines(t *testing.T, adapterURL string) int {
 }
 
 // waitFor polls cond every 250ms until it holds or timeout passes, and
-// returns how long that took.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
+// returns how long that took. cond's ctx ends with the timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func(ctx context.Context) bool) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for time.Since(start) < timeout {
-		if cond() {
-			return time.Since(start)
-		}
-		time.Sleep(250 * time.Millisecond)
+	err := wait.PollUntilContextTimeout(context.Background(), 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		return cond(ctx), nil
+	})
+	if err != nil {
+		t.Fatalf("%s: not within %s", what, timeout)
 	}
-	t.Fatalf("%s: not within %s", what, timeout)
-	return 0
+	return time.Since(start)
+}
+
+// checkEvery is how often holdsFor checks: as often as the watcher reads.
+const checkEvery = 250 * time.Millisecond
+
+// holdsFor checks every interval, over window, that check holds: the window
+// is watched, not slept through. It returns how long it watched: window, or
+// less when check failed first. That failure only ends the window early and
+// is logged; check must judge by the same rules as the caller's assertions
+// after the window, which see everything and report it.
+func holdsFor(ctx context.Context, t *testing.T, window, interval time.Duration, check func(ctx context.Context) error) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var violated error
+	err := wait.PollUntilContextTimeout(ctx, interval, window, true, func(ctx context.Context) (bool, error) {
+		violated = check(ctx)
+		return false, violated
+	})
+	watched := time.Since(start)
+	switch {
+	case violated != nil:
+		t.Logf("stopped watching %s into a %s window: %v", watched.Round(100*time.Millisecond), window, violated)
+	case ctx.Err() != nil:
+		// Not the window's own end: ctx ended first.
+		t.Errorf("watched %s of a %s window: %v", watched.Round(100*time.Millisecond), window, err)
+	}
+	return watched
 }
