@@ -95,7 +95,10 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 		Timeout:  o.DiscoveryTimeout,
 	})
 	if c.custom != nil {
-		c.disc.Subscribe(c.custom.Update)
+		c.disc.Subscribe(func(r discovery.Result) {
+			c.custom.Update(r)
+			c.resolver.Retain(c.custom.Resources())
+		})
 	}
 	if c.external != nil {
 		c.disc.Subscribe(c.external.Update)
@@ -136,6 +139,8 @@ func (c *components) apply(ctx context.Context, set *rules.Set) {
 	c.disc.Reconfigure(ctx, c.seriesQueries(set), func(r discovery.Result) {
 		if c.custom != nil {
 			c.custom.SetRules(set.Custom, r)
+			// Resources no rule serves any more are not watched.
+			c.resolver.Retain(c.custom.Resources())
 		}
 		if c.external != nil {
 			c.external.SetRules(set.External, r)

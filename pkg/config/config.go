@@ -39,6 +39,7 @@ import (
 	"github.com/prometheus/common/model"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/podowners"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 )
 
@@ -163,7 +164,7 @@ const DefaultSource = "<built-in config>"
 
 // Default returns the built-in configuration: requests-per-second and
 // packets-per-second, both sum(rate(app_requests_total[1m])) per object, for
-// pods, namespaces and the objects in PodOwnerResources.
+// pods, namespaces and every pod owner (package podowners).
 func Default() (*Config, error) {
 	return Parse(defaultConfig, DefaultSource)
 }
@@ -382,11 +383,12 @@ func (v *validator) rule(section string, i int, r *Rule) {
 	seen := map[string]bool{}
 	for j, name := range r.Resources.AggregateFromPods {
 		field := fmt.Sprintf("resources.aggregateFromPods[%d]", j)
-		canonical, ok := CanonicalPodOwner(name)
+		owner, ok := podowners.Lookup(name)
 		if !ok {
-			v.fail(section, i, field, "%q cannot be resolved to pods; supported: %s", name, strings.Join(PodOwnerResources, ", "))
+			v.fail(section, i, field, "%q cannot be resolved to pods; supported: %s", name, strings.Join(podowners.Names(), ", "))
 			continue
 		}
+		canonical := owner.Name()
 		if seen[canonical] {
 			v.fail(section, i, field, "%q is listed twice", name)
 		}
@@ -508,36 +510,6 @@ func overridesResource(overrides map[string]GroupResource, singular string) bool
 		}
 	}
 	return false
-}
-
-// PodOwnerResources are the resources that aggregateFromPods can resolve to
-// pods, in canonical "resource.group" form.
-var PodOwnerResources = []string{
-	"deployments.apps",
-	"replicasets.apps",
-	"statefulsets.apps",
-	"daemonsets.apps",
-	"services",
-	"ingresses.networking.k8s.io",
-}
-
-// CanonicalPodOwner returns the canonical form of a pod-owner resource
-// name, accepting singular names and kinds ("deployment.apps",
-// "Deployment", "ingress").
-func CanonicalPodOwner(name string) (string, bool) {
-	n := strings.ToLower(strings.TrimSpace(name))
-	resource, group, _ := strings.Cut(n, ".")
-	for _, c := range PodOwnerResources {
-		cr, cg, _ := strings.Cut(c, ".")
-		singular := strings.TrimSuffix(cr, "s")
-		if cr == "ingresses" {
-			singular = "ingress"
-		}
-		if (resource == cr || resource == singular) && (group == "" || group == cg) {
-			return c, true
-		}
-	}
-	return "", false
 }
 
 // lineOf finds the line of section[i].field (field may be dotted) in the

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/podowners"
 )
 
 func TestDefaultConfigIsValid(t *testing.T) {
@@ -23,7 +25,7 @@ func TestDefaultConfigIsValid(t *testing.T) {
 		if !strings.Contains(r.MetricsQuery, "rate(<<.Series>>{<<.LabelMatchers>>}[1m])") {
 			t.Errorf("rule %q metricsQuery = %q, want a 1m rate", r.Name.As, r.MetricsQuery)
 		}
-		if d := cmp.Diff(PodOwnerResources, r.Resources.AggregateFromPods); d != "" {
+		if d := cmp.Diff(podowners.Names(), r.Resources.AggregateFromPods); d != "" {
 			t.Errorf("rule %q aggregateFromPods (-want +got):\n%s", r.Name.As, d)
 		}
 	}

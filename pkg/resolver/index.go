@@ -131,9 +131,12 @@ func matchingNames(indexer cache.Indexer, namespace string, sel labels.Selector)
 // object.) Any change of an object bumps, not only a change of its labels:
 // the index function cannot tell an update's old object from a deletion.
 type selectionCache struct {
-	mu      sync.Mutex
-	gens    map[string]uint64
-	entries map[selectionKey]selectionEntry
+	mu sync.Mutex
+	// seq counts every bump; a namespace's generation is the seq of its
+	// last bump, or base for a namespace not in gens.
+	seq, base uint64
+	gens      map[string]uint64
+	entries   map[selectionKey]selectionEntry
 	// size is the number of names the entries hold.
 	size int
 }
@@ -146,10 +149,13 @@ type selectionEntry struct {
 }
 
 // Bounds of the cache; past either, it starts over. An answer larger than
-// maxCachedNames is computed every time.
+// maxCachedNames is computed every time. Past maxGenerations namespaces
+// with a generation, those without a cached answer are forgotten
+// (forget).
 const (
 	maxSelections  = 4096
 	maxCachedNames = 1 << 18
+	maxGenerations = 2 * maxSelections
 )
 
 func newSelectionCache() *selectionCache {
@@ -171,10 +177,40 @@ func (c *selectionCache) indexFunc(obj any) ([]string, error) {
 func (c *selectionCache) bump(namespace string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.gens[namespace]++
+	c.seq++
+	c.gens[namespace] = c.seq
 	if namespace != "" {
-		c.gens[""]++ // the answers over all namespaces
+		c.gens[""] = c.seq // the answers over all namespaces
 	}
+	if len(c.gens) > maxGenerations {
+		c.forget()
+	}
+}
+
+// forget drops the generations of the namespaces without a cached answer,
+// so that a cluster's every namespace does not stay in memory. Those
+// namespaces read base from now on: the newest seq, later than any
+// generation an answer being computed for them read, so such an answer is
+// stored as stale. Call it with c.mu held.
+func (c *selectionCache) forget() {
+	cached := make(map[string]bool, len(c.entries))
+	for k := range c.entries {
+		cached[k.namespace] = true
+	}
+	for ns := range c.gens {
+		if !cached[ns] {
+			delete(c.gens, ns)
+		}
+	}
+	c.base = c.seq
+}
+
+// gen is a namespace's generation. Call it with c.mu held.
+func (c *selectionCache) gen(namespace string) uint64 {
+	if g, ok := c.gens[namespace]; ok {
+		return g
+	}
+	return c.base
 }
 
 // names returns the cached answer, or computes, stores and returns it.
@@ -186,7 +222,7 @@ func (c *selectionCache) names(namespace string, sel labels.Selector, compute fu
 	}
 	key := selectionKey{namespace, sel.String()}
 	c.mu.Lock()
-	gen := c.gens[namespace]
+	gen := c.gen(namespace)
 	e, ok := c.entries[key]
 	c.mu.Unlock()
 	if ok && e.gen == gen {

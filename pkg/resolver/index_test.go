@@ -403,7 +403,7 @@ func TestNothingIsNotEverything(t *testing.T) {
 // pod, the next answer has it, before or after the event handlers run.
 func TestAnswerHasWhatTheInformerHolds(t *testing.T) {
 	ctx, r, metaClient := startPodResolver(t)
-	store := r.pods.Informer().GetStore()
+	store := r.pods.inf.GetStore()
 	web := labels.SelectorFromSet(labels.Set{"app": "web"})
 	for i := range 200 {
 		name := fmt.Sprintf("web-%03d", i)
@@ -428,4 +428,45 @@ func TestAnswerHasWhatTheInformerHolds(t *testing.T) {
 			t.Fatalf("after %s reached the informer's store: %d pods match, %s among them: %v; want %d", name, len(got), name, slices.Contains(got, name), i+1)
 		}
 	}
+}
+
+// The generations of namespaces are bounded: those without a cached answer
+// are forgotten, and what is forgotten still never serves a stale answer.
+func TestGenerationsAreBounded(t *testing.T) {
+	c := newSelectionCache()
+	sel := labels.SelectorFromSet(labels.Set{"app": "web"})
+	answer := func(ns string, names ...string) []string {
+		got, err := c.names(ns, sel, func() ([]string, error) { return slices.Clone(names), nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	c.bump("shop")
+	kept := answer("shop", "web-1")
+	c.bump("quiet") // a namespace with a generation and no cached answer
+	inFlight := c.gen("quiet")
+	for i := range 3 * maxGenerations {
+		c.bump(fmt.Sprintf("ns-%d", i))
+		if n := len(c.gens); n > maxGenerations {
+			t.Fatalf("after %d namespaces, %d generations are kept, want at most %d", i+1, n, maxGenerations)
+		}
+	}
+	if _, ok := c.gens["quiet"]; ok {
+		t.Error("a namespace without a cached answer kept its generation")
+	}
+	if got := answer("shop", "changed"); &got[0] != &kept[0] {
+		t.Error("a namespace's cached answer was dropped with the generations of others")
+	}
+	// An answer for "quiet" computed before its generation was forgotten
+	// must not stand.
+	if c.gen("quiet") == inFlight {
+		t.Error("a forgotten namespace reads the generation an answer in flight read before")
+	}
+	first := answer("quiet", "a")
+	c.bump("quiet")
+	if got := answer("quiet", "b"); got[0] != "b" {
+		t.Errorf("after a change, the answer is %v, want it computed again", got)
+	}
+	_ = first
 }

@@ -3,7 +3,9 @@ package resolver
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,12 +19,14 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	metadatafake "k8s.io/client-go/metadata/fake"
 	k8stesting "k8s.io/client-go/testing"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/podowners"
 )
 
 func meta(apiVersion, kind, namespace, name string, lbls map[string]string) *metav1.PartialObjectMetadata {
@@ -43,6 +47,15 @@ func pod(namespace, name string, lbls map[string]string) *metav1.PartialObjectMe
 func selectorOf(l map[string]string) *metav1.LabelSelector {
 	return &metav1.LabelSelector{MatchLabels: l}
 }
+
+var (
+	DeploymentsGVR  = appsv1.SchemeGroupVersion.WithResource("deployments")
+	ReplicaSetsGVR  = appsv1.SchemeGroupVersion.WithResource("replicasets")
+	StatefulSetsGVR = appsv1.SchemeGroupVersion.WithResource("statefulsets")
+	DaemonSetsGVR   = appsv1.SchemeGroupVersion.WithResource("daemonsets")
+	ServicesGVR     = corev1.SchemeGroupVersion.WithResource("services")
+	IngressesGVR    = networkingv1.SchemeGroupVersion.WithResource("ingresses")
+)
 
 func newTestResolver(t *testing.T, typed []runtime.Object, reactors ...func(*kubefake.Clientset)) *Resolver {
 	t.Helper()
@@ -106,7 +119,7 @@ func TestPodsMatching(t *testing.T) {
 
 func TestCachedPodsAreStripped(t *testing.T) {
 	r := newTestResolver(t, nil)
-	obj, exists, err := r.pods.Informer().GetStore().GetByKey("shop/web-1")
+	obj, exists, err := r.pods.inf.GetStore().GetByKey("shop/web-1")
 	if err != nil || !exists {
 		t.Fatalf("web-1 not cached: %v", err)
 	}
@@ -204,11 +217,11 @@ func TestCachedOwnersAreStripped(t *testing.T) {
 	if _, err := r.PodsFor(context.Background(), DeploymentsGVR.GroupResource(), "shop", "web"); err != nil {
 		t.Fatal(err)
 	}
-	inf, err := r.informer(context.Background(), DeploymentsGVR)
+	w, err := r.watch(context.Background(), Watch{GVR: DeploymentsGVR}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	obj, err := inf.Lister().ByNamespace("shop").Get("web")
+	obj, err := w.get("shop", "web")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,15 +267,153 @@ func TestStartIsRequired(t *testing.T) {
 	}
 }
 
-// The rules file accepts in aggregateFromPods exactly what this package
-// can resolve to pods.
-func TestResolvesEveryPodOwnerTheConfigAccepts(t *testing.T) {
-	if len(config.PodOwnerResources) != len(podOwners) {
-		t.Errorf("config accepts %d pod owners, the resolver knows %d", len(config.PodOwnerResources), len(podOwners))
-	}
-	for _, name := range config.PodOwnerResources {
-		if !CanResolve(schema.ParseGroupResource(name)) {
-			t.Errorf("config accepts %s in aggregateFromPods, but the resolver cannot resolve it to pods", name)
+// Every owner of the one table resolves to pods: a missing object is
+// NotFound, not a resource the resolver cannot resolve.
+func TestResolvesEveryPodOwner(t *testing.T) {
+	r := newTestResolver(t, nil)
+	for _, o := range podowners.All {
+		if _, err := r.PodsFor(context.Background(), o.GVR.GroupResource(), "shop", "missing"); !apierrors.IsNotFound(err) {
+			t.Errorf("PodsFor(%s) of a missing object: %v, want NotFound", o.Name(), err)
 		}
+	}
+}
+
+// listCounter counts the LISTs of one resource and refuses them.
+type listCounter struct {
+	mu    sync.Mutex
+	lists int
+}
+
+func (l *listCounter) forbid(resource string) func(*kubefake.Clientset) {
+	return func(c *kubefake.Clientset) {
+		c.PrependReactor("list", resource, func(k8stesting.Action) (bool, runtime.Object, error) {
+			l.mu.Lock()
+			l.lists++
+			l.mu.Unlock()
+			return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: "apps", Resource: resource}, "", errors.New("RBAC says no"))
+		})
+	}
+}
+
+func (l *listCounter) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lists
+}
+
+// A resource the adapter may not list is not watched for the life of the
+// process: its watch stops when its cache does not fill, requests for it
+// are answered at once until RetryFailedAfter, and then it is tried again.
+func TestAWatchThatCannotListStopsAndIsRetriedLater(t *testing.T) {
+	var lists listCounter
+	r := newTestResolver(t, nil, lists.forbid("deployments"))
+	clock := clocktesting.NewFakeClock(time.Now())
+	r.clock = clock
+	r.SetSyncTimeout(300 * time.Millisecond)
+	ctx := context.Background()
+
+	_, err := r.PodsFor(ctx, DeploymentsGVR.GroupResource(), "shop", "web")
+	var ns *NotSyncedError
+	if !errors.As(err, &ns) || ns.RetryAfter.IsZero() || !strings.Contains(err.Error(), "RBAC says no") {
+		t.Fatalf("error = %v, want a NotSyncedError with RetryAfter, naming the cause", err)
+	}
+	if slices.Contains(r.Watched(), (Watch{GVR: DeploymentsGVR})) {
+		t.Fatal("the failed watch is still running")
+	}
+	settled := lists.count()
+	start := time.Now()
+	_, err = r.PodsFor(ctx, DeploymentsGVR.GroupResource(), "shop", "web")
+	if !errors.As(err, &ns) || time.Since(start) > 100*time.Millisecond {
+		t.Fatalf("within the retry period: %v after %v, want an answer at once", err, time.Since(start))
+	}
+	// Nothing lists deployments any more (a reflector left running would
+	// retry).
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 500*time.Millisecond, true, func(context.Context) (bool, error) {
+		return lists.count() > settled+1, nil
+	}); err == nil {
+		t.Fatalf("deployments were listed %d times after the watch stopped", lists.count()-settled)
+	}
+	clock.Step(RetryFailedAfter + time.Second)
+	before := lists.count()
+	if _, err := r.PodsFor(ctx, DeploymentsGVR.GroupResource(), "shop", "web"); !errors.As(err, &ns) {
+		t.Fatalf("after the retry period: %v, want the watch tried again and failing", err)
+	}
+	if lists.count() == before {
+		t.Error("after the retry period, deployments were not listed again")
+	}
+}
+
+// Retain stops the watches of resources no rule serves any more, and
+// keeps the pods, the resource metrics API's watches and the Services of
+// Ingresses.
+func TestRetainStopsWhatNoRuleServes(t *testing.T) {
+	r := newTestResolver(t, nil)
+	ctx := context.Background()
+	namespaces := schema.GroupResource{Resource: "namespaces"}
+	if _, err := r.ObjectsMatching(ctx, namespaces, "", labels.Everything()); err != nil {
+		t.Fatal(err)
+	}
+	for _, gvr := range []schema.GroupVersionResource{IngressesGVR, ServicesGVR} {
+		if _, err := r.PodsFor(ctx, gvr.GroupResource(), "shop", "missing"); !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.Metadata(ctx, Nodes, "", labels.Everything()); err != nil {
+		t.Fatal(err)
+	}
+	stopped := r.watches[Watch{GVR: namespaces.WithVersion("v1")}].stopped
+	r.Retain([]schema.GroupResource{IngressesGVR.GroupResource()})
+	got := r.Watched()
+	slices.SortFunc(got, func(a, b Watch) int { return strings.Compare(a.String(), b.String()) })
+	want := []Watch{{GVR: IngressesGVR}, Nodes, allPods, {GVR: ServicesGVR}}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("watched after Retain (-want +got):\n%s", d)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Error("the namespaces informer did not stop")
+	}
+	r.Retain(nil)
+	if got := r.Watched(); len(got) != 2 {
+		t.Errorf("watched after Retain(nil): %v, want the pods and the nodes", got)
+	}
+}
+
+// Requests cannot make the adapter watch more than MaxWatches resources.
+func TestRequestsWatchABoundedNumberOfResources(t *testing.T) {
+	r := newTestResolver(t, nil)
+	r.maxWatches = 2
+	ctx := context.Background()
+	for _, gr := range []schema.GroupResource{{Resource: "namespaces"}, {Resource: "configmaps"}} {
+		if _, err := r.ObjectsMatching(ctx, gr, "", labels.Everything()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := r.ObjectsMatching(ctx, schema.GroupResource{Resource: "nodes"}, "", labels.Everything())
+	if !errors.Is(err, ErrTooManyWatched) {
+		t.Fatalf("a third resource: %v, want ErrTooManyWatched", err)
+	}
+	// The resource metrics API's watches do not count.
+	if _, err := r.Metadata(ctx, Nodes, "", labels.Everything()); err != nil {
+		t.Errorf("Nodes past the bound: %v", err)
+	}
+}
+
+// The resource metrics API serves running pods only, as metrics-server and
+// prometheus-adapter do: its watch asks the API server for them.
+func TestRunningPodsAreWatchedWithTheirPhase(t *testing.T) {
+	ctx, r, metaClient := startPodResolver(t, pod("shop", "web-1", nil))
+	if _, err := r.Metadata(ctx, RunningPods, "shop", labels.Everything()); err != nil {
+		t.Fatal(err)
+	}
+	var fieldSelectors []string
+	for _, a := range metaClient.Actions() {
+		if l, ok := a.(k8stesting.ListAction); ok && l.GetResource() == PodsGVR {
+			fieldSelectors = append(fieldSelectors, l.GetListRestrictions().Fields.String())
+		}
+	}
+	if !slices.Contains(fieldSelectors, "status.phase=Running") || !slices.Contains(fieldSelectors, "") {
+		t.Errorf("pods were listed with field selectors %q, want the custom metrics' watch of every pod and the resource metrics' of running pods", fieldSelectors)
 	}
 }

@@ -32,7 +32,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/klog/v2"
 	"k8s.io/metrics/pkg/apis/metrics"
 	"k8s.io/utils/clock"
@@ -48,11 +47,11 @@ import (
 // ObjectLister finds pods and nodes; *resolver.Resolver implements it from
 // informer caches.
 type ObjectLister interface {
-	// Metadata returns the objects of gvr in namespace that sel matches,
-	// sorted by namespace and name.
-	Metadata(ctx context.Context, gvr schema.GroupVersionResource, namespace string, sel labels.Selector) ([]*metav1.PartialObjectMetadata, error)
+	// Metadata returns the objects a watch holds in namespace that sel
+	// matches, sorted by namespace and name.
+	Metadata(ctx context.Context, w resolver.Watch, namespace string, sel labels.Selector) ([]*metav1.PartialObjectMetadata, error)
 	// GetMetadata returns one object, or a NotFound error.
-	GetMetadata(ctx context.Context, gvr schema.GroupVersionResource, namespace, name string) (*metav1.PartialObjectMetadata, error)
+	GetMetadata(ctx context.Context, w resolver.Watch, namespace, name string) (*metav1.PartialObjectMetadata, error)
 }
 
 // Config holds a Provider's dependencies.
@@ -327,9 +326,3 @@ func compactLabels(labels ...string) []string {
 	}
 	return out
 }
-
-// podsGVR and nodesGVR are the resources the storage resolves.
-var (
-	podsGVR  = resolver.PodsGVR
-	nodesGVR = resolver.NodesGVR
-)

@@ -16,7 +16,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/metrics/pkg/apis/metrics"
 	clocktesting "k8s.io/utils/clock/testing"
@@ -36,16 +35,16 @@ const (
 
 // fakeObjects plays the informer caches.
 type fakeObjects struct {
-	objs map[schema.GroupVersionResource][]*metav1.PartialObjectMetadata
+	objs map[resolver.Watch][]*metav1.PartialObjectMetadata
 	err  error
 }
 
-func (f *fakeObjects) Metadata(_ context.Context, gvr schema.GroupVersionResource, namespace string, sel labels.Selector) ([]*metav1.PartialObjectMetadata, error) {
+func (f *fakeObjects) Metadata(_ context.Context, w resolver.Watch, namespace string, sel labels.Selector) ([]*metav1.PartialObjectMetadata, error) {
 	if f.err != nil {
 		return nil, f.err
 	}
 	var out []*metav1.PartialObjectMetadata
-	for _, o := range f.objs[gvr] {
+	for _, o := range f.objs[w] {
 		if (namespace == "" || o.Namespace == namespace) && sel.Matches(labels.Set(o.Labels)) {
 			out = append(out, o)
 		}
@@ -53,13 +52,13 @@ func (f *fakeObjects) Metadata(_ context.Context, gvr schema.GroupVersionResourc
 	return out, nil
 }
 
-func (f *fakeObjects) GetMetadata(_ context.Context, gvr schema.GroupVersionResource, namespace, name string) (*metav1.PartialObjectMetadata, error) {
-	for _, o := range f.objs[gvr] {
+func (f *fakeObjects) GetMetadata(_ context.Context, w resolver.Watch, namespace, name string) (*metav1.PartialObjectMetadata, error) {
+	for _, o := range f.objs[w] {
 		if o.Namespace == namespace && o.Name == name {
 			return o, nil
 		}
 	}
-	return nil, apierrors.NewNotFound(gvr.GroupResource(), name)
+	return nil, apierrors.NewNotFound(w.GVR.GroupResource(), name)
 }
 
 func meta(namespace, name string, lbls map[string]string) *metav1.PartialObjectMetadata {
@@ -89,14 +88,16 @@ func newFixture(t *testing.T, withRules bool) *fixture {
 			t.Fatal(err)
 		}
 	}
-	objs := &fakeObjects{objs: map[schema.GroupVersionResource][]*metav1.PartialObjectMetadata{
-		resolver.PodsGVR: {
+	objs := &fakeObjects{objs: map[resolver.Watch][]*metav1.PartialObjectMetadata{
+		// The running pods only, as metrics-server serves: a Pending pod
+		// is in no other list the storage could ask for.
+		resolver.RunningPods: {
 			meta("default", "app-a", map[string]string{"app": "app"}),
 			meta("default", "app-b", map[string]string{"app": "app"}),
 			meta("default", "db-0", map[string]string{"app": "db"}),
 			meta("other", "app-a", map[string]string{"app": "app"}),
 		},
-		resolver.NodesGVR: {meta("", "node-1", nil), meta("", "node-2", nil)},
+		resolver.Nodes: {meta("", "node-1", nil), meta("", "node-2", nil)},
 	}}
 	// fixed date: the fake clock the provider reads; nothing reads the real one.
 	p := New(Config{Rules: rr, Querier: client, Objects: objs, Clock: clocktesting.NewFakeClock(time.Unix(1_700_000_100, 0))})

@@ -17,6 +17,7 @@ import (
 	"k8s.io/metrics/pkg/apis/metrics"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
 )
 
 // podStorage serves pods.metrics.k8s.io: GET one pod's usage, LIST the
@@ -50,7 +51,7 @@ func (s *podStorage) List(ctx context.Context, options *metainternalversion.List
 		return nil, err
 	}
 	namespace := genericapirequest.NamespaceValue(ctx)
-	pods, err := s.p.objects.Metadata(ctx, podsGVR, namespace, labelSel)
+	pods, err := s.p.objects.Metadata(ctx, resolver.RunningPods, namespace, labelSel)
 	if err != nil {
 		return nil, apistatus.Resolve(err, "pods")
 	}
@@ -64,7 +65,7 @@ func (s *podStorage) List(ctx context.Context, options *metainternalversion.List
 
 func (s *podStorage) Get(ctx context.Context, name string, _ *metav1.GetOptions) (runtime.Object, error) {
 	namespace := genericapirequest.NamespaceValue(ctx)
-	pod, err := s.p.objects.GetMetadata(ctx, podsGVR, namespace, name)
+	pod, err := s.p.objects.GetMetadata(ctx, resolver.RunningPods, namespace, name)
 	if apierrors.IsNotFound(err) {
 		return nil, apierrors.NewNotFound(s.groupResource(), name)
 	}
@@ -137,7 +138,7 @@ func (s *nodeStorage) List(ctx context.Context, options *metainternalversion.Lis
 	if err := checkFields(fieldSel); err != nil {
 		return nil, err
 	}
-	nodes, err := s.p.objects.Metadata(ctx, nodesGVR, "", labelSel)
+	nodes, err := s.p.objects.Metadata(ctx, resolver.Nodes, "", labelSel)
 	if err != nil {
 		return nil, apistatus.Resolve(err, "nodes")
 	}
@@ -150,7 +151,7 @@ func (s *nodeStorage) List(ctx context.Context, options *metainternalversion.Lis
 }
 
 func (s *nodeStorage) Get(ctx context.Context, name string, _ *metav1.GetOptions) (runtime.Object, error) {
-	node, err := s.p.objects.GetMetadata(ctx, nodesGVR, "", name)
+	node, err := s.p.objects.GetMetadata(ctx, resolver.Nodes, "", name)
 	if apierrors.IsNotFound(err) {
 		return nil, apierrors.NewNotFound(s.groupResource(), name)
 	}

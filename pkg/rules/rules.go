@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/podowners"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 )
 
@@ -118,11 +119,11 @@ func compile(section string, i int, c config.Rule) (*Rule, error) {
 		return nil, err
 	}
 	for _, name := range c.Resources.AggregateFromPods {
-		canonical, ok := config.CanonicalPodOwner(name)
+		owner, ok := podowners.Lookup(name)
 		if !ok {
 			return nil, fmt.Errorf("resources.aggregateFromPods: %q cannot be resolved to pods", name)
 		}
-		r.aggregate = append(r.aggregate, schema.ParseGroupResource(canonical))
+		r.aggregate = append(r.aggregate, owner.GVR.GroupResource())
 	}
 	r.replacements = c.LabelValueReplacements
 	return r, nil
