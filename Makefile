@@ -64,8 +64,19 @@ lint: ## golangci-lint (pinned in go.mod's tool block; .golangci.yml)
 	go tool golangci-lint run ./...
 
 .PHONY: verify
-verify: verify-fmt lint ## Formatting, lint, and go.mod/go.sum tidy
+verify: verify-fmt lint verify-generated verify-structured-logging ## Formatting, lint, generated code, structured logging, and go.mod/go.sum tidy
 	@go mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
+
+.PHONY: verify-generated
+verify-generated: ## Fail if pkg/resourcemetrics/openapi is not what hack/openapi-gen.sh generates
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	hack/openapi-gen.sh "$$tmp"; \
+	diff -u pkg/resourcemetrics/openapi/zz_generated.openapi.go "$$tmp/zz_generated.openapi.go" || \
+		{ echo "pkg/resourcemetrics/openapi/zz_generated.openapi.go is not what hack/openapi-gen.sh generates: run make generate"; exit 1; }
+
+.PHONY: verify-structured-logging
+verify-structured-logging: ## logcheck (pinned in go.mod's tool block): klog calls are structured (InfoS, ErrorS), with key/value pairs
+	@go tool sigs.k8s.io/logtools/logcheck ./... || { echo "Fix structured logging: klog.InfoS and klog.ErrorS with key/value pairs, not Infof"; exit 1; }
 
 .PHONY: fuzz
 fuzz: ## Fuzz selector -> PromQL and the Prometheus answer decoder, 1M executions each (not in CI)

@@ -222,7 +222,7 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 		go ignoreHUP(bg, o.hup)
 	}
 	for _, w := range o.Warnings() {
-		klog.Warning(w)
+		klog.InfoS("Configuration warning", "warning", w)
 	}
 	klog.InfoS("Starting", "version", version.Get(), "apis", c.apis, "prometheus", redactURL(o.PrometheusURL), "verb", o.PrometheusVerb, "timeout", o.PrometheusTimeout)
 	if err := server.GenericAPIServer.PrepareRun().RunWithContext(ctx); err != nil {
