@@ -191,8 +191,10 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 	}
 	if o.EnableExplainEndpoint {
 		// Behind the API server's authentication and authorization, like
-		// /debug/pprof: callers need get on the non-resource URL.
-		server.GenericAPIServer.Handler.NonGoRestfulMux.HandlePrefix(explain.PathPrefix, explain.Handler(c.explainProviders()))
+		// /debug/pprof: callers need get on the non-resource URL, and the
+		// request explained is authorized as itself.
+		server.GenericAPIServer.Handler.NonGoRestfulMux.HandlePrefix(explain.PathPrefix,
+			explain.Handler(c.explainProviders(), serverConfig.GenericConfig.Authorization.Authorizer))
 	}
 	// Ready when the adapter can answer: pods are cached, and the rules'
 	// series were listed. /readyz?verbose names what is missing.

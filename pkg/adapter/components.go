@@ -160,6 +160,9 @@ func (c *components) explainProviders() explain.Providers {
 	if c.external != nil {
 		p.External = c.external
 	}
+	if c.resource != nil {
+		p.Resource = c.resource
+	}
 	return p
 }
 

@@ -1,7 +1,6 @@
 package adapter
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -9,6 +8,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
 )
 
 // metricsAPIPrefixes are the paths of the APIs the adapter serves.
@@ -31,7 +32,7 @@ func rejectMalformedSelectors(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if isMetricsAPI(req.URL.Path) {
 			if err := checkSelectors(req); err != nil {
-				writeStatus(w, apierrors.NewBadRequest(err.Error()))
+				apistatus.Write(w, req, apierrors.NewBadRequest(err.Error()))
 				return
 			}
 		}
@@ -63,13 +64,4 @@ func checkSelectors(req *http.Request) error {
 		}
 	}
 	return nil
-}
-
-func writeStatus(w http.ResponseWriter, err *apierrors.StatusError) {
-	status := err.ErrStatus
-	status.Kind, status.APIVersion = "Status", "v1"
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(int(status.Code))
-	_ = json.NewEncoder(w).Encode(status)
 }

@@ -19,10 +19,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apiserver/pkg/endpoints/handlers/responsewriters"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
@@ -120,6 +125,21 @@ func NotFound(gr schema.GroupResource, name, why string) *apierrors.StatusError 
 	err := apierrors.NewNotFound(gr, name)
 	err.ErrStatus.Message += ": " + why
 	return err
+}
+
+// statusCodecs encode metav1.Status.
+var statusCodecs = func() serializer.CodecFactory {
+	scheme := runtime.NewScheme()
+	metav1.AddToGroupVersion(scheme, metav1.SchemeGroupVersion)
+	return serializer.NewCodecFactory(scheme)
+}()
+
+// Write answers req with err as the API server would: a metav1.Status in
+// the encoding the client accepts, with the StatusError's code (a raw
+// error is a 500). For handlers outside the API's routes, such as filters
+// and /debug paths.
+func Write(w http.ResponseWriter, req *http.Request, err error) {
+	responsewriters.ErrorNegotiated(err, statusCodecs, metav1.SchemeGroupVersion, w, req)
 }
 
 func isContext(err error) bool {

@@ -18,16 +18,37 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
 	"k8s.io/apiserver/pkg/endpoints/handlers/responsewriters"
+	"k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/metrics/pkg/apis/custom_metrics"
 	"k8s.io/metrics/pkg/apis/external_metrics"
+	"k8s.io/metrics/pkg/apis/metrics"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
 )
 
 // Providers are what a request is run against; a nil one is not served.
 type Providers struct {
 	Custom   provider.CustomMetricsProvider
 	External provider.ExternalMetricsProvider
+	Resource ResourceProvider
+}
+
+// ResourceProvider serves the resource metrics API as its storage does:
+// *resourcemetrics.Provider.
+type ResourceProvider interface {
+	// ListPods is the usage of the running pods of namespace ("" for all)
+	// that sel matches.
+	ListPods(ctx context.Context, namespace string, sel labels.Selector) ([]metrics.PodMetrics, error)
+	// GetPod is the usage of one pod.
+	GetPod(ctx context.Context, namespace, name string) (*metrics.PodMetrics, error)
+	// ListNodes is the usage of the nodes sel matches.
+	ListNodes(ctx context.Context, sel labels.Selector) ([]metrics.NodeMetrics, error)
+	// GetNode is the usage of one node.
+	GetNode(ctx context.Context, name string) (*metrics.NodeMetrics, error)
 }
 
 // API names the metrics API of a request.
@@ -37,6 +58,7 @@ type API string
 const (
 	Custom   API = "custom.metrics.k8s.io"
 	External API = "external.metrics.k8s.io"
+	Resource API = "metrics.k8s.io"
 )
 
 // Request is one API request to explain.
@@ -48,7 +70,8 @@ type Request struct {
 	// Namespace is the request's namespace; empty for root-scoped objects
 	// (nodes, namespaces).
 	Namespace string
-	// Resource is the custom metric's resource (pods, deployments.apps).
+	// Resource is the custom metric's resource (pods, deployments.apps),
+	// or the resource metrics API's (pods, nodes).
 	Resource schema.GroupResource
 	// Name is one object's name, or "*" for every object Selector
 	// matches.
@@ -62,7 +85,7 @@ type Request struct {
 }
 
 // Path is the request's path in its API (v1beta2 for custom metrics), as
-// an HPA or `kubectl get --raw` would send it.
+// an HPA, `kubectl top` or `kubectl get --raw` would send it.
 func (r Request) Path() string {
 	q := url.Values{}
 	if r.Selector != nil && !r.Selector.Empty() {
@@ -74,10 +97,11 @@ func (r Request) Path() string {
 	version := r.Version
 	if version == "" {
 		version = "v1beta2"
-		if r.API == External {
+		if r.API != Custom {
 			version = "v1beta1"
 		}
 	}
+	prefix := fmt.Sprintf("/apis/%s/%s", r.API, version)
 	var p string
 	switch {
 	case r.API == External:
@@ -85,13 +109,21 @@ func (r Request) Path() string {
 			q.Del("metricLabelSelector")
 			q.Set("labelSelector", r.MetricSelector.String())
 		}
-		p = fmt.Sprintf("/apis/%s/%s/namespaces/%s/%s", External, version, r.Namespace, r.Metric)
+		p = fmt.Sprintf("%s/namespaces/%s/%s", prefix, r.Namespace, r.Metric)
+	case r.API == Resource:
+		p = prefix + "/" + r.Resource.Resource
+		if r.Namespace != "" {
+			p = fmt.Sprintf("%s/namespaces/%s/%s", prefix, r.Namespace, r.Resource.Resource)
+		}
+		if r.Name != "*" {
+			p += "/" + r.Name
+		}
 	case r.Resource == namespaces:
-		p = fmt.Sprintf("/apis/%s/%s/namespaces/%s/metrics/%s", Custom, version, r.Name, r.Metric)
+		p = fmt.Sprintf("%s/namespaces/%s/metrics/%s", prefix, r.Name, r.Metric)
 	case r.Namespace == "":
-		p = fmt.Sprintf("/apis/%s/%s/%s/%s/%s", Custom, version, r.Resource, r.Name, r.Metric)
+		p = fmt.Sprintf("%s/%s/%s/%s", prefix, r.Resource, r.Name, r.Metric)
 	default:
-		p = fmt.Sprintf("/apis/%s/%s/namespaces/%s/%s/%s/%s", Custom, version, r.Namespace, r.Resource, r.Name, r.Metric)
+		p = fmt.Sprintf("%s/namespaces/%s/%s/%s/%s", prefix, r.Namespace, r.Resource, r.Name, r.Metric)
 	}
 	if len(q) > 0 {
 		p += "?" + q.Encode()
@@ -102,7 +134,11 @@ func (r Request) Path() string {
 var (
 	namespaces = schema.GroupResource{Resource: "namespaces"}
 	nodes      = schema.GroupResource{Resource: "nodes"}
+	pods       = schema.GroupResource{Resource: "pods"}
 )
+
+// usage is what ParseArgs and ParsePath accept.
+const usage = "want RESOURCE/METRIC, RESOURCE/NAME/METRIC, external/METRIC, pods.metrics.k8s.io[/NAME] or nodes.metrics.k8s.io[/NAME]"
 
 // ParseArgs reads the command line form of a request:
 //
@@ -110,6 +146,8 @@ var (
 //	RESOURCE[.GROUP]/NAME/METRIC   one object
 //	namespaces/NAME/METRIC         a namespace's metric
 //	external/METRIC                an external metric
+//	pods.metrics.k8s.io[/NAME]     the CPU and memory of pods (kubectl top pod)
+//	nodes.metrics.k8s.io[/NAME]    the CPU and memory of nodes (kubectl top node)
 //
 // namespace is ignored for nodes and namespaces. selector and
 // metricSelector are label selectors; either may be empty.
@@ -124,9 +162,14 @@ func ParseArgs(arg, namespace, selector, metricSelector string) (Request, error)
 	}
 	parts := strings.Split(arg, "/")
 	if slices.Contains(parts, "") {
-		return r, fmt.Errorf("%q: want RESOURCE/METRIC, RESOURCE/NAME/METRIC or external/METRIC", arg)
+		return r, fmt.Errorf("%q: %s", arg, usage)
 	}
+	first := schema.ParseGroupResource(parts[0])
 	switch {
+	case first.Group == string(Resource) && len(parts) <= 2:
+		return r, r.resourceMetrics(arg, first, parts[1:])
+	case first.Group == string(Resource):
+		return r, fmt.Errorf("%q: %s", arg, usage)
 	case len(parts) == 2 && parts[0] == "external":
 		r.API, r.Metric = External, parts[1]
 		if !r.Selector.Empty() {
@@ -134,14 +177,14 @@ func ParseArgs(arg, namespace, selector, metricSelector string) (Request, error)
 		}
 		return r, nil
 	case len(parts) == 2:
-		r.Resource, r.Metric = schema.ParseGroupResource(parts[0]), parts[1]
+		r.Resource, r.Metric = first, parts[1]
 	case len(parts) == 3:
-		r.Resource, r.Name, r.Metric = schema.ParseGroupResource(parts[0]), parts[1], parts[2]
+		r.Resource, r.Name, r.Metric = first, parts[1], parts[2]
 		if !r.Selector.Empty() {
 			return r, fmt.Errorf("%q names one object: --selector selects objects, leave it out", arg)
 		}
 	default:
-		return r, fmt.Errorf("%q: want RESOURCE/METRIC, RESOURCE/NAME/METRIC or external/METRIC", arg)
+		return r, fmt.Errorf("%q: %s", arg, usage)
 	}
 	r.API = Custom
 	r.Resource = normalise(r.Resource)
@@ -154,45 +197,66 @@ func ParseArgs(arg, namespace, selector, metricSelector string) (Request, error)
 	return r, nil
 }
 
-// ParsePath reads a request in its API path form, as ParseArgs' Path
-// writes it (custom metrics v1beta1 or v1beta2, external metrics v1beta1),
-// with its labelSelector and metricLabelSelector parameters.
+// resourceMetrics fills a request of the resource metrics API for
+// gr.metrics.k8s.io and an optional name.
+func (r *Request) resourceMetrics(arg string, gr schema.GroupResource, name []string) error {
+	r.API, r.Resource = Resource, schema.GroupResource{Resource: normalise(schema.GroupResource{Resource: gr.Resource}).Resource}
+	if r.Resource != pods && r.Resource != nodes {
+		return fmt.Errorf("%q: the resource metrics API serves pods and nodes", arg)
+	}
+	if !r.MetricSelector.Empty() {
+		return errors.New("the resource metrics API has no metric selector: leave --metric-selector out")
+	}
+	if r.Resource == nodes {
+		r.Namespace = ""
+	}
+	if len(name) == 1 {
+		r.Name = name[0]
+		if !r.Selector.Empty() {
+			return fmt.Errorf("%q names one object: --selector selects objects, leave it out", arg)
+		}
+	}
+	return nil
+}
+
+// ParsePath reads a request in its API path form, as Path writes it
+// (custom metrics v1beta1 or v1beta2, external and resource metrics
+// v1beta1), with its labelSelector and metricLabelSelector parameters.
 func ParsePath(path string, query url.Values) (Request, error) {
-	bad := fmt.Errorf("%q is not a custom or external metrics API path (e.g. /apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/requests-per-second)", path)
+	bad := fmt.Errorf("%q is not a metrics API path (e.g. /apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/requests-per-second)", path)
 	parts := strings.Split(strings.Trim(path, "/"), "/")
 	if len(parts) < 4 || parts[0] != "apis" || slices.Contains(parts, "") {
 		return Request{}, bad
 	}
 	api, version, rest := API(parts[1]), parts[2], parts[3:]
 	sel, msel := query.Get("labelSelector"), query.Get("metricLabelSelector")
-	var req Request
-	var err error
+	var namespace string
+	if len(rest) > 2 && rest[0] == "namespaces" && !(api == Custom && rest[2] == "metrics") {
+		namespace, rest = rest[1], rest[2:]
+	}
+	var arg string
 	switch {
-	case api == External && version == "v1beta1":
-		if len(rest) != 3 || rest[0] != "namespaces" {
-			return Request{}, bad
-		}
-		req, err = ParseArgs("external/"+rest[2], rest[1], "", sel)
-	case api != Custom || (version != "v1beta1" && version != "v1beta2"):
+	case version != "v1beta1" && (api != Custom || version != "v1beta2"):
 		return Request{}, bad
-	case len(rest) == 4 && rest[0] == "namespaces" && rest[2] == "metrics":
-		req, err = ParseArgs("namespaces/"+rest[1]+"/"+rest[3], "", "", msel)
-	case len(rest) == 5 && rest[0] == "namespaces":
-		req, err = parseObject(rest[1], rest[2], rest[3], rest[4], sel, msel)
-	case len(rest) == 3 && rest[0] != "namespaces":
-		req, err = parseObject("", rest[0], rest[1], rest[2], sel, msel)
+	case api == External && len(rest) == 1 && namespace != "":
+		arg, sel, msel = "external/"+rest[0], "", sel
+	case api == Resource && (len(rest) == 1 || len(rest) == 2) && (rest[0] == "pods" || rest[0] == "nodes"):
+		arg = strings.Join(append([]string{rest[0] + "." + string(Resource)}, rest[1:]...), "/")
+	case api == Custom && len(rest) == 4 && rest[0] == "namespaces" && rest[2] == "metrics":
+		arg = "namespaces/" + rest[1] + "/" + rest[3]
+	case api == Custom && len(rest) == 3 && (namespace != "" || rest[0] != "namespaces"):
+		arg = rest[0] + "/" + rest[1] + "/" + rest[2]
+		if rest[1] == "*" {
+			arg = rest[0] + "/" + rest[2]
+		} else {
+			sel = ""
+		}
 	default:
 		return Request{}, bad
 	}
+	req, err := ParseArgs(arg, namespace, sel, msel)
 	req.Version = version
 	return req, err
-}
-
-func parseObject(namespace, resource, name, metric, sel, msel string) (Request, error) {
-	if name == "*" {
-		return ParseArgs(resource+"/"+metric, namespace, sel, msel)
-	}
-	return ParseArgs(resource+"/"+name+"/"+metric, namespace, "", msel)
 }
 
 // normalise writes the core resources' common short names and singular
@@ -224,9 +288,11 @@ type Report struct {
 	// Code is the HTTP status the API answers with; Err its error.
 	Code int
 	Err  error
-	// Custom or External holds the values served (Code 200).
+	// Custom, External, Pods or Nodes holds the values served (Code 200).
 	Custom   []custom_metrics.MetricValue
 	External []external_metrics.ExternalMetricValue
+	Pods     []metrics.PodMetrics
+	Nodes    []metrics.NodeMetrics
 	// At is when the answer came: the age of samples is told from it.
 	At time.Time
 }
@@ -237,31 +303,13 @@ func Run(ctx context.Context, p Providers, req Request) *Report {
 	ctx = WithTrace(ctx, t)
 	rep := &Report{Request: req}
 	var err error
-	switch {
-	case req.API == External && p.External == nil:
-		err = notServed(External, "--enable-external-metrics=false")
-	case req.API == External:
-		var list *external_metrics.ExternalMetricValueList
-		list, err = p.External.GetExternalMetric(ctx, req.Namespace, req.MetricSelector, provider.ExternalMetricInfo{Metric: req.Metric})
-		if err == nil {
-			rep.External = list.Items
-		}
-	case p.Custom == nil:
-		err = notServed(Custom, "--enable-custom-metrics=false")
-	case req.Name == "*":
-		info := provider.CustomMetricInfo{GroupResource: req.Resource, Namespaced: req.Namespace != "", Metric: req.Metric}
-		var list *custom_metrics.MetricValueList
-		list, err = p.Custom.GetMetricBySelector(ctx, req.Namespace, req.Selector, info, req.MetricSelector)
-		if err == nil {
-			rep.Custom = list.Items
-		}
+	switch req.API {
+	case External:
+		err = rep.runExternal(ctx, p.External)
+	case Resource:
+		err = rep.runResource(ctx, p.Resource)
 	default:
-		info := provider.CustomMetricInfo{GroupResource: req.Resource, Namespaced: req.Namespace != "", Metric: req.Metric}
-		var v *custom_metrics.MetricValue
-		v, err = p.Custom.GetMetricByName(ctx, types.NamespacedName{Namespace: req.Namespace, Name: req.Name}, info, req.MetricSelector)
-		if err == nil {
-			rep.Custom = []custom_metrics.MetricValue{*v}
-		}
+		err = rep.runCustom(ctx, p.Custom)
 	}
 	rep.At = time.Now()
 	rep.Rule, rep.Series, rep.Resolved, rep.Queries = t.snapshot()
@@ -273,14 +321,71 @@ func Run(ctx context.Context, p Providers, req Request) *Report {
 	return rep
 }
 
+func (rep *Report) runCustom(ctx context.Context, p provider.CustomMetricsProvider) error {
+	req := rep.Request
+	if p == nil {
+		return notServed(Custom)
+	}
+	info := provider.CustomMetricInfo{GroupResource: req.Resource, Namespaced: req.Namespace != "", Metric: req.Metric}
+	if req.Name == "*" {
+		list, err := p.GetMetricBySelector(ctx, req.Namespace, req.Selector, info, req.MetricSelector)
+		if err == nil {
+			rep.Custom = list.Items
+		}
+		return err
+	}
+	v, err := p.GetMetricByName(ctx, types.NamespacedName{Namespace: req.Namespace, Name: req.Name}, info, req.MetricSelector)
+	if err == nil {
+		rep.Custom = []custom_metrics.MetricValue{*v}
+	}
+	return err
+}
+
+func (rep *Report) runExternal(ctx context.Context, p provider.ExternalMetricsProvider) error {
+	req := rep.Request
+	if p == nil {
+		return notServed(External)
+	}
+	list, err := p.GetExternalMetric(ctx, req.Namespace, req.MetricSelector, provider.ExternalMetricInfo{Metric: req.Metric})
+	if err == nil {
+		rep.External = list.Items
+	}
+	return err
+}
+
+func (rep *Report) runResource(ctx context.Context, p ResourceProvider) error {
+	req := rep.Request
+	if p == nil {
+		return notServed(Resource)
+	}
+	var err error
+	switch {
+	case req.Resource == nodes && req.Name == "*":
+		rep.Nodes, err = p.ListNodes(ctx, req.Selector)
+	case req.Resource == nodes:
+		var nm *metrics.NodeMetrics
+		if nm, err = p.GetNode(ctx, req.Name); err == nil {
+			rep.Nodes = []metrics.NodeMetrics{*nm}
+		}
+	case req.Name == "*":
+		rep.Pods, err = p.ListPods(ctx, req.Namespace, req.Selector)
+	default:
+		var pm *metrics.PodMetrics
+		if pm, err = p.GetPod(ctx, req.Namespace, req.Name); err == nil {
+			rep.Pods = []metrics.PodMetrics{*pm}
+		}
+	}
+	return err
+}
+
 // notServed is the 404 the API server answers for an API it does not
 // serve.
-func notServed(api API, why string) error {
+func notServed(api API) error {
 	return &apierrors.StatusError{ErrStatus: metav1.Status{
 		Status:  metav1.StatusFailure,
 		Code:    http.StatusNotFound,
 		Reason:  metav1.StatusReasonNotFound,
-		Message: fmt.Sprintf("%s is not served (%s)", api, why),
+		Message: fmt.Sprintf("%s is not served: its --enable flag is false, or the rules file has no section for it", api),
 	}}
 }
 
@@ -291,7 +396,9 @@ const maxListed = 50
 func (r *Report) Write(w io.Writer) error {
 	ew := &errWriter{w: w}
 	ew.printf("Request:  GET %s\n", r.Request.Path())
-	if r.Rule != "" {
+	if r.Rule != "" && r.Series == "" {
+		ew.printf("Rule:     %s\n", r.Rule)
+	} else if r.Rule != "" {
 		ew.printf("Rule:     %s (series %s)\n", r.Rule, r.Series)
 	} else if r.Code == http.StatusNotFound {
 		ew.printf("Rule:     none serves this metric\n")
@@ -326,8 +433,9 @@ func (r *Report) Write(w io.Writer) error {
 		ew.printf("Answer:   HTTP %d %s: %v\n", r.Code, http.StatusText(r.Code), r.Err)
 		return ew.err
 	}
-	n := len(r.Custom) + len(r.External)
+	n := len(r.Custom) + len(r.External) + len(r.Pods) + len(r.Nodes)
 	ew.printf("Answer:   HTTP %d %s, %d values\n", r.Code, http.StatusText(r.Code), n)
+	r.writeUsage(ew, n)
 	for i, v := range r.Custom {
 		if i == maxListed {
 			ew.printf("    ... and %d more\n", n-maxListed)
@@ -347,6 +455,29 @@ func (r *Report) Write(w io.Writer) error {
 		ew.printf("    %s{%s} = %s at %s%s\n", v.MetricName, labels.Set(v.MetricLabels), v.Value.String(), v.Timestamp.UTC().Format(time.RFC3339), window(v.WindowSeconds))
 	}
 	return ew.err
+}
+
+// writeUsage prints the resource metrics API's values: a line per
+// container of each pod, a line per node.
+func (r *Report) writeUsage(ew *errWriter, n int) {
+	for i, pm := range r.Pods {
+		if i == maxListed {
+			ew.printf("    ... and %d more\n", n-maxListed)
+			break
+		}
+		for _, c := range pm.Containers {
+			ew.printf("    %s/%s container %s: cpu %s, memory %s at %s (window %s)\n", pm.Namespace, pm.Name, c.Name,
+				c.Usage.Cpu(), c.Usage.Memory(), pm.Timestamp.UTC().Format(time.RFC3339), pm.Window.Duration)
+		}
+	}
+	for i, nm := range r.Nodes {
+		if i == maxListed {
+			ew.printf("    ... and %d more\n", n-maxListed)
+			break
+		}
+		ew.printf("    node %s: cpu %s, memory %s at %s (window %s)\n", nm.Name, nm.Usage.Cpu(), nm.Usage.Memory(),
+			nm.Timestamp.UTC().Format(time.RFC3339), nm.Window.Duration)
+	}
 }
 
 func list(indent string, names []string) string {
@@ -389,8 +520,11 @@ const PathPrefix = "/debug/explain/"
 // Handler serves the report of the request whose API path follows
 // PathPrefix, as text: GET /debug/explain/apis/custom.metrics.k8s.io/...
 // It answers 200 with the report whatever the request's own code (the
-// report names it), and 400 when the path is not a metrics request.
-func Handler(p Providers) http.Handler {
+// report names it), 400 when the path is not a metrics request, and 403
+// when authz does not let the caller make the request explained: a report
+// shows the metric's values and Prometheus' raw series, so only a caller
+// who may read the metric may read its report.
+func Handler(p Providers, authz authorizer.Authorizer) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
 			http.Error(w, "only GET", http.StatusMethodNotAllowed)
@@ -401,9 +535,56 @@ func Handler(p Providers) http.Handler {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
+		if err := Authorize(r.Context(), authz, req); err != nil {
+			apistatus.Write(w, r, err)
+			return
+		}
 		rep := Run(r.Context(), p, req)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("X-Explained-Status", fmt.Sprint(rep.Code))
 		_ = rep.Write(w)
 	})
+}
+
+// requestInfo reads a path as the API server's filter chain does.
+var requestInfo = &request.RequestInfoFactory{APIPrefixes: sets.NewString("api", "apis"), GrouplessAPIPrefixes: sets.NewString("api")}
+
+// Authorize asks authz whether the user of ctx may make req itself (GET
+// its API path): the attributes are the ones the API server's filter chain
+// would authorize that request with. It answers a StatusError, 403 when
+// the caller may not.
+func Authorize(ctx context.Context, authz authorizer.Authorizer, req Request) error {
+	u, ok := request.UserFrom(ctx)
+	if !ok {
+		return apierrors.NewUnauthorized("explain: no user")
+	}
+	if authz == nil {
+		return apierrors.NewForbidden(schema.GroupResource{Group: string(req.API)}, req.Metric, errors.New("no authorizer to check the request with"))
+	}
+	path := req.Path()
+	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return apierrors.NewBadRequest(err.Error())
+	}
+	info, err := requestInfo.NewRequestInfo(hr)
+	if err != nil {
+		return apierrors.NewBadRequest(err.Error())
+	}
+	attrs := authorizer.AttributesRecord{
+		User: u, Verb: info.Verb, Namespace: info.Namespace, APIGroup: info.APIGroup, APIVersion: info.APIVersion,
+		Resource: info.Resource, Subresource: info.Subresource, Name: info.Name, ResourceRequest: info.IsResourceRequest, Path: info.Path,
+	}
+	decision, reason, err := authz.Authorize(ctx, attrs)
+	if decision == authorizer.DecisionAllow {
+		return nil
+	}
+	gr := schema.GroupResource{Group: info.APIGroup, Resource: info.Resource}
+	why := fmt.Sprintf("explaining GET %s needs what that request needs: %s %s", path, info.Verb, gr)
+	if reason != "" {
+		why += ": " + reason
+	}
+	if err != nil {
+		why += ": " + err.Error()
+	}
+	return apierrors.NewForbidden(gr, info.Name, errors.New(why))
 }

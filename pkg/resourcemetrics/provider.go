@@ -31,11 +31,14 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/klog/v2"
 	"k8s.io/metrics/pkg/apis/metrics"
 	"k8s.io/utils/clock"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
 	adaptermetrics "github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
@@ -87,6 +90,90 @@ func New(cfg Config) *Provider {
 // started with.
 func (p *Provider) SetRules(rs *rules.ResourceRules) { p.rules.Store(rs) }
 
+// ListPods is the usage of the running pods of namespace ("" for all) that
+// sel matches, as GET pods.metrics.k8s.io answers it.
+func (p *Provider) ListPods(ctx context.Context, namespace string, sel labels.Selector) ([]metrics.PodMetrics, error) {
+	return p.listPods(ctx, namespace, sel, fields.Everything())
+}
+
+func (p *Provider) listPods(ctx context.Context, namespace string, sel labels.Selector, fieldSel fields.Selector) ([]metrics.PodMetrics, error) {
+	pods, err := p.objects.Metadata(ctx, resolver.RunningPods, namespace, sel)
+	if err != nil {
+		return nil, apistatus.Resolve(err, "pods")
+	}
+	pods = filterFields(pods, fieldSel)
+	explain.From(ctx).Resolved(fmt.Sprintf("running pods matching %q in namespace %q", sel.String(), namespace), names(pods))
+	items, err := p.PodMetrics(ctx, pods)
+	return items, apistatus.Of(err, "the usage of pods")
+}
+
+// GetPod is the usage of one running pod; NotFound when it is not running
+// or Prometheus has no complete data for it.
+func (p *Provider) GetPod(ctx context.Context, namespace, name string) (*metrics.PodMetrics, error) {
+	gr := metrics.Resource("pods")
+	pod, err := p.objects.GetMetadata(ctx, resolver.RunningPods, namespace, name)
+	if apierrors.IsNotFound(err) {
+		return nil, apistatus.NotFound(gr, name, "no running pod has that name")
+	}
+	if err != nil {
+		return nil, apistatus.Resolve(err, "pods")
+	}
+	explain.From(ctx).Resolved("running pod "+namespace+"/"+name, []string{name})
+	items, err := p.PodMetrics(ctx, []*metav1.PartialObjectMetadata{pod})
+	if err != nil {
+		return nil, apistatus.Of(err, "the usage of pod "+name)
+	}
+	if len(items) == 0 {
+		return nil, apistatus.NotFound(gr, name, "Prometheus has no complete CPU and memory data for it")
+	}
+	return &items[0], nil
+}
+
+// ListNodes is the usage of the nodes sel matches.
+func (p *Provider) ListNodes(ctx context.Context, sel labels.Selector) ([]metrics.NodeMetrics, error) {
+	return p.listNodes(ctx, sel, fields.Everything())
+}
+
+func (p *Provider) listNodes(ctx context.Context, sel labels.Selector, fieldSel fields.Selector) ([]metrics.NodeMetrics, error) {
+	nodes, err := p.objects.Metadata(ctx, resolver.Nodes, "", sel)
+	if err != nil {
+		return nil, apistatus.Resolve(err, "nodes")
+	}
+	nodes = filterFields(nodes, fieldSel)
+	explain.From(ctx).Resolved(fmt.Sprintf("nodes matching %q", sel.String()), names(nodes))
+	items, err := p.NodeMetrics(ctx, nodes)
+	return items, apistatus.Of(err, "the usage of nodes")
+}
+
+// GetNode is the usage of one node.
+func (p *Provider) GetNode(ctx context.Context, name string) (*metrics.NodeMetrics, error) {
+	gr := metrics.Resource("nodes")
+	node, err := p.objects.GetMetadata(ctx, resolver.Nodes, "", name)
+	if apierrors.IsNotFound(err) {
+		return nil, apierrors.NewNotFound(gr, name)
+	}
+	if err != nil {
+		return nil, apistatus.Resolve(err, "nodes")
+	}
+	explain.From(ctx).Resolved("node "+name, []string{name})
+	items, err := p.NodeMetrics(ctx, []*metav1.PartialObjectMetadata{node})
+	if err != nil {
+		return nil, apistatus.Of(err, "the usage of node "+name)
+	}
+	if len(items) == 0 {
+		return nil, apistatus.NotFound(gr, name, "Prometheus has no CPU and memory data for it")
+	}
+	return &items[0], nil
+}
+
+func names(objs []*metav1.PartialObjectMetadata) []string {
+	out := make([]string, len(objs))
+	for i, o := range objs {
+		out[i] = o.Name
+	}
+	return out
+}
+
 var errNoRules = apierrors.NewServiceUnavailable("the adapter's config has no resourceRules, so it serves no resource metrics: add them (see docs/config.md) or remove the v1beta1.metrics.k8s.io APIService")
 
 // usage is one resource's value for a container or a node.
@@ -108,6 +195,7 @@ func (p *Provider) PodMetrics(ctx context.Context, pods []*metav1.PartialObjectM
 	if len(pods) == 0 {
 		return nil, nil
 	}
+	explain.From(ctx).Rule("resourceRules (cpu and memory)", "")
 	var namespaces, names []string
 	for _, pod := range pods {
 		namespaces = append(namespaces, pod.Namespace)
@@ -115,22 +203,12 @@ func (p *Provider) PodMetrics(ctx context.Context, pods []*metav1.PartialObjectM
 	}
 	slices.Sort(namespaces)
 	namespaces = slices.Compact(namespaces)
-
-	var cpu, mem map[containerKey]usage
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() (err error) {
-		cpu, err = p.containers(gctx, rs.CPU, namespaces, names)
-		return err
+	cpu, mem, err := both(ctx, rs, func(ctx context.Context, q *rules.ResourceQuery) (map[containerKey]usage, error) {
+		return p.containers(ctx, q, namespaces, names)
 	})
-	g.Go(func() (err error) {
-		mem, err = p.containers(gctx, rs.Memory, namespaces, names)
-		return err
-	})
-	if err := g.Wait(); err != nil {
+	if err != nil {
 		return nil, err
 	}
-
-	type podKey struct{ namespace, name string }
 	byPod := map[podKey][]string{}
 	for k := range cpu {
 		byPod[podKey{k.namespace, k.pod}] = append(byPod[podKey{k.namespace, k.pod}], k.container)
@@ -143,50 +221,67 @@ func (p *Provider) PodMetrics(ctx context.Context, pods []*metav1.PartialObjectM
 	now := metav1.NewTime(p.clock.Now())
 	out := make([]metrics.PodMetrics, 0, len(pods))
 	for _, pod := range pods {
-		containers := byPod[podKey{pod.Namespace, pod.Name}]
-		if len(containers) == 0 {
-			continue
+		if pm, ok := podMetrics(pod, byPod[podKey{pod.Namespace, pod.Name}], cpu, mem); ok {
+			pm.CreationTimestamp, pm.Window = now, metav1.Duration{Duration: rs.Window}
+			out = append(out, pm)
 		}
-		slices.Sort(containers)
-		pm := metrics.PodMetrics{
-			ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace, Labels: pod.Labels, CreationTimestamp: now},
-			Window:     metav1.Duration{Duration: rs.Window},
-		}
-		var earliest model.Time
-		complete := true
-		for _, c := range containers {
-			k := containerKey{pod.Namespace, pod.Name, c}
-			cu, cok := cpu[k]
-			mu, mok := mem[k]
-			if !cok || !mok {
-				klog.V(2).InfoS("Leaving out a pod with incomplete resource metrics", "pod", klog.KObj(pod), "container", c, "cpu", cok, "memory", mok)
-				complete = false
-				break
-			}
-			cq, cok := cpuQuantity(cu.value)
-			mq, mok := memoryQuantity(mu.value)
-			if !cok || !mok {
-				klog.V(2).InfoS("Leaving out a pod with a resource value that is not a finite, non-negative number", "pod", klog.KObj(pod), "container", c, "cpu", cu.value, "memory", mu.value)
-				complete = false
-				break
-			}
-			pm.Containers = append(pm.Containers, metrics.ContainerMetrics{
-				Name:  c,
-				Usage: corev1.ResourceList{corev1.ResourceCPU: cq, corev1.ResourceMemory: mq},
-			})
-			for _, ts := range []model.Time{cu.ts, mu.ts} {
-				if earliest == 0 || ts.Before(earliest) {
-					earliest = ts
-				}
-			}
-		}
-		if !complete {
-			continue
-		}
-		pm.Timestamp = metav1.NewTime(earliest.Time())
-		out = append(out, pm)
 	}
 	return out, nil
+}
+
+type podKey struct{ namespace, name string }
+
+// both runs the CPU and the memory query side by side.
+func both[K comparable](ctx context.Context, rs *rules.ResourceRules, run func(context.Context, *rules.ResourceQuery) (map[K]usage, error)) (cpu, mem map[K]usage, err error) {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		cpu, err = run(gctx, rs.CPU)
+		return err
+	})
+	g.Go(func() (err error) {
+		mem, err = run(gctx, rs.Memory)
+		return err
+	})
+	err = g.Wait()
+	return cpu, mem, err
+}
+
+// podMetrics is one pod's usage, from the usage of its containers; false
+// when a container lacks a CPU or memory value, or has one the API cannot
+// carry: a half-scraped pod is left out rather than reported low.
+func podMetrics(pod *metav1.PartialObjectMetadata, containers []string, cpu, mem map[containerKey]usage) (metrics.PodMetrics, bool) {
+	if len(containers) == 0 {
+		return metrics.PodMetrics{}, false
+	}
+	slices.Sort(containers)
+	pm := metrics.PodMetrics{ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace, Labels: pod.Labels}}
+	var earliest model.Time
+	for _, c := range containers {
+		k := containerKey{pod.Namespace, pod.Name, c}
+		cu, cok := cpu[k]
+		mu, mok := mem[k]
+		if !cok || !mok {
+			klog.V(2).InfoS("Leaving out a pod with incomplete resource metrics", "pod", klog.KObj(pod), "container", c, "cpu", cok, "memory", mok)
+			return pm, false
+		}
+		cq, cok := cpuQuantity(cu.value)
+		mq, mok := memoryQuantity(mu.value)
+		if !cok || !mok {
+			klog.V(2).InfoS("Leaving out a pod with a resource value that is not a finite, non-negative number", "pod", klog.KObj(pod), "container", c, "cpu", cu.value, "memory", mu.value)
+			return pm, false
+		}
+		pm.Containers = append(pm.Containers, metrics.ContainerMetrics{
+			Name:  c,
+			Usage: corev1.ResourceList{corev1.ResourceCPU: cq, corev1.ResourceMemory: mq},
+		})
+		for _, ts := range []model.Time{cu.ts, mu.ts} {
+			if earliest == 0 || ts.Before(earliest) {
+				earliest = ts
+			}
+		}
+	}
+	pm.Timestamp = metav1.NewTime(earliest.Time())
+	return pm, true
 }
 
 // containers runs one resource's container query for pods of the given
@@ -232,21 +327,11 @@ func (p *Provider) NodeMetrics(ctx context.Context, nodes []*metav1.PartialObjec
 	if len(nodes) == 0 {
 		return nil, nil
 	}
-	names := make([]string, 0, len(nodes))
-	for _, n := range nodes {
-		names = append(names, n.Name)
-	}
-	var cpu, mem map[string]usage
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() (err error) {
-		cpu, err = p.nodes(gctx, rs.CPU, names)
-		return err
+	explain.From(ctx).Rule("resourceRules (cpu and memory)", "")
+	cpu, mem, err := both(ctx, rs, func(ctx context.Context, q *rules.ResourceQuery) (map[string]usage, error) {
+		return p.nodes(ctx, q, names(nodes))
 	})
-	g.Go(func() (err error) {
-		mem, err = p.nodes(gctx, rs.Memory, names)
-		return err
-	})
-	if err := g.Wait(); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	now := metav1.NewTime(p.clock.Now())

@@ -16,8 +16,6 @@ import (
 	"k8s.io/apiserver/pkg/registry/rest"
 	"k8s.io/metrics/pkg/apis/metrics"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
 )
 
 // podStorage serves pods.metrics.k8s.io: GET one pod's usage, LIST the
@@ -50,13 +48,7 @@ func (s *podStorage) List(ctx context.Context, options *metainternalversion.List
 	if err := checkFields(fieldSel); err != nil {
 		return nil, err
 	}
-	namespace := genericapirequest.NamespaceValue(ctx)
-	pods, err := s.p.objects.Metadata(ctx, resolver.RunningPods, namespace, labelSel)
-	if err != nil {
-		return nil, apistatus.Resolve(err, "pods")
-	}
-	pods = filterFields(pods, fieldSel)
-	items, err := s.p.PodMetrics(ctx, pods)
+	items, err := s.p.listPods(ctx, genericapirequest.NamespaceValue(ctx), labelSel, fieldSel)
 	if err != nil {
 		return nil, err
 	}
@@ -64,22 +56,7 @@ func (s *podStorage) List(ctx context.Context, options *metainternalversion.List
 }
 
 func (s *podStorage) Get(ctx context.Context, name string, _ *metav1.GetOptions) (runtime.Object, error) {
-	namespace := genericapirequest.NamespaceValue(ctx)
-	pod, err := s.p.objects.GetMetadata(ctx, resolver.RunningPods, namespace, name)
-	if apierrors.IsNotFound(err) {
-		return nil, apierrors.NewNotFound(s.groupResource(), name)
-	}
-	if err != nil {
-		return nil, apistatus.Resolve(err, "pods")
-	}
-	items, err := s.p.PodMetrics(ctx, []*metav1.PartialObjectMetadata{pod})
-	if err != nil {
-		return nil, err
-	}
-	if len(items) == 0 {
-		return nil, notFoundBecause(s.groupResource(), name, "Prometheus has no complete CPU and memory data for it")
-	}
-	return &items[0], nil
+	return s.p.GetPod(ctx, genericapirequest.NamespaceValue(ctx), name)
 }
 
 func (s *podStorage) ConvertToTable(_ context.Context, obj runtime.Object, _ runtime.Object) (*metav1.Table, error) {
@@ -138,12 +115,7 @@ func (s *nodeStorage) List(ctx context.Context, options *metainternalversion.Lis
 	if err := checkFields(fieldSel); err != nil {
 		return nil, err
 	}
-	nodes, err := s.p.objects.Metadata(ctx, resolver.Nodes, "", labelSel)
-	if err != nil {
-		return nil, apistatus.Resolve(err, "nodes")
-	}
-	nodes = filterFields(nodes, fieldSel)
-	items, err := s.p.NodeMetrics(ctx, nodes)
+	items, err := s.p.listNodes(ctx, labelSel, fieldSel)
 	if err != nil {
 		return nil, err
 	}
@@ -151,21 +123,7 @@ func (s *nodeStorage) List(ctx context.Context, options *metainternalversion.Lis
 }
 
 func (s *nodeStorage) Get(ctx context.Context, name string, _ *metav1.GetOptions) (runtime.Object, error) {
-	node, err := s.p.objects.GetMetadata(ctx, resolver.Nodes, "", name)
-	if apierrors.IsNotFound(err) {
-		return nil, apierrors.NewNotFound(s.groupResource(), name)
-	}
-	if err != nil {
-		return nil, apistatus.Resolve(err, "nodes")
-	}
-	items, err := s.p.NodeMetrics(ctx, []*metav1.PartialObjectMetadata{node})
-	if err != nil {
-		return nil, err
-	}
-	if len(items) == 0 {
-		return nil, notFoundBecause(s.groupResource(), name, "Prometheus has no CPU and memory data for it")
-	}
-	return &items[0], nil
+	return s.p.GetNode(ctx, name)
 }
 
 func (s *nodeStorage) ConvertToTable(_ context.Context, obj runtime.Object, _ runtime.Object) (*metav1.Table, error) {
@@ -244,8 +202,3 @@ func podTotals(pm *metrics.PodMetrics) (cpu, mem resource.Quantity) {
 	return cpu, mem
 }
 
-func notFoundBecause(gr schema.GroupResource, name, why string) error {
-	err := apierrors.NewNotFound(gr, name)
-	err.ErrStatus.Message += ": " + why
-	return err
-}
