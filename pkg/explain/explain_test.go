@@ -199,7 +199,6 @@ func TestRunExplainsResourceMetrics(t *testing.T) {
 	}
 }
 
-
 // A report holds a metric's values and Prometheus' raw series: it is
 // served to a caller only if the caller may make the request it explains,
 // authorized with the attributes the API server would use for it.

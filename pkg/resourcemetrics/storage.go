@@ -15,7 +15,6 @@ import (
 	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/registry/rest"
 	"k8s.io/metrics/pkg/apis/metrics"
-
 )
 
 // podStorage serves pods.metrics.k8s.io: GET one pod's usage, LIST the
@@ -201,4 +200,3 @@ func podTotals(pm *metrics.PodMetrics) (cpu, mem resource.Quantity) {
 	}
 	return cpu, mem
 }
-
