@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -47,7 +48,8 @@ Kubernetes resources, or with a cluster's own when --lister-kubeconfig is
 given.
 
 Exit status: 0 when the file is valid (and every seriesQuery could be
-listed), 1 when it is not, 3 when a seriesQuery could not be listed.`,
+listed), 1 when it is not, 3 when a seriesQuery could not be listed, 4 when
+the adapter would start but leave rules out (each is printed with why).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
@@ -55,17 +57,17 @@ listed), 1 when it is not, 3 when a seriesQuery could not be listed.`,
 			if err := applyLogging(cmd, logging, fss.FlagSet("logging")); err != nil {
 				return err
 			}
-			cfg, err := loadConfig(o.ConfigFile)
+			set, err := loadRules(o.ConfigFile)
 			if err != nil {
 				return err
 			}
-			set, err := rules.CompileSet(cfg)
-			if err != nil {
-				return fmt.Errorf("%s: %w", sourceName(o.ConfigFile), err)
-			}
 			out := cmd.OutOrStdout()
 			printSummary(out, sourceName(o.ConfigFile), set)
+			leftOut := len(set.LeftOut()) > 0
 			if !cmd.Flags().Changed("prometheus-url") {
+				if leftOut {
+					return &ExitError{Code: ExitRulesLeftOut}
+				}
 				return nil
 			}
 			if errs := o.Validate(); len(errs) > 0 {
@@ -81,8 +83,11 @@ listed), 1 when it is not, 3 when a seriesQuery could not be listed.`,
 			if err != nil {
 				return err
 			}
-			if failed {
+			switch {
+			case failed:
 				return &ExitError{Code: ExitAnswerError}
+			case leftOut:
+				return &ExitError{Code: ExitRulesLeftOut}
 			}
 			return nil
 		},
@@ -100,11 +105,16 @@ func sourceName(path string) string {
 	return path
 }
 
-func loadConfig(path string) (*config.Config, error) {
+// loadRules reads and compiles a rules file, or the built-in rules for "".
+func loadRules(path string) (*rules.Set, error) {
 	if path == "" {
-		return config.Default()
+		return rules.Parse(config.DefaultYAML(), config.DefaultSource)
 	}
-	return config.Load(path)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return rules.Parse(data, path)
 }
 
 func printSummary(w io.Writer, source string, set *rules.Set) {
@@ -113,6 +123,12 @@ func printSummary(w io.Writer, source string, set *rules.Set) {
 		res = fmt.Sprintf("cpu and memory, window %v", set.Resource.Window)
 	}
 	fmt.Fprintf(w, "%s: valid: %d rules, %d externalRules, resourceRules: %s\n", source, len(set.Custom), len(set.External), res)
+	if left := set.LeftOut(); len(left) > 0 {
+		fmt.Fprintf(w, "%d rules are left out: the adapter starts without them, and answers their metrics 404 saying why:\n", len(left))
+		for _, r := range left {
+			fmt.Fprintf(w, "  %s: %v\n", r, r.LeftOut())
+		}
+	}
 }
 
 // checkDiscovery lists the rules' series once, as discovery does, and

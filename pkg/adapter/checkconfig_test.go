@@ -119,3 +119,46 @@ func TestNamespacedFollowsTheMapper(t *testing.T) {
 		}
 	}
 }
+
+// A rule the adapter leaves out is printed with why, and check-config
+// exits 4: the file loads, but not everything in it serves.
+func TestCheckConfigNamesRulesLeftOut(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "left-out.yaml")
+	text := checkRules + "- seriesQuery: 'queue_depth{queue!=\"\"}'\n  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>})\n"
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runCheckConfig(t, "--config="+path)
+	var exit *ExitError
+	if !errors.As(err, &exit) || exit.Code != ExitRulesLeftOut {
+		t.Errorf("err %v, want exit %d", err, ExitRulesLeftOut)
+	}
+	for _, want := range []string{"valid: 3 rules, 2 externalRules", "1 rules are left out", "externalRules[1]: " + path + ":18: externalRules[1].resources: a namespaced external rule needs the label"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// An API is served when it is enabled and the rules file has its section:
+// a file without resourceRules does not serve metrics.k8s.io (which would
+// answer nothing but errors), and a file whose sections are all turned off
+// serves nothing and is refused.
+func TestAnAPIIsServedWhenItsSectionIsThere(t *testing.T) {
+	set, err := rules.Parse([]byte(checkRules), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := NewOptions()
+	if got := o.servedAPIs(set); got != (apis{custom: true, external: true}) {
+		t.Errorf("without resourceRules: %+v, want custom and external only", got)
+	}
+	o.EnableExternalMetrics = false
+	if got := o.servedAPIs(set); got != (apis{custom: true}) {
+		t.Errorf("--enable-external-metrics=false: %+v, want custom only", got)
+	}
+	o.EnableCustomMetrics = false
+	if got := o.servedAPIs(set); got != (apis{}) {
+		t.Errorf("both off: %+v, want nothing", got)
+	}
+}

@@ -166,7 +166,7 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 	if o.DisableHTTP2 {
 		base.SecureServing.DisableHTTP2Serving = true
 	}
-	base.OpenAPIConfig, base.OpenAPIV3Config = openAPIConfigs(o.EnableCustomMetrics, o.EnableExternalMetrics, o.EnableResourceMetrics)
+	base.OpenAPIConfig, base.OpenAPIV3Config = openAPIConfigs(c.custom != nil, c.external != nil, c.resource != nil)
 	serverConfig, err := base.Config()
 	if err != nil {
 		return fmt.Errorf("configuring the API server: %w", err)
@@ -309,23 +309,17 @@ func (o *Options) readRules() ([]byte, error) {
 	return data, nil
 }
 
-// compileRules parses and compiles what readRules read.
+// compileRules parses and compiles what readRules read (nil: the built-in
+// rules). Rules left out are logged, with why, and reported in the
+// adapter's metrics; every other rule serves.
 func (o *Options) compileRules(data []byte) (*rules.Set, error) {
-	var cfg *config.Config
-	var err error
 	source := o.ConfigFile
 	if source == "" {
-		source = config.DefaultSource
-		cfg, err = config.Default()
-	} else {
-		cfg, err = config.Parse(data, source)
+		source, data = config.DefaultSource, config.DefaultYAML()
 	}
+	set, err := rules.Parse(data, source)
 	if err != nil {
 		return nil, err
-	}
-	set, err := rules.CompileSet(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", source, err)
 	}
 	if !o.EnableExternalMetrics && len(set.External) > 0 {
 		klog.InfoS("Config warning", "warning", fmt.Sprintf("%s: externalRules are not served: --enable-external-metrics=false", source))
@@ -333,6 +327,12 @@ func (o *Options) compileRules(data []byte) (*rules.Set, error) {
 	if !o.EnableResourceMetrics && set.Resource != nil {
 		klog.InfoS("Config warning", "warning", fmt.Sprintf("%s: resourceRules are not served: --enable-resource-metrics=false", source))
 	}
-	klog.InfoS("Loaded rules", "source", source, "rules", len(set.Custom), "externalRules", len(set.External), "resourceRules", set.Resource != nil)
+	var leftOut []string
+	for _, r := range set.LeftOut() {
+		klog.ErrorS(r.LeftOut(), "Rule left out: it cannot be served correctly, so it serves nothing; every other rule serves", "rule", r.String())
+		leftOut = append(leftOut, r.String())
+	}
+	metrics.SetLeftOut(leftOut)
+	klog.InfoS("Loaded rules", "source", source, "rules", len(set.Custom), "externalRules", len(set.External), "resourceRules", set.Resource != nil, "leftOut", len(leftOut))
 	return set, nil
 }

@@ -71,9 +71,15 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 	}
 	c.resolver = resolver.New(kube, meta, c.mapper)
 
-	// One discovery loop lists the series of the custom and external
-	// rules for both providers.
-	if o.EnableCustomMetrics {
+	// An API is served when it is enabled and the rules file has its
+	// section; otherwise its APIService would be answered with nothing
+	// but errors. One discovery loop lists the series of the custom and
+	// external rules for both providers.
+	served := o.servedAPIs(set)
+	if served == (apis{}) {
+		return nil, fmt.Errorf("no metrics API to serve: every API whose section the rules file has is turned off (--enable-custom-metrics, --enable-external-metrics, --enable-resource-metrics)")
+	}
+	if served.custom {
 		c.custom = custommetrics.New(custommetrics.Config{
 			Rules:                      set.Custom,
 			Mapper:                     c.mapper,
@@ -83,7 +89,7 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 		})
 		c.apis = append(c.apis, "custom.metrics.k8s.io")
 	}
-	if o.EnableExternalMetrics {
+	if served.external {
 		c.external = externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: c.prom})
 		c.apis = append(c.apis, "external.metrics.k8s.io")
 	}
@@ -103,14 +109,37 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 	if c.external != nil {
 		c.disc.Subscribe(c.external.Update)
 	}
-	if o.EnableResourceMetrics {
+	if served.resource {
 		c.resource = resourcemetrics.New(resourcemetrics.Config{Rules: set.Resource, Querier: c.prom, Objects: c.resolver})
 		c.apis = append(c.apis, "metrics.k8s.io")
-		if set.Resource == nil {
-			klog.InfoS("The config has no resourceRules: metrics.k8s.io answers every request 503 until they are added")
-		}
 	}
 	return c, nil
+}
+
+// apis says which metrics APIs are served.
+type apis struct{ custom, external, resource bool }
+
+// servedAPIs are the APIs that are enabled and have a section in the
+// rules file. The others are not served, and the log says why.
+func (o *Options) servedAPIs(set *rules.Set) apis {
+	a := apis{
+		custom:   o.EnableCustomMetrics && len(set.Custom) > 0,
+		external: o.EnableExternalMetrics && len(set.External) > 0,
+		resource: o.EnableResourceMetrics && set.Resource != nil,
+	}
+	for _, api := range []struct {
+		enabled, served bool
+		name, section   string
+	}{
+		{o.EnableCustomMetrics, a.custom, "custom.metrics.k8s.io", "rules"},
+		{o.EnableExternalMetrics, a.external, "external.metrics.k8s.io", "externalRules"},
+		{o.EnableResourceMetrics, a.resource, "metrics.k8s.io", "resourceRules"},
+	} {
+		if api.enabled && !api.served {
+			klog.InfoS("Not serving an API: the rules file has no section for it (add it and restart, or remove its APIService)", "api", api.name, "section", api.section)
+		}
+	}
+	return a
 }
 
 // seriesQueries are the distinct seriesQuery selectors of the rules the
@@ -148,6 +177,11 @@ func (c *components) apply(ctx context.Context, set *rules.Set) {
 	})
 	if c.resource != nil {
 		c.resource.SetRules(set.Resource)
+	}
+	if added := (apis{custom: len(set.Custom) > 0 && c.custom == nil, external: len(set.External) > 0 && c.external == nil,
+		resource: set.Resource != nil && c.resource == nil}); added != (apis{}) {
+		klog.InfoS("The reloaded rules have a section for an API the adapter does not serve: it is served after a restart",
+			"rules", added.custom, "externalRules", added.external, "resourceRules", added.resource)
 	}
 }
 

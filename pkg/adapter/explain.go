@@ -28,6 +28,9 @@ const (
 	// ExitAnswerError: explain ran the request and the API answers it
 	// with an error; check-config could not list a rule's series.
 	ExitAnswerError = 3
+	// ExitRulesLeftOut: check-config found rules the adapter would leave
+	// out (it starts without them).
+	ExitRulesLeftOut = 4
 )
 
 // ExitError ends the program with Code after printing Err, if any.

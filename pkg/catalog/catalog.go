@@ -262,7 +262,7 @@ func (c *Catalog[K, E]) Lookup(k K, name, section string) (Entry[E], error) {
 		return e, nil
 	}
 	if why, ok := idx.refused[k]; ok {
-		return Entry[E]{}, c.cfg.NotFound(k, why.Error())
+		return Entry[E]{}, c.cfg.NotFound(k, "the rule that would serve it is left out: "+why.Error())
 	}
 	if idx.pending != nil {
 		return Entry[E]{}, apierrors.NewServiceUnavailable(fmt.Sprintf(

@@ -17,9 +17,10 @@
 // whose series carry only pod and namespace labels serve objects that own or
 // front those pods (Deployments, Services, Ingresses, ...).
 //
-// The package parses and validates; it does not talk to Prometheus or to
-// Kubernetes. Unknown keys are errors, and every error names the file, the
-// rule, the field and the line.
+// The package decodes: unknown keys are errors that name the file and line
+// and suggest the known key, and Where tells the file and line of any rule's
+// field for the errors of package rules, which compiles the rules and so
+// validates them. It does not talk to Prometheus or to Kubernetes.
 package config
 
 import (
@@ -32,19 +33,19 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
-	"sort"
+	"strconv"
 	"strings"
-	"text/template"
 
 	"github.com/prometheus/common/model"
 	"go.yaml.in/yaml/v3"
-
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/podowners"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 )
 
 // Config is the whole rules file.
 type Config struct {
+	// source names the file; doc is its YAML tree, for Where.
+	source string
+	doc    *yaml.Node
+
 	// Rules map Prometheus series to custom metrics. They are applied
 	// independently, so they should not overlap.
 	Rules []Rule `yaml:"rules"`
@@ -182,334 +183,149 @@ func Load(path string) (*Config, error) {
 	return Parse(data, path)
 }
 
-// Parse decodes and validates a rules file. source names the file in
-// errors. All problems found are reported together.
+// Parse decodes a rules file. source names the file in errors. Unknown
+// keys are errors naming the file, the line and the key, with the known
+// key it most likely meant. The rules themselves are checked by compiling
+// them (rules.CompileSet).
 func Parse(data []byte, source string) (*Config, error) {
 	var root yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&root); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%s: the file is empty; it needs at least one entry under rules", source)
-		}
+	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, fmt.Errorf("%s: %w", source, err)
+	}
+	if root.Kind == 0 || (root.Kind == yaml.DocumentNode && len(root.Content) == 0) {
+		return nil, fmt.Errorf("%s: the file is empty; it needs at least one entry under rules", source)
 	}
 	doc := &root
 	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
 		doc = doc.Content[0]
 	}
-
-	var errs []error
-	checkKnownFields(doc, reflect.TypeFor[Config](), "", source, &errs)
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
 	var c Config
-	if err := doc.Decode(&c); err != nil {
-		return nil, fmt.Errorf("%s: %w", source, err)
-	}
-
-	v := validator{source: source, doc: doc}
-	for i := range c.Rules {
-		v.rule("rules", i, &c.Rules[i])
-	}
-	for i := range c.ExternalRules {
-		v.rule("externalRules", i, &c.ExternalRules[i])
-	}
-	if c.ResourceRules != nil {
-		v.resourceRules(c.ResourceRules)
-	}
-	if len(v.errs) > 0 {
-		return nil, errors.Join(v.errs...)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, decodeError(err, source, doc)
 	}
 	if len(c.Rules) == 0 && len(c.ExternalRules) == 0 && c.ResourceRules == nil {
 		// An adapter that serves nothing looks healthy and fails every
 		// HPA: refuse to start instead.
 		return nil, fmt.Errorf("%s: no rules, externalRules or resourceRules: there is nothing to serve", source)
 	}
+	c.source, c.doc = source, doc
 	return &c, nil
 }
 
-// Delims are the metricsQuery and template delimiters.
-const (
-	LeftDelim  = "<<"
-	RightDelim = ">>"
-)
+// Source names the file the config was read from.
+func (c *Config) Source() string { return c.source }
 
-// QueryData is what a metricsQuery template sees.
-type QueryData struct {
-	// Series is the Prometheus series (metric) name.
-	Series string
-	// LabelMatchers is a comma-separated list of PromQL label matchers for
-	// the requested objects and the metric selector.
-	LabelMatchers string
-	// LabelValuesByName maps each matched label to its values joined by |.
-	LabelValuesByName map[string]string
-	// GroupBy is a comma-separated list of the labels to group by.
-	GroupBy string
-	// GroupBySlice is GroupBy as a slice.
-	GroupBySlice []string
-}
-
-// ResourceTemplateData is what a resources.template sees.
-type ResourceTemplateData struct {
-	Group    string
-	Resource string
-}
-
-// ParseQueryTemplate parses a metricsQuery.
-func ParseQueryTemplate(text string) (*template.Template, error) {
-	return template.New("metricsQuery").Delims(LeftDelim, RightDelim).Option("missingkey=error").Parse(text)
-}
-
-// ParseResourceTemplate parses a resources.template.
-func ParseResourceTemplate(text string) (*template.Template, error) {
-	return template.New("resources.template").Delims(LeftDelim, RightDelim).Option("missingkey=error").Parse(text)
-}
-
-// NameRegexp compiles name.matches, defaulting to ".*".
-func (n NameMapping) NameRegexp() (*regexp.Regexp, error) {
-	expr := n.Matches
-	if expr == "" {
-		expr = ".*"
-	}
-	return regexp.Compile(expr)
-}
-
-// AsTemplate returns name.as, or its default for re: $0 without capture
-// groups, $1 with one. It fails with more than one group and no as.
-func (n NameMapping) AsTemplate(re *regexp.Regexp) (string, error) {
-	if n.As != "" {
-		return n.As, nil
-	}
-	switch re.NumSubexp() {
-	case 0:
-		return "$0", nil
-	case 1:
-		return "$1", nil
-	default:
-		return "", fmt.Errorf("name.matches %q has %d capture groups, so name.as must say which to use", re.String(), re.NumSubexp())
-	}
-}
-
-type validator struct {
-	source string
-	doc    *yaml.Node
-	errs   []error
-}
-
-// fail records a problem with section[i].field; i < 0 means section is a
-// mapping (resourceRules) and field a path inside it.
-func (v *validator) fail(section string, i int, field string, format string, args ...any) {
-	line := lineOf(v.doc, section, i, field)
-	where := fmt.Sprintf("%s:%d", v.source, line)
-	msg := fmt.Sprintf(format, args...)
+// Where names section[i].field with the file and the line it is on, as
+// errors say it: "rules.yaml:12: rules[0].metricsQuery". i < 0 means
+// section is a mapping (resourceRules) and field a path inside it; field
+// may be dotted and indexed (resources.aggregateFromPods[1]).
+func (c *Config) Where(section string, i int, field string) string {
 	path := fmt.Sprintf("%s[%d].%s", section, i, field)
 	if i < 0 {
 		path = section + "." + field
 	}
-	v.errs = append(v.errs, fmt.Errorf("%s: %s: %s", where, path, msg))
+	line := 0
+	if c.doc != nil {
+		line = lineOf(c.doc, section, i, field)
+	}
+	return fmt.Sprintf("%s:%d: %s", c.source, line, path)
 }
 
-// queryTemplate checks that a metricsQuery-like template parses and renders
-// with sample data, and returns the rendered sample.
-func (v *validator) queryTemplate(section string, i int, field, text, example string) (string, bool) {
-	if strings.TrimSpace(text) == "" {
-		v.fail(section, i, field, "is required (e.g. '%s')", example)
-		return "", false
-	}
-	t, err := ParseQueryTemplate(text)
-	if err != nil {
-		v.fail(section, i, field, "invalid template: %v", err)
-		return "", false
-	}
-	sample := QueryData{
-		Series:            "series",
-		LabelMatchers:     `namespace="ns",pod=~"a|b"`,
-		LabelValuesByName: map[string]string{"namespace": "ns", "pod": "a|b"},
-		GroupBy:           "pod",
-		GroupBySlice:      []string{"pod"},
-	}
-	var b strings.Builder
-	if err := t.Execute(&b, sample); err != nil {
-		v.fail(section, i, field, "template cannot be rendered: %v", err)
-		return "", false
-	}
-	return b.String(), true
-}
+// unknownField is yaml's message for a key the type does not have.
+var unknownField = regexp.MustCompile(`^line (\d+): field (\S+) not found in type (\S+)$`)
 
-func (v *validator) rule(section string, i int, r *Rule) {
-	if strings.TrimSpace(r.SeriesQuery) == "" {
-		v.fail(section, i, "seriesQuery", "is required (a series selector such as 'app_requests_total{namespace!=\"\",pod!=\"\"}')")
+// decodeError turns the decoder's errors into ones that name the file:
+// an unknown key with its path and the known key it most likely meant.
+func decodeError(err error, source string, doc *yaml.Node) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return fmt.Errorf("%s: %w", source, err)
 	}
-	for j, f := range r.SeriesFilters {
-		field := fmt.Sprintf("seriesFilters[%d]", j)
-		switch {
-		case f.Is != "" && f.IsNot != "":
-			v.fail(section, i, field, "sets both is and isNot; a filter takes exactly one")
-		case f.Is == "" && f.IsNot == "":
-			v.fail(section, i, field, "sets neither is nor isNot")
-		default:
-			expr := f.Is + f.IsNot
-			if _, err := regexp.Compile(expr); err != nil {
-				v.fail(section, i, field, "invalid regular expression %q: %v", expr, err)
-			}
-		}
-	}
-
-	re, err := r.Name.NameRegexp()
-	if err != nil {
-		v.fail(section, i, "name.matches", "invalid regular expression %q: %v", r.Name.Matches, err)
-	} else if _, err := r.Name.AsTemplate(re); err != nil {
-		v.fail(section, i, "name.as", "%v", err)
-	}
-
-	v.queryTemplate(section, i, "metricsQuery", r.MetricsQuery, "sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)")
-	v.resourceMapping(section, i, "resources", r.Resources)
-
-	external := section == "externalRules"
-	switch {
-	case !external && r.Resources.Namespaced != nil:
-		v.fail(section, i, "resources.namespaced", "only externalRules take namespaced; a custom metric's scope is its resource's")
-	case external && len(r.Resources.AggregateFromPods) > 0:
-		v.fail(section, i, "resources.aggregateFromPods", "externalRules name no objects; aggregateFromPods belongs in rules")
-	case external && r.Resources.IsNamespaced() && r.Resources.Template == "" && !overridesResource(r.Resources.Overrides, "namespace"):
-		v.fail(section, i, "resources", "a namespaced external rule needs the label that holds the namespace: add overrides: {namespace: {resource: namespace}} (or a template), or set namespaced: false to query across namespaces")
-	case external && r.Resources.IsNamespaced() && r.Resources.Template != "" && !overridesResource(r.Resources.Overrides, "namespace"):
-		if label, ok := templateLabel(r.Resources.Template, "namespace"); !ok {
-			v.fail(section, i, "resources.template", "renders %q for namespaces, which is not a Prometheus label name, so a namespaced external rule could not match its namespace: add overrides: {namespace: {resource: namespace}}, or set namespaced: false to query across namespaces", label)
-		}
-	}
-	seen := map[string]bool{}
-	for j, name := range r.Resources.AggregateFromPods {
-		field := fmt.Sprintf("resources.aggregateFromPods[%d]", j)
-		owner, ok := podowners.Lookup(name)
-		if !ok {
-			v.fail(section, i, field, "%q cannot be resolved to pods; supported: %s", name, strings.Join(podowners.Names(), ", "))
+	errs := make([]error, 0, len(te.Errors))
+	for _, msg := range te.Errors {
+		m := unknownField.FindStringSubmatch(msg)
+		if m == nil {
+			errs = append(errs, fmt.Errorf("%s: %s", source, msg))
 			continue
 		}
-		canonical := owner.Name()
-		if seen[canonical] {
-			v.fail(section, i, field, "%q is listed twice", name)
+		line, _ := strconv.Atoi(m[1])
+		path := m[2]
+		if p, ok := keyPath(doc, line, m[2], ""); ok {
+			path = p
 		}
-		seen[canonical] = true
-		r.Resources.AggregateFromPods[j] = canonical
-	}
-	if len(r.Resources.AggregateFromPods) > 0 && r.Resources.Template == "" &&
-		(!overridesResource(r.Resources.Overrides, "pod") || !overridesResource(r.Resources.Overrides, "namespace")) {
-		v.fail(section, i, "resources.aggregateFromPods", "needs series labels for pods and namespaces: add overrides for both (e.g. pod: {resource: pod}, namespace: {resource: namespace}) or a template")
-	}
-	for j, rep := range r.LabelValueReplacements {
-		if rep.Find == "" {
-			v.fail(section, i, fmt.Sprintf("labelValueReplacements[%d].find", j), "is required")
+		msg := fmt.Sprintf("%s:%d: %s: unknown field", source, line, path)
+		names := fieldNames(m[3])
+		if s := closest(m[2], names); s != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", s)
+		} else if len(names) > 0 {
+			msg += fmt.Sprintf(" (known fields: %s)", strings.Join(names, ", "))
 		}
+		errs = append(errs, errors.New(msg))
 	}
+	return errors.Join(errs...)
 }
 
-// resourceMapping checks resources.template and resources.overrides.
-func (v *validator) resourceMapping(section string, i int, field string, m ResourceMapping) {
-	if m.Template != "" {
-		t, err := ParseResourceTemplate(m.Template)
-		if err != nil {
-			v.fail(section, i, field+".template", "invalid template: %v", err)
-		} else if err := t.Execute(&strings.Builder{}, ResourceTemplateData{Group: "apps", Resource: "deployment"}); err != nil {
-			v.fail(section, i, field+".template", "template cannot be rendered: %v", err)
-		} else if !strings.Contains(m.Template, ".Resource") {
-			v.fail(section, i, field+".template", "must use <<.Resource>>, or every label would map to the same resource")
-		}
-	}
-	labels := make([]string, 0, len(m.Overrides))
-	for label := range m.Overrides {
-		labels = append(labels, label)
-	}
-	sort.Strings(labels)
-	for _, label := range labels {
-		gr := m.Overrides[label]
-		f := field + ".overrides." + label
-		if !model.LegacyValidation.IsValidLabelName(label) {
-			v.fail(section, i, f, "%q is not a valid Prometheus label name", label)
-		}
-		if gr.Resource == "" {
-			v.fail(section, i, f, "resource is required")
-		}
-	}
-}
-
-// templateLabel renders a resources.template for a core resource, as
-// TemplateLabel does.
-func templateLabel(text, resource string) (string, bool) {
-	t, err := ParseResourceTemplate(text)
-	if err != nil {
-		return "", false
-	}
-	return TemplateLabel(t, resource)
-}
-
-// TemplateLabel renders a parsed resources.template for a core resource
-// (group "", resource singular) and reports whether the result is a valid
-// Prometheus label name.
-func TemplateLabel(t *template.Template, resource string) (string, bool) {
-	var b strings.Builder
-	if err := t.Execute(&b, ResourceTemplateData{Resource: resource}); err != nil {
-		return "", false
-	}
-	return b.String(), b.Len() > 0 && model.LegacyValidation.IsValidLabelName(b.String())
-}
-
-// resourceRules checks the resource metrics section.
-func (v *validator) resourceRules(rr *ResourceRules) {
-	const section = "resourceRules"
-	var cpuSample string
-	for _, res := range []struct {
-		name string
-		rule ResourceRule
-	}{{"cpu", rr.CPU}, {"memory", rr.Memory}} {
-		r := res.rule
-		if reflect.ValueOf(r).IsZero() {
-			v.fail(section, -1, res.name, "is required: resourceRules serve both cpu and memory")
-			continue
-		}
-		sample, _ := v.queryTemplate(section, -1, res.name+".containerQuery", r.ContainerQuery,
-			"sum by (<<.GroupBy>>) (rate(container_cpu_usage_seconds_total{container!=\"\",<<.LabelMatchers>>}[1m]))")
-		if res.name == "cpu" {
-			cpuSample = sample
-		}
-		v.queryTemplate(section, -1, res.name+".nodeQuery", r.NodeQuery,
-			"sum by (<<.GroupBy>>) (rate(container_cpu_usage_seconds_total{id=\"/\",<<.LabelMatchers>>}[1m]))")
-		v.resourceMapping(section, -1, res.name+".resources", r.Resources)
-		if r.Resources.Namespaced != nil || len(r.Resources.AggregateFromPods) > 0 {
-			v.fail(section, -1, res.name+".resources", "takes only overrides and template")
-		}
-		if r.Resources.Template == "" {
-			for _, want := range []string{"pod", "namespace", "node"} {
-				if !overridesResource(r.Resources.Overrides, want) {
-					v.fail(section, -1, res.name+".resources.overrides", "no label maps to %ss: add %s: {resource: %s} (with the label your series use), or a template", want, want, want)
-				}
+// keyPath finds the key named key on line in the tree and returns its path
+// (rules[0].resources.overrides.pod.grop).
+func keyPath(n *yaml.Node, line int, key, path string) (string, bool) {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for j := 0; j+1 < len(n.Content); j += 2 {
+			k := n.Content[j]
+			child := k.Value
+			if path != "" {
+				child = path + "." + k.Value
+			}
+			if k.Line == line && k.Value == key {
+				return child, true
+			}
+			if p, ok := keyPath(n.Content[j+1], line, key, child); ok {
+				return p, true
 			}
 		}
-		switch {
-		case r.ContainerLabel == "":
-			v.fail(section, -1, res.name+".containerLabel", "is required: the label holding the container name (cAdvisor's is container)")
-		case !model.LegacyValidation.IsValidLabelName(r.ContainerLabel):
-			v.fail(section, -1, res.name+".containerLabel", "%q is not a valid Prometheus label name", r.ContainerLabel)
+	case yaml.SequenceNode:
+		for j, c := range n.Content {
+			if p, ok := keyPath(c, line, key, fmt.Sprintf("%s[%d]", path, j)); ok {
+				return p, true
+			}
+		}
+	case yaml.AliasNode:
+		if n.Alias != nil {
+			return keyPath(n.Alias, line, key, path)
 		}
 	}
-	if rr.Window < 0 {
-		v.fail(section, -1, "window", "must be positive, got %s", rr.Window)
-	} else if rr.Window == 0 && cpuSample != "" {
-		if _, ok := promql.Window(cpuSample); !ok {
-			v.fail(section, -1, "window", "is not set and cpu.containerQuery has no range ([1m]) to take it from")
-		}
-	}
+	return "", false
 }
 
-func overridesResource(overrides map[string]GroupResource, singular string) bool {
-	for _, gr := range overrides {
-		if gr.Group == "" && (gr.Resource == singular || gr.Resource == singular+"s") {
-			return true
+// configTypes are the types of the file, by the name yaml's errors give.
+var configTypes = func() map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for _, t := range []reflect.Type{
+		reflect.TypeFor[Config](), reflect.TypeFor[Rule](), reflect.TypeFor[RegexFilter](), reflect.TypeFor[ResourceMapping](),
+		reflect.TypeFor[GroupResource](), reflect.TypeFor[NameMapping](), reflect.TypeFor[LabelValueReplacement](),
+		reflect.TypeFor[ResourceRules](), reflect.TypeFor[ResourceRule](),
+	} {
+		out[t.String()] = t
+	}
+	return out
+}()
+
+// fieldNames lists the keys of a type of the file, in their order.
+func fieldNames(typeName string) []string {
+	t, ok := configTypes[typeName]
+	if !ok {
+		return nil
+	}
+	var names []string
+	for k := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(k).Tag.Get("yaml"), ",")
+		if name != "" && name != "-" && !slices.Contains(names, name) {
+			names = append(names, name)
 		}
 	}
-	return false
+	return names
 }
 
 // lineOf finds the line of section[i].field (field may be dotted) in the
@@ -572,71 +388,6 @@ func mapValue(n *yaml.Node, key string) *yaml.Node {
 		}
 	}
 	return nil
-}
-
-// checkKnownFields walks the YAML tree next to the Go type it decodes into
-// and reports every mapping key the type does not have.
-func checkKnownFields(n *yaml.Node, t reflect.Type, path, source string, errs *[]error) {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
-	switch t.Kind() {
-	case reflect.Struct:
-		if n.Kind != yaml.MappingNode || t == reflect.TypeFor[model.Duration]() {
-			return // type errors are reported by the decoder
-		}
-		fields := map[string]reflect.Type{}
-		var names []string
-		for k := range t.NumField() {
-			f := t.Field(k)
-			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-			if name == "" || name == "-" {
-				continue
-			}
-			fields[name] = f.Type
-			names = append(names, name)
-		}
-		for j := 0; j+1 < len(n.Content); j += 2 {
-			key := n.Content[j].Value
-			ft, ok := fields[key]
-			child := joinPath(path, key)
-			if !ok {
-				msg := fmt.Sprintf("%s:%d: %s: unknown field", source, n.Content[j].Line, child)
-				if s := closest(key, names); s != "" {
-					msg += fmt.Sprintf(" (did you mean %q?)", s)
-				} else {
-					msg += fmt.Sprintf(" (known fields: %s)", strings.Join(names, ", "))
-				}
-				*errs = append(*errs, errors.New(msg))
-				continue
-			}
-			checkKnownFields(n.Content[j+1], ft, child, source, errs)
-		}
-	case reflect.Slice:
-		if n.Kind != yaml.SequenceNode {
-			return
-		}
-		for j, c := range n.Content {
-			checkKnownFields(c, t.Elem(), fmt.Sprintf("%s[%d]", path, j), source, errs)
-		}
-	case reflect.Map:
-		if n.Kind != yaml.MappingNode {
-			return
-		}
-		for j := 0; j+1 < len(n.Content); j += 2 {
-			checkKnownFields(n.Content[j+1], t.Elem(), joinPath(path, n.Content[j].Value), source, errs)
-		}
-	}
-}
-
-func joinPath(path, key string) string {
-	if path == "" {
-		return key
-	}
-	return path + "." + key
 }
 
 // closest returns the known name nearest to key when it is a likely typo.

@@ -121,181 +121,26 @@ func TestParseAcceptsPrometheusAdapterConfig(t *testing.T) {
 	}
 }
 
+// What Parse itself refuses: what is not YAML, not the file's shape, or
+// has keys the format does not have. The rules are checked by compiling
+// them (package rules).
 func TestParseRejects(t *testing.T) {
-	const good = `  resources:
-    overrides:
-      namespace: {resource: namespace}
-      pod: {resource: pod}
-  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
-`
-	tests := []struct {
-		name string
-		yaml string
-		// every string must appear in the error
-		want []string
+	for _, tc := range []struct {
+		name, yaml string
+		want       []string
 	}{
-		{
-			name: "rejects an empty file",
-			yaml: "",
-			want: []string{"cfg.yaml", "empty"},
-		},
-		{
-			name: "rejects YAML that does not parse",
-			yaml: "rules: [",
-			want: []string{"cfg.yaml", "line"},
-		},
-		{
-			name: "rejects a rules section that is not a list",
-			yaml: "rules: foo\n",
-			want: []string{"cfg.yaml", "line 1", "cannot unmarshal"},
-		},
-		{
-			name: "rejects an unknown top-level key and suggests the right one",
-			yaml: "rule:\n- seriesQuery: x\n",
-			want: []string{"cfg.yaml:1", "rule: unknown field", `did you mean "rules"`},
-		},
-		{
-			name: "rejects an unknown key inside a rule",
-			yaml: "rules:\n- seriesQuery: x\n  metricQuery: y\n",
-			want: []string{"cfg.yaml:3", "rules[0].metricQuery: unknown field", `did you mean "metricsQuery"`},
-		},
-		{
-			name: "rejects an unknown key deep inside overrides",
-			yaml: "rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      pod: {resource: pod, grop: apps}\n  metricsQuery: y\n",
-			want: []string{"cfg.yaml:5", "rules[0].resources.overrides.pod.grop: unknown field", `did you mean "group"`},
-		},
-		{
-			name: "rejects an unknown key with no close match by listing the known ones",
-			yaml: "rules:\n- seriesQuery: x\n  name:\n    zzzzzz: y\n",
-			want: []string{"cfg.yaml:4", "rules[0].name.zzzzzz: unknown field", "known fields: matches, as"},
-		},
-		{
-			name: "rejects a rule without seriesQuery",
-			yaml: "rules:\n- name: {as: foo}\n" + good,
-			want: []string{"cfg.yaml:2", "rules[0].seriesQuery: is required"},
-		},
-		{
-			name: "rejects a rule without metricsQuery",
-			yaml: "rules:\n- seriesQuery: x\n",
-			want: []string{"cfg.yaml:2", "rules[0].metricsQuery: is required"},
-		},
-		{
-			name: "rejects a metricsQuery that is not a valid template",
-			yaml: "rules:\n- seriesQuery: x\n  metricsQuery: 'sum(<<.Series'\n",
-			want: []string{"rules[0].metricsQuery: invalid template"},
-		},
-		{
-			name: "rejects a metricsQuery using a field templates do not have",
-			yaml: "rules:\n- seriesQuery: x\n  metricsQuery: 'sum(<<.Serie>>)'\n",
-			want: []string{"cfg.yaml:3", "rules[0].metricsQuery: template cannot be rendered", "Serie"},
-		},
-		{
-			name: "rejects an invalid name.matches",
-			yaml: "rules:\n- seriesQuery: x\n  name:\n    matches: '('\n" + good,
-			want: []string{"cfg.yaml:4", "rules[0].name.matches: invalid regular expression"},
-		},
-		{
-			name: "rejects name.matches with two groups and no as",
-			yaml: "rules:\n- seriesQuery: x\n  name:\n    matches: '(a)(b)'\n" + good,
-			want: []string{"rules[0].name.as", "2 capture groups"},
-		},
-		{
-			name: "rejects a filter with both is and isNot",
-			yaml: "rules:\n- seriesQuery: x\n  seriesFilters:\n  - {is: a, isNot: b}\n" + good,
-			want: []string{"cfg.yaml:4", "rules[0].seriesFilters[0]: sets both is and isNot"},
-		},
-		{
-			name: "rejects a filter with neither is nor isNot",
-			yaml: "rules:\n- seriesQuery: x\n  seriesFilters:\n  - {}\n" + good,
-			want: []string{"rules[0].seriesFilters[0]: sets neither"},
-		},
-		{
-			name: "rejects a filter with an invalid regex",
-			yaml: "rules:\n- seriesQuery: x\n  seriesFilters:\n  - isNot: '['\n" + good,
-			want: []string{"rules[0].seriesFilters[0]: invalid regular expression"},
-		},
-		{
-			name: "rejects an override without resource",
-			yaml: "rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      pod: {group: ''}\n  metricsQuery: y\n",
-			want: []string{"cfg.yaml:5", "rules[0].resources.overrides.pod: resource is required"},
-		},
-		{
-			name: "rejects an override on an invalid label name",
-			yaml: "rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      kube-pod: {resource: pod}\n  metricsQuery: y\n",
-			want: []string{"rules[0].resources.overrides.kube-pod", "not a valid Prometheus label name"},
-		},
-		{
-			name: "rejects a resource template that cannot be parsed",
-			yaml: "rules:\n- seriesQuery: x\n  resources:\n    template: '<<.Resource'\n  metricsQuery: y\n",
-			want: []string{"cfg.yaml:4", "rules[0].resources.template: invalid template"},
-		},
-		{
-			name: "rejects a resource template without .Resource",
-			yaml: "rules:\n- seriesQuery: x\n  resources:\n    template: 'kube_<<.Group>>'\n  metricsQuery: y\n",
-			want: []string{"rules[0].resources.template: must use <<.Resource>>"},
-		},
-		{
-			name: "rejects aggregateFromPods with a resource that has no pods",
-			yaml: "rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      namespace: {resource: namespace}\n      pod: {resource: pod}\n    aggregateFromPods: [configmaps]\n  metricsQuery: y\n",
-			want: []string{"rules[0].resources.aggregateFromPods[0]", `"configmaps" cannot be resolved to pods`},
-		},
-		{
-			name: "rejects aggregateFromPods listing a resource twice",
-			yaml: "rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      namespace: {resource: namespace}\n      pod: {resource: pod}\n    aggregateFromPods: [deployments.apps, deployment]\n  metricsQuery: y\n",
-			want: []string{"rules[0].resources.aggregateFromPods[1]", "listed twice"},
-		},
-		{
-			name: "rejects aggregateFromPods without pod and namespace labels",
-			yaml: "rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      pod: {resource: pod}\n    aggregateFromPods: [services]\n  metricsQuery: y\n",
-			want: []string{"rules[0].resources.aggregateFromPods: needs series labels for pods and namespaces"},
-		},
-		{
-			name: "rejects a label value replacement without find",
-			yaml: "rules:\n- seriesQuery: x\n  labelValueReplacements:\n  - {replace: x}\n" + good,
-			want: []string{"rules[0].labelValueReplacements[0].find: is required"},
-		},
-		{
-			name: "rejects namespaced in a custom rule",
-			yaml: "rules:\n- seriesQuery: x\n  metricsQuery: y\n  resources:\n    namespaced: false\n",
-			want: []string{"cfg.yaml:5", "rules[0].resources.namespaced: only externalRules take namespaced"},
-		},
-		{
-			name: "rejects aggregateFromPods in an external rule",
-			yaml: "externalRules:\n- seriesQuery: x\n  metricsQuery: y\n  resources:\n    namespaced: false\n    aggregateFromPods: [deployments.apps]\n",
-			want: []string{"cfg.yaml:6", "externalRules[0].resources.aggregateFromPods", "belongs in rules"},
-		},
-		{
-			name: "rejects a namespaced external rule without a namespace label",
-			yaml: "externalRules:\n- seriesQuery: x\n  metricsQuery: y\n",
-			want: []string{"cfg.yaml:2", "externalRules[0].resources", "namespace: {resource: namespace}", "namespaced: false"},
-		},
-		{
-			name: "rejects a namespaced external rule whose template names no label for namespaces",
-			yaml: "externalRules:\n- seriesQuery: x\n  metricsQuery: y\n  resources:\n    template: <<.Group>>.<<.Resource>>\n",
-			want: []string{"cfg.yaml:5", "externalRules[0].resources.template", `renders ".namespace"`, "not a Prometheus label name", "namespaced: false"},
-		},
-		{
-			name: "rejects resourceRules without memory",
-			yaml: "resourceRules:\n  cpu:\n    containerQuery: sum(rate(c{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)\n    nodeQuery: sum(rate(n{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)\n    resources: {overrides: {pod: {resource: pod}, namespace: {resource: namespace}, node: {resource: node}}}\n    containerLabel: container\n",
-			want: []string{"cfg.yaml:1", "resourceRules.memory: is required"},
-		},
-		{
-			name: "rejects a resource rule that maps no label to nodes, or names no container label",
-			yaml: "resourceRules:\n  cpu:\n    containerQuery: sum(rate(c{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)\n    nodeQuery: n\n    resources: {overrides: {pod: {resource: pod}, namespace: {resource: namespace}}}\n  memory:\n    containerQuery: c\n    nodeQuery: n\n    resources: {template: <<.Resource>>}\n    containerLabel: 'a-b'\n",
-			want: []string{"cfg.yaml:5", "resourceRules.cpu.resources.overrides: no label maps to nodes", "resourceRules.cpu.containerLabel: is required", "cfg.yaml:10", `resourceRules.memory.containerLabel: "a-b" is not a valid Prometheus label name`},
-		},
-		{
-			name: "rejects resourceRules without a window and a CPU query without a range",
-			yaml: "resourceRules:\n  cpu:\n    containerQuery: sum(c{<<.LabelMatchers>>}) by (<<.GroupBy>>)\n    nodeQuery: n\n    resources: {template: <<.Resource>>}\n    containerLabel: container\n  memory:\n    containerQuery: m\n    nodeQuery: n\n    resources: {template: <<.Resource>>}\n    containerLabel: container\n",
-			want: []string{"resourceRules.window: is not set and cpu.containerQuery has no range"},
-		},
-		{
-			name: "rejects a resource query that is not a valid template",
-			yaml: "resourceRules:\n  cpu:\n    containerQuery: 'sum(<<.LabelMatchers)'\n    nodeQuery: n\n    resources: {template: <<.Resource>>}\n    containerLabel: container\n  memory:\n    containerQuery: m\n    nodeQuery: n\n    resources: {template: <<.Resource>>}\n    containerLabel: container\n  window: 1m\n",
-			want: []string{"cfg.yaml:3", "resourceRules.cpu.containerQuery: invalid template"},
-		},
-	}
-	for _, tc := range tests {
+		{name: "rejects an empty file", yaml: "# nothing\n", want: []string{"cfg.yaml", "empty"}},
+		{name: "rejects YAML that does not parse", yaml: "rules: [\n", want: []string{"cfg.yaml", "line"}},
+		{name: "rejects a rules section that is not a list", yaml: "rules: x\n", want: []string{"cfg.yaml", "line 1", "cannot unmarshal"}},
+		{name: "rejects an unknown top-level key and suggests the right one", yaml: "rule:\n- seriesQuery: x\n", want: []string{"cfg.yaml:1", "rule: unknown field", `did you mean "rules"`}},
+		{name: "rejects an unknown key inside a rule", yaml: "rules:\n- seriesQuery: x\n  metricQuery: y\n", want: []string{"cfg.yaml:3", "rules[0].metricQuery: unknown field", `did you mean "metricsQuery"`}},
+		{name: "rejects an unknown key deep inside overrides", yaml: "rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      pod: {grop: x, resource: pod}\n",
+			want: []string{"cfg.yaml:5", "rules[0].resources.overrides.pod.grop: unknown field", `did you mean "group"`}},
+		{name: "rejects an unknown key with no close match by listing the known ones", yaml: "rules:\n- seriesQuery: x\n  name:\n    zzzzzz: y\n",
+			want: []string{"cfg.yaml:4", "rules[0].name.zzzzzz: unknown field", "known fields: matches, as"}},
+		{name: "reports every unknown key", yaml: "rules:\n- seriesQuery: x\n  metricQuery: y\n- seriesQuery: x\n  nmae: {}\n",
+			want: []string{"cfg.yaml:3: rules[0].metricQuery", "cfg.yaml:5: rules[1].nmae", `did you mean "name"`}},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.yaml), "cfg.yaml")
 			if err == nil {
@@ -310,15 +155,25 @@ func TestParseRejects(t *testing.T) {
 	}
 }
 
-func TestParseReportsEveryProblem(t *testing.T) {
-	yaml := "rules:\n- seriesQuery: ''\n  metricsQuery: ''\n- seriesQuery: x\n  name: {matches: '('}\n  metricsQuery: y\n"
-	_, err := Parse([]byte(yaml), "cfg.yaml")
-	if err == nil {
-		t.Fatal("Parse() succeeded")
+// Where names a field with its file and line, for compile errors.
+func TestWhere(t *testing.T) {
+	c, err := Parse([]byte("rules:\n- seriesQuery: x\n  resources:\n    aggregateFromPods:\n    - a\n    - b\n  metricsQuery: y\n"), "cfg.yaml")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, want := range []string{"cfg.yaml:2: rules[0].seriesQuery", "cfg.yaml:3: rules[0].metricsQuery", "cfg.yaml:5: rules[1].name.matches"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error %q does not contain %q", err, want)
+	for _, tc := range []struct {
+		section string
+		i       int
+		field   string
+		want    string
+	}{
+		{"rules", 0, "metricsQuery", "cfg.yaml:7: rules[0].metricsQuery"},
+		{"rules", 0, "resources.aggregateFromPods[1]", "cfg.yaml:6: rules[0].resources.aggregateFromPods[1]"},
+		{"rules", 0, "name.as", "cfg.yaml:2: rules[0].name.as"},
+		{"resourceRules", -1, "window", "cfg.yaml:1: resourceRules.window"},
+	} {
+		if got := c.Where(tc.section, tc.i, tc.field); got != tc.want {
+			t.Errorf("Where(%s, %d, %s) = %q, want %q", tc.section, tc.i, tc.field, got, tc.want)
 		}
 	}
 }
@@ -329,23 +184,6 @@ func TestParseRejectsAFileWithNothingToServe(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "cfg.yaml: no rules, externalRules or resourceRules") {
 			t.Errorf("%q: error %v, want one saying there is nothing to serve", text, err)
 		}
-	}
-}
-
-func TestParseCanonicalisesAggregateFromPods(t *testing.T) {
-	yaml := "rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      namespace: {resource: namespace}\n      pod: {resource: pod}\n    aggregateFromPods: [Deployment, ingress, svc.apps]\n  metricsQuery: y\n"
-	_, err := Parse([]byte(yaml), "cfg.yaml")
-	if err == nil || !strings.Contains(err.Error(), `"svc.apps" cannot be resolved`) {
-		t.Fatalf("Parse() error = %v, want svc.apps rejected", err)
-	}
-	yaml = strings.Replace(yaml, ", svc.apps", "", 1)
-	c, err := Parse([]byte(yaml), "cfg.yaml")
-	if err != nil {
-		t.Fatalf("Parse() error: %v", err)
-	}
-	want := []string{"deployments.apps", "ingresses.networking.k8s.io"}
-	if d := cmp.Diff(want, c.Rules[0].Resources.AggregateFromPods); d != "" {
-		t.Errorf("aggregateFromPods (-want +got):\n%s", d)
 	}
 }
 
@@ -365,35 +203,5 @@ func TestLoad(t *testing.T) {
 	_, err = Load(filepath.Join(dir, "missing.yaml"))
 	if err == nil || !strings.Contains(err.Error(), "missing.yaml") {
 		t.Errorf("Load(missing) error = %v, want one naming the file", err)
-	}
-}
-
-func TestNameMappingAsDefaults(t *testing.T) {
-	tests := []struct {
-		name    string
-		mapping NameMapping
-		want    string
-		wantErr bool
-	}{
-		{name: "defaults to $0 without capture groups", mapping: NameMapping{Matches: "^foo$"}, want: "$0"},
-		{name: "defaults to $1 with one capture group", mapping: NameMapping{Matches: "^(.*)_total$"}, want: "$1"},
-		{name: "keeps an explicit as", mapping: NameMapping{Matches: "(a)(b)", As: "${2}"}, want: "${2}"},
-		{name: "fails with two groups and no as", mapping: NameMapping{Matches: "(a)(b)"}, wantErr: true},
-		{name: "treats an empty matches as .*", mapping: NameMapping{}, want: "$0"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			re, err := tc.mapping.NameRegexp()
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := tc.mapping.AsTemplate(re)
-			if (err != nil) != tc.wantErr {
-				t.Fatalf("AsTemplate() error = %v, wantErr %v", err, tc.wantErr)
-			}
-			if got != tc.want {
-				t.Errorf("AsTemplate() = %q, want %q", got, tc.want)
-			}
-		})
 	}
 }

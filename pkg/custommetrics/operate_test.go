@@ -3,6 +3,7 @@ package custommetrics
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -11,7 +12,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakeprom"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
@@ -124,5 +127,37 @@ rules:
 	}
 	if len(overlaps) != 2 || overlaps[0].Metric != "app-requests-rate" || overlaps[0].Kept.Rule.String() != "rules[0]" || overlaps[0].Ignored.Rule.String() != "rules[1]" {
 		t.Errorf("overlaps = %+v, want rules[1] shadowed by rules[0] on pods and namespaces", overlaps)
+	}
+}
+
+// The REST mapper's answers are remembered for resources the cluster
+// serves only, and at most maxRemembered of them: a client naming made-up
+// resources cannot grow the adapter's memory.
+func TestTheResourceMemoIsBounded(t *testing.T) {
+	m := newResourceMemo()
+	mapper := fakemapper.New()
+	for i := range 10_000 {
+		m.lookup(mapper, schema.GroupResource{Group: "made.up", Resource: fmt.Sprintf("widgets%d", i)})
+	}
+	if n := m.len(); n != 0 {
+		t.Errorf("%d unknown resources remembered, want none", n)
+	}
+	for range 3 {
+		for _, gr := range []schema.GroupResource{{Resource: "pods"}, {Resource: "pod"}, {Group: "apps", Resource: "deployments"}} {
+			if ri := m.lookup(mapper, gr); ri.kind == "" {
+				t.Errorf("%s: no kind", gr)
+			}
+		}
+	}
+	if n := m.len(); n != 3 {
+		t.Errorf("%d remembered after three known spellings, want 3", n)
+	}
+	// At the bound it starts over.
+	for i := m.len(); i < maxRemembered; i++ {
+		m.m[schema.GroupResource{Resource: fmt.Sprint(i)}] = resourceInfo{}
+	}
+	m.lookup(mapper, schema.GroupResource{Resource: "services"})
+	if n := m.len(); n != 1 {
+		t.Errorf("%d remembered after one more past the bound of %d, want 1", n, maxRemembered)
 	}
 }

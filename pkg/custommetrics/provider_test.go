@@ -98,10 +98,11 @@ func compileRules(t *testing.T, cfgYAML string) []*rules.Rule {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs, err := rules.Compile("rules", cfg.Rules)
+	set, err := rules.CompileSet(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	rs := set.Custom
 	return rs
 }
 

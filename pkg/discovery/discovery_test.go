@@ -326,10 +326,11 @@ rules:
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs, err := rules.Compile("rules", cfg.Rules)
+	set, err := rules.CompileSet(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	rs := set.Custom
 	boom := errors.New("connection refused")
 	r := Result{
 		Series: map[string][]model.LabelSet{rs[0].SeriesQuery(): nil},

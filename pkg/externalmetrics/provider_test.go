@@ -57,14 +57,20 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	return newFixtureFor(t, cfgYAML, series)
+}
+
+func newFixtureFor(t *testing.T, cfgYAML string, series []map[string]string) *fixture {
+	t.Helper()
 	cfg, err := config.Parse([]byte(cfgYAML), "test.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs, err := rules.Compile("externalRules", cfg.ExternalRules)
+	set, err := rules.CompileSet(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	rs := set.External
 	fp := fakeprom.NewInMemory(t, series)
 	client, err := promclient.New(promclient.Config{URL: fp.URL, RoundTripper: fp.Transport(), Timeout: time.Second})
 	if err != nil {
@@ -244,5 +250,53 @@ func TestUnknownMetricWhileSomeRulesNeverListedIsUnavailable(t *testing.T) {
 	_, err := f.p.GetExternalMetric(context.Background(), "jobs", labels.Everything(), info("queue_depth"))
 	if !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "externalRules[0]") {
 		t.Errorf("error = %v, want 503 naming the rules that could not list", err)
+	}
+}
+
+// A file in the shape of prometheus-adapter's sample configuration: a
+// namespaced external rule whose series have no namespace label is left
+// out (prometheus-adapter would serve it across every namespace), its
+// metric answers 404 saying why, and every other rule serves.
+const sampleShaped = `
+rules:
+- seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
+  resources: {overrides: {namespace: {resource: namespace}, pod: {resource: pod}}}
+  name: {matches: "^container_(.*)_seconds_total$"}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)
+- seriesQuery: 'cheddar{sharp="true"}'
+  name: {as: cheesy_goodness}
+  resources: {overrides: {brand: {group: cheese.io, resource: brand}}}
+  metricsQuery: count(cheddar{sharp="true"})
+externalRules:
+- seriesQuery: 'queue_consumer_lag{name!=""}'
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (name)
+- seriesQuery: 'queue_depth{topic!=""}'
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (name)
+  resources:
+    namespaced: false
+`
+
+func TestALeftOutRuleIsAnswered404WithWhyAndTheOthersServe(t *testing.T) {
+	f := newFixtureFor(t, sampleShaped, []map[string]string{
+		{"__name__": "queue_consumer_lag", "name": "orders"},
+		{"__name__": "queue_depth", "topic": "t", "name": "orders"},
+	})
+	f.discover(t)
+	f.prom.Vecs[`sum(queue_depth{}) by (name)`] = []fakeprom.Sample{{Labels: map[string]string{"name": "orders"}, Value: "4", TS: 1700000000}}
+	list, err := f.p.GetExternalMetric(context.Background(), "default", labels.Everything(), info("queue_depth"))
+	if err != nil || len(list.Items) != 1 {
+		t.Errorf("the other rule: %v, %v; want its value", list, err)
+	}
+	_, err = f.p.GetExternalMetric(context.Background(), "default", labels.Everything(), info("queue_consumer_lag"))
+	for _, want := range []string{"the rule that would serve it is left out", "test.yaml:12: externalRules[0]", "namespaced: false"} {
+		if !apierrors.IsNotFound(err) || !strings.Contains(err.Error(), want) {
+			t.Errorf("the left-out rule's metric: %v, want a 404 saying %q", err, want)
+		}
+	}
+	if got := f.prom.Received(); len(got) != 1 {
+		t.Errorf("queries sent: %v, want only the served rule's", got)
+	}
+	if d := cmp.Diff([]provider.ExternalMetricInfo{{Metric: "queue_depth"}}, f.p.ListAllExternalMetrics()); d != "" {
+		t.Errorf("ListAllExternalMetrics (-want +got):\n%s", d)
 	}
 }

@@ -106,6 +106,14 @@ var (
 		StabilityLevel: basemetrics.ALPHA,
 	}, []string{"result"})
 
+	rulesLeftOut = basemetrics.NewGaugeVec(&basemetrics.GaugeOpts{
+		Namespace:      Namespace,
+		Subsystem:      "config",
+		Name:           "rule_left_out",
+		Help:           "1 for each rule of the rules file that is left out because it cannot be served correctly (the log and check-config say why); every other rule serves.",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"rule"})
+
 	resolvedObjects = basemetrics.NewHistogramVec(&basemetrics.HistogramOpts{
 		Namespace:      Namespace,
 		Subsystem:      "request",
@@ -117,7 +125,7 @@ var (
 
 	all = []basemetrics.Registerable{
 		queryDuration, discoveryDuration, discoveryLastSuccess, discoveredMetrics,
-		reloadSuccessful, reloadLastSuccess, reloads, resolvedObjects,
+		reloadSuccessful, reloadLastSuccess, reloads, resolvedObjects, rulesLeftOut,
 	}
 )
 
@@ -233,6 +241,14 @@ var (
 	discoveredMu    sync.Mutex
 	discoveredRules = map[string][]string{}
 )
+
+// SetLeftOut replaces the rules reported as left out.
+func SetLeftOut(rules []string) {
+	rulesLeftOut.Reset()
+	for _, r := range rules {
+		rulesLeftOut.WithLabelValues(r).Set(1)
+	}
+}
 
 // SetLoaded records the rules loaded at startup: not a reload.
 func SetLoaded(at time.Time) {

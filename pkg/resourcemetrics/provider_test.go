@@ -84,9 +84,11 @@ func newFixture(t *testing.T, withRules bool) *fixture {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rr, err = rules.CompileResourceRules(cfg.ResourceRules); err != nil {
+		set, err := rules.CompileSet(cfg)
+		if err != nil {
 			t.Fatal(err)
 		}
+		rr = set.Resource
 	}
 	objs := &fakeObjects{objs: map[resolver.Watch][]*metav1.PartialObjectMetadata{
 		// The running pods only, as metrics-server serves: a Pending pod

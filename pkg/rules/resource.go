@@ -1,9 +1,11 @@
 package rules
 
 import (
-	"fmt"
+	"reflect"
 	"text/template"
 	"time"
+
+	"github.com/prometheus/common/model"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
@@ -32,54 +34,61 @@ type ResourceQuery struct {
 	node      *template.Template
 }
 
-// CompileResourceRules compiles a validated resourceRules section.
-func CompileResourceRules(c *config.ResourceRules) (*ResourceRules, error) {
-	cpu, err := compileResource("cpu", c.CPU)
-	if err != nil {
-		return nil, err
-	}
-	mem, err := compileResource("memory", c.Memory)
-	if err != nil {
-		return nil, err
-	}
-	rr := &ResourceRules{CPU: cpu, Memory: mem, Window: time.Duration(c.Window)}
-	if rr.Window == 0 {
-		sample, err := cpu.RenderContainers([]promql.Matcher{promql.Equals(cpu.PodLabel, "p")}, []string{cpu.PodLabel})
-		if err != nil {
-			return nil, err
-		}
+// resourceRules compiles the resourceRules section.
+func (c *compiler) resourceRules(cr *config.ResourceRules) *ResourceRules {
+	const section = "resourceRules"
+	rr := &ResourceRules{CPU: c.resource("cpu", cr.CPU), Memory: c.resource("memory", cr.Memory), Window: time.Duration(cr.Window)}
+	switch {
+	case cr.Window < 0:
+		c.fail(section, -1, "window", "must be positive, got %s", cr.Window)
+	case cr.Window == 0 && rr.CPU != nil && rr.CPU.container != nil:
+		sample, err := rr.CPU.RenderContainers([]promql.Matcher{promql.Equals(rr.CPU.PodLabel, "p")}, []string{rr.CPU.PodLabel})
 		d, ok := promql.Window(sample)
-		if !ok {
-			return nil, fmt.Errorf("resourceRules.window: not set, and cpu.containerQuery has no range to take it from")
+		if err != nil || !ok {
+			c.fail(section, -1, "window", "is not set and cpu.containerQuery has no range ([1m]) to take it from")
 		}
 		rr.Window = d
 	}
-	return rr, nil
+	return rr
 }
 
-func compileResource(name string, c config.ResourceRule) (*ResourceQuery, error) {
-	q := &ResourceQuery{Name: name, ContainerLabel: c.ContainerLabel}
-	var err error
-	if q.container, err = config.ParseQueryTemplate(c.ContainerQuery); err != nil {
-		return nil, fmt.Errorf("resourceRules.%s.containerQuery: %w", name, err)
+// resource compiles resourceRules.cpu or .memory.
+func (c *compiler) resource(name string, cr config.ResourceRule) *ResourceQuery {
+	const section = "resourceRules"
+	if reflect.ValueOf(cr).IsZero() {
+		c.fail(section, -1, name, "is required: resourceRules serve both cpu and memory")
+		return nil
 	}
-	if q.node, err = config.ParseQueryTemplate(c.NodeQuery); err != nil {
-		return nil, fmt.Errorf("resourceRules.%s.nodeQuery: %w", name, err)
-	}
-	m, err := compileMapping(c.Resources)
-	if err != nil {
-		return nil, fmt.Errorf("resourceRules.%s.%w", name, err)
+	q := &ResourceQuery{Name: name, ContainerLabel: cr.ContainerLabel}
+	q.container = c.queryTemplate(section, -1, name+".containerQuery", cr.ContainerQuery,
+		"sum by (<<.GroupBy>>) (rate(container_cpu_usage_seconds_total{container!=\"\",<<.LabelMatchers>>}[1m]))")
+	q.node = c.queryTemplate(section, -1, name+".nodeQuery", cr.NodeQuery,
+		"sum by (<<.GroupBy>>) (rate(container_cpu_usage_seconds_total{id=\"/\",<<.LabelMatchers>>}[1m]))")
+	m := c.mapping(section, -1, name+".resources", cr.Resources)
+	if cr.Resources.Namespaced != nil || len(cr.Resources.AggregateFromPods) > 0 {
+		c.fail(section, -1, name+".resources", "takes only overrides and template")
 	}
 	for _, l := range []struct {
 		singular string
 		dst      *string
 	}{{"pod", &q.PodLabel}, {"namespace", &q.NamespaceLabel}, {"node", &q.NodeLabel}} {
 		var ok bool
-		if *l.dst, ok = m.LabelFor(l.singular); !ok {
-			return nil, fmt.Errorf("resourceRules.%s.resources: no label maps to %ss", name, l.singular)
+		if *l.dst, ok = m.LabelFor(l.singular); ok {
+			continue
+		}
+		if cr.Resources.Template == "" {
+			c.fail(section, -1, name+".resources.overrides", "no label maps to %ss: add %s: {resource: %s} (with the label your series use), or a template", l.singular, l.singular, l.singular)
+		} else {
+			c.fail(section, -1, name+".resources.template", "renders no valid label name for %ss: add an override %s: {resource: %s}", l.singular, l.singular, l.singular)
 		}
 	}
-	return q, nil
+	switch {
+	case cr.ContainerLabel == "":
+		c.fail(section, -1, name+".containerLabel", "is required: the label holding the container name (cAdvisor's is container)")
+	case !model.LegacyValidation.IsValidLabelName(cr.ContainerLabel):
+		c.fail(section, -1, name+".containerLabel", "%q is not a valid Prometheus label name", cr.ContainerLabel)
+	}
+	return q
 }
 
 // RenderContainers renders the container query for the given matchers,

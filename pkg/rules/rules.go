@@ -20,7 +20,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/podowners"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 )
 
@@ -78,74 +77,6 @@ type filter struct {
 	keep bool
 }
 
-// Compile compiles the validated rules of one section ("rules" or
-// "externalRules") of a config file.
-func Compile(section string, cfg []config.Rule) ([]*Rule, error) {
-	out := make([]*Rule, 0, len(cfg))
-	for i, c := range cfg {
-		r, err := compile(section, i, c)
-		if err != nil {
-			return nil, fmt.Errorf("%s[%d]: %w", section, i, err)
-		}
-		out = append(out, r)
-	}
-	return out, nil
-}
-
-func compile(section string, i int, c config.Rule) (*Rule, error) {
-	r := &Rule{Index: i, Section: section, name: fmt.Sprintf("%s[%d]", section, i), seriesQuery: c.SeriesQuery, namespaced: c.Resources.IsNamespaced()}
-	for _, f := range c.SeriesFilters {
-		expr, keep := f.Is, true
-		if f.IsNot != "" {
-			expr, keep = f.IsNot, false
-		}
-		re, err := regexp.Compile(expr)
-		if err != nil {
-			return nil, fmt.Errorf("seriesFilters: %w", err)
-		}
-		r.filters = append(r.filters, filter{re: re, keep: keep})
-	}
-	var err error
-	if r.nameRe, err = c.Name.NameRegexp(); err != nil {
-		return nil, fmt.Errorf("name.matches: %w", err)
-	}
-	if r.nameAs, err = c.Name.AsTemplate(r.nameRe); err != nil {
-		return nil, err
-	}
-	if r.query, err = config.ParseQueryTemplate(c.MetricsQuery); err != nil {
-		return nil, fmt.Errorf("metricsQuery: %w", err)
-	}
-	if r.mapping, err = compileMapping(c.Resources); err != nil {
-		return nil, err
-	}
-	for _, name := range c.Resources.AggregateFromPods {
-		owner, ok := podowners.Lookup(name)
-		if !ok {
-			return nil, fmt.Errorf("resources.aggregateFromPods: %q cannot be resolved to pods", name)
-		}
-		r.aggregate = append(r.aggregate, owner.GVR.GroupResource())
-	}
-	r.replacements = c.LabelValueReplacements
-	return r, nil
-}
-
-func compileMapping(c config.ResourceMapping) (mapping, error) {
-	m := mapping{overrides: map[string]schema.GroupResource{}}
-	for label, gr := range c.Overrides {
-		m.overrides[label] = schema.GroupResource{Group: gr.Group, Resource: gr.Resource}
-	}
-	if c.Template != "" {
-		var err error
-		if m.resTemplate, err = config.ParseResourceTemplate(c.Template); err != nil {
-			return m, fmt.Errorf("resources.template: %w", err)
-		}
-		if err := m.compileReverseTemplate(); err != nil {
-			return m, fmt.Errorf("resources.template: %w", err)
-		}
-	}
-	return m, nil
-}
-
 // LabelFor returns the series label that holds the names of a core
 // resource ("namespace", "pod", "node", singular): the override naming it,
 // else the resources.template rendered for it. It reports false when
@@ -165,7 +96,7 @@ func (m *mapping) LabelFor(singular string) (string, bool) {
 	if m.resTemplate == nil {
 		return "", false
 	}
-	if label, ok := config.TemplateLabel(m.resTemplate, singular); ok {
+	if label, ok := templateLabel(m.resTemplate, singular); ok {
 		return label, true
 	}
 	return "", false
@@ -177,7 +108,7 @@ func (m *mapping) LabelFor(singular string) (string, bool) {
 func (r *mapping) compileReverseTemplate() error {
 	const groupTok, resTok = "\x00GROUP\x00", "\x00RESOURCE\x00"
 	var b strings.Builder
-	if err := r.resTemplate.Execute(&b, config.ResourceTemplateData{Group: groupTok, Resource: resTok}); err != nil {
+	if err := r.resTemplate.Execute(&b, ResourceTemplateData{Group: groupTok, Resource: resTok}); err != nil {
 		return err
 	}
 	rendered := b.String()
@@ -292,7 +223,7 @@ func (r *Rule) Render(series string, matchers []promql.Matcher, groupBy []string
 // values joined by | as prometheus-adapter's documentation says), escaped
 // for a double-quoted PromQL string: `pod=~"<<index .LabelValuesByName
 // "pod">>"` selects those objects and nothing else, whatever their names.
-func QueryData(series string, matchers []promql.Matcher, groupBy []string) config.QueryData {
+func QueryData(series string, matchers []promql.Matcher, groupBy []string) TemplateData {
 	valuesByName := map[string]string{}
 	for _, m := range matchers {
 		if _, dup := valuesByName[m.Name]; dup {
@@ -305,7 +236,7 @@ func QueryData(series string, matchers []promql.Matcher, groupBy []string) confi
 			valuesByName[m.Name] = promql.StringBody(m.Value)
 		}
 	}
-	return config.QueryData{
+	return TemplateData{
 		Series:            series,
 		LabelMatchers:     promql.Join(matchers),
 		LabelValuesByName: valuesByName,
@@ -314,7 +245,7 @@ func QueryData(series string, matchers []promql.Matcher, groupBy []string) confi
 	}
 }
 
-func execute(t *template.Template, what string, data config.QueryData) (string, error) {
+func execute(t *template.Template, what string, data TemplateData) (string, error) {
 	var b strings.Builder
 	if err := t.Execute(&b, data); err != nil {
 		return "", fmt.Errorf("rendering %s: %w", what, err)
@@ -357,44 +288,3 @@ func (r *Rule) LabelValues(names []string) (values []string, byValue map[string]
 
 // SeriesName returns the metric name of a discovered series.
 func SeriesName(ls model.LabelSet) string { return string(ls[model.MetricNameLabel]) }
-
-// Set is a whole compiled config file: the rules of each metrics API.
-type Set struct {
-	// Custom are the rules section (custom.metrics.k8s.io).
-	Custom []*Rule
-	// External are the externalRules section (external.metrics.k8s.io).
-	External []*Rule
-	// Resource is the resourceRules section (metrics.k8s.io); nil when
-	// the file has none.
-	Resource *ResourceRules
-}
-
-// CompileSet compiles a validated config file.
-func CompileSet(c *config.Config) (*Set, error) {
-	var s Set
-	var err error
-	if s.Custom, err = Compile("rules", c.Rules); err != nil {
-		return nil, err
-	}
-	if s.External, err = Compile("externalRules", c.ExternalRules); err != nil {
-		return nil, err
-	}
-	if c.ResourceRules != nil {
-		if s.Resource, err = CompileResourceRules(c.ResourceRules); err != nil {
-			return nil, err
-		}
-	}
-	return &s, nil
-}
-
-// SeriesQueries returns the distinct seriesQuery selectors of the custom
-// and external rules, in file order.
-func (s *Set) SeriesQueries() []string {
-	var out []string
-	for _, r := range append(slices.Clone(s.Custom), s.External...) {
-		if !slices.Contains(out, r.SeriesQuery()) {
-			out = append(out, r.SeriesQuery())
-		}
-	}
-	return out
-}

@@ -10,21 +10,16 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 )
 
 func compileOne(t *testing.T, yaml string) *Rule {
 	t.Helper()
-	c, err := config.Parse([]byte(yaml), "test.yaml")
+	s, err := Parse([]byte(yaml), "test.yaml")
 	if err != nil {
-		t.Fatalf("config.Parse: %v", err)
+		t.Fatalf("Parse: %v", err)
 	}
-	rs, err := Compile("rules", c.Rules)
-	if err != nil {
-		t.Fatalf("Compile: %v", err)
-	}
-	return rs[0]
+	return s.Custom[0]
 }
 
 func TestMetricName(t *testing.T) {
@@ -104,11 +99,8 @@ func TestRender(t *testing.T) {
 	}
 
 	// Validation renders sample data; this template only fails on other data.
-	rs, err := Compile("rules", []config.Rule{{SeriesQuery: "x", MetricsQuery: "<<index .GroupBySlice 1>>"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = rs[0].Render("x", nil, []string{"pod"})
+	r = compileOne(t, "rules:\n- seriesQuery: x\n  metricsQuery: <<index .GroupBySlice 0>>\n")
+	_, err = r.Render("x", nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "rules[0]") {
 		t.Errorf("Render() error = %v, want one naming the rule", err)
 	}

@@ -1,0 +1,100 @@
+package catalog
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/common/model"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+)
+
+// Three external rules: two name the same metric, the third is left out.
+const file = `externalRules:
+- seriesQuery: a_total
+  resources: {namespaced: false}
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>})
+- seriesQuery: a_total
+  resources: {namespaced: false}
+  metricsQuery: max(<<.Series>>{<<.LabelMatchers>>})
+- seriesQuery: b_total
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>})
+`
+
+func newCatalog(t *testing.T) (*Catalog[string, int], []*rules.Rule) {
+	t.Helper()
+	set, err := rules.Parse([]byte(file), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gr := schema.GroupResource{Resource: "externalmetrics"}
+	return New(Config[string, int]{
+		API:   "external",
+		Rules: set.External,
+		Build: func(rs []*rules.Rule, round discovery.Result, idx *Index[string, int]) {
+			for i, r := range rs {
+				for _, ls := range round.Series[r.SeriesQuery()] {
+					name := rules.SeriesName(ls)
+					if r.LeftOut() != nil {
+						idx.Refuse(name, r.LeftOut())
+						continue
+					}
+					idx.Add(name, Entry[int]{Source: Source{Rule: r, Series: name}, Value: i})
+				}
+			}
+		},
+		Compare:  strings.Compare,
+		Describe: func(k string, e Entry[int]) Served { return Served{Source: e.Source, Metric: k} },
+		NotFound: func(k, why string) error { return apierrors.NewNotFound(gr, k+": "+why) },
+	}), set.External
+}
+
+func round(queries ...string) discovery.Result {
+	r := discovery.Result{Series: map[string][]model.LabelSet{}}
+	for _, q := range queries {
+		r.Series[q] = []model.LabelSet{{"__name__": model.LabelValue(q)}}
+	}
+	return r
+}
+
+func TestLookup(t *testing.T) {
+	c, rs := newCatalog(t)
+	if _, err := c.Lookup("a_total", "external metric a_total", "externalRules"); !apierrors.IsServiceUnavailable(err) {
+		t.Errorf("before discovery: %v, want 503", err)
+	}
+	// b_total's rule was never listed: an unknown metric may be its.
+	c.Update(discovery.Result{Series: round("a_total").Series, Failed: map[string]error{"b_total": errors.New("refused")}})
+	if _, err := c.Lookup("c_total", "external metric c_total", "externalRules"); !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("with a rule pending: %v, want 503 naming why", err)
+	}
+	e, err := c.Lookup("a_total", "", "")
+	if err != nil || e.Rule != rs[0] || e.Value != 0 {
+		t.Errorf("a_total: %+v %v, want the first rule in the file", e, err)
+	}
+	want := []Overlap{{Metric: "a_total", Kept: Source{rs[0], "a_total"}, Ignored: Source{rs[1], "a_total"}}}
+	served, overlaps := c.Served()
+	if d := cmp.Diff(want, overlaps, cmp.Comparer(func(a, b *rules.Rule) bool { return a == b })); d != "" {
+		t.Errorf("overlaps (-want +got):\n%s", d)
+	}
+	if len(served) != 1 || served[0].Rule != rs[0] {
+		t.Errorf("served = %+v", served)
+	}
+
+	c.Update(round("a_total", "b_total"))
+	_, err = c.Lookup("b_total", "", "")
+	if !apierrors.IsNotFound(err) || !strings.Contains(err.Error(), "left out") || !strings.Contains(err.Error(), "c.yaml:8") {
+		t.Errorf("a left-out rule's metric: %v, want 404 saying why", err)
+	}
+	if _, err := c.Lookup("c_total", "", ""); !apierrors.IsNotFound(err) || strings.Contains(err.Error(), "left out") {
+		t.Errorf("an unknown metric: %v, want a plain 404", err)
+	}
+	if got := c.Index().Len(); got != 1 {
+		t.Errorf("%d metrics served, want 1", got)
+	}
+}

@@ -1,0 +1,224 @@
+package rules
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"k8s.io/apimachinery/pkg/runtime/schema"
+)
+
+// Compiling is validating: every problem a rules file can have is refused
+// at load, naming the file, the line, the rule and the field.
+func TestCompileRejects(t *testing.T) {
+	const good = `  resources:
+    overrides:
+      namespace: {resource: namespace}
+      pod: {resource: pod}
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+`
+	tests := []struct {
+		name string
+		yaml string
+		// every string must appear in the error
+		want []string
+	}{
+		{
+			name: "rejects a rule without seriesQuery",
+			yaml: "rules:\n- name: {as: foo}\n" + good,
+			want: []string{"cfg.yaml:2", "rules[0].seriesQuery: is required"},
+		},
+		{
+			name: "rejects a rule without metricsQuery",
+			yaml: "rules:\n- seriesQuery: x\n",
+			want: []string{"cfg.yaml:2", "rules[0].metricsQuery: is required"},
+		},
+		{
+			name: "rejects a metricsQuery that is not a valid template",
+			yaml: "rules:\n- seriesQuery: x\n  metricsQuery: 'sum(<<.Series'\n",
+			want: []string{"rules[0].metricsQuery: invalid template"},
+		},
+		{
+			name: "rejects a metricsQuery using a field templates do not have",
+			yaml: "rules:\n- seriesQuery: x\n  metricsQuery: 'sum(<<.Serie>>)'\n",
+			want: []string{"cfg.yaml:3", "rules[0].metricsQuery: template cannot be rendered", "Serie"},
+		},
+		{
+			name: "rejects an invalid name.matches",
+			yaml: "rules:\n- seriesQuery: x\n  name:\n    matches: '('\n" + good,
+			want: []string{"cfg.yaml:4", "rules[0].name.matches: invalid regular expression"},
+		},
+		{
+			name: "rejects name.matches with two groups and no as",
+			yaml: "rules:\n- seriesQuery: x\n  name:\n    matches: '(a)(b)'\n" + good,
+			want: []string{"rules[0].name.as", "2 capture groups"},
+		},
+		{
+			name: "rejects a filter with both is and isNot",
+			yaml: "rules:\n- seriesQuery: x\n  seriesFilters:\n  - {is: a, isNot: b}\n" + good,
+			want: []string{"cfg.yaml:4", "rules[0].seriesFilters[0]: sets both is and isNot"},
+		},
+		{
+			name: "rejects a filter with neither is nor isNot",
+			yaml: "rules:\n- seriesQuery: x\n  seriesFilters:\n  - {}\n" + good,
+			want: []string{"rules[0].seriesFilters[0]: sets neither"},
+		},
+		{
+			name: "rejects a filter with an invalid regex",
+			yaml: "rules:\n- seriesQuery: x\n  seriesFilters:\n  - isNot: '['\n" + good,
+			want: []string{"rules[0].seriesFilters[0]: invalid regular expression"},
+		},
+		{
+			name: "rejects an override without resource",
+			yaml: "rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      pod: {group: ''}\n  metricsQuery: y\n",
+			want: []string{"cfg.yaml:5", "rules[0].resources.overrides.pod: resource is required"},
+		},
+		{
+			name: "rejects an override on an invalid label name",
+			yaml: "rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      kube-pod: {resource: pod}\n  metricsQuery: y\n",
+			want: []string{"rules[0].resources.overrides.kube-pod", "not a valid Prometheus label name"},
+		},
+		{
+			name: "rejects a resource template that cannot be parsed",
+			yaml: "rules:\n- seriesQuery: x\n  resources:\n    template: '<<.Resource'\n  metricsQuery: y\n",
+			want: []string{"cfg.yaml:4", "rules[0].resources.template: invalid template"},
+		},
+		{
+			name: "rejects a resource template without .Resource",
+			yaml: "rules:\n- seriesQuery: x\n  resources:\n    template: 'kube_<<.Group>>'\n  metricsQuery: y\n",
+			want: []string{"rules[0].resources.template: must use <<.Resource>>"},
+		},
+		{
+			name: "rejects aggregateFromPods with a resource that has no pods",
+			yaml: "rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      namespace: {resource: namespace}\n      pod: {resource: pod}\n    aggregateFromPods: [configmaps]\n  metricsQuery: y\n",
+			want: []string{"rules[0].resources.aggregateFromPods[0]", `"configmaps" cannot be resolved to pods`},
+		},
+		{
+			name: "rejects aggregateFromPods listing a resource twice",
+			yaml: "rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      namespace: {resource: namespace}\n      pod: {resource: pod}\n    aggregateFromPods: [deployments.apps, deployment]\n  metricsQuery: y\n",
+			want: []string{"rules[0].resources.aggregateFromPods[1]", "listed twice"},
+		},
+		{
+			name: "rejects aggregateFromPods without pod and namespace labels",
+			yaml: "rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      pod: {resource: pod}\n    aggregateFromPods: [services]\n  metricsQuery: y\n",
+			want: []string{"rules[0].resources.aggregateFromPods: needs series labels for pods and namespaces"},
+		},
+		{
+			name: "rejects a label value replacement without find",
+			yaml: "rules:\n- seriesQuery: x\n  labelValueReplacements:\n  - {replace: x}\n" + good,
+			want: []string{"rules[0].labelValueReplacements[0].find: is required"},
+		},
+		{
+			name: "rejects namespaced in a custom rule",
+			yaml: "rules:\n- seriesQuery: x\n  metricsQuery: y\n  resources:\n    namespaced: false\n",
+			want: []string{"cfg.yaml:5", "rules[0].resources.namespaced: only externalRules take namespaced"},
+		},
+		{
+			name: "rejects aggregateFromPods in an external rule",
+			yaml: "externalRules:\n- seriesQuery: x\n  metricsQuery: y\n  resources:\n    namespaced: false\n    aggregateFromPods: [deployments.apps]\n",
+			want: []string{"cfg.yaml:6", "externalRules[0].resources.aggregateFromPods", "belongs in rules"},
+		},
+		{
+			name: "rejects resourceRules without memory",
+			yaml: "resourceRules:\n  cpu:\n    containerQuery: sum(rate(c{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)\n    nodeQuery: sum(rate(n{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)\n    resources: {overrides: {pod: {resource: pod}, namespace: {resource: namespace}, node: {resource: node}}}\n    containerLabel: container\n",
+			want: []string{"cfg.yaml:1", "resourceRules.memory: is required"},
+		},
+		{
+			name: "rejects a resource rule that maps no label to nodes, or names no container label",
+			yaml: "resourceRules:\n  cpu:\n    containerQuery: sum(rate(c{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)\n    nodeQuery: n\n    resources: {overrides: {pod: {resource: pod}, namespace: {resource: namespace}}}\n  memory:\n    containerQuery: c\n    nodeQuery: n\n    resources: {template: <<.Resource>>}\n    containerLabel: 'a-b'\n",
+			want: []string{"cfg.yaml:5", "resourceRules.cpu.resources.overrides: no label maps to nodes", "resourceRules.cpu.containerLabel: is required", "cfg.yaml:10", `resourceRules.memory.containerLabel: "a-b" is not a valid Prometheus label name`},
+		},
+		{
+			name: "rejects resourceRules without a window and a CPU query without a range",
+			yaml: "resourceRules:\n  cpu:\n    containerQuery: sum(c{<<.LabelMatchers>>}) by (<<.GroupBy>>)\n    nodeQuery: n\n    resources: {template: <<.Resource>>}\n    containerLabel: container\n  memory:\n    containerQuery: m\n    nodeQuery: n\n    resources: {template: <<.Resource>>}\n    containerLabel: container\n",
+			want: []string{"resourceRules.window: is not set and cpu.containerQuery has no range"},
+		},
+		{
+			name: "rejects a resource query that is not a valid template",
+			yaml: "resourceRules:\n  cpu:\n    containerQuery: 'sum(<<.LabelMatchers)'\n    nodeQuery: n\n    resources: {template: <<.Resource>>}\n    containerLabel: container\n  memory:\n    containerQuery: m\n    nodeQuery: n\n    resources: {template: <<.Resource>>}\n    containerLabel: container\n  window: 1m\n",
+			want: []string{"cfg.yaml:3", "resourceRules.cpu.containerQuery: invalid template"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), "cfg.yaml")
+			if err == nil {
+				t.Fatalf("Parse() succeeded, want an error containing %q", tc.want)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestCompileReportsEveryProblem(t *testing.T) {
+	yaml := "rules:\n- seriesQuery: ''\n  metricsQuery: ''\n- seriesQuery: x\n  name: {matches: '('}\n  metricsQuery: y\n"
+	_, err := Parse([]byte(yaml), "cfg.yaml")
+	if err == nil {
+		t.Fatal("Parse() succeeded")
+	}
+	for _, want := range []string{"cfg.yaml:2: rules[0].seriesQuery", "cfg.yaml:3: rules[0].metricsQuery", "cfg.yaml:5: rules[1].name.matches"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not contain %q", err, want)
+		}
+	}
+}
+
+func TestAggregateFromPodsAcceptsKindsAndSingulars(t *testing.T) {
+	yaml := "rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      namespace: {resource: namespace}\n      pod: {resource: pod}\n    aggregateFromPods: [Deployment, ingress, svc.apps]\n  metricsQuery: y\n"
+	_, err := Parse([]byte(yaml), "cfg.yaml")
+	if err == nil || !strings.Contains(err.Error(), `"svc.apps" cannot be resolved`) || !strings.Contains(err.Error(), "cfg.yaml:7") {
+		t.Fatalf("Parse() error = %v, want svc.apps rejected at line 7", err)
+	}
+	s, err := Parse([]byte(strings.Replace(yaml, ", svc.apps", "", 1)), "cfg.yaml")
+	if err != nil {
+		t.Fatalf("Parse() error: %v", err)
+	}
+	want := []schema.GroupResource{{Group: "apps", Resource: "deployments"}, {Group: "networking.k8s.io", Resource: "ingresses"}}
+	if d := cmp.Diff(want, s.Custom[0].AggregateFromPods()); d != "" {
+		t.Errorf("aggregateFromPods (-want +got):\n%s", d)
+	}
+}
+
+// A namespaced external rule without a label for the namespace could only
+// be served across every namespace: it is left out, loudly, and the
+// others serve (prometheus-adapter starts and serves it; refusing to start
+// would break a file that works there).
+func TestNamespacedExternalRuleWithoutNamespaceLabelIsLeftOut(t *testing.T) {
+	const good = "- seriesQuery: good\n  resources: {overrides: {namespace: {resource: namespace}}}\n  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>})\n"
+	for _, tc := range []struct {
+		name, rule string
+		want       []string
+	}{
+		{"no label", "- seriesQuery: q\n  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>})\n",
+			[]string{"cfg.yaml:5", "externalRules[1].resources", "namespace: {resource: namespace}", "namespaced: false"}},
+		{"a template that names no label", "- seriesQuery: q\n  resources:\n    template: .<<.Resource>>\n  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>})\n",
+			[]string{"cfg.yaml:7", "externalRules[1].resources.template", `renders ".namespace"`, "not a Prometheus label name", "namespaced: false"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Parse([]byte("externalRules:\n"+good+tc.rule), "cfg.yaml")
+			if err != nil {
+				t.Fatalf("Parse() error %v: the file must load", err)
+			}
+			if s.External[0].LeftOut() != nil {
+				t.Errorf("the good rule is left out: %v", s.External[0].LeftOut())
+			}
+			why := s.External[1].LeftOut()
+			if why == nil {
+				t.Fatal("the rule without a namespace label is served")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(why.Error(), w) {
+					t.Errorf("why %q does not say %q", why, w)
+				}
+			}
+			if got := s.LeftOut(); len(got) != 1 || got[0] != s.External[1] {
+				t.Errorf("LeftOut() = %v", got)
+			}
+		})
+	}
+}
