@@ -98,7 +98,7 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 	prom.BoolVar(&o.PrometheusInsecureSkipTLS, "prometheus-insecure-skip-tls-verify", o.PrometheusInsecureSkipTLS,
 		"Do not verify Prometheus' serving certificate. For testing only.")
 	prom.StringArrayVar(&o.PrometheusHeaders, "prometheus-header", o.PrometheusHeaders,
-		"Extra HTTP header for every request to Prometheus, as Name=value (e.g. X-Scope-OrgID=team-a). Repeatable.")
+		"Extra HTTP header for every request to Prometheus, as Name=value (e.g. X-Scope-OrgID=team-a). Repeatable. Headers the client sets itself (Authorization: use --prometheus-token-file; Host, User-Agent, ...) are refused.")
 	prom.StringVar(&o.PrometheusAuthConfig, "prometheus-auth-config", o.PrometheusAuthConfig,
 		"kubeconfig whose credentials and TLS settings are used to reach Prometheus (prometheus-adapter compatible). Excludes the token, CA and client certificate flags.")
 	prom.BoolVar(&o.PrometheusAuthInCluster, "prometheus-auth-incluster", o.PrometheusAuthInCluster,
@@ -168,10 +168,8 @@ func (o *Options) Validate() []error {
 		(o.PrometheusTokenFile != "" || o.PrometheusCAFile != "" || o.PrometheusClientCertFile != "" || o.PrometheusInsecureSkipTLS) {
 		errs = append(errs, fmt.Errorf("--prometheus-auth-config/--prometheus-auth-incluster take credentials and TLS from the kubeconfig; do not combine them with --prometheus-token-file, --prometheus-ca-file, --prometheus-client-tls-* or --prometheus-insecure-skip-tls-verify"))
 	}
-	for _, h := range o.PrometheusHeaders {
-		if _, _, err := parseHeader(h); err != nil {
-			errs = append(errs, err)
-		}
+	if _, err := o.prometheusHeaders(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.MetricsRelistInterval <= 0 {
 		errs = append(errs, fmt.Errorf("--metrics-relist-interval must be positive, got %v", o.MetricsRelistInterval))
@@ -215,6 +213,30 @@ func (o *Options) Warnings() []string {
 		w = append(w, fmt.Sprintf("credentials for Prometheus (--prometheus-token-file, or a user in the URL) go over plain http to %s", u.Host))
 	}
 	return w
+}
+
+// prometheusHeaders are --prometheus-header as prometheus/common's HTTP
+// client configuration has them; nil for none. Headers the client sets
+// itself (Authorization: use --prometheus-token-file) are refused.
+func (o *Options) prometheusHeaders() (*promconfig.Headers, error) {
+	if len(o.PrometheusHeaders) == 0 {
+		return nil, nil
+	}
+	h := &promconfig.Headers{Headers: map[string]promconfig.Header{}}
+	for _, raw := range o.PrometheusHeaders {
+		name, value, err := parseHeader(raw)
+		if err != nil {
+			return nil, err
+		}
+		name = http.CanonicalHeaderKey(name)
+		hd := h.Headers[name]
+		hd.Values = append(hd.Values, value)
+		h.Headers[name] = hd
+	}
+	if err := h.Validate(); err != nil {
+		return nil, fmt.Errorf("--prometheus-header: %w", err)
+	}
+	return h, nil
 }
 
 func parseHeader(h string) (string, string, error) {
@@ -273,16 +295,12 @@ func (o *Options) PrometheusClientConfig() (promclient.Config, error) {
 			return promclient.Config{}, fmt.Errorf("building Prometheus transport: %w", err)
 		}
 	}
-	if len(o.PrometheusHeaders) > 0 {
-		h := http.Header{}
-		for _, raw := range o.PrometheusHeaders {
-			name, value, err := parseHeader(raw)
-			if err != nil {
-				return promclient.Config{}, err
-			}
-			h.Add(name, value)
-		}
-		rt = headerRoundTripper{headers: h, next: rt}
+	headers, err := o.prometheusHeaders()
+	if err != nil {
+		return promclient.Config{}, err
+	}
+	if headers != nil {
+		rt = promconfig.NewHeadersRoundTripper(headers, rt)
 	}
 	return promclient.Config{
 		URL:          o.PrometheusURL,
@@ -290,17 +308,4 @@ func (o *Options) PrometheusClientConfig() (promclient.Config, error) {
 		Method:       promclient.Method(strings.ToUpper(o.PrometheusVerb)),
 		Timeout:      o.PrometheusTimeout,
 	}, nil
-}
-
-type headerRoundTripper struct {
-	headers http.Header
-	next    http.RoundTripper
-}
-
-func (h headerRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
-	req = req.Clone(req.Context())
-	for name, values := range h.headers {
-		req.Header[name] = values
-	}
-	return h.next.RoundTrip(req)
 }

@@ -42,6 +42,7 @@ func TestValidate(t *testing.T) {
 		{name: "rejects kubeconfig auth mixed with a token file", args: []string{"--prometheus-auth-config=kc", "--prometheus-token-file=t"}, want: []string{"do not combine them"}},
 		{name: "rejects a header without value separator", args: []string{"--prometheus-header=X-Org"}, want: []string{`--prometheus-header "X-Org" must be Name=value`}},
 		{name: "rejects a header with a bad name", args: []string{"--prometheus-header=X Org=a"}, want: []string{"not a valid HTTP header"}},
+		{name: "rejects a header the client sets itself", args: []string{"--prometheus-header=authorization=Bearer x"}, want: []string{`--prometheus-header: setting header "Authorization" is not allowed`}},
 		{name: "rejects a max age shorter than the relist interval", args: []string{"--metrics-relist-interval=5m", "--metrics-max-age=1m"}, want: []string{"--metrics-max-age (1m0s) must not be shorter than --metrics-relist-interval (5m0s)"}},
 		{name: "rejects a zero relist interval", args: []string{"--metrics-relist-interval=0s"}, want: []string{"--metrics-relist-interval must be positive"}},
 		{name: "rejects zero concurrent object queries", args: []string{"--max-concurrent-object-queries=0"}, want: []string{"--max-concurrent-object-queries must be at least 1"}},

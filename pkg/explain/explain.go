@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/podowners"
 )
 
 // Providers are what a request is run against; a nil one is not served.
@@ -260,8 +261,12 @@ func ParsePath(path string, query url.Values) (Request, error) {
 }
 
 // normalise writes the core resources' common short names and singular
-// forms as the API does.
+// forms as the API does, and the pod owners as the rules file names them
+// ("deployment" and "Deployment" are deployments.apps).
 func normalise(gr schema.GroupResource) schema.GroupResource {
+	if o, ok := podowners.Lookup(gr.String()); ok {
+		return o.GVR.GroupResource()
+	}
 	if gr.Group != "" {
 		return gr
 	}
@@ -272,7 +277,7 @@ func normalise(gr schema.GroupResource) schema.GroupResource {
 		gr.Resource = "namespaces"
 	case "node", "no":
 		gr.Resource = "nodes"
-	case "service", "svc":
+	case "svc":
 		gr.Resource = "services"
 	}
 	return gr

@@ -34,6 +34,8 @@ func TestParseArgsAndPathAgree(t *testing.T) {
 			"/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/requests-per-second?labelSelector=app%3Dapp"},
 		{"pod/app-1/requests-per-second", "shop", "", "endpoint=mem",
 			"/apis/custom.metrics.k8s.io/v1beta2/namespaces/shop/pods/app-1/requests-per-second?metricLabelSelector=endpoint%3Dmem"},
+		{"Deployment/web/requests-per-second", "default", "", "",
+			"/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/deployments.apps/web/requests-per-second"},
 		{"ingresses.networking.k8s.io/main-route/requests-per-second", "default", "", "",
 			"/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/ingresses.networking.k8s.io/main-route/requests-per-second"},
 		{"namespaces/default/requests-per-second", "ignored", "", "",
