@@ -43,16 +43,8 @@ import (
 // Name is the adapter's name in logs and in its OpenAPI document.
 const Name = "custom-metrics-adapter"
 
-// NewCommand returns the adapter's root command. It runs until ctx is done.
-func NewCommand(ctx context.Context) *cobra.Command {
-	o := NewOptions()
-	logging := logsapi.NewLoggingConfiguration()
-	base := &basecmd.AdapterBase{Name: Name}
-
-	cmd := &cobra.Command{
-		Use:   "adapter",
-		Short: "Serves the Kubernetes metrics APIs (custom, external and resource metrics) from Prometheus",
-		Long: `custom-metrics-adapter serves, from Prometheus, the three metrics APIs the
+// longHelp is the root command's description.
+const longHelp = `custom-metrics-adapter serves, from Prometheus, the three metrics APIs the
 HorizontalPodAutoscaler reads:
 
   custom.metrics.k8s.io v1beta1, v1beta2   Pods and Object metrics (rules)
@@ -70,7 +62,18 @@ Environment: GOGC is 75 unless set (a 10,000-pod answer is megabytes of
 garbage per request); set GOMEMLIMIT under the container's memory limit.
 
 Run it behind an APIService. Outside a cluster, point --lister-kubeconfig,
---authentication-kubeconfig and --authorization-kubeconfig at a kubeconfig.`,
+--authentication-kubeconfig and --authorization-kubeconfig at a kubeconfig.`
+
+// NewCommand returns the adapter's root command. It runs until ctx is done.
+func NewCommand(ctx context.Context) *cobra.Command {
+	o := NewOptions()
+	logging := logsapi.NewLoggingConfiguration()
+	base := &basecmd.AdapterBase{Name: Name}
+
+	cmd := &cobra.Command{
+		Use:           "adapter",
+		Short:         "Serves the Kubernetes metrics APIs (custom, external and resource metrics) from Prometheus",
+		Long:          longHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -157,52 +160,9 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 	if err != nil {
 		return err
 	}
-	if c.custom != nil {
-		base.WithCustomMetrics(c.custom)
-	}
-	if c.external != nil {
-		base.WithExternalMetrics(c.external)
-	}
-	if o.DisableHTTP2 {
-		base.SecureServing.DisableHTTP2Serving = true
-	}
-	base.OpenAPIConfig, base.OpenAPIV3Config = openAPIConfigs(c.custom != nil, c.external != nil, c.resource != nil)
-	serverConfig, err := base.Config()
+	server, err := o.server(base, c)
 	if err != nil {
-		return fmt.Errorf("configuring the API server: %w", err)
-	}
-	serverConfig.GenericConfig.ShutdownDelayDuration = o.ShutdownDelay
-	// Every request through the aggregator presents the same front-proxy
-	// certificate: verify it once per certificate and CA bundle.
-	authn := &serverConfig.GenericConfig.Authentication
-	authn.Authenticator = frontproxy.WithVerifyCache(authn.Authenticator, authn.RequestHeaderConfig)
-	serverConfig.GenericConfig.BuildHandlerChainFunc = func(h http.Handler, c *genericapiserver.Config) http.Handler {
-		return genericapiserver.DefaultBuildHandlerChain(rejectMalformedSelectors(h), c)
-	}
-
-	server, err := base.Server()
-	if err != nil {
-		return fmt.Errorf("creating the API server: %w", err)
-	}
-	if c.resource != nil {
-		if err := resourcemetrics.Install(server.GenericAPIServer, c.resource); err != nil {
-			return fmt.Errorf("installing metrics.k8s.io: %w", err)
-		}
-	}
-	if o.EnableExplainEndpoint {
-		// Behind the API server's authentication and authorization, like
-		// /debug/pprof: callers need get on the non-resource URL, and the
-		// request explained is authorized as itself.
-		server.GenericAPIServer.Handler.NonGoRestfulMux.HandlePrefix(explain.PathPrefix,
-			explain.Handler(c.explainProviders(), serverConfig.GenericConfig.Authorization.Authorizer))
-	}
-	// Ready when the adapter can answer: pods are cached, and the rules'
-	// series were listed. /readyz?verbose names what is missing.
-	if err := server.GenericAPIServer.AddReadyzChecks(
-		healthz.NamedCheck("pod-cache", func(*http.Request) error { return c.resolver.PodCacheError() }),
-		healthz.NamedCheck("metric-discovery", func(*http.Request) error { return c.disc.Ready() }),
-	); err != nil {
-		return fmt.Errorf("adding readiness checks: %w", err)
+		return err
 	}
 	metrics.Register(c.resolver)
 	metrics.SetLoaded(time.Now())
@@ -227,11 +187,64 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 		klog.InfoS("Configuration warning", "warning", w)
 	}
 	klog.InfoS("Starting", "version", version.Get(), "apis", c.apis, "prometheus", redactURL(o.PrometheusURL), "verb", o.PrometheusVerb, "timeout", o.PrometheusTimeout)
-	if err := server.GenericAPIServer.PrepareRun().RunWithContext(ctx); err != nil {
+	if err := server.PrepareRun().RunWithContext(ctx); err != nil {
 		return fmt.Errorf("serving: %w", err)
 	}
 	klog.InfoS("Stopped")
 	return nil
+}
+
+// server builds the API server of the served APIs, with the front-proxy
+// verification cache, the selector check, the explain endpoint and the
+// readiness checks.
+func (o *Options) server(base *basecmd.AdapterBase, c *components) (*genericapiserver.GenericAPIServer, error) {
+	if c.custom != nil {
+		base.WithCustomMetrics(c.custom)
+	}
+	if c.external != nil {
+		base.WithExternalMetrics(c.external)
+	}
+	if o.DisableHTTP2 {
+		base.SecureServing.DisableHTTP2Serving = true
+	}
+	base.OpenAPIConfig, base.OpenAPIV3Config = openAPIConfigs(c.custom != nil, c.external != nil, c.resource != nil)
+	serverConfig, err := base.Config()
+	if err != nil {
+		return nil, fmt.Errorf("configuring the API server: %w", err)
+	}
+	serverConfig.GenericConfig.ShutdownDelayDuration = o.ShutdownDelay
+	// Every request through the aggregator presents the same front-proxy
+	// certificate: verify it once per certificate and CA bundle.
+	authn := &serverConfig.GenericConfig.Authentication
+	authn.Authenticator = frontproxy.WithVerifyCache(authn.Authenticator, authn.RequestHeaderConfig)
+	serverConfig.GenericConfig.BuildHandlerChainFunc = func(h http.Handler, c *genericapiserver.Config) http.Handler {
+		return genericapiserver.DefaultBuildHandlerChain(rejectMalformedSelectors(h), c)
+	}
+	server, err := base.Server()
+	if err != nil {
+		return nil, fmt.Errorf("creating the API server: %w", err)
+	}
+	s := server.GenericAPIServer
+	if c.resource != nil {
+		if err := resourcemetrics.Install(s, c.resource); err != nil {
+			return nil, fmt.Errorf("installing metrics.k8s.io: %w", err)
+		}
+	}
+	if o.EnableExplainEndpoint {
+		// Behind the API server's authentication and authorization, like
+		// /debug/pprof: callers need get on the non-resource URL, and the
+		// request explained is authorized as itself.
+		s.Handler.NonGoRestfulMux.HandlePrefix(explain.PathPrefix, explain.Handler(c.explainProviders(), serverConfig.GenericConfig.Authorization.Authorizer))
+	}
+	// Ready when the adapter can answer: pods are cached, and the rules'
+	// series were listed. /readyz?verbose names what is missing.
+	if err := s.AddReadyzChecks(
+		healthz.NamedCheck("pod-cache", func(*http.Request) error { return c.resolver.PodCacheError() }),
+		healthz.NamedCheck("metric-discovery", func(*http.Request) error { return c.disc.Ready() }),
+	); err != nil {
+		return nil, fmt.Errorf("adding readiness checks: %w", err)
+	}
+	return s, nil
 }
 
 // redactURL is u with any password replaced by "xxxxx", for logs.

@@ -42,34 +42,10 @@ type components struct {
 // build creates the components for the compiled rules. Nothing runs until
 // the resolver and the discovery loop are started.
 func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components, error) {
-	promCfg, err := o.PrometheusClientConfig()
+	c, err := o.clients(base)
 	if err != nil {
 		return nil, err
 	}
-	c := &components{}
-	if c.prom, err = promclient.New(promCfg); err != nil {
-		return nil, err
-	}
-	restCfg, err := base.ClientConfig()
-	if err != nil {
-		return nil, err
-	}
-	kube, err := kubernetes.NewForConfig(restCfg)
-	if err != nil {
-		return nil, fmt.Errorf("creating Kubernetes client: %w", err)
-	}
-	meta, err := metadata.NewForConfig(restCfg)
-	if err != nil {
-		return nil, fmt.Errorf("creating Kubernetes metadata client: %w", err)
-	}
-	if c.mapper, err = base.RESTMapper(); err != nil {
-		return nil, fmt.Errorf("building the REST mapper: %w", err)
-	}
-	var ok bool
-	if c.refresher, ok = c.mapper.(mapperRefresher); !ok {
-		return nil, fmt.Errorf("the REST mapper (%T) cannot be refreshed: --discovery-interval would do nothing", c.mapper)
-	}
-	c.resolver = resolver.New(kube, meta, c.mapper)
 
 	// An API is served when it is enabled and the rules file has its
 	// section; otherwise its APIService would be answered with nothing
@@ -140,6 +116,40 @@ func (o *Options) servedAPIs(set *rules.Set) apis {
 		}
 	}
 	return a
+}
+
+// clients builds the Prometheus client, the REST mapper and the resolver
+// over the Kubernetes clients.
+func (o *Options) clients(base *basecmd.AdapterBase) (*components, error) {
+	promCfg, err := o.PrometheusClientConfig()
+	if err != nil {
+		return nil, err
+	}
+	c := &components{}
+	if c.prom, err = promclient.New(promCfg); err != nil {
+		return nil, err
+	}
+	restCfg, err := base.ClientConfig()
+	if err != nil {
+		return nil, err
+	}
+	kube, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating Kubernetes client: %w", err)
+	}
+	meta, err := metadata.NewForConfig(restCfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating Kubernetes metadata client: %w", err)
+	}
+	if c.mapper, err = base.RESTMapper(); err != nil {
+		return nil, fmt.Errorf("building the REST mapper: %w", err)
+	}
+	var ok bool
+	if c.refresher, ok = c.mapper.(mapperRefresher); !ok {
+		return nil, fmt.Errorf("the REST mapper (%T) cannot be refreshed: --discovery-interval would do nothing", c.mapper)
+	}
+	c.resolver = resolver.New(kube, meta, c.mapper)
+	return c, nil
 }
 
 // seriesQueries are the distinct seriesQuery selectors of the rules the

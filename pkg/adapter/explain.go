@@ -3,6 +3,7 @@ package adapter
 import (
 	"context"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -52,18 +53,9 @@ func (e *ExitError) Unwrap() error { return e.Err }
 // round before a request is explained.
 const explainWait = time.Minute
 
-func newExplainCommand(ctx context.Context) *cobra.Command {
-	o := NewOptions()
-	logging := logsapi.NewLoggingConfiguration()
-	base := &basecmd.AdapterBase{Name: Name}
-	var namespace, selector, metricSelector string
-
-	var fss cliflag.NamedFlagSets
-	cmd := &cobra.Command{
-		Use:   "explain [adapter flags] REQUEST [-n NAMESPACE] [-l SELECTOR] [--metric-selector SELECTOR]",
-		Short: "Explain one metrics request: the rule, the objects, the PromQL, Prometheus' answer and the API's",
-		Long: `explain runs one custom or external metrics request the way the adapter
-serves it, with the adapter's own flags (--config, the Prometheus flags,
+// explainHelp is the explain command's description.
+const explainHelp = `explain runs one metrics request (custom, external or resource metrics) the
+way the adapter serves it, with the adapter's own flags (--config, the Prometheus flags,
 --lister-kubeconfig), and prints:
 
   the rule that serves the metric (and the series it comes from),
@@ -80,6 +72,8 @@ REQUEST is one of
   namespaces/NAME/METRIC         a namespace's metric
   external/METRIC                an external metric (--metric-selector is the
                                  HPA's metric.selector)
+  pods.metrics.k8s.io[/NAME]     the CPU and memory of pods (kubectl top pod)
+  nodes.metrics.k8s.io[/NAME]    the CPU and memory of nodes (kubectl top node)
 
 A running adapter serves the same report to authorized callers at
 /debug/explain/<API path> (--enable-explain-endpoint). The aggregator does
@@ -87,10 +81,24 @@ not proxy /debug paths: reach the adapter itself, e.g.
   kubectl -n custom-metrics port-forward svc/custom-metrics-apiserver 8443:443 &
   curl -k -H "Authorization: Bearer $(kubectl create token NAME)" \
     'https://127.0.0.1:8443/debug/explain/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/requests-per-second?labelSelector=app%3Dapp'
-(the token's user needs get on the non-resource URL /debug/explain/*).
+(the token's user needs get on the non-resource URL /debug/explain/*, and
+what the request explained needs: a caller who may not read a metric may
+not read its report either).
 
 Exit status: 0 when the API answers 200, 3 when it answers an error (the
-report says which and why), 1 when the request could not be run.`,
+report says which and why), 1 when the request could not be run.`
+
+func newExplainCommand(ctx context.Context) *cobra.Command {
+	o := NewOptions()
+	logging := logsapi.NewLoggingConfiguration()
+	base := &basecmd.AdapterBase{Name: Name}
+	var namespace, selector, metricSelector string
+
+	var fss cliflag.NamedFlagSets
+	cmd := &cobra.Command{
+		Use:           "explain [adapter flags] REQUEST [-n NAMESPACE] [-l SELECTOR] [--metric-selector SELECTOR]",
+		Short:         "Explain one metrics request: the rule, the objects, the PromQL, Prometheus' answer and the API's",
+		Long:          explainHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.ExactArgs(1),
@@ -105,34 +113,7 @@ report says which and why), 1 when the request could not be run.`,
 			if err := applyLogging(cmd, logging, fss.FlagSet("logging")); err != nil {
 				return err
 			}
-			set, err := o.loadRules()
-			if err != nil {
-				return err
-			}
-			c, err := o.build(base, set)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithCancel(ctx)
-			defer cancel()
-			if req.API == explain.Custom && req.Namespace != "" && !namespaced(c.mapper, req.Resource) {
-				req.Namespace = "" // a cluster-scoped resource: -n does not apply
-			}
-			c.resolver.Start(ctx)
-			wctx, wcancel := context.WithTimeout(ctx, explainWait)
-			defer wcancel()
-			if req.API == explain.Custom && !c.resolver.WaitForPods(wctx) {
-				return fmt.Errorf("the pod cache did not fill within %v: %w", explainWait, c.resolver.PodCacheError())
-			}
-			c.disc.Relist(ctx)
-			rep := explain.Run(ctx, c.explainProviders(), req)
-			if err := rep.Write(cmd.OutOrStdout()); err != nil {
-				return err
-			}
-			if rep.Code != 200 {
-				return &ExitError{Code: ExitAnswerError}
-			}
-			return nil
+			return o.explain(ctx, cmd.OutOrStdout(), base, req)
 		},
 	}
 	fss = installFlags(cmd, o, base, logging)
@@ -144,6 +125,39 @@ report says which and why), 1 when the request could not be run.`,
 	cols, _, _ := term.TerminalSize(cmd.OutOrStdout())
 	cliflag.SetUsageAndHelpFunc(cmd, moveFirst(fss, "explain"), cols)
 	return cmd
+}
+
+// explain runs req in-process with the adapter's own flags and prints the
+// report.
+func (o *Options) explain(ctx context.Context, w io.Writer, base *basecmd.AdapterBase, req explain.Request) error {
+	set, err := o.loadRules()
+	if err != nil {
+		return err
+	}
+	c, err := o.build(base, set)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if req.API == explain.Custom && req.Namespace != "" && !namespaced(c.mapper, req.Resource) {
+		req.Namespace = "" // a cluster-scoped resource: -n does not apply
+	}
+	c.resolver.Start(ctx)
+	wctx, wcancel := context.WithTimeout(ctx, explainWait)
+	defer wcancel()
+	if req.API != explain.External && !c.resolver.WaitForPods(wctx) {
+		return fmt.Errorf("the pod cache did not fill within %v: %w", explainWait, c.resolver.PodCacheError())
+	}
+	c.disc.Relist(ctx)
+	rep := explain.Run(ctx, c.explainProviders(), req)
+	if err := rep.Write(w); err != nil {
+		return err
+	}
+	if rep.Code != 200 {
+		return &ExitError{Code: ExitAnswerError}
+	}
+	return nil
 }
 
 // moveFirst puts the named flag set first in --help.
