@@ -16,6 +16,7 @@ package catalog
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"iter"
 	"maps"
@@ -29,6 +30,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
@@ -247,18 +249,20 @@ func (c *Catalog[K, E]) update(r discovery.Result) {
 // ErrNotDiscovered is the 503 before the first discovery round.
 var ErrNotDiscovered = apierrors.NewServiceUnavailable("metric discovery has not completed yet")
 
-// Lookup finds the entry serving k. Its errors are StatusErrors: 503 before
+// Lookup finds the entry serving k, and records it in the request's
+// explain trace. Its errors are StatusErrors: 503 before
 // the first discovery round, and for a metric no rule serves while some
 // rules' series were never listed (it may be theirs); otherwise the API's
 // 404, which says why when a rule left out would have served k. name says
 // what k is ("metric requests-per-second for pods"); section names the
 // rules of the API ("rules").
-func (c *Catalog[K, E]) Lookup(k K, name, section string) (Entry[E], error) {
+func (c *Catalog[K, E]) Lookup(ctx context.Context, k K, name, section string) (Entry[E], error) {
 	idx := c.index.Load()
 	if idx == nil {
 		return Entry[E]{}, ErrNotDiscovered
 	}
 	if e, ok := idx.entries[k]; ok {
+		explain.From(ctx).Rule(e.Rule.String(), e.Series)
 		return e, nil
 	}
 	if why, ok := idx.refused[k]; ok {

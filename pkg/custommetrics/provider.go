@@ -191,7 +191,7 @@ func what(info provider.CustomMetricInfo) string {
 func (p *Provider) prepare(ctx context.Context, info provider.CustomMetricInfo, metricSelector labels.Selector) (*request, error) {
 	ri := p.resources.lookup(p.mapper, info.GroupResource)
 	info.GroupResource = ri.gr
-	e, err := p.catalog.Lookup(metricKey{info.GroupResource, info.Metric}, what(info), "rules")
+	e, err := p.catalog.Lookup(ctx, metricKey{info.GroupResource, info.Metric}, what(info), "rules")
 	if err == nil && e.Value.namespaced != info.Namespaced {
 		err = provider.NewMetricNotFoundError(info.GroupResource, info.Metric)
 	}
@@ -202,7 +202,6 @@ func (p *Provider) prepare(ctx context.Context, info provider.CustomMetricInfo, 
 	if err != nil {
 		return nil, apierrors.NewBadRequest(err.Error())
 	}
-	explain.From(ctx).Rule(e.Rule.String(), e.Series)
 	r := &request{Entry: e, info: info, matchers: ms, resourceInfo: ri}
 	if r.selector, err = echo(metricSelector); err != nil {
 		return nil, apierrors.NewBadRequest(fmt.Sprintf("metric label selector %q: %v", metricSelector, err))

@@ -34,7 +34,6 @@ import (
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/catalog"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
@@ -150,11 +149,10 @@ func (p *Provider) GetExternalMetric(ctx context.Context, namespace string, metr
 
 func (p *Provider) get(ctx context.Context, namespace string, metricSelector labels.Selector, name string) (*external_metrics.ExternalMetricValueList, error) {
 	what := "external metric " + name
-	e, err := p.Lookup(name, what, "externalRules")
+	e, err := p.Lookup(ctx, name, what, "externalRules")
 	if err != nil {
 		return nil, err
 	}
-	explain.From(ctx).Rule(e.Rule.String(), e.Series)
 	selMatchers, err := promql.FromSelector(metricSelector)
 	if err != nil {
 		return nil, apierrors.NewBadRequest(err.Error())
