@@ -333,6 +333,100 @@ func TestExplain(t *testing.T) {
 	}
 }
 
+// explainViewerRBAC lets the user explain-viewer reach /debug/explain,
+// and nothing else.
+const explainViewerRBAC = `
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: e2e-explain-viewer}
+rules:
+- nonResourceURLs: ["/debug/explain/*"]
+  verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: e2e-explain-viewer}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: e2e-explain-viewer}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: explain-viewer}]
+`
+
+// explainViewerMetricsRBAC lets explain-viewer read the namespace's custom
+// metrics, as an HPA's controller may.
+const explainViewerMetricsRBAC = `
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: e2e-explain-viewer-metrics, namespace: default}
+rules:
+- apiGroups: [custom.metrics.k8s.io]
+  resources: ["*"]
+  verbs: [get, list]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: e2e-explain-viewer-metrics, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: e2e-explain-viewer-metrics}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: explain-viewer}]
+`
+
+// TestExplainIsAuthorizedAsTheRequestItExplains: a caller allowed on
+// /debug/explain but not on a namespace's metrics gets 403 for their
+// report (it holds the values and Prometheus' raw series), and the report
+// once it may read them.
+func TestExplainIsAuthorizedAsTheRequestItExplains(t *testing.T) {
+	t.Parallel()
+	ensureApp(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, err := stack.Kubectl(ctx, []byte(explainViewerRBAC), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	client, err := stack.HTTPClient("admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := "/debug/explain/apis/custom.metrics.k8s.io/v1beta2/namespaces/" + ns + "/pods/*/requests-per-second?labelSelector=app%3D" + app
+	// The admin impersonates the viewer: the adapter's filter chain
+	// authenticates the request as explain-viewer.
+	get := func(ctx context.Context) (int, string, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, stack.AdapterURL+path, nil)
+		if err != nil {
+			return 0, "", err
+		}
+		req.Header.Set("Impersonate-User", "explain-viewer")
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer func() { _ = resp.Body.Close() }()
+		body, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body), err
+	}
+	var code int
+	var body string
+	// RBAC reaches the API server's authorizer, then the adapter's cache
+	// of its answers: poll.
+	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		code, body, err = get(ctx)
+		return code == http.StatusForbidden && strings.Contains(body, "explaining GET /apis/custom.metrics.k8s.io"), err
+	})
+	if err != nil {
+		t.Fatalf("without RBAC on the namespace's metrics: %d %s, want 403 naming the metrics API (%v)", code, body, err)
+	}
+	if strings.Contains(body, "Prometheus answered") {
+		t.Fatalf("the refusal carries the report:\n%s", body)
+	}
+	if _, err := stack.Kubectl(ctx, []byte(explainViewerMetricsRBAC), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		code, body, err = get(ctx)
+		return code == http.StatusOK, err
+	})
+	if err != nil || !strings.Contains(body, "Rule:     rules[0]") || !strings.Contains(body, "HTTP 200 OK") {
+		t.Fatalf("with RBAC on the namespace's metrics: %d %s (%v), want the report", code, body, err)
+	}
+}
+
 // TestAdapterMetricsAreScraped reads the adapter's own metrics from the
 // live adapter, after requests were served, and lints them.
 func TestAdapterMetricsAreScraped(t *testing.T) {
