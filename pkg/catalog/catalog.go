@@ -97,7 +97,7 @@ func (x *Index[K, E]) Add(k K, e Entry[E]) {
 	}
 	if prev.Source != e.Source {
 		klog.V(2).InfoS("Metric defined twice; keeping the first definition", "metric", x.describe(k, prev).Metric,
-			"kept", prev.Source.String(), "ignored", e.Source.String())
+			"kept", prev.String(), "ignored", e.String())
 	}
 }
 

@@ -232,7 +232,7 @@ func ParsePath(path string, query url.Values) (Request, error) {
 	api, version, rest := API(parts[1]), parts[2], parts[3:]
 	sel, msel := query.Get("labelSelector"), query.Get("metricLabelSelector")
 	var namespace string
-	if len(rest) > 2 && rest[0] == "namespaces" && !(api == Custom && rest[2] == "metrics") {
+	if len(rest) > 2 && rest[0] == "namespaces" && (api != Custom || rest[2] != "metrics") {
 		namespace, rest = rest[1], rest[2:]
 	}
 	var arg string

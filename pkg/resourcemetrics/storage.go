@@ -11,7 +11,6 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/registry/rest"
 	"k8s.io/metrics/pkg/apis/metrics"
@@ -38,9 +37,6 @@ func (s *podStorage) Destroy()                {}
 func (s *podStorage) NamespaceScoped() bool   { return true }
 func (s *podStorage) Kind() string            { return "PodMetrics" }
 func (s *podStorage) GetSingularName() string { return "pod" }
-func (s *podStorage) groupResource() schema.GroupResource {
-	return metrics.Resource("pods")
-}
 
 func (s *podStorage) List(ctx context.Context, options *metainternalversion.ListOptions) (runtime.Object, error) {
 	labelSel, fieldSel := selectors(options)
@@ -105,9 +101,6 @@ func (s *nodeStorage) Destroy()                {}
 func (s *nodeStorage) NamespaceScoped() bool   { return false }
 func (s *nodeStorage) Kind() string            { return "NodeMetrics" }
 func (s *nodeStorage) GetSingularName() string { return "node" }
-func (s *nodeStorage) groupResource() schema.GroupResource {
-	return metrics.Resource("nodes")
-}
 
 func (s *nodeStorage) List(ctx context.Context, options *metainternalversion.ListOptions) (runtime.Object, error) {
 	labelSel, fieldSel := selectors(options)
