@@ -123,6 +123,11 @@ func printSummary(w io.Writer, source string, set *rules.Set) {
 		res = fmt.Sprintf("cpu and memory, window %v", set.Resource.Window)
 	}
 	fmt.Fprintf(w, "%s: valid: %d rules, %d externalRules, resourceRules: %s\n", source, len(set.Custom), len(set.External), res)
+	for _, r := range append(slices.Clone(set.Custom), set.External...) {
+		if r.EmptyIsZero() {
+			fmt.Fprintf(w, "%s: emptyIsZero: what Prometheus has no series for is answered 0\n", r)
+		}
+	}
 	if left := set.LeftOut(); len(left) > 0 {
 		fmt.Fprintf(w, "%d rules are left out: the adapter starts without them, and answers their metrics 404 saying why:\n", len(left))
 		for _, r := range left {
@@ -201,6 +206,7 @@ func printRules(w io.Writer, rs []*rules.Rule, r discovery.Result, served []cata
 				fmt.Fprintf(w, "  %s\n", line)
 			}
 		}
+		fmt.Fprintf(w, "  no series: %s\n", noSeries(rule))
 	}
 }
 
@@ -213,6 +219,18 @@ func missing(r discovery.Result) []string {
 		}
 	}
 	return out
+}
+
+// noSeries says what the rule answers when Prometheus has no series.
+func noSeries(r *rules.Rule) string {
+	switch {
+	case r.EmptyIsZero():
+		return "0 (emptyIsZero)"
+	case r.Section == "externalRules":
+		return "an empty list (the HPA reports FailedGetExternalMetric; emptyIsZero answers 0)"
+	default:
+		return "404 for the object"
+	}
 }
 
 // perMetric writes one line per metric with its resources, marking those

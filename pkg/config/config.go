@@ -13,9 +13,10 @@
 //   - resourceRules (metrics.k8s.io): cpu and memory, each with
 //     containerQuery, nodeQuery, resources and containerLabel, and window.
 //
-// The one addition, resources.aggregateFromPods, is optional: it lets a rule
-// whose series carry only pod and namespace labels serve objects that own or
-// front those pods (Deployments, Services, Ingresses, ...).
+// Two additions are optional: resources.aggregateFromPods lets a rule whose
+// series carry only pod and namespace labels serve objects that own or front
+// those pods (Deployments, Services, Ingresses, ...); emptyIsZero answers 0
+// instead of no value when Prometheus has no series (scale to zero).
 //
 // The package decodes: unknown keys are errors that name the file and line
 // and suggest the known key, and Where tells the file and line of any rule's
@@ -68,6 +69,14 @@ type Rule struct {
 	// LabelValueReplacements rewrite object names before they are used as
 	// label values in a query.
 	LabelValueReplacements []LabelValueReplacement `yaml:"labelValueReplacements,omitempty"`
+	// EmptyIsZero answers 0 when Prometheus has no series for what is
+	// asked, instead of no value: an extension to prometheus-adapter's
+	// format, for externalRules and for rules that serve objects in front
+	// of pods (an Ingress, a Service, a namespace), whose metric goes on
+	// existing when the workload is scaled to zero. Refused on rules that
+	// serve pods: the HPA averages a Pods metric over them, and a made-up
+	// 0 would be a wrong number.
+	EmptyIsZero bool `yaml:"emptyIsZero,omitempty"`
 }
 
 // RegexFilter keeps (Is) or drops (IsNot) series whose name matches a

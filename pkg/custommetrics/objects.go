@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"time"
 
 	"github.com/prometheus/common/model"
 
@@ -40,7 +41,8 @@ func (p *Provider) queryObjects(ctx context.Context, r *request, namespace strin
 	matchers = append(matchers, promql.OneOf(r.Value.label, labelValues))
 	matchers = append(matchers, r.matchers...)
 
-	res, err := p.run(ctx, r, matchers, []string{r.Value.label})
+	q := r.query(matchers, []string{r.Value.label})
+	res, err := query.Run(ctx, p.prom, q)
 	if err != nil {
 		return nil, err
 	}
@@ -71,21 +73,29 @@ func (p *Provider) queryObjects(ctx context.Context, r *request, namespace strin
 	}
 	window := values.WindowSeconds(res.Expr)
 	out := make([]custom_metrics.MetricValue, 0, len(names))
+	zeroed := 0
 	for i, n := range names {
 		t := totals[i]
 		if t.series == 0 {
+			if q.EmptyIsZero {
+				// No series for an object in front of the pods (an
+				// Ingress at zero replicas): the rule says that is 0.
+				out = append(out, r.value(namespace, n, model.TimeFromUnixNano(time.Now().UnixNano()), window, resource.Quantity{}))
+				zeroed++
+			}
 			continue
 		}
 		if t.series > 1 {
 			klog.V(2).InfoS("Query returned several series for an object; serving their sum", "rule", r.Rule.String(), "object", n, "series", t.series)
 		}
-		q, ok := values.Quantity(t.sum)
+		v, ok := values.Quantity(t.sum)
 		if !ok {
 			klog.V(2).InfoS("Dropping a value that is not a finite number", "rule", r.Rule.String(), "object", n, "value", t.sum)
 			continue
 		}
-		out = append(out, r.value(namespace, n, t.ts, window, q))
+		out = append(out, r.value(namespace, n, t.ts, window, v))
 	}
+	query.Zeroed(ctx, q, zeroed)
 	return out, nil
 }
 
@@ -107,7 +117,7 @@ func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, nam
 		promql.OneOf(r.Value.podLabel, podValues(r.Rule, pods)),
 	}
 	matchers = append(matchers, r.matchers...)
-	res, err := p.run(ctx, r, matchers, []string{r.Value.namespaceLabel})
+	res, err := query.Run(ctx, p.prom, r.query(matchers, []string{r.Value.namespaceLabel}))
 	if err != nil {
 		return nil, err
 	}
@@ -143,12 +153,12 @@ func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, nam
 	return &v, nil
 }
 
-// run renders the rule's query for the request and runs it.
-func (p *Provider) run(ctx context.Context, r *request, matchers []promql.Matcher, groupBy []string) (query.Result, error) {
-	return query.Run(ctx, p.prom, query.Query{
-		API: metrics.CustomAPI, Rule: r.Rule.String(), What: what(r.info),
+// query is the request's query for matchers, grouped by groupBy.
+func (r *request) query(matchers []promql.Matcher, groupBy []string) query.Query {
+	return query.Query{
+		API: metrics.CustomAPI, Rule: r.Rule.String(), What: what(r.info), EmptyIsZero: r.Rule.EmptyIsZero(),
 		Render: func() (string, error) { return r.Rule.Render(r.Series, matchers, groupBy) },
-	})
+	}
 }
 
 // value is the answer for one object.

@@ -11,8 +11,11 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakeprom"
@@ -159,5 +162,61 @@ func TestTheResourceMemoIsBounded(t *testing.T) {
 	m.lookup(mapper, schema.GroupResource{Resource: "services"})
 	if n := m.len(); n != 1 {
 		t.Errorf("%d remembered after one more past the bound of %d, want 1", n, maxRemembered)
+	}
+}
+
+// An Object metric on an Ingress, from the ingress controller's counter,
+// with emptyIsZero: an Ingress with no series (its app at zero replicas,
+// nothing sent) is 0, so an HPA with minReplicas: 0 can sit there; an
+// Ingress that does not exist is still a 404, and a failing Prometheus
+// still an error. The report says when 0 came from emptyIsZero.
+func TestEmptyIsZeroForAnObject(t *testing.T) {
+	const ingressRule = `
+rules:
+- seriesQuery: 'ingress_requests_total{namespace!="",ingress!=""}'
+  resources: {overrides: {namespace: {resource: namespace}, ingress: {group: networking.k8s.io, resource: ingress}}}
+  name: {as: requests-per-second}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)
+  emptyIsZero: true
+`
+	f := newFixture(t, ingressRule, time.Second)
+	f.prom.Series = append(f.prom.Series, map[string]string{"__name__": "ingress_requests_total", "namespace": "default", "ingress": "other"})
+	f.res.objects[ingresses] = map[string][]string{"default": {"main-route", "other"}}
+	f.discover(t)
+	info := provider.CustomMetricInfo{GroupResource: ingresses, Namespaced: true, Metric: "requests-per-second"}
+	name := types.NamespacedName{Namespace: "default", Name: "main-route"}
+
+	v, err := f.p.GetMetricByName(context.Background(), name, info, labels.Everything())
+	if err != nil || !v.Value.IsZero() || v.Timestamp.IsZero() || v.DescribedObject.Name != "main-route" {
+		t.Fatalf("an Ingress without series: %+v, %v; want 0", v, err)
+	}
+	const expr = `sum(rate(ingress_requests_total{namespace="default",ingress="main-route"}[1m])) by (ingress)`
+	f.prom.Vecs[expr] = []fakeprom.Sample{{Labels: map[string]string{"ingress": "main-route"}, Value: "12", TS: 1700000000}}
+	if v, err := f.p.GetMetricByName(context.Background(), name, info, labels.Everything()); err != nil || v.Value.String() != "12" {
+		t.Errorf("with series: %+v, %v", v, err)
+	}
+	if _, err := f.p.GetMetricByName(context.Background(), types.NamespacedName{Namespace: "default", Name: "typo"}, info, labels.Everything()); !apierrors.IsNotFound(err) {
+		t.Errorf("an Ingress that does not exist: %v, want 404, not 0", err)
+	}
+	delete(f.prom.Vecs, expr)
+	req, err := explain.ParseArgs("ingresses.networking.k8s.io/main-route/requests-per-second", "default", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := explain.Run(context.Background(), explain.Providers{Custom: f.p}, req).Write(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Prometheus answered: no series", "emptyIsZero: 1 values without series answered 0", "requests-per-second = 0"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the report lacks %q:\n%s", want, out.String())
+		}
+	}
+	f.prom.SetFail(func(w http.ResponseWriter) bool {
+		http.Error(w, "unavailable", http.StatusBadGateway)
+		return true
+	})
+	if _, err := f.p.GetMetricByName(context.Background(), name, info, labels.Everything()); !apierrors.IsServiceUnavailable(err) {
+		t.Errorf("Prometheus failing: %v, want 503, not 0", err)
 	}
 }

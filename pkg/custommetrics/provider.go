@@ -19,6 +19,7 @@ package custommetrics
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -225,6 +226,13 @@ func (p *Provider) byName(ctx context.Context, name types.NamespacedName, info p
 	if r.Value.viaPods {
 		return p.objectViaPods(ctx, r, name.Namespace, name.Name)
 	}
+	if r.Rule.EmptyIsZero() {
+		// A 0 for want of series must be for an object that exists: a
+		// typo in an HPA's object name is a 404, not a 0.
+		if err := p.mustExist(ctx, r.info, name); err != nil {
+			return nil, err
+		}
+	}
 	values, err := p.queryObjects(ctx, r, name.Namespace, []string{name.Name})
 	if err != nil {
 		return nil, err
@@ -233,6 +241,18 @@ func (p *Provider) byName(ctx context.Context, name types.NamespacedName, info p
 		return nil, provider.NewMetricNotFoundForError(r.info.GroupResource, r.info.Metric, name.Name)
 	}
 	return &values[0], nil
+}
+
+// mustExist is a 404 for an object the caches do not hold.
+func (p *Provider) mustExist(ctx context.Context, info provider.CustomMetricInfo, name types.NamespacedName) error {
+	names, err := p.resolver.ObjectsMatching(ctx, info.GroupResource, name.Namespace, labels.Everything())
+	if err != nil {
+		return apistatus.Resolve(err, info.GroupResource.String())
+	}
+	if !slices.Contains(names, name.Name) {
+		return notFoundBecause(info, name.Name, "no such object")
+	}
+	return nil
 }
 
 // GetMetricBySelector implements provider.CustomMetricsProvider: the metric

@@ -433,6 +433,9 @@ func (r *Report) Write(w io.Writer) error {
 					age(r.At, s.Timestamp))
 			}
 		}
+		if q.Zeroed > 0 {
+			ew.printf("  emptyIsZero: %d values without series answered 0\n", q.Zeroed)
+		}
 	}
 	if r.Err != nil {
 		ew.printf("Answer:   HTTP %d %s: %v\n", r.Code, http.StatusText(r.Code), r.Err)

@@ -40,6 +40,9 @@ type Query struct {
 	Duration time.Duration
 	Vector   model.Vector
 	Err      error
+	// Zeroed is how many values the rule's emptyIsZero answered 0 for
+	// want of series.
+	Zeroed int
 }
 
 type traceKey struct{}
@@ -85,6 +88,22 @@ func (t *Trace) Queried(q Query) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.queries = append(t.queries, q)
+}
+
+// Zeroed records that n values of the last query of rule were answered 0
+// by its emptyIsZero.
+func (t *Trace) Zeroed(rule string, n int) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i := len(t.queries) - 1; i >= 0; i-- {
+		if t.queries[i].Rule == rule {
+			t.queries[i].Zeroed += n
+			return
+		}
+	}
 }
 
 // snapshot copies what was recorded.

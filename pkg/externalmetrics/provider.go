@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/prometheus/common/model"
 
@@ -162,12 +163,21 @@ func (p *Provider) get(ctx context.Context, namespace string, metricSelector lab
 		matchers = append(matchers, promql.Equals(e.Value.namespaceLabel, e.Rule.ToLabelValue(namespace)))
 	}
 	matchers = append(matchers, selMatchers...)
-	res, err := query.Run(ctx, p.prom, query.Query{
-		API: metrics.ExternalAPI, Rule: e.Rule.String(), What: what,
+	q := query.Query{
+		API: metrics.ExternalAPI, Rule: e.Rule.String(), What: what, EmptyIsZero: e.Rule.EmptyIsZero(),
 		Render: func() (string, error) { return e.Rule.Render(e.Series, matchers, nil) },
-	})
+	}
+	res, err := query.Run(ctx, p.prom, q)
 	if err != nil {
 		return nil, err
+	}
+	if len(res.Vector) == 0 && q.EmptyIsZero {
+		// No series: the rule says that means 0 (an idle queue, no
+		// traffic at zero replicas). An empty list would fail the HPA.
+		query.Zeroed(ctx, q, 1)
+		return &external_metrics.ExternalMetricValueList{Items: []external_metrics.ExternalMetricValue{{
+			MetricName: name, MetricLabels: map[string]string{}, Timestamp: metav1.NewTime(time.Now()), WindowSeconds: values.WindowSeconds(res.Expr),
+		}}}, nil
 	}
 	return externalValues(name, res)
 }

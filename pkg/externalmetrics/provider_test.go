@@ -300,3 +300,40 @@ func TestALeftOutRuleIsAnswered404WithWhyAndTheOthersServe(t *testing.T) {
 		t.Errorf("ListAllExternalMetrics (-want +got):\n%s", d)
 	}
 }
+
+// With emptyIsZero, no series is one value of 0 (an HPA fails on an empty
+// list, and at zero replicas there is no traffic to have series for);
+// Prometheus failing is still an error, and a NaN still no value.
+func TestEmptyIsZero(t *testing.T) {
+	const zeroRule = `
+externalRules:
+- seriesQuery: 'ingress_requests_total{namespace!=""}'
+  resources: {overrides: {namespace: {resource: namespace}}}
+  name: {as: ingress_requests_per_second}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m]))
+  emptyIsZero: true
+`
+	f := newFixtureFor(t, zeroRule, []map[string]string{{"__name__": "ingress_requests_total", "namespace": "shop"}})
+	f.discover(t)
+	const expr = `sum(rate(ingress_requests_total{namespace="shop"}[1m]))`
+	list, err := f.p.GetExternalMetric(context.Background(), "shop", labels.Everything(), info("ingress_requests_per_second"))
+	if err != nil || len(list.Items) != 1 || !list.Items[0].Value.IsZero() || list.Items[0].Timestamp.IsZero() ||
+		list.Items[0].WindowSeconds == nil || *list.Items[0].WindowSeconds != 60 {
+		t.Fatalf("no series: %+v, %v; want one value of 0, now, over the query's 60s window", list, err)
+	}
+	f.prom.Vecs[expr] = []fakeprom.Sample{{Labels: map[string]string{}, Value: "4", TS: 1700000000}}
+	if list, err := f.p.GetExternalMetric(context.Background(), "shop", labels.Everything(), info("ingress_requests_per_second")); err != nil || list.Items[0].Value.String() != "4" {
+		t.Errorf("with series: %+v, %v", list, err)
+	}
+	f.prom.Vecs[expr] = []fakeprom.Sample{{Labels: map[string]string{}, Value: "NaN", TS: 1700000000}}
+	if _, err := f.p.GetExternalMetric(context.Background(), "shop", labels.Everything(), info("ingress_requests_per_second")); !apierrors.IsNotFound(err) {
+		t.Errorf("NaN: %v, want 404, not 0", err)
+	}
+	f.prom.SetFail(func(w http.ResponseWriter) bool {
+		http.Error(w, "unavailable", http.StatusBadGateway)
+		return true
+	})
+	if _, err := f.p.GetExternalMetric(context.Background(), "shop", labels.Everything(), info("ingress_requests_per_second")); !apierrors.IsServiceUnavailable(err) {
+		t.Errorf("Prometheus failing: %v, want 503, not 0", err)
+	}
+}

@@ -106,6 +106,14 @@ var (
 		StabilityLevel: basemetrics.ALPHA,
 	}, []string{"result"})
 
+	zeroed = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
+		Namespace:      Namespace,
+		Subsystem:      "prometheus",
+		Name:           "empty_answers_as_zero_total",
+		Help:           "Values answered 0 because Prometheus had no series for them and their rule sets emptyIsZero, by API and rule.",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"api", "rule"})
+
 	rulesLeftOut = basemetrics.NewGaugeVec(&basemetrics.GaugeOpts{
 		Namespace:      Namespace,
 		Subsystem:      "config",
@@ -125,7 +133,7 @@ var (
 
 	all = []basemetrics.Registerable{
 		queryDuration, discoveryDuration, discoveryLastSuccess, discoveredMetrics,
-		reloadSuccessful, reloadLastSuccess, reloads, resolvedObjects, rulesLeftOut,
+		reloadSuccessful, reloadLastSuccess, reloads, resolvedObjects, rulesLeftOut, zeroed,
 	}
 )
 
@@ -186,6 +194,11 @@ func ObserveQuery(api, rule string, start time.Time, samples int, err error) {
 	queryDuration.WithLabelValues(api, rule, Outcome(samples, err)).Observe(time.Since(start).Seconds())
 }
 
+// ObserveZeroed records n values of rule answered 0 by its emptyIsZero.
+func ObserveZeroed(api, rule string, n int) {
+	zeroed.WithLabelValues(api, rule).Add(float64(n))
+}
+
 // ObserveDiscovery records one discovery round's duration.
 func ObserveDiscovery(d time.Duration) { discoveryDuration.Observe(d.Seconds()) }
 
@@ -216,6 +229,7 @@ func SetDiscovered(api string, rs []RuleDiscovery) {
 			for _, o := range outcomes {
 				queryDuration.Delete(map[string]string{"api": api, "rule": rule, "outcome": o})
 			}
+			zeroed.DeleteLabelValues(api, rule)
 		}
 	}
 	for _, r := range rs {

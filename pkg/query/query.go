@@ -38,6 +38,9 @@ type Query struct {
 	What string
 	// Render renders the rule's query for the request.
 	Render func() (string, error)
+	// EmptyIsZero is the rule's emptyIsZero: what the query returns no
+	// series for is answered 0 (see Zeroed).
+	EmptyIsZero bool
 }
 
 // Result is what Prometheus answered.
@@ -65,4 +68,17 @@ func Run(ctx context.Context, prom promclient.Querier, q Query) (Result, error) 
 	}
 	klog.V(4).InfoS("Query done", "api", q.API, "rule", q.Rule, "what", q.What, "series", len(vec), "duration", took, "expr", expr)
 	return Result{Expr: expr, Vector: vec}, nil
+}
+
+// Zeroed records that n values of what q asked for had no series and were
+// answered 0 by the rule's emptyIsZero: in the adapter's metrics, the
+// explain trace and the log. The providers call it where they make the
+// zeros; it is never called for a failed query.
+func Zeroed(ctx context.Context, q Query, n int) {
+	if n == 0 {
+		return
+	}
+	metrics.ObserveZeroed(q.API, q.Rule, n)
+	explain.From(ctx).Zeroed(q.Rule, n)
+	klog.V(4).InfoS("No series: answered 0 (emptyIsZero)", "api", q.API, "rule", q.Rule, "what", q.What, "values", n)
 }

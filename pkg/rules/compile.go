@@ -120,6 +120,11 @@ func (c *compiler) rule(section string, i int, cr config.Rule) *Rule {
 		r.leftOut = c.namespaceLabel(section, i, r, cr.Resources)
 	}
 	r.aggregate = c.aggregate(section, i, cr.Resources)
+	if cr.EmptyIsZero && !external && r.servesPods() {
+		c.fail(section, i, "emptyIsZero", "a rule that serves pods may not answer 0 for no series: an HPA averages a Pods metric over the pods, and a made-up 0 would be a wrong number. "+
+			"Serve the objects in front of the pods (an Ingress, a Service: their traffic goes on at zero replicas) from a rule of their own, or use an externalRule")
+	}
+	r.emptyIsZero = cr.EmptyIsZero
 	for j, rep := range cr.LabelValueReplacements {
 		if rep.Find == "" {
 			c.fail(section, i, fmt.Sprintf("labelValueReplacements[%d].find", j), "is required")
@@ -234,6 +239,13 @@ func (c *compiler) mapping(section string, i int, field string, cm config.Resour
 		m.overrides[label] = schema.GroupResource{Group: gr.Group, Resource: gr.Resource}
 	}
 	return m
+}
+
+// servesPods reports whether the rule can serve pods: a label maps to
+// them, by override or template, or it serves objects through their pods.
+func (r *Rule) servesPods() bool {
+	_, podLabel := r.LabelFor("pod")
+	return podLabel || len(r.aggregate) > 0
 }
 
 func overridesResource(overrides map[string]config.GroupResource, singular string) bool {

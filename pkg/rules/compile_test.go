@@ -222,3 +222,39 @@ func TestNamespacedExternalRuleWithoutNamespaceLabelIsLeftOut(t *testing.T) {
 		})
 	}
 }
+
+// emptyIsZero is allowed where no series can mean 0 (external metrics,
+// objects in front of the pods) and refused, at its line, where a made-up
+// 0 would be a wrong number: a rule that serves pods.
+func TestEmptyIsZeroOnlyWhereZeroIsMeaningful(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		want       string // an error that names file:line, or "" to load
+	}{
+		{"an external rule", "externalRules:\n- seriesQuery: q\n  resources: {namespaced: false}\n  metricsQuery: sum(<<.Series>>)\n  emptyIsZero: true\n", ""},
+		{"a rule on Ingresses", "rules:\n- seriesQuery: q\n  resources: {overrides: {namespace: {resource: namespace}, ingress: {group: networking.k8s.io, resource: ingress}}}\n  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)\n  emptyIsZero: true\n", ""},
+		{"a rule on pods", "rules:\n- seriesQuery: q\n  resources: {overrides: {namespace: {resource: namespace}, pod: {resource: pod}}}\n  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)\n  emptyIsZero: true\n",
+			"cfg.yaml:5: rules[0].emptyIsZero: a rule that serves pods may not answer 0"},
+		{"a rule whose template maps pods", "rules:\n- seriesQuery: q\n  resources: {template: <<.Resource>>}\n  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)\n  emptyIsZero: true\n",
+			"cfg.yaml:5: rules[0].emptyIsZero"},
+		{"a resource rule", "resourceRules:\n  cpu: {containerQuery: x, nodeQuery: y, containerLabel: c, emptyIsZero: true}\n", "cfg.yaml:2: resourceRules.cpu.emptyIsZero: unknown field"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Parse([]byte(tc.yaml), "cfg.yaml")
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("Parse() error: %v", err)
+				}
+				for _, r := range append(s.Custom, s.External...) {
+					if !r.EmptyIsZero() {
+						t.Errorf("%s: emptyIsZero not set", r)
+					}
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Parse() error = %v, want one saying %q", err, tc.want)
+			}
+		})
+	}
+}

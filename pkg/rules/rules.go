@@ -52,7 +52,14 @@ type Rule struct {
 	replacements []config.LabelValueReplacement
 	// leftOut says why the rule is not served, when it is not.
 	leftOut error
+	// emptyIsZero answers 0 for what has no series.
+	emptyIsZero bool
 }
+
+// EmptyIsZero reports the rule's emptyIsZero: a query that returns no
+// series for an object (or, for an external metric, none at all) is
+// answered 0 rather than with no value. Errors stay errors.
+func (r *Rule) EmptyIsZero() bool { return r.emptyIsZero }
 
 // LeftOut says why the rule cannot be served correctly, or is nil: such a
 // rule is still listed (so that a request for its metrics is answered
