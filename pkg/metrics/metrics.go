@@ -229,7 +229,7 @@ func SetDiscovered(api string, rs []RuleDiscovery) {
 			for _, o := range outcomes {
 				queryDuration.Delete(map[string]string{"api": api, "rule": rule, "outcome": o})
 			}
-			zeroed.DeleteLabelValues(api, rule)
+			zeroed.Delete(map[string]string{"api": api, "rule": rule})
 		}
 	}
 	for _, r := range rs {
