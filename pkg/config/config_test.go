@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -19,18 +20,24 @@ func TestDefaultConfigIsValid(t *testing.T) {
 	var names []string
 	for _, r := range c.Rules {
 		names = append(names, r.Name.As)
-		if r.SeriesQuery != `app_requests_total{namespace!="",pod!=""}` {
-			t.Errorf("rule %q seriesQuery = %q", r.Name.As, r.SeriesQuery)
+	}
+	if d := cmp.Diff([]string{"requests-per-second", "packets-per-second", "requests-per-second"}, names); d != "" {
+		t.Errorf("metric names (-want +got):\n%s", d)
+	}
+	// The app's counter, per pod and through the pods of every owner but
+	// Ingresses, which the ingress controller measures in front of them.
+	owners := slices.DeleteFunc(podowners.Names(), func(n string) bool { return n == "ingresses.networking.k8s.io" })
+	for _, r := range c.Rules[:2] {
+		if r.SeriesQuery != `app_requests_total{namespace!="",pod!=""}` || !strings.Contains(r.MetricsQuery, "rate(<<.Series>>{<<.LabelMatchers>>}[1m])") || r.EmptyIsZero {
+			t.Errorf("rule %q = %+v", r.Name.As, r)
 		}
-		if !strings.Contains(r.MetricsQuery, "rate(<<.Series>>{<<.LabelMatchers>>}[1m])") {
-			t.Errorf("rule %q metricsQuery = %q, want a 1m rate", r.Name.As, r.MetricsQuery)
-		}
-		if d := cmp.Diff(podowners.Names(), r.Resources.AggregateFromPods); d != "" {
+		if d := cmp.Diff(owners, r.Resources.AggregateFromPods); d != "" {
 			t.Errorf("rule %q aggregateFromPods (-want +got):\n%s", r.Name.As, d)
 		}
 	}
-	if d := cmp.Diff([]string{"requests-per-second", "packets-per-second"}, names); d != "" {
-		t.Errorf("metric names (-want +got):\n%s", d)
+	nginx := c.Rules[2]
+	if !strings.HasPrefix(nginx.SeriesQuery, "nginx_ingress_controller_requests{") || nginx.Resources.Overrides["ingress"].Resource != "ingress" || !nginx.EmptyIsZero {
+		t.Errorf("the Ingress rule = %+v, want ingress-nginx's counter, by Ingress, with emptyIsZero", nginx)
 	}
 }
 
@@ -197,8 +204,8 @@ func TestLoad(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load() error: %v", err)
 	}
-	if len(c.Rules) != 2 {
-		t.Errorf("Load() got %d rules, want 2", len(c.Rules))
+	if len(c.Rules) != 3 {
+		t.Errorf("Load() got %d rules, want 3", len(c.Rules))
 	}
 	_, err = Load(filepath.Join(dir, "missing.yaml"))
 	if err == nil || !strings.Contains(err.Error(), "missing.yaml") {

@@ -57,7 +57,12 @@ type indexer struct{ mapper apimeta.RESTMapper }
 
 func (x indexer) build(rs []*rules.Rule, round discovery.Result, idx *catalog.Index[metricKey, entry]) {
 	for _, r := range rs {
-		x.buildRule(r, round.Series[r.SeriesQuery()], idx)
+		sets := round.Series[r.SeriesQuery()]
+		if ls, ok := r.Unlisted(); ok {
+			// emptyIsZero: served before its first series.
+			sets = append(slices.Clone(sets), ls)
+		}
+		x.buildRule(r, sets, idx)
 	}
 }
 

@@ -180,11 +180,17 @@ rules:
   emptyIsZero: true
 `
 	f := newFixture(t, ingressRule, time.Second)
-	f.prom.Series = append(f.prom.Series, map[string]string{"__name__": "ingress_requests_total", "namespace": "default", "ingress": "other"})
 	f.res.objects[ingresses] = map[string][]string{"default": {"main-route", "other"}}
-	f.discover(t)
 	info := provider.CustomMetricInfo{GroupResource: ingresses, Namespaced: true, Metric: "requests-per-second"}
 	name := types.NamespacedName{Namespace: "default", Name: "main-route"}
+	// Before any Ingress has had a request, Prometheus has no series of
+	// the counter at all: the metric is served, and 0.
+	f.discover(t)
+	if v, err := f.p.GetMetricByName(context.Background(), name, info, labels.Everything()); err != nil || !v.Value.IsZero() {
+		t.Fatalf("no series of the counter yet: %+v, %v; want 0", v, err)
+	}
+	f.prom.Series = append(f.prom.Series, map[string]string{"__name__": "ingress_requests_total", "namespace": "default", "ingress": "other"})
+	f.discover(t)
 
 	v, err := f.p.GetMetricByName(context.Background(), name, info, labels.Everything())
 	if err != nil || !v.Value.IsZero() || v.Timestamp.IsZero() || v.DescribedObject.Name != "main-route" {

@@ -18,6 +18,7 @@ package externalmetrics
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -86,6 +87,10 @@ type entry struct {
 func build(rs []*rules.Rule, round discovery.Result, idx *catalog.Index[string, entry]) {
 	for _, rule := range rs {
 		sets, listed := round.Series[rule.SeriesQuery()]
+		if ls, ok := rule.Unlisted(); ok {
+			// emptyIsZero: served before its first series.
+			sets, listed = append(slices.Clone(sets), ls), true
+		}
 		if !listed {
 			continue
 		}

@@ -313,7 +313,8 @@ externalRules:
   metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m]))
   emptyIsZero: true
 `
-	f := newFixtureFor(t, zeroRule, []map[string]string{{"__name__": "ingress_requests_total", "namespace": "shop"}})
+	// No series of the counter yet: the metric is served, and 0.
+	f := newFixtureFor(t, zeroRule, nil)
 	f.discover(t)
 	const expr = `sum(rate(ingress_requests_total{namespace="shop"}[1m]))`
 	list, err := f.p.GetExternalMetric(context.Background(), "shop", labels.Everything(), info("ingress_requests_per_second"))

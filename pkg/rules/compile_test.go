@@ -258,3 +258,31 @@ func TestEmptyIsZeroOnlyWhereZeroIsMeaningful(t *testing.T) {
 		})
 	}
 }
+
+// An emptyIsZero rule is served before Prometheus has any of its series,
+// when its series name and resources do not depend on the series.
+func TestUnlisted(t *testing.T) {
+	const tail = "\n  resources: {overrides: {namespace: {resource: namespace}, ingress: {group: networking.k8s.io, resource: ingress}}}\n  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)\n"
+	for _, tc := range []struct {
+		rule string
+		want string // the series name, or "" for none
+	}{
+		{"- seriesQuery: 'nginx_ingress_controller_requests{namespace!=\"\"}'" + tail + "  emptyIsZero: true\n", "nginx_ingress_controller_requests"},
+		{"- seriesQuery: '{__name__=\"queue_depth\",queue!=\"\"}'" + tail + "  emptyIsZero: true\n", "queue_depth"},
+		{"- seriesQuery: '{__name__=~\"queue_.*\"}'" + tail + "  emptyIsZero: true\n", ""},
+		{"- seriesQuery: 'nginx_ingress_controller_requests'" + tail, ""},
+		{"- seriesQuery: 'a_total'\n  name: {matches: ^b$}" + tail + "  emptyIsZero: true\n", ""},
+	} {
+		s, err := Parse([]byte("rules:\n"+tc.rule), "cfg.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls, ok := s.Custom[0].Unlisted()
+		if got := string(ls["__name__"]); ok != (tc.want != "") || got != tc.want {
+			t.Errorf("%s: Unlisted() = %v, %v; want %q", tc.rule, ls, ok, tc.want)
+		}
+		if ok && (ls["namespace"] != "" || len(ls) != 3) {
+			t.Errorf("%s: labels %v, want the overrides' namespace and ingress", tc.rule, ls)
+		}
+	}
+}

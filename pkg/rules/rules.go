@@ -61,6 +61,40 @@ type Rule struct {
 // answered 0 rather than with no value. Errors stay errors.
 func (r *Rule) EmptyIsZero() bool { return r.emptyIsZero }
 
+// seriesName is the metric name a seriesQuery selects, when it names one:
+// name{...} or {__name__="name",...}.
+var seriesName = regexp.MustCompile(`^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{|$)|__name__\s*=\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"`)
+
+// Unlisted is the series an emptyIsZero rule serves before Prometheus has
+// any: its series name, from its seriesQuery, with the labels its
+// overrides name. A rule with emptyIsZero answers 0 for no series, so
+// its metric exists before the first sample: an Ingress that has never
+// had a request (ingress-nginx exports nothing for it until then) is 0,
+// not an unknown metric. It reports false for other rules, and for rules
+// whose series name or resources depend on the series (a regular
+// expression on __name__, a resources.template).
+func (r *Rule) Unlisted() (model.LabelSet, bool) {
+	if !r.emptyIsZero || r.resTemplate != nil {
+		return nil, false
+	}
+	m := seriesName.FindStringSubmatch(r.seriesQuery)
+	if m == nil {
+		return nil, false
+	}
+	name := m[1]
+	if name == "" {
+		name = m[3]
+	}
+	if _, ok := r.MetricName(name); !ok {
+		return nil, false
+	}
+	ls := model.LabelSet{model.MetricNameLabel: model.LabelValue(name)}
+	for label := range r.overrides {
+		ls[model.LabelName(label)] = ""
+	}
+	return ls, true
+}
+
 // LeftOut says why the rule cannot be served correctly, or is nil: such a
 // rule is still listed (so that a request for its metrics is answered
 // with the reason) but serves nothing, and every other rule serves.

@@ -77,17 +77,18 @@ func waitReady(ctx context.Context, namespace string, n int32, timeout time.Dura
 	return stack.WaitReady(ctx, namespace, app, n, timeout)
 }
 
-// startLoad requests path at rate req/s, spread over the Ready pods of the
-// app Service of namespace, until the returned stop is called (or a bound
-// passes).
+// startLoad requests path at rate req/s through the namespace's Ingress
+// main-route (the local ingress spreads it over the Ready pods of the app
+// Service), until the returned stop is called (or a bound passes).
 func startLoad(t *testing.T, namespace, path string, rate float64) (stats *loadgen.Stats, stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	targets, err := localstack.ServiceTargets(ctx, stack.Client, namespace, app)
+	ingressURL, err := localstack.IngressURL(ctx, stack.Client, namespace, "main-route", time.Minute)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
 	}
+	targets := func() []string { return []string{ingressURL} }
 	stats = &loadgen.Stats{}
 	done := make(chan struct{})
 	go func() {

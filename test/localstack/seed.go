@@ -32,6 +32,9 @@ type SeedHPA struct {
 	Rate float64
 	// ScaleTo is the replica count that load reaches.
 	ScaleTo int32
+	// FromZero is set for the HPAs with minReplicas: 0: idle they scale the
+	// app to zero, and back from zero under load.
+	FromZero bool
 }
 
 // LoadPath keeps each request cheap where the load is about request
@@ -82,6 +85,31 @@ var SeedHPAs = []SeedHPA{
 			h.Spec.MaxReplicas = 4
 		},
 		Path: LoadPath, Rate: 30, ScaleTo: 3,
+	},
+}
+
+// ScaleToZeroHPAs are the seed's Object HPA and an External HPA on the same
+// traffic, with minReplicas: 0 (manifests/hpa/*-from-zero), each on its own
+// app: the ingress controller's request rate through main-route, 0 while
+// nothing comes, so the HPA takes the app to zero and back.
+var ScaleToZeroHPAs = []SeedHPA{
+	{
+		Namespace: "hpa-zero-object", Dir: "manifests/hpa/object-from-zero", Metric: "Object Ingress main-route requests-per-second, from 0",
+		Scale: func(h *autoscalingv2.HorizontalPodAutoscaler) {
+			// 2k in the example; 10 here: 20 req/s asks for 2 replicas.
+			h.Spec.Metrics[0].Object.Target.Value = resource.NewQuantity(10, resource.DecimalSI)
+			h.Spec.MaxReplicas = 3
+		},
+		Path: LoadPath, Rate: 20, ScaleTo: 2, FromZero: true,
+	},
+	{
+		Namespace: "hpa-zero-external", Dir: "manifests/hpa/external-from-zero", Metric: "External ingress_requests_per_second, from 0",
+		Scale: func(h *autoscalingv2.HorizontalPodAutoscaler) {
+			// 1k per replica in the example; 10 here.
+			h.Spec.Metrics[0].External.Target.AverageValue = resource.NewQuantity(10, resource.DecimalSI)
+			h.Spec.MaxReplicas = 3
+		},
+		Path: LoadPath, Rate: 20, ScaleTo: 2, FromZero: true,
 	},
 }
 

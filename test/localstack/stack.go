@@ -77,6 +77,9 @@ type Stack struct {
 
 	stopKubelet context.CancelFunc
 	kubeletDone chan error
+	// Ingress plays the ingress controller: load goes through it.
+	Ingress     *IngressController
+	stopIngress context.CancelFunc
 
 	endpoints     *endpointsController
 	stopEndpoints context.CancelFunc
@@ -155,6 +158,17 @@ func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 			return nil, err
 		}
 		s.step("process kubelet registered node local-node")
+		ictx, stop := context.WithCancel(context.Background())
+		s.stopIngress = stop
+		s.Ingress = &IngressController{Client: s.Client, Progress: progress}
+		if err := s.Ingress.Start(ictx); err != nil {
+			return nil, fmt.Errorf("starting the local ingress: %w", err)
+		}
+		opts.ExtraScrapeConfigs = append(opts.ExtraScrapeConfigs, map[string]any{
+			"job_name":       "local-ingress",
+			"static_configs": []any{map[string]any{"targets": []any{s.Ingress.MetricsAddr}}},
+		})
+		s.step("local ingress serving every Ingress, its request counter on %s", s.Ingress.MetricsAddr)
 	}
 
 	promCfg, err := s.prometheusConfig(opts)
@@ -196,6 +210,14 @@ func (s *Stack) startKubelet(ctx context.Context, appBin, dir string, progress i
 
 // Stop stops the kubelet's pods and every server.
 func (s *Stack) Stop() error {
+	if s.stopIngress != nil {
+		s.stopIngress()
+		select {
+		case <-s.Ingress.Done():
+		case <-time.After(10 * time.Second):
+		}
+		s.stopIngress = nil
+	}
 	if s.stopEndpoints != nil {
 		s.stopEndpoints()
 		<-s.endpointsDone

@@ -1,0 +1,162 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
+)
+
+// failedGets are the events of an HPA that cannot read its metric: at zero
+// replicas they mean it never leaves zero.
+var failedGets = []string{"FailedGetObjectMetric", "FailedGetExternalMetric", "FailedComputeMetricsReplicas"}
+
+// TestScaleToZeroAndBack runs the Object and the External HPA with
+// minReplicas: 0 (localstack.ScaleToZeroHPAs) on the real HPA controller,
+// side by side: idle, each takes its app to zero replicas with no
+// FailedGet* event; with load through the local ingress, from zero to one
+// ready replica and out; when the load stops, back to zero.
+func TestScaleToZeroAndBack(t *testing.T) {
+	for _, h := range localstack.ScaleToZeroHPAs {
+		t.Run(h.Namespace, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+			defer cancel()
+			if err := stack.DeployApp(ctx, h.Namespace); err != nil {
+				t.Fatal(err)
+			}
+			hpa, err := stack.HPA(ctx, h, 20*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if hpa.Spec.MinReplicas == nil || *hpa.Spec.MinReplicas != 0 || len(hpa.Spec.Metrics) != 1 ||
+				(hpa.Spec.Metrics[0].Type != autoscalingv2.ObjectMetricSourceType && hpa.Spec.Metrics[0].Type != autoscalingv2.ExternalMetricSourceType) {
+				t.Fatalf("%s is not an Object or External HPA with minReplicas: 0: %+v", h.Dir, hpa.Spec)
+			}
+			runFromZero(ctx, t, hpa, h)
+		})
+	}
+}
+
+func runFromZero(ctx context.Context, t *testing.T, hpa *autoscalingv2.HorizontalPodAutoscaler, h localstack.SeedHPA) {
+	t.Helper()
+	hpas := stack.Client.AutoscalingV2().HorizontalPodAutoscalers(h.Namespace)
+	if _, err := hpas.Create(ctx, hpa, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := hpas.Delete(context.Background(), hpa.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Error(err)
+		}
+	})
+	describe := func() string { return describeHPA(ctx, h.Namespace, hpa.Name) }
+
+	// Idle: nothing comes through main-route, the metric is 0, and the HPA
+	// takes the app from its one replica to zero.
+	start := time.Now()
+	if err := waitZero(ctx, h.Namespace, hpa.Name, 4*time.Minute); err != nil {
+		t.Fatalf("idle, the app did not go to zero replicas (%v): %s", err, describe())
+	}
+	t.Logf("idle: at zero replicas %s after the HPA was created: %s", time.Since(start).Round(time.Second), describe())
+	// It sits there: two more HPA syncs at zero, reading its metric.
+	if err := stays(ctx, 15*time.Second, func(ctx context.Context) error {
+		d, err := stack.Client.AppsV1().Deployments(h.Namespace).Get(ctx, app, metav1.GetOptions{})
+		if err == nil && *d.Spec.Replicas != 0 {
+			err = fmt.Errorf("idle at zero, the HPA asked for %d replicas", *d.Spec.Replicas)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if evs := hpaEvents(ctx, t, h.Namespace, hpa.Name, failedGets...); len(evs) > 0 {
+		t.Fatalf("idle at zero, the HPA could not read its metric: %v", evs)
+	}
+
+	// Load through the ingress: from zero to a ready replica, and out.
+	_, stopLoad := startLoad(t, h.Namespace, h.Path, h.Rate)
+	start = time.Now()
+	var firstReady time.Duration
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
+		d, err := stack.Client.AppsV1().Deployments(h.Namespace).Get(ctx, app, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		if firstReady == 0 && d.Status.ReadyReplicas >= 1 {
+			firstReady = time.Since(start)
+			t.Logf("first ready replica %s after the first request: %s", firstReady.Round(100*time.Millisecond), describe())
+		}
+		return d.Status.ReadyReplicas >= h.ScaleTo, nil
+	})
+	if err != nil {
+		t.Fatalf("no scale from zero to %d ready replicas under %.0f req/s through main-route: %s", h.ScaleTo, h.Rate, describe())
+	}
+	t.Logf("%d ready replicas %s after the first request: %s", h.ScaleTo, time.Since(start).Round(time.Second), describe())
+
+	// The load stops: back to zero.
+	stopLoad()
+	stopped := time.Now()
+	if err := waitZero(ctx, h.Namespace, hpa.Name, 5*time.Minute); err != nil {
+		t.Fatalf("no scale back to zero after the load stopped (%v): %s", err, describe())
+	}
+	back := time.Since(stopped)
+	t.Logf("back at zero replicas %s after the last request: %s", back.Round(time.Second), describe())
+	fmt.Printf("E2E-TIMING %s: first ready replica %s after the first request; zero replicas %s after the last request\n",
+		t.Name(), firstReady.Round(100*time.Millisecond), back.Round(time.Second))
+}
+
+// waitZero waits until the app has no replicas and the HPA says it scaled
+// it to zero.
+func waitZero(ctx context.Context, namespace, hpa string, timeout time.Duration) error {
+	return wait.PollUntilContextTimeout(ctx, time.Second, timeout, true, func(ctx context.Context) (bool, error) {
+		d, err := stack.Client.AppsV1().Deployments(namespace).Get(ctx, app, metav1.GetOptions{})
+		if err != nil || *d.Spec.Replicas != 0 || d.Status.Replicas != 0 {
+			return false, nil
+		}
+		h, err := stack.Client.AutoscalingV2().HorizontalPodAutoscalers(namespace).Get(ctx, hpa, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		return slices.ContainsFunc(h.Status.Conditions, func(c autoscalingv2.HorizontalPodAutoscalerCondition) bool {
+			return c.Type == autoscalingv2.ScaledToZero && c.Status == corev1.ConditionTrue
+		}), nil
+	})
+}
+
+// stays checks cond every second for window; it fails at cond's first
+// error.
+func stays(ctx context.Context, window time.Duration, cond func(context.Context) error) error {
+	err := wait.PollUntilContextTimeout(ctx, time.Second, window, true, func(ctx context.Context) (bool, error) {
+		return false, cond(ctx)
+	})
+	if wait.Interrupted(err) && ctx.Err() == nil {
+		return nil // the whole window held
+	}
+	return err
+}
+
+// hpaEvents lists the events of an HPA with one of reasons.
+func hpaEvents(ctx context.Context, t *testing.T, namespace, name string, reasons ...string) []string {
+	t.Helper()
+	evs, err := stack.Client.CoreV1().Events(namespace).List(ctx, metav1.ListOptions{
+		FieldSelector: "involvedObject.kind=HorizontalPodAutoscaler,involvedObject.name=" + name,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range evs.Items {
+		if slices.Contains(reasons, e.Reason) {
+			out = append(out, e.Reason+": "+e.Message)
+		}
+	}
+	return out
+}
