@@ -360,4 +360,3 @@ func IngressURL(ctx context.Context, client kubernetes.Interface, namespace, nam
 	}
 	return u, nil
 }
-
