@@ -36,7 +36,7 @@ build: ## Build the adapter, the load app and the load generator into bin/ (as t
 
 .PHONY: unit
 unit: ## Unit tests with the race detector
-	CGO_ENABLED=1 GOFLAGS= go test -race -count=1 ./pkg/... ./app/... ./cmd/...
+	CGO_ENABLED=1 GOFLAGS= go test -race -count=1 ./pkg/... ./app/... ./cmd/... ./internal/... ./test/localstack/...
 
 .PHONY: integration
 integration: $(BIN)/prometheus ## The provider against a real Prometheus scraping real load-app processes

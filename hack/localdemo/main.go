@@ -1,8 +1,10 @@
 // Command localdemo is `make demo`: it starts the local stack (a real
 // control plane, the process kubelet, Prometheus and the adapter serving
-// the custom, external and resource metrics APIs on 127.0.0.1), deploys the
-// load app five times, each with one of the seed's HPAs from
-// manifests/hpa (CPU, memory, Pods, Object, External), plays a load pattern
+// the custom, external and resource metrics APIs on 127.0.0.1, and a local
+// ingress in front of the apps), deploys the load app seven times, each
+// with one of the seed's HPAs from manifests/hpa (CPU, memory, Pods,
+// Object, External) or one of the two that scale from zero (Object and
+// External with minReplicas: 0), plays a load pattern through the ingress
 // on all of them at once and prints what each HPA sees and does, then
 // leaves the stack up until Ctrl-C.
 package main
@@ -21,6 +23,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
@@ -48,8 +51,8 @@ func main() {
 }
 
 func run() error {
-	quick := flag.Bool("quick", false, "Shorter load pattern, and exit when every app is back to one replica instead of waiting for Ctrl-C.")
-	only := flag.String("only", "", "Run only these HPAs, comma-separated namespaces (hpa-cpu,hpa-memory,hpa-pods,hpa-object,hpa-external); default all.")
+	quick := flag.Bool("quick", false, "Shorter load pattern, and exit when every app is back to its minimum (one replica, or zero) instead of waiting for Ctrl-C.")
+	only := flag.String("only", "", "Run only these HPAs, comma-separated namespaces ("+strings.Join(namespaces(), ",")+"); default all.")
 	dirFlag := flag.String("dir", "", "Run folder for logs, certificates and kubeconfigs (default run/demo in the repository).")
 	flag.Parse()
 
@@ -145,15 +148,16 @@ func run() error {
 		return "stop", 0
 	}
 
-	fmt.Printf("\n== load on every app at once: idle %s, ramp to full over %s, hold %s, stop\n", idle, ramp, hold)
+	fmt.Printf("\n== load on every app at once, through its Ingress main-route: idle %s, ramp to full over %s, hold %s, stop\n", idle, ramp, hold)
 	stats := make([]loadgen.Stats, len(hpas))
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	for i, h := range hpas {
-		targets, err := localstack.ServiceTargets(loadCtx, s.Client, h.Namespace, "app")
+		ingress, err := localstack.IngressURL(loadCtx, s.Client, h.Namespace, "main-route", time.Minute)
 		if err != nil {
 			return err
 		}
+		targets := func() []string { return []string{ingress} }
 		go func() {
 			_ = loadgen.Run(loadCtx, loadgen.Config{
 				Targets: targets, Path: h.Path, Duration: total,
@@ -177,23 +181,23 @@ func run() error {
 		name, share := at(elapsed)
 		fmt.Printf("\n[%s] %s, load at %.0f%%\n", elapsed.Round(time.Second), name, share*100)
 		tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "namespace\tmetric\tcurrent\ttarget\treplicas\toffered\t")
-		allAtOne := true
+		fmt.Fprintln(tw, "namespace\tmetric\tcurrent\ttarget\treplicas\tScaledToZero\toffered\t")
+		allAtMin := true
 		for _, h := range hpas {
 			r := snapshot(ctx, s, h)
-			if r.ready != 1 || r.desired != 1 {
-				allAtOne = false
+			if low := minimum(h); r.ready != low || r.desired != low {
+				allAtMin = false
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.0f req/s\t\n", h.Namespace, h.Metric, r.current, r.target, r.replicas, share*h.Rate)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.0f req/s\t\n", h.Namespace, h.Metric, r.current, r.target, r.replicas, r.scaledToZero, share*h.Rate)
 		}
 		tw.Flush()
-		if name == "stop" && allAtOne && backToOne.IsZero() {
+		if name == "stop" && allAtMin && backToOne.IsZero() {
 			backToOne = time.Now()
 			var sent []string
 			for i, h := range hpas {
 				sent = append(sent, fmt.Sprintf("%s: %s", h.Namespace, stats[i].String()))
 			}
-			fmt.Printf("\n== every app back to 1 replica %s after the load stopped\n   %s\n",
+			fmt.Printf("\n== every app back to its minimum (1 replica; 0 for those from zero) %s after the load stopped\n   %s\n",
 				time.Since(start.Add(total)).Round(time.Second), strings.Join(sent, "\n   "))
 			if *quick {
 				return nil
@@ -203,20 +207,41 @@ func run() error {
 	}
 }
 
+// allHPAs are the seed's five HPAs and the two from zero.
+func allHPAs() []localstack.SeedHPA {
+	return append(append([]localstack.SeedHPA{}, localstack.SeedHPAs...), localstack.ScaleToZeroHPAs...)
+}
+
+func namespaces() []string {
+	var out []string
+	for _, h := range allHPAs() {
+		out = append(out, h.Namespace)
+	}
+	return out
+}
+
+// minimum is the replica count an idle app goes to.
+func minimum(h localstack.SeedHPA) int32 {
+	if h.FromZero {
+		return 0
+	}
+	return 1
+}
+
 func selectHPAs(only string) ([]localstack.SeedHPA, error) {
 	if only == "" {
-		return localstack.SeedHPAs, nil
+		return allHPAs(), nil
 	}
 	var out []localstack.SeedHPA
 	for _, name := range strings.Split(only, ",") {
 		found := false
-		for _, h := range localstack.SeedHPAs {
+		for _, h := range allHPAs() {
 			if h.Namespace == strings.TrimSpace(name) {
 				out, found = append(out, h), true
 			}
 		}
 		if !found {
-			return nil, fmt.Errorf("--only: no HPA %q (have hpa-cpu, hpa-memory, hpa-pods, hpa-object, hpa-external)", name)
+			return nil, fmt.Errorf("--only: no HPA %q (have %s)", name, strings.Join(namespaces(), ", "))
 		}
 	}
 	return out, nil
@@ -244,6 +269,17 @@ func deploy(ctx context.Context, s *localstack.Stack, h localstack.SeedHPA) erro
 	if err != nil {
 		return fmt.Errorf("the HPA in %s never read its metric: %w", h.Namespace, err)
 	}
+	if !h.FromZero {
+		return nil
+	}
+	// Idle, an HPA from zero takes its app there before the load starts.
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		r := snapshot(ctx, s, h)
+		return r.desired == 0 && r.ready == 0 && r.scaledToZero == "True", nil
+	})
+	if err != nil {
+		return fmt.Errorf("idle, the HPA in %s did not take its app to zero replicas: %w", h.Namespace, err)
+	}
 	return nil
 }
 
@@ -256,9 +292,11 @@ The stack stays up until Ctrl-C. Explore it:
   kubectl top pods -A; kubectl top nodes
   kubectl get --raw "/apis/custom.metrics.k8s.io/v1beta2/namespaces/hpa-pods/pods/*/packets-per-second?labelSelector=app%%3Dapp"
   kubectl get --raw /apis/custom.metrics.k8s.io/v1beta2/namespaces/hpa-object/ingresses.networking.k8s.io/main-route/requests-per-second
+  kubectl get --raw "/apis/external.metrics.k8s.io/v1beta1/namespaces/hpa-zero-external/ingress_requests_per_second?labelSelector=ingress%%3Dmain-route"
+  kubectl get hpa -n hpa-zero-object -o jsonpath='{.items[0].status.conditions}'   # ScaledToZero
   kubectl get --raw "/apis/external.metrics.k8s.io/v1beta1/namespaces/hpa-external/app_requests_per_second?labelSelector=container%%3Dapp"
   kubectl get --raw /apis/metrics.k8s.io/v1beta1/namespaces/hpa-cpu/pods
-  %s/bin/loadgen --target=http://<pod IP>:8080 --rate=30 --duration=2m   # pod IPs: kubectl get pods -A -o wide
+  %s/bin/loadgen --target=http://127.0.0.1:<port> --rate=30 --duration=2m   # each Ingress' address: kubectl get ingress -A
 
 Why a value is what it is (the rule, the pods, the PromQL, Prometheus' answer):
   %s/bin/adapter explain %s pods/packets-per-second -n hpa-pods -l app=app
@@ -270,13 +308,21 @@ Prometheus: %s   Logs: %s
 
 type row struct {
 	current, target, replicas string
-	ready, desired            int32
+	// scaledToZero is the HPA's ScaledToZero condition, as the controller
+	// reports it.
+	scaledToZero   string
+	ready, desired int32
 }
 
 func snapshot(ctx context.Context, s *localstack.Stack, h localstack.SeedHPA) row {
-	r := row{current: "-", target: "-", replicas: "-"}
+	r := row{current: "-", target: "-", replicas: "-", scaledToZero: "-"}
 	if hpa, err := s.Client.AutoscalingV2().HorizontalPodAutoscalers(h.Namespace).Get(ctx, "app", metav1.GetOptions{}); err == nil {
 		r.current, r.target = localstack.CurrentMetric(hpa)
+		for _, c := range hpa.Status.Conditions {
+			if c.Type == autoscalingv2.ScaledToZero {
+				r.scaledToZero = string(c.Status)
+			}
+		}
 	}
 	if d, err := s.Client.AppsV1().Deployments(h.Namespace).Get(ctx, "app", metav1.GetOptions{}); err == nil {
 		r.ready, r.desired = d.Status.ReadyReplicas, *d.Spec.Replicas

@@ -156,6 +156,7 @@ func (c *IngressController) serve(ctx context.Context, obj any) {
 			return
 		}
 		r = &ingressRoute{port: ln.Addr().(*net.TCPAddr).Port}
+		r.ing.Store(ing)
 		r.server = &http.Server{Handler: c.handler(r), ReadHeaderTimeout: 5 * time.Second}
 		c.routes[key] = r
 		c.wg.Go(func() { _ = r.server.Serve(ln) })
