@@ -154,6 +154,11 @@ type Config[K comparable, E any] struct {
 	// API names the API in logs and the adapter's metrics
 	// (metrics.CustomAPI or metrics.ExternalAPI).
 	API string
+	// Section names the API's rules in errors ("rules", "externalRules").
+	Section string
+	// Name says what a metric is in errors ("metric requests-per-second
+	// for pods"); it is called only for an error.
+	Name func(K) string
 	// Rules are the rules served until SetRules.
 	Rules []*rules.Rule
 	// Build adds to idx the metrics that rs serve from the round's series.
@@ -253,10 +258,8 @@ var ErrNotDiscovered = apierrors.NewServiceUnavailable("metric discovery has not
 // explain trace. Its errors are StatusErrors: 503 before
 // the first discovery round, and for a metric no rule serves while some
 // rules' series were never listed (it may be theirs); otherwise the API's
-// 404, which says why when a rule left out would have served k. name says
-// what k is ("metric requests-per-second for pods"); section names the
-// rules of the API ("rules").
-func (c *Catalog[K, E]) Lookup(ctx context.Context, k K, name, section string) (Entry[E], error) {
+// 404, which says why when a rule left out would have served k.
+func (c *Catalog[K, E]) Lookup(ctx context.Context, k K) (Entry[E], error) {
 	idx := c.index.Load()
 	if idx == nil {
 		return Entry[E]{}, ErrNotDiscovered
@@ -270,7 +273,7 @@ func (c *Catalog[K, E]) Lookup(ctx context.Context, k K, name, section string) (
 	}
 	if idx.pending != nil {
 		return Entry[E]{}, apierrors.NewServiceUnavailable(fmt.Sprintf(
-			"%s is not known, and some %s could not list their series yet: %v", name, section, idx.pending))
+			"%s is not known, and some %s could not list their series yet: %v", c.cfg.Name(k), c.cfg.Section, idx.pending))
 	}
 	return Entry[E]{}, c.cfg.NotFound(k, "")
 }

@@ -36,8 +36,10 @@ func newCatalog(t *testing.T) (*Catalog[string, int], []*rules.Rule) {
 	}
 	gr := schema.GroupResource{Resource: "externalmetrics"}
 	return New(Config[string, int]{
-		API:   "external",
-		Rules: set.External,
+		API:     "external",
+		Section: "externalRules",
+		Name:    func(k string) string { return "external metric " + k },
+		Rules:   set.External,
 		Build: func(rs []*rules.Rule, round discovery.Result, idx *Index[string, int]) {
 			for i, r := range rs {
 				for _, ls := range round.Series[r.SeriesQuery()] {
@@ -66,15 +68,15 @@ func round(queries ...string) discovery.Result {
 
 func TestLookup(t *testing.T) {
 	c, rs := newCatalog(t)
-	if _, err := c.Lookup(context.Background(), "a_total", "external metric a_total", "externalRules"); !apierrors.IsServiceUnavailable(err) {
+	if _, err := c.Lookup(context.Background(), "a_total"); !apierrors.IsServiceUnavailable(err) {
 		t.Errorf("before discovery: %v, want 503", err)
 	}
 	// b_total's rule was never listed: an unknown metric may be its.
 	c.Update(discovery.Result{Series: round("a_total").Series, Failed: map[string]error{"b_total": errors.New("refused")}})
-	if _, err := c.Lookup(context.Background(), "c_total", "external metric c_total", "externalRules"); !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "refused") {
+	if _, err := c.Lookup(context.Background(), "c_total"); !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("with a rule pending: %v, want 503 naming why", err)
 	}
-	e, err := c.Lookup(context.Background(), "a_total", "", "")
+	e, err := c.Lookup(context.Background(), "a_total")
 	if err != nil || e.Rule != rs[0] || e.Value != 0 {
 		t.Errorf("a_total: %+v %v, want the first rule in the file", e, err)
 	}
@@ -88,11 +90,11 @@ func TestLookup(t *testing.T) {
 	}
 
 	c.Update(round("a_total", "b_total"))
-	_, err = c.Lookup(context.Background(), "b_total", "", "")
+	_, err = c.Lookup(context.Background(), "b_total")
 	if !apierrors.IsNotFound(err) || !strings.Contains(err.Error(), "left out") || !strings.Contains(err.Error(), "c.yaml:8") {
 		t.Errorf("a left-out rule's metric: %v, want 404 saying why", err)
 	}
-	if _, err := c.Lookup(context.Background(), "c_total", "", ""); !apierrors.IsNotFound(err) || strings.Contains(err.Error(), "left out") {
+	if _, err := c.Lookup(context.Background(), "c_total"); !apierrors.IsNotFound(err) || strings.Contains(err.Error(), "left out") {
 		t.Errorf("an unknown metric: %v, want a plain 404", err)
 	}
 	if got := c.Index().Len(); got != 1 {

@@ -157,7 +157,7 @@ func TestTheResourceMemoIsBounded(t *testing.T) {
 	}
 	// At the bound it starts over.
 	for i := m.len(); i < maxRemembered; i++ {
-		m.m[schema.GroupResource{Resource: fmt.Sprint(i)}] = resourceInfo{}
+		m.store(schema.GroupResource{Resource: fmt.Sprint(i)}, resourceInfo{})
 	}
 	m.lookup(mapper, schema.GroupResource{Resource: "services"})
 	if n := m.len(); n != 1 {

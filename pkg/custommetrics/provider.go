@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -101,6 +102,8 @@ func New(cfg Config) *Provider {
 	}
 	p.catalog = catalog.New(catalog.Config[metricKey, entry]{
 		API:      metrics.CustomAPI,
+		Section:  "rules",
+		Name:     func(k metricKey) string { return fmt.Sprintf("metric %s for %s", k.metric, k.resource) },
 		Rules:    cfg.Rules,
 		Build:    indexer{mapper: cfg.Mapper}.build,
 		Compare:  compareKeys,
@@ -192,7 +195,7 @@ func what(info provider.CustomMetricInfo) string {
 func (p *Provider) prepare(ctx context.Context, info provider.CustomMetricInfo, metricSelector labels.Selector) (*request, error) {
 	ri := p.resources.lookup(p.mapper, info.GroupResource)
 	info.GroupResource = ri.gr
-	e, err := p.catalog.Lookup(ctx, metricKey{info.GroupResource, info.Metric}, what(info), "rules")
+	e, err := p.catalog.Lookup(ctx, metricKey{info.GroupResource, info.Metric})
 	if err == nil && e.Value.namespaced != info.Namespaced {
 		err = provider.NewMetricNotFoundError(info.GroupResource, info.Metric)
 	}
@@ -214,7 +217,10 @@ func (p *Provider) prepare(ctx context.Context, info provider.CustomMetricInfo, 
 // one object.
 func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedName, info provider.CustomMetricInfo, metricSelector labels.Selector) (*custom_metrics.MetricValue, error) {
 	v, err := p.byName(ctx, name, info, metricSelector)
-	return v, apistatus.Of(err, what(info))
+	if err != nil {
+		return nil, apistatus.Of(err, what(info))
+	}
+	return v, nil
 }
 
 func (p *Provider) byName(ctx context.Context, name types.NamespacedName, info provider.CustomMetricInfo, metricSelector labels.Selector) (*custom_metrics.MetricValue, error) {
@@ -377,10 +383,11 @@ type resourceInfo struct {
 // group-resources until the next discovery round: its lookups walk every
 // resource the cluster serves, too slow to repeat on every request. Only
 // resources the mapper knows are remembered, at most maxRemembered of
-// them, so a client naming made-up resources cannot grow it.
+// them, so a client naming made-up resources cannot grow it. Reads take no
+// lock: every request reads it.
 type resourceMemo struct {
-	mu sync.Mutex
-	m  map[schema.GroupResource]resourceInfo
+	m atomic.Pointer[sync.Map] // schema.GroupResource -> resourceInfo
+	n atomic.Int64
 }
 
 // maxRemembered bounds the memo: a cluster's resources, each under a few
@@ -388,29 +395,32 @@ type resourceMemo struct {
 const maxRemembered = 1024
 
 func newResourceMemo() *resourceMemo {
-	return &resourceMemo{m: map[schema.GroupResource]resourceInfo{}}
+	m := &resourceMemo{}
+	m.reset()
+	return m
 }
 
 func (m *resourceMemo) reset() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	clear(m.m)
+	m.m.Store(&sync.Map{})
+	m.n.Store(0)
 }
 
-func (m *resourceMemo) len() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return len(m.m)
+func (m *resourceMemo) len() int { return int(m.n.Load()) }
+
+// store remembers ri for gr, starting over past maxRemembered.
+func (m *resourceMemo) store(gr schema.GroupResource, ri resourceInfo) {
+	if m.n.Add(1) > maxRemembered {
+		m.reset()
+		m.n.Store(1)
+	}
+	m.m.Load().Store(gr, ri)
 }
 
 func (m *resourceMemo) lookup(mapper apimeta.RESTMapper, gr schema.GroupResource) resourceInfo {
-	m.mu.Lock()
-	ri, ok := m.m[gr]
-	m.mu.Unlock()
-	if ok {
-		return ri
+	if ri, ok := m.m.Load().Load(gr); ok {
+		return ri.(resourceInfo)
 	}
-	ri = resourceInfo{gr: gr}
+	ri := resourceInfo{gr: gr}
 	gvr, err := mapper.ResourceFor(gr.WithVersion(""))
 	if err != nil {
 		klog.V(4).InfoS("Unknown resource in request", "resource", gr.String(), "err", err)
@@ -420,11 +430,6 @@ func (m *resourceMemo) lookup(mapper apimeta.RESTMapper, gr schema.GroupResource
 	if gvk, err := mapper.KindFor(ri.gr.WithVersion("")); err == nil {
 		ri.kind, ri.apiVersion = gvk.Kind, gvk.GroupVersion().String()
 	}
-	m.mu.Lock()
-	if len(m.m) >= maxRemembered {
-		clear(m.m)
-	}
-	m.m[gr] = ri
-	m.mu.Unlock()
+	m.store(gr, ri)
 	return ri
 }

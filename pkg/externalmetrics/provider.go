@@ -66,6 +66,8 @@ func New(cfg Config) *Provider {
 		prom: cfg.Querier,
 		Catalog: catalog.New(catalog.Config[string, entry]{
 			API:     metrics.ExternalAPI,
+			Section: "externalRules",
+			Name:    func(name string) string { return "external metric " + name },
 			Rules:   cfg.Rules,
 			Build:   build,
 			Compare: strings.Compare,
@@ -148,14 +150,15 @@ func notFound(name, why string) error {
 
 // GetExternalMetric implements provider.ExternalMetricsProvider.
 func (p *Provider) GetExternalMetric(ctx context.Context, namespace string, metricSelector labels.Selector, info provider.ExternalMetricInfo) (*external_metrics.ExternalMetricValueList, error) {
-	what := "external metric " + info.Metric
 	list, err := p.get(ctx, namespace, metricSelector, info.Metric)
-	return list, apistatus.Of(err, what)
+	if err != nil {
+		return nil, apistatus.Of(err, "external metric "+info.Metric)
+	}
+	return list, nil
 }
 
 func (p *Provider) get(ctx context.Context, namespace string, metricSelector labels.Selector, name string) (*external_metrics.ExternalMetricValueList, error) {
-	what := "external metric " + name
-	e, err := p.Lookup(ctx, name, what, "externalRules")
+	e, err := p.Lookup(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +172,7 @@ func (p *Provider) get(ctx context.Context, namespace string, metricSelector lab
 	}
 	matchers = append(matchers, selMatchers...)
 	q := query.Query{
-		API: metrics.ExternalAPI, Rule: e.Rule.String(), What: what, EmptyIsZero: e.Rule.EmptyIsZero(),
+		API: metrics.ExternalAPI, Rule: e.Rule.String(), What: func() string { return "external metric " + name }, EmptyIsZero: e.Rule.EmptyIsZero(),
 		Render: func() (string, error) { return e.Rule.Render(e.Series, matchers, nil) },
 	}
 	res, err := query.Run(ctx, p.prom, q)

@@ -34,8 +34,8 @@ type Query struct {
 	// resourceRules.cpu): in the adapter's metrics, the trace and errors.
 	Rule string
 	// What names what was asked, for errors: "metric requests-per-second
-	// for pods".
-	What string
+	// for pods". It is called only when there is something to say.
+	What func() string
 	// Render renders the rule's query for the request.
 	Render func() (string, error)
 	// EmptyIsZero is the rule's emptyIsZero: what the query returns no
@@ -64,9 +64,11 @@ func Run(ctx context.Context, prom promclient.Querier, q Query) (Result, error) 
 	metrics.ObserveQuery(q.API, q.Rule, start, len(vec), err)
 	explain.From(ctx).Queried(explain.Query{Rule: q.Rule, Expr: expr, Duration: took, Vector: vec, Err: err})
 	if err != nil {
-		return Result{Expr: expr}, apistatus.Query(err, q.What, q.Rule)
+		return Result{Expr: expr}, apistatus.Query(err, q.What(), q.Rule)
 	}
-	klog.V(4).InfoS("Query done", "api", q.API, "rule", q.Rule, "what", q.What, "series", len(vec), "duration", took, "expr", expr)
+	if klogV := klog.V(4); klogV.Enabled() {
+		klogV.InfoS("Query done", "api", q.API, "rule", q.Rule, "what", q.What(), "series", len(vec), "duration", took, "expr", expr)
+	}
 	return Result{Expr: expr, Vector: vec}, nil
 }
 
@@ -80,5 +82,5 @@ func Zeroed(ctx context.Context, q Query, n int) {
 	}
 	metrics.ObserveZeroed(q.API, q.Rule, n)
 	explain.From(ctx).Zeroed(q.Rule, n)
-	klog.V(4).InfoS("No series: answered 0 (emptyIsZero)", "api", q.API, "rule", q.Rule, "what", q.What, "values", n)
+	klog.V(4).InfoS("No series: answered 0 (emptyIsZero)", "api", q.API, "rule", q.Rule, "what", q.What(), "values", n)
 }

@@ -381,7 +381,7 @@ func (p *Provider) nodes(ctx context.Context, q *rules.ResourceQuery, names []st
 // query runs one resource's query of pods or nodes.
 func (p *Provider) query(ctx context.Context, q *rules.ResourceQuery, of string, render func() (string, error)) (query.Result, error) {
 	return query.Run(ctx, p.prom, query.Query{
-		API: adaptermetrics.ResourceAPI, Rule: "resourceRules." + q.Name, What: fmt.Sprintf("the %s of %s", q.Name, of), Render: render,
+		API: adaptermetrics.ResourceAPI, Rule: "resourceRules." + q.Name, What: func() string { return fmt.Sprintf("the %s of %s", q.Name, of) }, Render: render,
 	})
 }
 
