@@ -72,14 +72,16 @@ func Resolve(err error, what string) error {
 	var status apierrors.APIStatus
 	var notSynced *resolver.NotSyncedError
 	switch {
+	case errors.As(err, &notSynced), errors.Is(err, resolver.ErrTooManyWatched):
+		// Before StatusErrors: the cache's own error, 503, whatever the
+		// error listing met.
+		return apierrors.NewServiceUnavailable(err.Error())
 	case errors.As(err, &status):
 		return err
 	case apimeta.IsNoMatchError(err):
 		nf := apierrors.NewNotFound(schema.GroupResource{Resource: what}, "")
 		nf.ErrStatus.Message = fmt.Sprintf("%s: the cluster serves no such resource: %v", what, err)
 		return nf
-	case errors.As(err, &notSynced), errors.Is(err, resolver.ErrTooManyWatched):
-		return apierrors.NewServiceUnavailable(err.Error())
 	case isContext(err):
 		return Ended(err, "resolving "+what)
 	case isMapperError(err):
@@ -108,9 +110,12 @@ func Ended(err error, doing string) error {
 // pods").
 func Of(err error, what string) error {
 	var status apierrors.APIStatus
+	var notSynced *resolver.NotSyncedError
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &notSynced), errors.Is(err, resolver.ErrTooManyWatched):
+		return Resolve(err, what)
 	case errors.As(err, &status):
 		return err
 	case isContext(err):

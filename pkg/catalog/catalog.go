@@ -268,12 +268,13 @@ func (c *Catalog[K, E]) Lookup(ctx context.Context, k K) (Entry[E], error) {
 		explain.From(ctx).Rule(e.Rule.String(), e.Series)
 		return e, nil
 	}
-	if why, ok := idx.refused[k]; ok {
-		return Entry[E]{}, c.cfg.NotFound(k, "the rule that would serve it is left out: "+why.Error())
-	}
 	if idx.pending != nil {
+		// A rule not listed yet may serve it.
 		return Entry[E]{}, apierrors.NewServiceUnavailable(fmt.Sprintf(
 			"%s is not known, and some %s could not list their series yet: %v", c.cfg.Name(k), c.cfg.Section, idx.pending))
+	}
+	if why, ok := idx.refused[k]; ok {
+		return Entry[E]{}, c.cfg.NotFound(k, "the rule that would serve it is left out: "+why.Error())
 	}
 	return Entry[E]{}, c.cfg.NotFound(k, "")
 }

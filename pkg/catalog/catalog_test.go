@@ -94,6 +94,13 @@ func TestLookup(t *testing.T) {
 	if !apierrors.IsNotFound(err) || !strings.Contains(err.Error(), "left out") || !strings.Contains(err.Error(), "c.yaml:8") {
 		t.Errorf("a left-out rule's metric: %v, want 404 saying why", err)
 	}
+	// While a rule is pending, a metric a left-out rule would serve may
+	// be the pending rule's: 503.
+	fresh, _ := newCatalog(t)
+	fresh.Update(discovery.Result{Series: round("b_total").Series, Failed: map[string]error{"a_total": errors.New("refused")}})
+	if _, err := fresh.Lookup(context.Background(), "b_total"); !apierrors.IsServiceUnavailable(err) {
+		t.Errorf("a left-out rule's metric while another rule is pending: %v, want 503", err)
+	}
 	if _, err := c.Lookup(context.Background(), "c_total"); !apierrors.IsNotFound(err) || strings.Contains(err.Error(), "left out") {
 		t.Errorf("an unknown metric: %v, want a plain 404", err)
 	}

@@ -145,6 +145,8 @@ func TestParseRejects(t *testing.T) {
 			want: []string{"cfg.yaml:5", "rules[0].resources.overrides.pod.grop: unknown field", `did you mean "group"`}},
 		{name: "rejects an unknown key with no close match by listing the known ones", yaml: "rules:\n- seriesQuery: x\n  name:\n    zzzzzz: y\n",
 			want: []string{"cfg.yaml:4", "rules[0].name.zzzzzz: unknown field", "known fields: matches, as"}},
+		{name: "rejects an unknown key whose value is an alias to itself, without following it", yaml: "rules:\n- seriesQuery: up\n  bogus: &x [*x]\n  typo: 1\n",
+			want: []string{"cfg.yaml:3: rules[0].bogus: unknown field", "cfg.yaml:4: rules[0].typo: unknown field"}},
 		{name: "reports every unknown key", yaml: "rules:\n- seriesQuery: x\n  metricQuery: y\n- seriesQuery: x\n  nmae: {}\n",
 			want: []string{"cfg.yaml:3: rules[0].metricQuery", "cfg.yaml:5: rules[1].nmae", `did you mean "name"`}},
 	} {

@@ -122,11 +122,9 @@ func keyPath(n *yaml.Node, line int, key, path string) (string, bool) {
 				return p, true
 			}
 		}
-	case yaml.AliasNode:
-		if n.Alias != nil {
-			return keyPath(n.Alias, line, key, path)
-		}
 	}
+	// Aliases are not followed: a key's line is where it is written, and
+	// an alias may point back at its own anchor.
 	return "", false
 }
 

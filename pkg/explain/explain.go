@@ -245,7 +245,10 @@ func ParsePath(path string, query url.Values) (Request, error) {
 		arg = strings.Join(append([]string{rest[0] + "." + string(Resource)}, rest[1:]...), "/")
 	case api == Custom && len(rest) == 4 && rest[0] == "namespaces" && rest[2] == "metrics":
 		arg = "namespaces/" + rest[1] + "/" + rest[3]
-	case api == Custom && len(rest) == 3 && (namespace != "" || rest[0] != "namespaces"):
+	case api == Custom && len(rest) == 3 && (namespace != "" || rest[0] != "namespaces") &&
+		rest[0] != "external" && schema.ParseGroupResource(rest[0]).Group != string(Resource):
+		// (Not "external" nor a metrics.k8s.io resource: their text form
+		// is another API's.)
 		arg = rest[0] + "/" + rest[1] + "/" + rest[2]
 		if rest[1] == "*" {
 			arg = rest[0] + "/" + rest[2]

@@ -86,7 +86,8 @@ func TestParseRejectsWhatIsNotARequest(t *testing.T) {
 	}
 	for _, p := range []string{"/", "/api/v1/pods", "/apis/apps/v1/deployments", "/apis/custom.metrics.k8s.io/v1beta2/a/b/c/d/e/f",
 		"/apis/external.metrics.k8s.io/v1beta1/x", "/apis/custom.metrics.k8s.io/bogus/pods/p/m",
-		"/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/requests-per-second", "/apis/external.metrics.k8s.io/v1beta2/namespaces/default/m"} {
+		"/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/requests-per-second", "/apis/external.metrics.k8s.io/v1beta2/namespaces/default/m",
+		"/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/external/*/m", "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods.metrics.k8s.io/*/m"} {
 		if _, err := ParsePath(p, url.Values{}); err == nil {
 			t.Errorf("ParsePath(%q) accepted it", p)
 		}

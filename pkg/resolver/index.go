@@ -174,6 +174,19 @@ func (c *selectionCache) indexFunc(obj any) ([]string, error) {
 	return postingKeys(m), nil
 }
 
+// deleted is the informer's delete handler: it bumps the generation of the
+// object's namespace. The index function bumps it too on an ordinary
+// delete; after a relist (a store replaced whole) only this one does for a
+// namespace whose objects all went away.
+func (c *selectionCache) deleted(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	if m, err := apimeta.Accessor(obj); err == nil {
+		c.bump(m.GetNamespace())
+	}
+}
+
 func (c *selectionCache) bump(namespace string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -470,3 +470,23 @@ func TestGenerationsAreBounded(t *testing.T) {
 	}
 	_ = first
 }
+
+// After a relist the store is replaced whole, and a namespace whose every
+// object went away meanwhile is seen only by the delete handler: it bumps
+// the namespace, so the cached answer is not served again.
+func TestADeletionSeenAfterARelistInvalidates(t *testing.T) {
+	c := newSelectionCache()
+	sel := labels.SelectorFromSet(labels.Set{"app": "web"})
+	answer := func(names ...string) []string {
+		got, _ := c.names("shop", sel, func() ([]string, error) { return names, nil })
+		return got
+	}
+	answer("web-1")
+	if got := answer("changed"); got[0] != "web-1" {
+		t.Fatalf("not cached: %v", got)
+	}
+	c.deleted(cache.DeletedFinalStateUnknown{Key: "shop/web-1", Obj: pod("shop", "web-1", map[string]string{"app": "web"})})
+	if got := answer(); len(got) != 0 {
+		t.Errorf("after web-1's deletion was handed out, the answer is %v, want it computed again (empty)", got)
+	}
+}

@@ -273,4 +273,6 @@ func (e *NotSyncedError) Error() string {
 	return fmt.Sprintf("%s: %v%s", msg, e.LastError, rbacHint(e.LastError, e.Resource))
 }
 
-func (e *NotSyncedError) Unwrap() error { return e.LastError }
+// NotSyncedError does not unwrap to LastError: a list's error is often a
+// StatusError (Forbidden, NotFound) about the adapter's own access, which
+// must not pass for the request's answer.

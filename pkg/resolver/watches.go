@@ -157,6 +157,12 @@ func (r *Resolver) newWatch(key Watch) (*watch, error) {
 	if err := addLabelIndex(w.inf, w.selections); err != nil {
 		return nil, err
 	}
+	// A relist replaces the store and its indices at once: a namespace
+	// whose every object went away meanwhile is not seen by the index
+	// function, only by the deletions the informer hands out after it.
+	if _, err := w.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: w.selections.deleted}); err != nil {
+		return nil, err
+	}
 	if err := w.inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, reflector *cache.Reflector, err error) {
 		w.mu.Lock()
 		w.lastErr = err
@@ -240,7 +246,7 @@ func (r *Resolver) watch(ctx context.Context, key Watch, keep bool) (*watch, err
 		case <-wctx.Done():
 		}
 	}()
-	if cache.WaitForCacheSync(wctx.Done(), w.inf.HasSynced) {
+	if cache.WaitForCacheSync(wctx.Done(), w.inf.HasSynced) || w.inf.HasSynced() {
 		return w, nil
 	}
 	if err := ctx.Err(); err != nil {
@@ -248,7 +254,7 @@ func (r *Resolver) watch(ctx context.Context, key Watch, keep bool) (*watch, err
 	}
 	lastErr := w.lastError()
 	ns := &NotSyncedError{Resource: key.GVR.GroupResource(), Waited: r.clock.Since(start), LastError: lastErr}
-	if lastErr != nil && !w.kept {
+	if lastErr != nil {
 		// Listing fails (RBAC, a resource that went away): a reflector
 		// left running would retry for the life of the process.
 		ns.RetryAfter = r.stopFailed(w, lastErr)
@@ -261,7 +267,9 @@ func (r *Resolver) watchFor(key Watch, keep bool) (*watch, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if w, ok := r.watches[key]; ok {
-		w.kept = w.kept || keep
+		if keep {
+			w.kept = true
+		}
 		return w, nil
 	}
 	if r.ctx == nil {
@@ -299,17 +307,20 @@ func (r *Resolver) requested() int {
 }
 
 // stopFailed stops a watch that cannot fill its cache and returns until
-// when it is not tried again.
+// when it is not tried again; zero when it is not stopped here: a kept
+// watch (the pods, the resource metrics API's) goes on retrying, and one
+// already gone (Retain) has nothing to record.
 func (r *Resolver) stopFailed(w *watch, err error) time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	until := r.clock.Now().Add(RetryFailedAfter)
-	if r.watches[w.key] == w {
-		delete(r.watches, w.key)
-		r.failed[w.key] = failure{err: err, until: until}
-		klog.ErrorS(err, "Stopped watching a resource whose cache does not fill; requests for it fail until it is tried again",
-			"resource", w.key.String(), "retryAfter", until)
+	if w.kept || r.watches[w.key] != w {
+		return time.Time{}
 	}
+	until := r.clock.Now().Add(RetryFailedAfter)
+	delete(r.watches, w.key)
+	r.failed[w.key] = failure{err: err, until: until}
+	klog.ErrorS(err, "Stopped watching a resource whose cache does not fill; requests for it fail until it is tried again",
+		"resource", w.key.String(), "retryAfter", until)
 	w.end()
 	return until
 }

@@ -357,7 +357,7 @@ func IngressURL(ctx context.Context, client kubernetes.Interface, namespace, nam
 		return false, nil
 	})
 	if err != nil {
-		return "", fmt.Errorf("Ingress %s/%s has no address from the local ingress: %w", namespace, name, err)
+		return "", fmt.Errorf("the Ingress %s/%s has no address from the local ingress: %w", namespace, name, err)
 	}
 	return u, nil
 }

@@ -22,7 +22,7 @@ import (
 // The local ingress proxies to a ready pod behind the Ingress' Service,
 // answers 503 with no ready pod, and counts both, as ingress-nginx does.
 func TestIngressController(t *testing.T) {
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "app "+r.URL.Path) }))
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "app "+r.URL.Path) }))
 	defer app.Close()
 	_, port, _ := net.SplitHostPort(app.Listener.Addr().String())
 	p, _ := strconv.Atoi(port)
