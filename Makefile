@@ -96,7 +96,7 @@ verify-fmt: ## Fail on unformatted Go files
 	@files=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$files" ]; then echo "gofmt needed:"; echo "$$files"; exit 1; fi
 
 .PHONY: tools
-tools: $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/etcd $(BIN)/prometheus $(BIN)/helm kubectl ## Build the servers the local stack runs and helm, from pinned modules
+tools: $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/etcd $(BIN)/prometheus $(BIN)/prometheus-adapter $(BIN)/helm kubectl ## Build the servers the local stack runs and helm, from pinned modules
 
 $(BIN)/kube-apiserver $(BIN)/kube-controller-manager &: hack/tools/k8s/go.mod hack/tools/k8s/go.sum
 	@echo ">> building kube-apiserver and kube-controller-manager v$(KUBE_VERSION) (first time: several minutes)"
@@ -123,6 +123,12 @@ $(BIN)/etcd: hack/tools/etcd/go.mod hack/tools/etcd/go.sum hack/tools/etcd/main.
 $(BIN)/prometheus: hack/tools/prometheus/go.mod hack/tools/prometheus/go.sum
 	@echo ">> building prometheus (first time: several minutes)"
 	cd hack/tools/prometheus && go build -ldflags "-s -w" -o $(BIN)/prometheus github.com/prometheus/prometheus/cmd/prometheus
+
+# prometheus-adapter runs in the local stack as another metrics server
+# behind this adapter (--upstreams), as in a migration.
+$(BIN)/prometheus-adapter: hack/tools/prometheus-adapter/go.mod hack/tools/prometheus-adapter/go.sum
+	@echo ">> building prometheus-adapter (first time: several minutes)"
+	cd hack/tools/prometheus-adapter && go build -ldflags "-s -w" -o $(BIN)/prometheus-adapter sigs.k8s.io/prometheus-adapter/cmd/adapter
 
 # helm lints and renders manifests/helm/custom-metrics-adapter (make repo).
 $(BIN)/helm: hack/tools/helm/go.mod hack/tools/helm/go.sum

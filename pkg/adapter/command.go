@@ -175,6 +175,9 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 	defer stopBG()
 	c.resolver.Start(bg)
 	go c.disc.Run(bg)
+	if !c.ups.Empty() {
+		go c.ups.Run(bg)
+	}
 	// New resource types (a CRD installed later, an aggregated API that
 	// was down at start), every --discovery-interval.
 	c.refresher.RunUntil(bg.Done())
@@ -217,8 +220,9 @@ func (o *Options) server(base *basecmd.AdapterBase, c *components) (*genericapis
 	// certificate: verify it once per certificate and CA bundle.
 	authn := &serverConfig.GenericConfig.Authentication
 	authn.Authenticator = frontproxy.WithVerifyCache(authn.Authenticator, authn.RequestHeaderConfig)
+	rt := &router{c: c, ups: c.ups}
 	serverConfig.GenericConfig.BuildHandlerChainFunc = func(h http.Handler, c *genericapiserver.Config) http.Handler {
-		return genericapiserver.DefaultBuildHandlerChain(rejectMalformedSelectors(h), c)
+		return genericapiserver.DefaultBuildHandlerChain(rejectMalformedSelectors(rt.handler(h)), c)
 	}
 	server, err := base.Server()
 	if err != nil {

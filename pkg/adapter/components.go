@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 	"k8s.io/klog/v2"
@@ -19,6 +20,7 @@ import (
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resourcemetrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/upstream"
 )
 
 // components are the parts that answer requests: the Prometheus client,
@@ -37,6 +39,9 @@ type components struct {
 	resource  *resourcemetrics.Provider
 	disc      *discovery.Discoverer
 	apis      []string
+	// ups are the other metrics servers of the groups (--upstreams);
+	// empty without.
+	ups *upstream.Set
 }
 
 // build creates the components for the compiled rules. Nothing runs until
@@ -52,7 +57,7 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 	// but errors. One discovery loop lists the series of the custom and
 	// external rules for both providers.
 	served := o.servedAPIs(set)
-	if served == (apis{}) {
+	if served == (apis{}) && c.ups.Empty() {
 		return nil, fmt.Errorf("no metrics API to serve: every API whose section the rules file has is turned off (--enable-custom-metrics, --enable-external-metrics, --enable-resource-metrics)")
 	}
 	if served.custom {
@@ -62,11 +67,12 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 			Querier:                    c.prom,
 			Resolver:                   c.resolver,
 			MaxConcurrentObjectQueries: o.MaxConcurrentObjectQueries,
+			Upstream:                   c.upstreamList(upstream.CustomGroup),
 		})
 		c.apis = append(c.apis, "custom.metrics.k8s.io")
 	}
 	if served.external {
-		c.external = externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: c.prom})
+		c.external = externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: c.prom, Upstream: c.upstreamList(upstream.ExternalGroup)})
 		c.apis = append(c.apis, "external.metrics.k8s.io")
 	}
 	c.disc = discovery.New(discovery.Config{
@@ -149,7 +155,25 @@ func (o *Options) clients(base *basecmd.AdapterBase) (*components, error) {
 		return nil, fmt.Errorf("the REST mapper (%T) cannot be refreshed: --discovery-interval would do nothing", c.mapper)
 	}
 	c.resolver = resolver.New(kube, meta, c.mapper)
+	if o.UpstreamsFile != "" {
+		specs, err := upstream.Load(o.UpstreamsFile)
+		if err != nil {
+			return nil, err
+		}
+		if c.ups, err = upstream.New(specs, restCfg, o.UpstreamTimeout, o.UpstreamDiscoveryInterval); err != nil {
+			return nil, err
+		}
+	}
 	return c, nil
+}
+
+// upstreamList lists what the upstreams serve of group, for discovery; nil
+// without upstreams.
+func (c *components) upstreamList(group string) func() []metav1.APIResource {
+	if c.ups.Empty() {
+		return nil
+	}
+	return func() []metav1.APIResource { return c.ups.Resources(group) }
 }
 
 // seriesQueries are the distinct seriesQuery selectors of the rules the
@@ -206,6 +230,9 @@ func (c *components) explainProviders() explain.Providers {
 	}
 	if c.resource != nil {
 		p.Resource = c.resource
+	}
+	if !c.ups.Empty() {
+		p.Upstreams = &router{c: c, ups: c.ups}
 	}
 	return p
 }

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/upstream"
 )
 
 // Options are the adapter's own flags. The API server's flags (serving,
@@ -54,6 +55,11 @@ type Options struct {
 	ShutdownDelay              time.Duration
 	PrintDefaultConfig         bool
 	PrintVersion               bool
+	// UpstreamsFile lists other metrics servers of the same API groups
+	// (package upstream); empty: none.
+	UpstreamsFile             string
+	UpstreamTimeout           time.Duration
+	UpstreamDiscoveryInterval time.Duration
 
 	// rulesData is the rules file as compiled at startup; hup receives
 	// SIGHUP. Both are set by the command.
@@ -75,6 +81,8 @@ func NewOptions() *Options {
 		EnableResourceMetrics:      true,
 		WatchConfig:                true,
 		EnableExplainEndpoint:      true,
+		UpstreamTimeout:            5 * time.Second,
+		UpstreamDiscoveryInterval:  time.Minute,
 	}
 }
 
@@ -135,6 +143,15 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 		"Serve /debug/explain/<API path>: for a metrics request, the rule that serves it, the objects it resolved, the PromQL, "+
 			"Prometheus' raw answer and the answer with its HTTP code (what `adapter explain` prints). Behind authentication and "+
 			"authorization: callers need get on that non-resource URL (system:masters has it).")
+	general.StringVar(&o.UpstreamsFile, "upstreams", o.UpstreamsFile,
+		"YAML file of other metrics servers of the same API groups (prometheus-adapter, KEDA, metrics-server: each with its name, groups, "+
+			"url or service, and caFile). A request for a metric this adapter's rules do not serve goes, with the caller's identity as "+
+			"impersonation headers and this adapter's credentials, to the first upstream whose discovery lists it; their discovery is "+
+			"merged with this adapter's. See docs/install.md, \"Share the APIService\".")
+	general.DurationVar(&o.UpstreamTimeout, "upstream-timeout", o.UpstreamTimeout,
+		"Deadline of a request forwarded to an upstream, and of a read of its discovery. A request that hits it is answered 504 naming the upstream.")
+	general.DurationVar(&o.UpstreamDiscoveryInterval, "upstream-discovery-interval", o.UpstreamDiscoveryInterval,
+		"How often the upstreams' discovery is read again. A read that fails keeps the last good one.")
 	general.BoolVar(&o.PrintDefaultConfig, "print-default-config", false, "Print the built-in rules file and exit.")
 	general.BoolVar(&o.PrintVersion, "version", false, "Print the version and exit.")
 }
@@ -182,6 +199,14 @@ func (o *Options) Validate() []error {
 	}
 	if !o.EnableCustomMetrics && !o.EnableExternalMetrics && !o.EnableResourceMetrics {
 		errs = append(errs, fmt.Errorf("--enable-custom-metrics, --enable-external-metrics and --enable-resource-metrics are all false: the adapter would serve nothing"))
+	}
+	if o.UpstreamsFile != "" {
+		if _, err := upstream.Load(o.UpstreamsFile); err != nil {
+			errs = append(errs, fmt.Errorf("--upstreams: %w", err))
+		}
+		if o.UpstreamTimeout <= 0 || o.UpstreamDiscoveryInterval <= 0 {
+			errs = append(errs, fmt.Errorf("--upstream-timeout and --upstream-discovery-interval must be positive, got %v and %v", o.UpstreamTimeout, o.UpstreamDiscoveryInterval))
+		}
 	}
 	if o.MaxConcurrentObjectQueries < 1 {
 		errs = append(errs, fmt.Errorf("--max-concurrent-object-queries must be at least 1, got %d", o.MaxConcurrentObjectQueries))

@@ -115,6 +115,13 @@ func (x *Index[K, E]) Get(k K) (Entry[E], bool) {
 	return e, ok
 }
 
+// Refused reports whether a rule left out would serve k (and no other rule
+// does).
+func (x *Index[K, E]) Refused(k K) bool {
+	_, ok := x.refused[k]
+	return ok
+}
+
 // Len is the number of served metrics.
 func (x *Index[K, E]) Len() int { return len(x.entries) }
 

@@ -71,6 +71,9 @@ type Config struct {
 	// MaxConcurrentObjectQueries bounds the queries one selector request
 	// over pod-resolved objects runs at once.
 	MaxConcurrentObjectQueries int
+	// Upstream lists what other metrics servers of the group serve
+	// (package upstream), for discovery: listed after this adapter's own.
+	Upstream func() []metav1.APIResource
 }
 
 // Provider serves custom metrics from Prometheus.
@@ -83,6 +86,8 @@ type Provider struct {
 	resources     *resourceMemo
 	// selections collapses identical selector requests in flight.
 	selections singleflight.Group
+	upstream   func() []metav1.APIResource
+	shadowed   sync.Map // upstream resource names logged as shadowed
 }
 
 var _ provider.CustomMetricsProvider = (*Provider)(nil)
@@ -96,6 +101,7 @@ func New(cfg Config) *Provider {
 		resolver:      cfg.Resolver,
 		objectQueries: cfg.MaxConcurrentObjectQueries,
 		resources:     newResourceMemo(),
+		upstream:      cfg.Upstream,
 	}
 	if p.objectQueries <= 0 {
 		p.objectQueries = 8
@@ -158,17 +164,52 @@ func (p *Provider) Resources() []schema.GroupResource {
 }
 
 // ListAllMetrics implements provider.CustomMetricsProvider. It returns the
-// last discovered list and never blocks on Prometheus.
+// last discovered list, then what upstreams serve that this adapter does
+// not, and never blocks on Prometheus or an upstream.
 func (p *Provider) ListAllMetrics() []provider.CustomMetricInfo {
-	idx := p.catalog.Index()
-	if idx == nil {
-		return nil
+	var out []provider.CustomMetricInfo
+	ours := map[string]bool{}
+	if idx := p.catalog.Index(); idx != nil {
+		out = make([]provider.CustomMetricInfo, 0, idx.Len())
+		for k, e := range idx.All() {
+			out = append(out, provider.CustomMetricInfo{GroupResource: k.resource, Namespaced: e.Value.namespaced, Metric: k.metric})
+			ours[k.resource.String()+"/"+k.metric] = true
+		}
 	}
-	out := make([]provider.CustomMetricInfo, 0, idx.Len())
-	for k, e := range idx.All() {
-		out = append(out, provider.CustomMetricInfo{GroupResource: k.resource, Namespaced: e.Value.namespaced, Metric: k.metric})
+	if p.upstream == nil {
+		return out
+	}
+	for _, r := range p.upstream() {
+		resource, metric, ok := strings.Cut(r.Name, "/")
+		if !ok {
+			continue
+		}
+		if ours[r.Name] {
+			if _, logged := p.shadowed.LoadOrStore(r.Name, true); !logged {
+				klog.InfoS("A metric both this adapter and an upstream serve is served here", "metric", r.Name)
+			}
+			continue
+		}
+		out = append(out, provider.CustomMetricInfo{GroupResource: schema.ParseGroupResource(resource), Namespaced: r.Namespaced, Metric: metric})
 	}
 	return out
+}
+
+// Normalize is the group-resource a request's names, as the REST mapper
+// writes it ("pod" is "pods").
+func (p *Provider) Normalize(gr schema.GroupResource) schema.GroupResource {
+	return p.resources.lookup(p.mapper, gr).gr
+}
+
+// Serves reports whether the last discovery round serves metric on gr
+// (normalised), or a rule left out would (it answers why).
+func (p *Provider) Serves(gr schema.GroupResource, metric string) bool {
+	idx := p.catalog.Index()
+	if idx == nil {
+		return false
+	}
+	_, ok := idx.Get(metricKey{gr, metric})
+	return ok || idx.Refused(metricKey{gr, metric})
 }
 
 // request is one API request, resolved: how its metric is served, the

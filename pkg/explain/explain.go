@@ -36,6 +36,25 @@ type Providers struct {
 	Custom   provider.CustomMetricsProvider
 	External provider.ExternalMetricsProvider
 	Resource ResourceProvider
+	// Upstreams is nil without --upstreams.
+	Upstreams Forwarder
+}
+
+// Forwarder is the upstreams of the adapter (--upstreams): what its rules
+// do not serve goes to them.
+type Forwarder interface {
+	// Forward answers req from the upstream that serves it, or returns
+	// nil when the adapter serves req itself.
+	Forward(ctx context.Context, req Request) *Forwarded
+}
+
+// Forwarded is a request an upstream answered.
+type Forwarded struct {
+	// Upstream names the upstream and where it is.
+	Upstream string
+	Code     int
+	Body     []byte
+	Err      error
 }
 
 // ResourceProvider serves the resource metrics API as its storage does:
@@ -303,6 +322,8 @@ type Report struct {
 	Nodes    []metrics.NodeMetrics
 	// At is when the answer came: the age of samples is told from it.
 	At time.Time
+	// Forwarded is set when an upstream answered the request.
+	Forwarded *Forwarded
 }
 
 // Run serves req through the providers, recording what they do.
@@ -310,6 +331,15 @@ func Run(ctx context.Context, p Providers, req Request) *Report {
 	t := &Trace{}
 	ctx = WithTrace(ctx, t)
 	rep := &Report{Request: req}
+	if p.Upstreams != nil {
+		if f := p.Upstreams.Forward(ctx, req); f != nil {
+			rep.Forwarded, rep.At, rep.Code, rep.Err = f, time.Now(), f.Code, f.Err
+			if rep.Err == nil && f.Code != http.StatusOK {
+				rep.Err = fmt.Errorf("%s", strings.TrimSpace(string(f.Body)))
+			}
+			return rep
+		}
+	}
 	var err error
 	switch req.API {
 	case External:
@@ -404,6 +434,15 @@ const maxListed = 50
 func (r *Report) Write(w io.Writer) error {
 	ew := &errWriter{w: w}
 	ew.printf("Request:  GET %s\n", r.Request.Path())
+	if f := r.Forwarded; f != nil {
+		ew.printf("Forwarded: to upstream %s: this adapter's rules do not serve it, the upstream lists it\n", f.Upstream)
+		if r.Err != nil {
+			ew.printf("Answer:   HTTP %d %s: %v\n", r.Code, http.StatusText(r.Code), r.Err)
+			return ew.err
+		}
+		ew.printf("Answer:   HTTP %d %s (the upstream's, passed back unchanged)\n%s\n", r.Code, http.StatusText(r.Code), f.Body)
+		return ew.err
+	}
 	if r.Rule != "" && r.Series == "" {
 		ew.printf("Rule:     %s\n", r.Rule)
 	} else if r.Rule != "" {

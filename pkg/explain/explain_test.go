@@ -252,3 +252,34 @@ func TestHandlerAuthorizesTheRequestItExplains(t *testing.T) {
 		t.Errorf("resource: %+v", a)
 	}
 }
+
+type fakeForwarder struct{}
+
+func (fakeForwarder) Forward(_ context.Context, req Request) *Forwarded {
+	if req.Metric != "upstream-rps" {
+		return nil
+	}
+	return &Forwarded{Upstream: "prometheus-adapter (10.0.0.9:443)", Code: 200, Body: []byte(`{"kind":"MetricValueList"}`)}
+}
+
+// A request the adapter's rules do not serve is reported as forwarded,
+// with where to and the upstream's answer.
+func TestRunReportsForwarding(t *testing.T) {
+	req, err := ParseArgs("pods/upstream-rps", "shop", "app=web", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := Run(context.Background(), Providers{Upstreams: fakeForwarder{}}, req)
+	var b strings.Builder
+	if err := rep.Write(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Forwarded: to upstream prometheus-adapter (10.0.0.9:443)", "HTTP 200 OK (the upstream's", `"kind":"MetricValueList"`} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("the report lacks %q:\n%s", want, b.String())
+		}
+	}
+	if rep := Run(context.Background(), Providers{Upstreams: fakeForwarder{}}, Request{API: Custom, Resource: schema.GroupResource{Resource: "pods"}, Name: "*", Metric: "ours"}); rep.Forwarded != nil || rep.Code != 404 {
+		t.Errorf("a request not forwarded: %+v", rep)
+	}
+}

@@ -49,12 +49,16 @@ type Config struct {
 	// Rules are the compiled externalRules.
 	Rules   []*rules.Rule
 	Querier promclient.Querier
+	// Upstream lists what other metrics servers of the group serve
+	// (package upstream), for discovery: listed after this adapter's own.
+	Upstream func() []metav1.APIResource
 }
 
 // Provider serves external metrics from Prometheus.
 type Provider struct {
 	*catalog.Catalog[string, entry]
-	prom promclient.Querier
+	prom     promclient.Querier
+	upstream func() []metav1.APIResource
 }
 
 var _ provider.ExternalMetricsProvider = (*Provider)(nil)
@@ -63,7 +67,8 @@ var _ provider.ExternalMetricsProvider = (*Provider)(nil)
 // first discovery round.
 func New(cfg Config) *Provider {
 	return &Provider{
-		prom: cfg.Querier,
+		prom:     cfg.Querier,
+		upstream: cfg.Upstream,
 		Catalog: catalog.New(catalog.Config[string, entry]{
 			API:     metrics.ExternalAPI,
 			Section: "externalRules",
@@ -123,17 +128,36 @@ func build(rs []*rules.Rule, round discovery.Result, idx *catalog.Index[string, 
 }
 
 // ListAllExternalMetrics implements provider.ExternalMetricsProvider from
-// the last discovery round; it never waits for Prometheus.
+// the last discovery round, then what upstreams serve that this adapter
+// does not; it never waits for Prometheus or an upstream.
 func (p *Provider) ListAllExternalMetrics() []provider.ExternalMetricInfo {
-	idx := p.Index()
-	if idx == nil {
-		return nil
+	var out []provider.ExternalMetricInfo
+	if idx := p.Index(); idx != nil {
+		out = make([]provider.ExternalMetricInfo, 0, idx.Len())
+		for name := range idx.All() {
+			out = append(out, provider.ExternalMetricInfo{Metric: name})
+		}
 	}
-	out := make([]provider.ExternalMetricInfo, 0, idx.Len())
-	for name := range idx.All() {
-		out = append(out, provider.ExternalMetricInfo{Metric: name})
+	if p.upstream == nil {
+		return out
+	}
+	for _, r := range p.upstream() {
+		if !p.Serves(r.Name) {
+			out = append(out, provider.ExternalMetricInfo{Metric: r.Name})
+		}
 	}
 	return out
+}
+
+// Serves reports whether the last discovery round serves the metric, or a
+// rule left out would (it answers why).
+func (p *Provider) Serves(name string) bool {
+	idx := p.Index()
+	if idx == nil {
+		return false
+	}
+	_, ok := idx.Get(name)
+	return ok || idx.Refused(name)
 }
 
 // externalMetrics names the API in errors.

@@ -114,6 +114,31 @@ var (
 		StabilityLevel: basemetrics.ALPHA,
 	}, []string{"api", "rule"})
 
+	forwarded = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
+		Namespace:      Namespace,
+		Subsystem:      "upstream",
+		Name:           "requests_total",
+		Help:           "Requests forwarded to an upstream (another metrics server of the same API group), by upstream, API and the status it answered (none: no answer).",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"upstream", "api", "code"})
+
+	forwardDuration = basemetrics.NewHistogramVec(&basemetrics.HistogramOpts{
+		Namespace:      Namespace,
+		Subsystem:      "upstream",
+		Name:           "request_duration_seconds",
+		Help:           "Time taken by the requests forwarded to each upstream.",
+		Buckets:        basemetrics.ExponentialBuckets(0.001, 2, 16),
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"upstream"})
+
+	upstreamDiscovered = basemetrics.NewGaugeVec(&basemetrics.GaugeOpts{
+		Namespace:      Namespace,
+		Subsystem:      "upstream",
+		Name:           "discovery_last_success_timestamp_seconds",
+		Help:           "When each upstream's discovery of an API group was last read successfully, as a Unix time.",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"upstream", "group"})
+
 	rulesLeftOut = basemetrics.NewGaugeVec(&basemetrics.GaugeOpts{
 		Namespace:      Namespace,
 		Subsystem:      "config",
@@ -134,6 +159,7 @@ var (
 	all = []basemetrics.Registerable{
 		queryDuration, discoveryDuration, discoveryLastSuccess, discoveredMetrics,
 		reloadSuccessful, reloadLastSuccess, reloads, resolvedObjects, rulesLeftOut, zeroed,
+		forwarded, forwardDuration, upstreamDiscovered,
 	}
 )
 
@@ -197,6 +223,19 @@ func ObserveQuery(api, rule string, start time.Time, samples int, err error) {
 // ObserveZeroed records n values of rule answered 0 by its emptyIsZero.
 func ObserveZeroed(api, rule string, n int) {
 	zeroed.WithLabelValues(api, rule).Add(float64(n))
+}
+
+// ObserveForward records a request forwarded to an upstream, its answer's
+// status (code, e.g. "200", "503", "none") and duration.
+func ObserveForward(upstream, api, code string, d time.Duration) {
+	forwarded.WithLabelValues(upstream, api, code).Inc()
+	forwardDuration.WithLabelValues(upstream).Observe(d.Seconds())
+}
+
+// ObserveUpstreamDiscovery records a successful read of an upstream's
+// discovery of group.
+func ObserveUpstreamDiscovery(upstream, group string, at time.Time) {
+	upstreamDiscovered.WithLabelValues(upstream, group).Set(float64(at.UnixNano()) / 1e9)
 }
 
 // ObserveDiscovery records one discovery round's duration.

@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 				HPASyncPeriod:          5 * time.Second,
 				DownscaleStabilization: 15 * time.Second,
 			},
+			// A real prometheus-adapter behind the adapter, which forwards
+			// to it what its rules do not serve (TestUpstreamForwarding).
+			Upstream: true,
 		},
 		Setup: func(_ context.Context, s *localstack.Stack) (func(), error) {
 			stack = s

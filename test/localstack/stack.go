@@ -56,6 +56,9 @@ type StackOptions struct {
 	// QueryLog, when set, is where Prometheus logs every query it runs
 	// (query_log_file).
 	QueryLog string
+	// Upstream runs a real prometheus-adapter behind the adapter, which
+	// forwards to it what its rules do not serve (--upstreams).
+	Upstream bool
 }
 
 // Stack is a control plane plus the process kubelet, Prometheus and the
@@ -78,7 +81,10 @@ type Stack struct {
 	stopKubelet context.CancelFunc
 	kubeletDone chan error
 	// Ingress plays the ingress controller: load goes through it.
-	Ingress     *IngressController
+	Ingress *IngressController
+	// Upstream is the prometheus-adapter behind the adapter, with
+	// StackOptions.Upstream.
+	Upstream    *Upstream
 	stopIngress context.CancelFunc
 
 	endpoints     *endpointsController
@@ -181,6 +187,17 @@ func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 	s.step("Prometheus ready on %s, discovering pods through the API server", s.Prometheus.URL)
 
 	s.AdapterBinary, s.adapterEnv = adapterBin, opts.AdapterEnv
+	if opts.Upstream {
+		if err := s.applyManifests(ctx, "manifests/upstreams", keepKinds("ClusterRole", "ClusterRoleBinding")); err != nil {
+			return nil, err
+		}
+		file, err := s.startUpstream(ctx, opts.Dir)
+		if err != nil {
+			return nil, err
+		}
+		opts.AdapterArgs = append(opts.AdapterArgs, "--upstreams="+file, "--upstream-discovery-interval=5s")
+		s.step("prometheus-adapter ready on %s, the adapter's upstream for what its rules do not serve", s.Upstream.URL)
+	}
 	if err := s.startAdapter(ctx, opts); err != nil {
 		return nil, err
 	}
