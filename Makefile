@@ -45,7 +45,7 @@ integration: $(BIN)/prometheus ## The provider against a real Prometheus scrapin
 .PHONY: e2e
 e2e: tools build ## End-to-end: real control plane, HPA controller, Prometheus, adapter, app
 	@mkdir -p _output
-	go test -count=1 -timeout 40m -parallel 8 -v ./test/e2e/... 2>&1 | tee $(CURDIR)/_output/e2e.log
+	go test -count=1 -timeout 40m -parallel 12 -v ./test/e2e/... 2>&1 | tee $(CURDIR)/_output/e2e.log
 
 .PHONY: faults
 faults: tools build ## Fault suite on the real stack: Prometheus paused and killed, a replica stopped, the API server restarted, hostile input, bad rules files
@@ -79,8 +79,9 @@ verify-structured-logging: ## logcheck (pinned in go.mod's tool block): klog cal
 	@go tool sigs.k8s.io/logtools/logcheck ./... || { echo "Fix structured logging: klog.InfoS and klog.ErrorS with key/value pairs, not Infof"; exit 1; }
 
 .PHONY: fuzz
-fuzz: ## Fuzz selector -> PromQL and the Prometheus answer decoder, 1M executions each (not in CI)
+fuzz: ## Fuzz selector -> PromQL, the namespace confinement of PromQL and the Prometheus answer decoder, 1M executions each (not in CI)
 	go test -run '^$$' -fuzz FuzzFromSelector -fuzztime 1000000x ./pkg/promql
+	go test -run '^$$' -fuzz FuzzIsolation -fuzztime 1000000x ./pkg/promql
 	go test -run '^$$' -fuzz FuzzDecodeQuery -fuzztime 1000000x ./pkg/promclient
 
 .PHONY: generate

@@ -13,6 +13,7 @@ import (
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/podowners"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 )
 
 // Set is a whole compiled config file: the rules of each metrics API.
@@ -105,6 +106,8 @@ func (c *compiler) rule(section string, i int, cr config.Rule) *Rule {
 		namespaced: cr.Resources.IsNamespaced(), replacements: cr.LabelValueReplacements}
 	if strings.TrimSpace(cr.SeriesQuery) == "" {
 		c.fail(section, i, "seriesQuery", "is required (a series selector such as 'app_requests_total{namespace!=\"\",pod!=\"\"}')")
+	} else if err := promql.ParseSeriesSelector(cr.SeriesQuery); err != nil {
+		c.fail(section, i, "seriesQuery", "is not a series selector: %v", err)
 	}
 	c.filters(section, i, r, cr.SeriesFilters)
 	c.name(section, i, r, cr.Name)

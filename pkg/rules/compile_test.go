@@ -286,3 +286,18 @@ func TestUnlisted(t *testing.T) {
 		}
 	}
 }
+
+// The PromQL of the file is parsed at load, rendered with placeholder
+// values: a broken query stops the file with its line, not as a 500 on
+// every request.
+func TestPromQLIsParsedAtLoad(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{"rules:\n- seriesQuery: 'up{'\n  metricsQuery: sum(<<.Series>>)\n", "cfg.yaml:2: rules[0].seriesQuery: is not a series selector"},
+		{"rules:\n- seriesQuery: up\n  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m]) by (<<.GroupBy>>)\n", "cfg.yaml:3: rules[0].metricsQuery: is not valid PromQL once rendered"},
+		{"externalRules:\n- seriesQuery: up\n  resources: {namespaced: false}\n  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) bye (x)\n", "cfg.yaml:4: externalRules[0].metricsQuery: is not valid PromQL"},
+	} {
+		if _, err := Parse([]byte(tc.yaml), "cfg.yaml"); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want an error saying %q", tc.yaml, err, tc.want)
+		}
+	}
+}

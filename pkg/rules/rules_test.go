@@ -88,12 +88,12 @@ func TestLabelResource(t *testing.T) {
 }
 
 func TestRender(t *testing.T) {
-	r := compileOne(t, "rules:\n- seriesQuery: x\n  metricsQuery: 'sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>) + <<index .LabelValuesByName \"pod\">> + <<index .GroupBySlice 0>>'\n")
+	r := compileOne(t, "rules:\n- seriesQuery: x\n  metricsQuery: 'sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>) + on(<<index .GroupBySlice 0>>) y{pod=~\"<<index .LabelValuesByName \"pod\">>\"}'\n")
 	got, err := r.Render("app_requests_total", []promql.Matcher{promql.Equals("namespace", "default"), promql.OneOf("pod", []string{"b", "a"})}, []string{"pod"})
 	if err != nil {
 		t.Fatalf("Render: %v", err)
 	}
-	want := `sum(rate(app_requests_total{namespace="default",pod=~"a|b"}[1m])) by (pod) + a|b + pod`
+	want := `sum(rate(app_requests_total{namespace="default",pod=~"a|b"}[1m])) by (pod) + on(pod) y{pod=~"a|b"}`
 	if got != want {
 		t.Errorf("Render() = %s\nwant       %s", got, want)
 	}

@@ -9,6 +9,8 @@ import (
 	"text/template"
 
 	"github.com/prometheus/common/model"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 )
 
 // Delims are the delimiters of metricsQuery and resources.template, as in
@@ -67,8 +69,16 @@ func (c *compiler) queryTemplate(section string, i int, field, text, example str
 		c.fail(section, i, field, "invalid template: %v", err)
 		return nil
 	}
-	if err := t.Execute(&strings.Builder{}, sampleData); err != nil {
+	var b strings.Builder
+	if err := t.Execute(&b, sampleData); err != nil {
 		c.fail(section, i, field, "template cannot be rendered: %v", err)
+		return nil
+	}
+	// What a request renders is PromQL: parsed here, with placeholder
+	// values, so that a broken query stops the file at load rather than
+	// answering 500 on every request.
+	if err := promql.Parse(b.String()); err != nil {
+		c.fail(section, i, field, "is not valid PromQL once rendered (as %s): %v", b.String(), err)
 		return nil
 	}
 	return t

@@ -56,6 +56,7 @@ var checks = map[string]func(t *testing.T, m *autoscalingv2.MetricSpec){
 // controller: each scales its own copy of the app out under load and back
 // to one replica after it.
 func TestSeedHPAsScaleOutAndIn(t *testing.T) {
+	t.Parallel()
 	for _, h := range localstack.SeedHPAs {
 		t.Run(h.Namespace, func(t *testing.T) {
 			t.Parallel()

@@ -30,6 +30,7 @@ import (
 // and never reaches the upstream; with the upstream stopped, only its
 // metrics fail, 503 naming it.
 func TestUpstreamForwarding(t *testing.T) {
+	t.Parallel()
 	ensureApp(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()

@@ -26,6 +26,7 @@ var failedGets = []string{"FailedGetObjectMetric", "FailedGetExternalMetric", "F
 // FailedGet* event; with load through the local ingress, from zero to one
 // ready replica and out; when the load stops, back to zero.
 func TestScaleToZeroAndBack(t *testing.T) {
+	t.Parallel()
 	for _, h := range localstack.ScaleToZeroHPAs {
 		t.Run(h.Namespace, func(t *testing.T) {
 			t.Parallel()

@@ -1,0 +1,80 @@
+package promql
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql/parser"
+)
+
+// parse is Prometheus' own parser, with its default functions (no
+// experimental ones: info(), which reads series the expression does not
+// select, is not among them).
+var parse = parser.NewParser(parser.Options{})
+
+// Parse parses a PromQL expression with Prometheus' own parser.
+func Parse(expr string) error {
+	_, err := parse.ParseExpr(expr)
+	return err
+}
+
+// ParseSeriesSelector parses a series selector (a seriesQuery:
+// `name{label="value"}` or `{__name__=~"..."}`) as Prometheus'
+// /api/v1/series takes it.
+func ParseSeriesSelector(sel string) error {
+	_, err := parse.ParseMetricSelector(sel)
+	return err
+}
+
+// ErrUnconfinable is an expression Confine refuses.
+var ErrUnconfinable = errors.New("cannot be confined")
+
+// Confine rewrites a PromQL expression so that every series it reads
+// carries label="value": each vector selector, alone, in a range or in a
+// subquery, gets that matcher, and every matcher the expression had on
+// label is dropped. Whatever the expression does with what it reads
+// (or, unless, and, subqueries, label_replace, aggregations, offset and @
+// modifiers), it reads nothing else: a selector of every series,
+// {__name__=~".+"}, reads that label value's series only. Functions that
+// read series the expression does not select (info(), which the default
+// parser does not accept) are refused.
+//
+// It returns the expression as Prometheus prints it.
+func Confine(expr, label, value string) (string, error) {
+	if label == "" || label == model.MetricNameLabel {
+		return "", fmt.Errorf("confining to label %q: not a label a series can be confined by", label)
+	}
+	e, err := parse.ParseExpr(expr)
+	if err != nil {
+		return "", err
+	}
+	confined, err := labels.NewMatcher(labels.MatchEqual, label, value)
+	if err != nil {
+		return "", err
+	}
+	var refused error
+	parser.Inspect(e, func(node parser.Node, _ []parser.Node) error {
+		switch n := node.(type) {
+		case *parser.VectorSelector:
+			kept := make([]*labels.Matcher, 0, len(n.LabelMatchers)+1)
+			for _, m := range n.LabelMatchers {
+				if m.Name != label {
+					kept = append(kept, m)
+				}
+			}
+			n.LabelMatchers = append(kept, confined)
+		case *parser.Call:
+			if n.Func != nil && strings.EqualFold(n.Func.Name, "info") {
+				refused = fmt.Errorf("%w: %s() reads series the expression does not select", ErrUnconfinable, n.Func.Name)
+			}
+		}
+		return nil
+	})
+	if refused != nil {
+		return "", refused
+	}
+	return e.String(), nil
+}
