@@ -68,90 +68,126 @@ type Served struct {
 	Note string
 }
 
+// scoped is a metric in a namespace: "" for a rule of the file, served in
+// every namespace; a namespace for a team's rule (rules.Rule.Namespace),
+// served in that namespace only.
+type scoped[K comparable] struct {
+	key K
+	ns  string
+}
+
 // Index is one discovery round's metrics. It is immutable once built.
 type Index[K comparable, E any] struct {
-	entries  map[K]Entry[E]
+	entries map[scoped[K]]Entry[E]
+	// scopes are the namespaces each metric is served in, sorted: "" (the
+	// file's rules, every namespace) first.
+	scopes map[K][]string
+	// sorted are the distinct metrics, in the Catalog's order.
 	sorted   []K
 	refused  map[K]error
 	overlaps []Overlap
-	pending  error
-	built    time.Time
-	describe func(K, Entry[E]) Served
+	// pending says which of the file's rules were never listed;
+	// pendingIn, which of a namespace's team rules.
+	pending   error
+	pendingIn map[string]error
+	built     time.Time
+	describe  func(K, Entry[E]) Served
 }
 
-// Add serves k from e, unless an earlier rule serves it: rules are built in
-// file order, so the first rule in the file wins, as the config documents.
-// A definition lost to another rule is recorded as an Overlap.
+// Add serves k from e in the namespace of e's rule (every namespace for a
+// rule of the file), unless an earlier rule serves it there: rules are
+// built in order (the file's, then each namespace's), so the first wins, as
+// the config documents. A definition lost to another rule is recorded as an
+// Overlap. A rule of the file wins over every team's rule (see update).
 func (x *Index[K, E]) Add(k K, e Entry[E]) {
-	prev, dup := x.entries[k]
+	sk := scoped[K]{k, e.Rule.Namespace()}
+	prev, dup := x.entries[sk]
 	if !dup {
-		x.entries[k] = e
+		x.entries[sk] = e
 		return
 	}
-	if prev.Rule != e.Rule {
-		d := x.describe(k, prev)
-		ov := Overlap{Metric: d.Metric, Resource: d.Resource, Kept: prev.Source, Ignored: e.Source}
+	x.overlap(k, prev, e)
+}
+
+// overlap records that kept serves k and ignored does not.
+func (x *Index[K, E]) overlap(k K, kept, ignored Entry[E]) {
+	if kept.Rule != ignored.Rule {
+		d := x.describe(k, kept)
+		ov := Overlap{Metric: d.Metric, Resource: d.Resource, Kept: kept.Source, Ignored: ignored.Source}
 		if !slices.Contains(x.overlaps, ov) {
 			x.overlaps = append(x.overlaps, ov)
 		}
 	}
-	if prev.Source != e.Source {
-		klog.V(2).InfoS("Metric defined twice; keeping the first definition", "metric", x.describe(k, prev).Metric,
-			"kept", prev.String(), "ignored", e.String())
+	if kept.Source != ignored.Source {
+		klog.V(2).InfoS("Metric defined twice; keeping the first definition", "metric", x.describe(k, kept).Metric,
+			"kept", kept.String(), "ignored", ignored.String())
 	}
 }
 
-// Refuse records that a rule left out (why) would have served k: a request
-// for k, when no other rule serves it, is answered 404 with why.
+// Refuse records that a rule of the file left out (why) would have served
+// k: a request for k, when no other rule serves it, is answered 404 with
+// why. (A team's rule that cannot be served is refused whole, in its
+// status.)
 func (x *Index[K, E]) Refuse(k K, why error) {
 	if _, done := x.refused[k]; !done {
 		x.refused[k] = why
 	}
 }
 
-// Get returns the entry serving k.
-func (x *Index[K, E]) Get(k K) (Entry[E], bool) {
-	e, ok := x.entries[k]
+// Get returns the entry serving k in namespace ns: a rule of the file's,
+// else one of ns's own team rules'. ns is "" for what is in no namespace.
+func (x *Index[K, E]) Get(k K, ns string) (Entry[E], bool) {
+	if e, ok := x.entries[scoped[K]{k, ""}]; ok || ns == "" {
+		return e, ok
+	}
+	e, ok := x.entries[scoped[K]{k, ns}]
 	return e, ok
 }
 
-// Refused reports whether a rule left out would serve k (and no other rule
-// does).
-func (x *Index[K, E]) Refused(k K) bool {
-	_, ok := x.refused[k]
-	return ok
+// Has reports whether k is served in some namespace, or a rule left out
+// would serve it (and answers why).
+func (x *Index[K, E]) Has(k K) bool {
+	_, refused := x.refused[k]
+	return refused || len(x.scopes[k]) > 0
 }
 
-// Len is the number of served metrics.
+// Len is the number of served metrics, one per namespace a team's rule
+// serves it in.
 func (x *Index[K, E]) Len() int { return len(x.entries) }
 
-// All yields the served metrics in the Catalog's order.
+// All yields each served metric once, in the Catalog's order: the entry of
+// the file's rule, else of the first namespace's (discovery lists names,
+// not namespaces).
 func (x *Index[K, E]) All() iter.Seq2[K, Entry[E]] {
 	return func(yield func(K, Entry[E]) bool) {
 		for _, k := range x.sorted {
-			if !yield(k, x.entries[k]) {
+			if !yield(k, x.entries[scoped[K]{k, x.scopes[k][0]}]) {
 				return
 			}
 		}
 	}
 }
 
-// Overlaps are the definitions earlier rules won over, sorted.
+// Overlaps are the definitions other rules won over, sorted.
 func (x *Index[K, E]) Overlaps() []Overlap { return slices.Clone(x.overlaps) }
 
-// Pending says which rules' series were never listed, and why; nil when
-// every rule's were.
+// Pending says which rules of the file were never listed, and why; nil
+// when every rule's series were.
 func (x *Index[K, E]) Pending() error { return x.pending }
 
-// Served describes every served metric, by the rules' order in the file,
-// then metric and resource.
+// Served describes every served metric, in every namespace: the file's
+// rules' first, by their order in the file, then each namespace's; then by
+// metric and resource.
 func (x *Index[K, E]) Served() []Served {
 	out := make([]Served, 0, len(x.entries))
-	for k, e := range x.All() {
-		out = append(out, x.describe(k, e))
+	for _, k := range x.sorted {
+		for _, ns := range x.scopes[k] {
+			out = append(out, x.describe(k, x.entries[scoped[K]{k, ns}]))
+		}
 	}
 	slices.SortStableFunc(out, func(a, b Served) int {
-		return cmp.Or(cmp.Compare(a.Rule.Index, b.Rule.Index), strings.Compare(a.Metric, b.Metric), strings.Compare(a.Resource, b.Resource))
+		return cmp.Or(strings.Compare(a.Rule.Namespace(), b.Rule.Namespace()), cmp.Compare(a.Rule.Index, b.Rule.Index),
+			strings.Compare(a.Metric, b.Metric), strings.Compare(a.Resource, b.Resource))
 	})
 	return out
 }
@@ -235,13 +271,40 @@ func (c *Catalog[K, E]) Index() *Index[K, E] { return c.index.Load() }
 
 // update builds and swaps in the Index; call it with c.mu held.
 func (c *Catalog[K, E]) update(r discovery.Result) {
-	idx := &Index[K, E]{entries: map[K]Entry[E]{}, refused: map[K]error{}, built: r.Time, describe: c.cfg.Describe}
+	idx := &Index[K, E]{entries: map[scoped[K]]Entry[E]{}, scopes: map[K][]string{}, refused: map[K]error{},
+		pendingIn: map[string]error{}, built: r.Time, describe: c.cfg.Describe}
 	c.cfg.Build(c.rules, r, idx)
-	for k := range idx.entries {
-		delete(idx.refused, k) // another rule serves it
+	// A rule of the file serves its metrics in every namespace: a team's
+	// rule naming one of them is overruled, and told so (an Overlap).
+	for sk, e := range idx.entries {
+		if file, ok := idx.entries[scoped[K]{sk.key, ""}]; ok && sk.ns != "" {
+			idx.overlap(sk.key, file, e)
+			delete(idx.entries, sk)
+		}
 	}
-	idx.pending = r.Pending(c.rules)
-	idx.sorted = slices.SortedFunc(maps.Keys(idx.entries), c.cfg.Compare)
+	for sk := range idx.entries {
+		idx.scopes[sk.key] = append(idx.scopes[sk.key], sk.ns)
+		delete(idx.refused, sk.key) // another rule serves it
+	}
+	for _, nss := range idx.scopes {
+		slices.Sort(nss)
+	}
+	var file []*rules.Rule
+	team := map[string][]*rules.Rule{}
+	for _, rule := range c.rules {
+		if ns := rule.Namespace(); ns != "" {
+			team[ns] = append(team[ns], rule)
+		} else {
+			file = append(file, rule)
+		}
+	}
+	idx.pending = r.Pending(file)
+	for ns, rs := range team {
+		if err := r.Pending(rs); err != nil {
+			idx.pendingIn[ns] = err
+		}
+	}
+	idx.sorted = slices.SortedFunc(maps.Keys(idx.scopes), c.cfg.Compare)
 	slices.SortFunc(idx.overlaps, func(a, b Overlap) int {
 		return cmp.Or(strings.Compare(a.Metric, b.Metric), strings.Compare(a.Resource, b.Resource), strings.Compare(a.Ignored.String(), b.Ignored.String()))
 	})
@@ -261,27 +324,32 @@ func (c *Catalog[K, E]) update(r discovery.Result) {
 // ErrNotDiscovered is the 503 before the first discovery round.
 var ErrNotDiscovered = apierrors.NewServiceUnavailable("metric discovery has not completed yet")
 
-// Lookup finds the entry serving k, and records it in the request's
-// explain trace. Its errors are StatusErrors: 503 before
-// the first discovery round, and for a metric no rule serves while some
-// rules' series were never listed (it may be theirs); otherwise the API's
-// 404, which says why when a rule left out would have served k.
-func (c *Catalog[K, E]) Lookup(ctx context.Context, k K) (Entry[E], error) {
+// Lookup finds the entry serving k for a request in namespace ns ("" for
+// what is in no namespace), and records it in the request's explain trace.
+// Its errors are StatusErrors: 503 before the first discovery round, and
+// for a metric no rule serves while some rules that could serve it in ns
+// were never listed (it may be theirs); otherwise the API's 404, which says
+// why when a rule left out would have served k, or when only other
+// namespaces' rules serve it.
+func (c *Catalog[K, E]) Lookup(ctx context.Context, k K, ns string) (Entry[E], error) {
 	idx := c.index.Load()
 	if idx == nil {
 		return Entry[E]{}, ErrNotDiscovered
 	}
-	if e, ok := idx.entries[k]; ok {
+	if e, ok := idx.Get(k, ns); ok {
 		explain.From(ctx).Rule(e.Rule.String(), e.Series)
 		return e, nil
 	}
-	if idx.pending != nil {
+	if pending := cmp.Or(idx.pending, idx.pendingIn[ns]); pending != nil {
 		// A rule not listed yet may serve it.
 		return Entry[E]{}, apierrors.NewServiceUnavailable(fmt.Sprintf(
-			"%s is not known, and some %s could not list their series yet: %v", c.cfg.Name(k), c.cfg.Section, idx.pending))
+			"%s is not known, and some %s could not list their series yet: %v", c.cfg.Name(k), c.cfg.Section, pending))
 	}
 	if why, ok := idx.refused[k]; ok {
 		return Entry[E]{}, c.cfg.NotFound(k, "the rule that would serve it is left out: "+why.Error())
+	}
+	if len(idx.scopes[k]) > 0 {
+		return Entry[E]{}, c.cfg.NotFound(k, "only rule objects (MetricRules) of other namespaces serve it, each in its own namespace")
 	}
 	return Entry[E]{}, c.cfg.NotFound(k, "")
 }

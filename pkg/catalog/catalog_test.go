@@ -3,6 +3,7 @@ package catalog
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -12,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
@@ -68,15 +70,15 @@ func round(queries ...string) discovery.Result {
 
 func TestLookup(t *testing.T) {
 	c, rs := newCatalog(t)
-	if _, err := c.Lookup(context.Background(), "a_total"); !apierrors.IsServiceUnavailable(err) {
+	if _, err := c.Lookup(context.Background(), "a_total", ""); !apierrors.IsServiceUnavailable(err) {
 		t.Errorf("before discovery: %v, want 503", err)
 	}
 	// b_total's rule was never listed: an unknown metric may be its.
 	c.Update(discovery.Result{Series: round("a_total").Series, Failed: map[string]error{"b_total": errors.New("refused")}})
-	if _, err := c.Lookup(context.Background(), "c_total"); !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "refused") {
+	if _, err := c.Lookup(context.Background(), "c_total", ""); !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("with a rule pending: %v, want 503 naming why", err)
 	}
-	e, err := c.Lookup(context.Background(), "a_total")
+	e, err := c.Lookup(context.Background(), "a_total", "")
 	if err != nil || e.Rule != rs[0] || e.Value != 0 {
 		t.Errorf("a_total: %+v %v, want the first rule in the file", e, err)
 	}
@@ -90,7 +92,7 @@ func TestLookup(t *testing.T) {
 	}
 
 	c.Update(round("a_total", "b_total"))
-	_, err = c.Lookup(context.Background(), "b_total")
+	_, err = c.Lookup(context.Background(), "b_total", "")
 	if !apierrors.IsNotFound(err) || !strings.Contains(err.Error(), "left out") || !strings.Contains(err.Error(), "c.yaml:8") {
 		t.Errorf("a left-out rule's metric: %v, want 404 saying why", err)
 	}
@@ -98,13 +100,79 @@ func TestLookup(t *testing.T) {
 	// be the pending rule's: 503.
 	fresh, _ := newCatalog(t)
 	fresh.Update(discovery.Result{Series: round("b_total").Series, Failed: map[string]error{"a_total": errors.New("refused")}})
-	if _, err := fresh.Lookup(context.Background(), "b_total"); !apierrors.IsServiceUnavailable(err) {
+	if _, err := fresh.Lookup(context.Background(), "b_total", ""); !apierrors.IsServiceUnavailable(err) {
 		t.Errorf("a left-out rule's metric while another rule is pending: %v, want 503", err)
 	}
-	if _, err := c.Lookup(context.Background(), "c_total"); !apierrors.IsNotFound(err) || strings.Contains(err.Error(), "left out") {
+	if _, err := c.Lookup(context.Background(), "c_total", ""); !apierrors.IsNotFound(err) || strings.Contains(err.Error(), "left out") {
 		t.Errorf("an unknown metric: %v, want a plain 404", err)
 	}
 	if got := c.Index().Len(); got != 1 {
 		t.Errorf("%d metrics served, want 1", got)
+	}
+}
+
+func teamRule(t *testing.T, ns, series string) *rules.Rule {
+	t.Helper()
+	r, err := rules.CompileTeam(rules.TeamRule{Namespace: ns, Name: series, External: true, Rule: config.Rule{
+		SeriesQuery: series, MetricsQuery: "sum(<<.Series>>{<<.LabelMatchers>>})",
+	}}, "namespace")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// A team's rule serves its metric in its own namespace only; a rule of
+// the file serves in every namespace and wins over a team's rule naming
+// the same metric; a namespace whose rules were never listed is 503 in
+// that namespace only.
+func TestTeamRulesServeTheirNamespace(t *testing.T) {
+	c, file := newCatalog(t)
+	aOwn, aShadowed, b := teamRule(t, "team-a", "c_total"), teamRule(t, "team-a", "a_total"), teamRule(t, "team-b", "c_total")
+	bPending := teamRule(t, "team-b", "d_total")
+	all := append(append([]*rules.Rule{}, file...), aOwn, aShadowed, b, bPending)
+	r := discovery.Result{Series: map[string][]model.LabelSet{}}
+	for _, rule := range all[:len(all)-1] {
+		name := strings.SplitN(rule.SeriesQuery(), "{", 2)[0]
+		r.Series[rule.SeriesQuery()] = []model.LabelSet{{"__name__": model.LabelValue(name)}}
+	}
+	c.SetRules(all, r)
+	ctx := context.Background()
+
+	for ns, want := range map[string]*rules.Rule{"team-a": aOwn, "team-b": b} {
+		e, err := c.Lookup(ctx, "c_total", ns)
+		if err != nil || e.Rule != want {
+			t.Errorf("c_total in %s: %v, %v; want %s", ns, e.Rule, err, want)
+		}
+	}
+	if _, err := c.Lookup(ctx, "c_total", "team-c"); !apierrors.IsNotFound(err) || !strings.Contains(err.Error(), "other namespaces") {
+		t.Errorf("c_total in team-c: %v, want a 404 saying other namespaces serve it", err)
+	}
+	if e, err := c.Lookup(ctx, "a_total", "team-a"); err != nil || e.Rule != file[0] {
+		t.Errorf("a_total in team-a: %v, %v; want the file's rule", e.Rule, err)
+	}
+	idx := c.Index()
+	if ov := idx.Overlaps(); !slices.ContainsFunc(ov, func(o Overlap) bool { return o.Ignored.Rule == aShadowed && o.Kept.Rule == file[0] }) {
+		t.Errorf("the overruled team rule is not an overlap: %v", ov)
+	}
+	if _, err := c.Lookup(ctx, "d_total", "team-b"); !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "MetricRule team-b/d_total") {
+		t.Errorf("d_total in team-b, never listed: %v, want 503", err)
+	}
+	if _, err := c.Lookup(ctx, "d_total", "team-a"); !apierrors.IsNotFound(err) {
+		t.Errorf("d_total in team-a: %v, want 404 (team-b's unlisted rule is not team-a's)", err)
+	}
+	var listed []string
+	for k := range idx.All() {
+		listed = append(listed, k)
+	}
+	if diff := cmp.Diff([]string{"a_total", "c_total"}, listed); diff != "" {
+		t.Errorf("All lists each metric once (-want +got):\n%s", diff)
+	}
+	served := map[string]int{}
+	for _, s := range idx.Served() {
+		served[s.Metric]++
+	}
+	if served["c_total"] != 2 || served["a_total"] != 1 {
+		t.Errorf("Served: %v, want c_total in two namespaces, a_total once", served)
 	}
 }

@@ -93,6 +93,9 @@ func (x indexer) buildRule(r *rules.Rule, sets []model.LabelSet, idx *catalog.In
 		}
 		src := catalog.Source{Rule: r, Series: name}
 		for gr, e := range seriesEntries(r, ls, resolve) {
+			if !r.ServesIn(gr, e.namespaced) {
+				continue // a team's rule serves its namespace's objects only
+			}
 			k := metricKey{gr, metric}
 			if why := r.LeftOut(); why != nil {
 				idx.Refuse(k, why)

@@ -157,7 +157,8 @@ func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, nam
 func (r *request) query(matchers []promql.Matcher, groupBy []string) query.Query {
 	return query.Query{
 		API: metrics.CustomAPI, Rule: r.Rule.String(), What: func() string { return what(r.info) }, EmptyIsZero: r.Rule.EmptyIsZero(),
-		Render: func() (string, error) { return r.Rule.Render(r.Series, matchers, groupBy) },
+		Render:    func() (string, error) { return r.Rule.Render(r.Series, matchers, groupBy) },
+		Namespace: r.Rule.Namespace(), Budgets: r.budgets,
 	}
 }
 

@@ -45,6 +45,7 @@ import (
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/query"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
@@ -74,6 +75,8 @@ type Config struct {
 	// Upstream lists what other metrics servers of the group serve
 	// (package upstream), for discovery: listed after this adapter's own.
 	Upstream func() []metav1.APIResource
+	// Budgets bound the queries of each namespace's rule objects.
+	Budgets *query.Budgets
 }
 
 // Provider serves custom metrics from Prometheus.
@@ -88,6 +91,7 @@ type Provider struct {
 	selections singleflight.Group
 	upstream   func() []metav1.APIResource
 	shadowed   sync.Map // upstream resource names logged as shadowed
+	budgets    *query.Budgets
 }
 
 var _ provider.CustomMetricsProvider = (*Provider)(nil)
@@ -102,6 +106,7 @@ func New(cfg Config) *Provider {
 		objectQueries: cfg.MaxConcurrentObjectQueries,
 		resources:     newResourceMemo(),
 		upstream:      cfg.Upstream,
+		budgets:       cfg.Budgets,
 	}
 	if p.objectQueries <= 0 {
 		p.objectQueries = 8
@@ -208,8 +213,7 @@ func (p *Provider) Serves(gr schema.GroupResource, metric string) bool {
 	if idx == nil {
 		return false
 	}
-	_, ok := idx.Get(metricKey{gr, metric})
-	return ok || idx.Refused(metricKey{gr, metric})
+	return idx.Has(metricKey{gr, metric})
 }
 
 // request is one API request, resolved: how its metric is served, the
@@ -224,6 +228,8 @@ type request struct {
 	// selector is the metric selector echoed in each value; nil for none.
 	selector *metav1.LabelSelector
 	resourceInfo
+	// budgets bound the queries of rule objects (a team's rules).
+	budgets *query.Budgets
 }
 
 // what names the request's metric in errors.
@@ -231,12 +237,12 @@ func what(info provider.CustomMetricInfo) string {
 	return fmt.Sprintf("metric %s for %s", info.Metric, info.GroupResource)
 }
 
-// prepare finds how to serve the request and turns its metric selector
-// into PromQL matchers.
-func (p *Provider) prepare(ctx context.Context, info provider.CustomMetricInfo, metricSelector labels.Selector) (*request, error) {
+// prepare finds how to serve the request, whose objects are in namespace
+// ns ("" for none), and turns its metric selector into PromQL matchers.
+func (p *Provider) prepare(ctx context.Context, ns string, info provider.CustomMetricInfo, metricSelector labels.Selector) (*request, error) {
 	ri := p.resources.lookup(p.mapper, info.GroupResource)
 	info.GroupResource = ri.gr
-	e, err := p.catalog.Lookup(ctx, metricKey{info.GroupResource, info.Metric})
+	e, err := p.catalog.Lookup(ctx, metricKey{info.GroupResource, info.Metric}, ns)
 	if err == nil && e.Value.namespaced != info.Namespaced {
 		err = provider.NewMetricNotFoundError(info.GroupResource, info.Metric)
 	}
@@ -247,7 +253,7 @@ func (p *Provider) prepare(ctx context.Context, info provider.CustomMetricInfo, 
 	if err != nil {
 		return nil, apierrors.NewBadRequest(err.Error())
 	}
-	r := &request{Entry: e, info: info, matchers: ms, resourceInfo: ri}
+	r := &request{Entry: e, info: info, matchers: ms, resourceInfo: ri, budgets: p.budgets}
 	if r.selector, err = echo(metricSelector); err != nil {
 		return nil, apierrors.NewBadRequest(fmt.Sprintf("metric label selector %q: %v", metricSelector, err))
 	}
@@ -265,7 +271,11 @@ func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedNam
 }
 
 func (p *Provider) byName(ctx context.Context, name types.NamespacedName, info provider.CustomMetricInfo, metricSelector labels.Selector) (*custom_metrics.MetricValue, error) {
-	r, err := p.prepare(ctx, info, metricSelector)
+	ns := name.Namespace
+	if p.Normalize(info.GroupResource) == rules.Namespaces {
+		ns = name.Name // a namespace's own metric: its team's rules serve it
+	}
+	r, err := p.prepare(ctx, ns, info, metricSelector)
 	if err != nil {
 		return nil, err
 	}
@@ -352,7 +362,7 @@ const sharedRequestTimeout = time.Minute
 // bySelector answers GetMetricBySelector. The items it returns are shared
 // by every caller of the same request: nobody may modify them.
 func (p *Provider) bySelector(ctx context.Context, namespace string, selector labels.Selector, info provider.CustomMetricInfo, metricSelector labels.Selector) ([]custom_metrics.MetricValue, error) {
-	r, err := p.prepare(ctx, info, metricSelector)
+	r, err := p.prepare(ctx, namespace, info, metricSelector)
 	if err != nil {
 		return nil, err
 	}

@@ -743,7 +743,7 @@ func TestDiscoveryPicksTheSameNamespaceLabelEveryRound(t *testing.T) {
 	for round := range 50 {
 		p := New(Config{Rules: rs, Mapper: fakemapper.New()})
 		p.Update(discovery.Result{Series: series})
-		e, ok := p.catalog.Index().Get(metricKey{rules.Pods, "http_requests_per_second"})
+		e, ok := p.catalog.Index().Get(metricKey{rules.Pods, "http_requests_per_second"}, "")
 		if !ok {
 			t.Fatalf("round %d: the pods metric was not discovered: %v", round, p.ListAllMetrics())
 		}

@@ -52,6 +52,8 @@ type Config struct {
 	// Upstream lists what other metrics servers of the group serve
 	// (package upstream), for discovery: listed after this adapter's own.
 	Upstream func() []metav1.APIResource
+	// Budgets bound the queries of each namespace's rule objects.
+	Budgets *query.Budgets
 }
 
 // Provider serves external metrics from Prometheus.
@@ -59,6 +61,7 @@ type Provider struct {
 	*catalog.Catalog[string, entry]
 	prom     promclient.Querier
 	upstream func() []metav1.APIResource
+	budgets  *query.Budgets
 }
 
 var _ provider.ExternalMetricsProvider = (*Provider)(nil)
@@ -69,6 +72,7 @@ func New(cfg Config) *Provider {
 	return &Provider{
 		prom:     cfg.Querier,
 		upstream: cfg.Upstream,
+		budgets:  cfg.Budgets,
 		Catalog: catalog.New(catalog.Config[string, entry]{
 			API:     metrics.ExternalAPI,
 			Section: "externalRules",
@@ -156,8 +160,7 @@ func (p *Provider) Serves(name string) bool {
 	if idx == nil {
 		return false
 	}
-	_, ok := idx.Get(name)
-	return ok || idx.Refused(name)
+	return idx.Has(name)
 }
 
 // externalMetrics names the API in errors.
@@ -182,7 +185,7 @@ func (p *Provider) GetExternalMetric(ctx context.Context, namespace string, metr
 }
 
 func (p *Provider) get(ctx context.Context, namespace string, metricSelector labels.Selector, name string) (*external_metrics.ExternalMetricValueList, error) {
-	e, err := p.Lookup(ctx, name)
+	e, err := p.Lookup(ctx, name, namespace)
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +200,8 @@ func (p *Provider) get(ctx context.Context, namespace string, metricSelector lab
 	matchers = append(matchers, selMatchers...)
 	q := query.Query{
 		API: metrics.ExternalAPI, Rule: e.Rule.String(), What: func() string { return "external metric " + name }, EmptyIsZero: e.Rule.EmptyIsZero(),
-		Render: func() (string, error) { return e.Rule.Render(e.Series, matchers, nil) },
+		Render:    func() (string, error) { return e.Rule.Render(e.Series, matchers, nil) },
+		Namespace: e.Rule.Namespace(), Budgets: p.budgets,
 	}
 	res, err := query.Run(ctx, p.prom, q)
 	if err != nil {

@@ -156,10 +156,26 @@ var (
 		StabilityLevel: basemetrics.ALPHA,
 	}, []string{"resource"})
 
+	teamQueriesLimited = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
+		Namespace:      Namespace,
+		Subsystem:      "metric_rules",
+		Name:           "queries_limited_total",
+		Help:           "Queries of a namespace's rule objects (MetricRules) stopped by a per-namespace limit, by namespace and limit (concurrency: refused with 429, --metric-rules-max-concurrent-queries; timeout: cut at --metric-rules-query-timeout).",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"namespace", "limit"})
+
+	teamRules = basemetrics.NewGaugeVec(&basemetrics.GaugeOpts{
+		Namespace:      Namespace,
+		Subsystem:      "metric_rules",
+		Name:           "rules",
+		Help:           "Rule objects (MetricRules) by state: accepted (served), invalid (does not compile or cannot be confined to its namespace), over_limit (beyond --metric-rules-per-namespace).",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"state"})
+
 	all = []basemetrics.Registerable{
 		queryDuration, discoveryDuration, discoveryLastSuccess, discoveredMetrics,
 		reloadSuccessful, reloadLastSuccess, reloads, resolvedObjects, rulesLeftOut, zeroed,
-		forwarded, forwardDuration, upstreamDiscovered,
+		forwarded, forwardDuration, upstreamDiscovered, teamQueriesLimited, teamRules,
 	}
 )
 
@@ -319,6 +335,19 @@ func ObserveReload(ok bool, at time.Time) {
 	reloadSuccessful.Set(1)
 	reloadLastSuccess.Set(float64(at.UnixNano()) / 1e9)
 	reloads.WithLabelValues("success").Inc()
+}
+
+// ObserveTeamLimit records a query of namespace's rule objects stopped by
+// limit ("concurrency" or "timeout").
+func ObserveTeamLimit(namespace, limit string) {
+	teamQueriesLimited.WithLabelValues(namespace, limit).Inc()
+}
+
+// SetTeamRules records how many rule objects are in each state.
+func SetTeamRules(byState map[string]int) {
+	for _, state := range []string{"accepted", "invalid", "over_limit"} {
+		teamRules.WithLabelValues(state).Set(float64(byState[state]))
+	}
 }
 
 // ObserveResolved records how many objects of resource a request resolved.

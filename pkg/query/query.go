@@ -12,6 +12,7 @@ package query
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/prometheus/common/model"
@@ -41,6 +42,11 @@ type Query struct {
 	// EmptyIsZero is the rule's emptyIsZero: what the query returns no
 	// series for is answered 0 (see Zeroed).
 	EmptyIsZero bool
+	// Namespace is the namespace of a rule object (a team's rule,
+	// rules.Rule.Namespace), whose queries Budgets bound; "" for a rule of
+	// the file.
+	Namespace string
+	Budgets   *Budgets
 }
 
 // Result is what Prometheus answered.
@@ -50,20 +56,32 @@ type Result struct {
 	Vector model.Vector
 }
 
-// Run renders q and runs it on prom. Its errors are StatusErrors: a query
-// that does not render is a 500 naming the rule, a failed query what
-// apistatus.Query says.
+// Run renders q and runs it on prom, within its namespace's budget when its
+// rule is a team's. Its errors are StatusErrors: a query that does not
+// render is a 500 naming the rule, one over its namespace's budget a 429,
+// a failed query what apistatus.Query says.
 func Run(ctx context.Context, prom promclient.Querier, q Query) (Result, error) {
 	expr, err := q.Render()
 	if err != nil {
+		q.Budgets.fail(q.Rule, err)
 		return Result{}, apierrors.NewInternalError(err)
+	}
+	ctx, done, err := q.Budgets.enter(ctx, q.Namespace)
+	if err != nil {
+		q.Budgets.fail(q.Rule, err)
+		explain.From(ctx).Queried(explain.Query{Rule: q.Rule, Expr: expr, Err: err})
+		return Result{Expr: expr}, err
 	}
 	start := time.Now()
 	vec, err := prom.Query(ctx, expr)
 	took := time.Since(start)
+	if timedOut := done(); timedOut != nil && err != nil {
+		err = fmt.Errorf("%w: %w", timedOut, err)
+	}
 	metrics.ObserveQuery(q.API, q.Rule, start, len(vec), err)
 	explain.From(ctx).Queried(explain.Query{Rule: q.Rule, Expr: expr, Duration: took, Vector: vec, Err: err})
 	if err != nil {
+		q.Budgets.fail(q.Rule, err)
 		return Result{Expr: expr}, apistatus.Query(err, q.What(), q.Rule)
 	}
 	if klogV := klog.V(4); klogV.Enabled() {

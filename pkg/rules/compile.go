@@ -43,7 +43,7 @@ func Parse(data []byte, source string) (*Set, error) {
 // error: it is compiled with LeftOut saying why, and every other rule
 // serves.
 func CompileSet(cfg *config.Config) (*Set, error) {
-	c := &compiler{cfg: cfg}
+	c := &compiler{where: cfg.Where}
 	s := &Set{}
 	for i := range cfg.Rules {
 		s.Custom = append(s.Custom, c.rule("rules", i, cfg.Rules[i]))
@@ -83,16 +83,18 @@ func (s *Set) SeriesQueries() []string {
 	return out
 }
 
-// compiler collects the problems of one file.
+// compiler collects the problems of one file, or of one rule object.
 type compiler struct {
-	cfg  *config.Config
-	errs []error
+	// where names section[i].field for a person: the file and line, or
+	// the rule object's field.
+	where func(section string, i int, field string) string
+	errs  []error
 }
 
 // problem is a problem with section[i].field ("file:line: path: msg"); i <
 // 0 means section is a mapping (resourceRules) and field a path inside it.
 func (c *compiler) problem(section string, i int, field, format string, args ...any) error {
-	return fmt.Errorf("%s: %s", c.cfg.Where(section, i, field), fmt.Sprintf(format, args...))
+	return fmt.Errorf("%s: %s", c.where(section, i, field), fmt.Sprintf(format, args...))
 }
 
 func (c *compiler) fail(section string, i int, field, format string, args ...any) {

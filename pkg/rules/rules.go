@@ -54,6 +54,8 @@ type Rule struct {
 	leftOut error
 	// emptyIsZero answers 0 for what has no series.
 	emptyIsZero bool
+	// owner is the rule object of a team's rule; nil for the file's.
+	owner *Owner
 }
 
 // EmptyIsZero reports the rule's emptyIsZero: a query that returns no
@@ -252,9 +254,19 @@ func (r *Rule) AggregateFromPods() []schema.GroupResource { return r.aggregate }
 func (r *Rule) Namespaced() bool { return r.namespaced }
 
 // Render executes the metricsQuery template for a series, the matchers of
-// a request and the labels to group by.
+// a request and the labels to group by. A team's rule (Owner) renders
+// PromQL confined to its namespace: every selector of the query, whatever
+// the template wrote, reads that namespace's series only.
 func (r *Rule) Render(series string, matchers []promql.Matcher, groupBy []string) (string, error) {
-	return execute(r.query, "metricsQuery of "+r.String(), QueryData(series, matchers, groupBy))
+	expr, err := execute(r.query, "metricsQuery of "+r.String(), QueryData(series, matchers, groupBy))
+	if err != nil || r.owner == nil {
+		return expr, err
+	}
+	confined, err := promql.Confine(expr, r.owner.label, r.owner.Namespace)
+	if err != nil {
+		return "", fmt.Errorf("rendering metricsQuery of %s: %w", r, err)
+	}
+	return confined, nil
 }
 
 // QueryData is what a query template sees for a request: .LabelMatchers
