@@ -68,11 +68,16 @@ verify: verify-fmt lint verify-generated verify-structured-logging ## Formatting
 	@go mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 
 .PHONY: verify-generated
-verify-generated: ## Fail if pkg/resourcemetrics/openapi is not what hack/openapi-gen.sh generates
+verify-generated: ## Fail if pkg/resourcemetrics/openapi, the MetricRule deepcopy and CRD (and the chart's copy) are not what hack/ generates
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	hack/openapi-gen.sh "$$tmp"; \
 	diff -u pkg/resourcemetrics/openapi/zz_generated.openapi.go "$$tmp/zz_generated.openapi.go" || \
-		{ echo "pkg/resourcemetrics/openapi/zz_generated.openapi.go is not what hack/openapi-gen.sh generates: run make generate"; exit 1; }
+		{ echo "pkg/resourcemetrics/openapi/zz_generated.openapi.go is not what hack/openapi-gen.sh generates: run make generate"; exit 1; }; \
+	hack/crd-gen.sh "$$tmp/obj" "$$tmp/crd"; \
+	for f in pkg/apis/rules/v1alpha1/zz_generated.deepcopy.go:obj/zz_generated.deepcopy.go manifests/metric-rules/crd.yaml:crd/crd.yaml \
+		manifests/helm/custom-metrics-adapter/files/metricrules-crd.yaml:crd/crd.yaml; do \
+		diff -u "$${f%%:*}" "$$tmp/$${f#*:}" || { echo "$${f%%:*} is not what hack/crd-gen.sh generates: run make generate"; exit 1; }; \
+	done
 
 .PHONY: verify-structured-logging
 verify-structured-logging: ## logcheck (pinned in go.mod's tool block): klog calls are structured (InfoS, ErrorS), with key/value pairs
@@ -85,8 +90,10 @@ fuzz: ## Fuzz selector -> PromQL, the namespace confinement of PromQL and the Pr
 	go test -run '^$$' -fuzz FuzzDecodeQuery -fuzztime 1000000x ./pkg/promclient
 
 .PHONY: generate
-generate: ## Regenerate the OpenAPI definitions of metrics.k8s.io (pkg/resourcemetrics/openapi)
+generate: ## Regenerate the OpenAPI definitions of metrics.k8s.io (pkg/resourcemetrics/openapi), the MetricRule deepcopy functions and CRD
 	hack/openapi-gen.sh
+	hack/crd-gen.sh
+	cp manifests/metric-rules/crd.yaml manifests/helm/custom-metrics-adapter/files/metricrules-crd.yaml
 
 .PHONY: vet
 vet: ## go vet

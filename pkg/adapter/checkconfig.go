@@ -18,11 +18,13 @@ import (
 	"k8s.io/component-base/term"
 	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apis/rules/v1alpha1"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/catalog"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/custommetrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/externalmetrics"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metricrules"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
@@ -33,8 +35,9 @@ func newCheckConfigCommand(ctx context.Context) *cobra.Command {
 	base := &basecmd.AdapterBase{Name: Name}
 
 	var fss cliflag.NamedFlagSets
+	var ruleFiles []string
 	cmd := &cobra.Command{
-		Use:   "check-config --config FILE [--prometheus-url URL] [adapter flags]",
+		Use:   "check-config --config FILE [--metric-rule-file FILE]... [--prometheus-url URL] [adapter flags]",
 		Short: "Validate a rules file; with a Prometheus URL, list what each rule discovers and which rules overlap",
 		Long: `check-config validates a rules file offline: it reports every error the
 adapter would refuse to start on, each with its file, line, rule and field.
@@ -47,9 +50,17 @@ serves them). Series labels are mapped to resources with the built-in
 Kubernetes resources, or with a cluster's own when --lister-kubeconfig is
 given.
 
+--metric-rule-file checks MetricRule objects (YAML, as kubectl apply takes
+them) the way the adapter serves them with --metric-rules: each compiled
+confined to its namespace (--metric-rules-namespace-label), at most
+--metric-rules-per-namespace per namespace (oldest first; by name when the
+files carry no creation time); with --prometheus-url, their series are
+listed with the file's rules.
+
 Exit status: 0 when the file is valid (and every seriesQuery could be
-listed), 1 when it is not, 3 when a seriesQuery could not be listed, 4 when
-the adapter would start but leave rules out (each is printed with why).`,
+listed), 1 when it is not (or a MetricRule is refused), 3 when a seriesQuery
+could not be listed, 4 when the adapter would start but leave rules out
+(each is printed with why; MetricRules over the per-namespace limit too).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
@@ -64,8 +75,16 @@ the adapter would start but leave rules out (each is printed with why).`,
 			out := cmd.OutOrStdout()
 			printSummary(out, sourceName(o.ConfigFile), set)
 			leftOut := len(set.LeftOut()) > 0
+			refused, overLimit, err := o.checkMetricRules(out, ruleFiles, set)
+			if err != nil {
+				return err
+			}
+			leftOut = leftOut || overLimit
 			if !cmd.Flags().Changed("prometheus-url") {
-				if leftOut {
+				switch {
+				case refused:
+					return &ExitError{Code: ExitFailed}
+				case leftOut:
 					return &ExitError{Code: ExitRulesLeftOut}
 				}
 				return nil
@@ -84,6 +103,8 @@ the adapter would start but leave rules out (each is printed with why).`,
 				return err
 			}
 			switch {
+			case refused:
+				return &ExitError{Code: ExitFailed}
 			case failed:
 				return &ExitError{Code: ExitAnswerError}
 			case leftOut:
@@ -93,9 +114,52 @@ the adapter would start but leave rules out (each is printed with why).`,
 		},
 	}
 	fss = installFlags(cmd, o, base, logging)
+	fss.FlagSet("metrics").StringArrayVar(&ruleFiles, "metric-rule-file", nil,
+		"YAML file of MetricRule objects to check as the adapter serves them with --metric-rules (repeatable).")
+	cmd.Flags().AddFlagSet(fss.FlagSet("metrics"))
 	cols, _, _ := term.TerminalSize(cmd.OutOrStdout())
 	cliflag.SetUsageAndHelpFunc(cmd, moveFirst(fss, "metrics"), cols)
 	return cmd
+}
+
+// checkMetricRules compiles the MetricRules of files as the adapter does,
+// prints what became of each, and adds the accepted ones to set. It
+// reports whether one was refused, and whether one is over its
+// namespace's limit.
+func (o *Options) checkMetricRules(w io.Writer, files []string, set *rules.Set) (refused, overLimit bool, err error) {
+	var objs []*v1alpha1.MetricRule
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return false, false, fmt.Errorf("reading MetricRules: %w", err)
+		}
+		more, err := metricrules.Decode(data, f)
+		if err != nil {
+			return false, false, err
+		}
+		objs = append(objs, more...)
+	}
+	if len(objs) == 0 {
+		return false, false, nil
+	}
+	outcomes := metricrules.Compile(objs, o.MetricRulesNamespaceLabel, o.MetricRulesPerNamespace, metricrules.NewCache())
+	fmt.Fprintf(w, "\n%d MetricRules, confined to their namespace's series on the label %q:\n", len(outcomes), o.MetricRulesNamespaceLabel)
+	for _, oc := range outcomes {
+		name := rules.TeamSection + " " + oc.Object.Namespace + "/" + oc.Object.Name
+		switch {
+		case oc.OverLimit:
+			overLimit = true
+			fmt.Fprintf(w, "  %s: over the limit: its namespace has %d older MetricRules (--metric-rules-per-namespace)\n", name, o.MetricRulesPerNamespace)
+		case oc.Err != nil:
+			refused = true
+			fmt.Fprintf(w, "  %s: refused: %v\n", name, oc.Err)
+		default:
+			fmt.Fprintf(w, "  %s: accepted (%s), seriesQuery as listed: %s\n", name, oc.Object.Spec.API, oc.Rule.SeriesQuery())
+		}
+	}
+	custom, external := metricrules.Accepted(outcomes)
+	set.Custom, set.External = append(set.Custom, custom...), append(set.External, external...)
+	return refused, overLimit, nil
 }
 
 func sourceName(path string) string {
@@ -197,7 +261,7 @@ func printRules(w io.Writer, rs []*rules.Rule, r discovery.Result, served []cata
 			fmt.Fprintf(w, "  left out: %v\n", rule.LeftOut())
 		case len(ss) == 0 && shadowed:
 			fmt.Fprintf(w, "  serves nothing: an earlier rule serves all its metrics (see Overlaps)\n")
-		case len(ss) == 0 && rule.Section == "rules":
+		case len(ss) == 0 && !rule.External():
 			fmt.Fprintf(w, "  serves nothing: %d series match its seriesQuery, none gives a metric name with a resource label\n", len(r.Series[rule.SeriesQuery()]))
 		case len(ss) == 0:
 			fmt.Fprintf(w, "  serves nothing: %d series match its seriesQuery\n", len(r.Series[rule.SeriesQuery()]))
@@ -226,7 +290,7 @@ func noSeries(r *rules.Rule) string {
 	switch {
 	case r.EmptyIsZero():
 		return "0 (emptyIsZero)"
-	case r.Section == "externalRules":
+	case r.External():
 		return "an empty list (the HPA reports FailedGetExternalMetric; emptyIsZero answers 0)"
 	default:
 		return "404 for the object"

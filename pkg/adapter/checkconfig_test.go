@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -160,5 +161,60 @@ func TestAnAPIIsServedWhenItsSectionIsThere(t *testing.T) {
 	o.EnableCustomMetrics = false
 	if got := o.servedAPIs(set); got != (apis{}) {
 		t.Errorf("both off: %+v, want nothing", got)
+	}
+}
+
+// check-config checks MetricRule objects as the adapter serves them: each
+// confined to its namespace, one that cannot be confined refused (exit 1),
+// one over the namespace's limit reported (exit 4 when nothing is refused).
+func TestCheckConfigMetricRules(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	if err := os.WriteFile(good, []byte(checkRules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const rule = `apiVersion: rules.custom-metrics-adapter.io/v1alpha1
+kind: MetricRule
+metadata: {name: %s, namespace: team-a}
+spec:
+  seriesQuery: '{__name__="app_requests_total",namespace="team-b"}'
+  resources: {overrides: {namespace: {resource: namespace}, pod: {resource: pod}}}
+  name: {as: %s}
+  metricsQuery: %s
+`
+	ok := fmt.Sprintf(rule, "a", "a", "sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)")
+	second := fmt.Sprintf(rule, "b", "b", "sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)")
+	info := fmt.Sprintf(rule, "c", "c", "'info(sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>))'")
+	okFile, infoFile := filepath.Join(dir, "ok.yaml"), filepath.Join(dir, "info.yaml")
+	if err := os.WriteFile(okFile, []byte(ok+"---\n"+second), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(infoFile, []byte(info), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	out, err := runCheckConfig(t, "--config="+good, "--metric-rule-file="+okFile, "--metric-rules-per-namespace=1")
+	var exit *ExitError
+	if !errors.As(err, &exit) || exit.Code != ExitRulesLeftOut {
+		t.Fatalf("a rule over the limit: %v, want exit %d\n%s", err, ExitRulesLeftOut, out)
+	}
+	for _, want := range []string{
+		`MetricRule team-a/a: accepted (Custom), seriesQuery as listed: {__name__="app_requests_total",namespace="team-a"}`,
+		"MetricRule team-a/b: over the limit",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = runCheckConfig(t, "--config="+good, "--metric-rule-file="+okFile, "--metric-rule-file="+infoFile)
+	if !errors.As(err, &exit) || exit.Code != ExitFailed || !strings.Contains(out, "MetricRule team-a/c: refused: spec.metricsQuery") {
+		t.Errorf("a rule with info(): %v, want exit %d naming spec.metricsQuery\n%s", err, ExitFailed, out)
+	}
+	notARule := filepath.Join(dir, "cm.yaml")
+	if err := os.WriteFile(notARule, []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: y}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runCheckConfig(t, "--config="+good, "--metric-rule-file="+notARule); err == nil || !strings.Contains(err.Error(), "not a MetricRule") {
+		t.Errorf("a ConfigMap: %v", err)
 	}
 }

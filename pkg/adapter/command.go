@@ -181,8 +181,11 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 	// New resource types (a CRD installed later, an aggregated API that
 	// was down at start), every --discovery-interval.
 	c.refresher.RunUntil(bg.Done())
+	if c.metricRules != nil {
+		go c.metricRules.Run(bg)
+	}
 	if o.ConfigFile != "" && o.WatchConfig {
-		go newReloader(o.ConfigFile, o.rulesData, o.compileRules, c.apply, o.hup).run(bg)
+		go newReloader(o.ConfigFile, o.rulesData, o.compileRules, c.setFile, o.hup).run(bg)
 	} else if o.hup != nil {
 		go ignoreHUP(bg, o.hup)
 	}
@@ -242,10 +245,17 @@ func (o *Options) server(base *basecmd.AdapterBase, c *components) (*genericapis
 	}
 	// Ready when the adapter can answer: pods are cached, and the rules'
 	// series were listed. /readyz?verbose names what is missing.
-	if err := s.AddReadyzChecks(
+	checks := []healthz.HealthChecker{
 		healthz.NamedCheck("pod-cache", func(*http.Request) error { return c.resolver.PodCacheError() }),
 		healthz.NamedCheck("metric-discovery", func(*http.Request) error { return c.disc.Ready() }),
-	); err != nil {
+	}
+	if c.metricRules != nil {
+		// Until MetricRules are listed, their metrics would be 404s. A
+		// cluster without the CRD (manifests/metric-rules) never lists
+		// them: the log says so.
+		checks = append(checks, healthz.NamedCheck("metric-rules", func(*http.Request) error { return c.metricRules.Ready() }))
+	}
+	if err := s.AddReadyzChecks(checks...); err != nil {
 		return nil, fmt.Errorf("adding readiness checks: %w", err)
 	}
 	return s, nil

@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
 
@@ -16,7 +19,9 @@ import (
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/externalmetrics"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metricrules"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/query"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resourcemetrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
@@ -28,8 +33,9 @@ import (
 // loop feeding the custom and external providers. The server, `adapter
 // explain` and a rules reload share them.
 type components struct {
-	prom   *promclient.Client
-	mapper apimeta.RESTMapper
+	restConfig *rest.Config
+	prom       *promclient.Client
+	mapper     apimeta.RESTMapper
 	// refresher rediscovers the cluster's resource types for mapper, every
 	// --discovery-interval.
 	refresher mapperRefresher
@@ -42,6 +48,61 @@ type components struct {
 	// ups are the other metrics servers of the groups (--upstreams);
 	// empty without.
 	ups *upstream.Set
+	// sources are the rules served: the file's and the MetricRules';
+	// metricRules watches the latter (nil without --metric-rules), and
+	// budgets bound their queries.
+	sources     ruleSources
+	metricRules *metricrules.Controller
+	budgets     *query.Budgets
+	dynamic     dynamic.Interface
+}
+
+// ruleSources are the rules served: the rules file's, then the accepted
+// MetricRules of every namespace. A reload of the file and a change of
+// MetricRules each swap their part, one at a time, through apply.
+type ruleSources struct {
+	mu               sync.Mutex
+	file             *rules.Set
+	custom, external []*rules.Rule
+}
+
+// merged is the file's rules followed by the MetricRules'.
+func (s *ruleSources) merged() *rules.Set {
+	return &rules.Set{
+		Custom:   append(slices.Clip(s.file.Custom), s.custom...),
+		External: append(slices.Clip(s.file.External), s.external...),
+		Resource: s.file.Resource,
+	}
+}
+
+// setFile serves a reloaded rules file, with the MetricRules.
+func (c *components) setFile(ctx context.Context, set *rules.Set) {
+	c.sources.mu.Lock()
+	defer c.sources.mu.Unlock()
+	c.sources.file = set
+	c.apply(ctx, c.sources.merged())
+}
+
+// setMetricRules serves the accepted MetricRules, after the file's rules.
+func (c *components) setMetricRules(ctx context.Context, custom, external []*rules.Rule) {
+	c.sources.mu.Lock()
+	defer c.sources.mu.Unlock()
+	c.sources.custom, c.sources.external = custom, external
+	c.apply(ctx, c.sources.merged())
+}
+
+// observe hands the MetricRules controller what a discovery round made of
+// the rules, for their status.
+func (c *components) observe(r discovery.Result) {
+	obs := metricrules.Observation{Round: r}
+	if c.custom != nil {
+		obs.Served, obs.Overlaps = c.custom.Served()
+	}
+	if c.external != nil {
+		served, overlaps := c.external.Served()
+		obs.Served, obs.Overlaps = append(obs.Served, served...), append(obs.Overlaps, overlaps...)
+	}
+	c.metricRules.Observe(obs)
 }
 
 // build creates the components for the compiled rules. Nothing runs until
@@ -56,6 +117,10 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 	// section; otherwise its APIService would be answered with nothing
 	// but errors. One discovery loop lists the series of the custom and
 	// external rules for both providers.
+	c.sources.file = set
+	if o.MetricRules {
+		c.budgets = query.NewBudgets(o.MetricRulesMaxConcurrentQueries, o.MetricRulesQueryTimeout)
+	}
 	served := o.servedAPIs(set)
 	if served == (apis{}) && c.ups.Empty() {
 		return nil, fmt.Errorf("no metrics API to serve: every API whose section the rules file has is turned off (--enable-custom-metrics, --enable-external-metrics, --enable-resource-metrics)")
@@ -68,11 +133,12 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 			Resolver:                   c.resolver,
 			MaxConcurrentObjectQueries: o.MaxConcurrentObjectQueries,
 			Upstream:                   c.upstreamList(upstream.CustomGroup),
+			Budgets:                    c.budgets,
 		})
 		c.apis = append(c.apis, "custom.metrics.k8s.io")
 	}
 	if served.external {
-		c.external = externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: c.prom, Upstream: c.upstreamList(upstream.ExternalGroup)})
+		c.external = externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: c.prom, Upstream: c.upstreamList(upstream.ExternalGroup), Budgets: c.budgets})
 		c.apis = append(c.apis, "external.metrics.k8s.io")
 	}
 	c.disc = discovery.New(discovery.Config{
@@ -91,6 +157,16 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 	if c.external != nil {
 		c.disc.Subscribe(c.external.Update)
 	}
+	if o.MetricRules {
+		if c.dynamic, err = dynamic.NewForConfig(c.restConfig); err != nil {
+			return nil, fmt.Errorf("creating the client of MetricRules: %w", err)
+		}
+		c.metricRules = metricrules.NewController(metricrules.ControllerConfig{
+			Client: c.dynamic, NamespaceLabel: o.MetricRulesNamespaceLabel, PerNamespace: o.MetricRulesPerNamespace,
+			Apply: c.setMetricRules, Budgets: c.budgets,
+		})
+		c.disc.Subscribe(c.observe) // after the providers: their catalogs are this round's
+	}
 	if served.resource {
 		c.resource = resourcemetrics.New(resourcemetrics.Config{Rules: set.Resource, Querier: c.prom, Objects: c.resolver})
 		c.apis = append(c.apis, "metrics.k8s.io")
@@ -105,8 +181,8 @@ type apis struct{ custom, external, resource bool }
 // rules file. The others are not served, and the log says why.
 func (o *Options) servedAPIs(set *rules.Set) apis {
 	a := apis{
-		custom:   o.EnableCustomMetrics && len(set.Custom) > 0,
-		external: o.EnableExternalMetrics && len(set.External) > 0,
+		custom:   o.EnableCustomMetrics && (len(set.Custom) > 0 || o.MetricRules),
+		external: o.EnableExternalMetrics && (len(set.External) > 0 || o.MetricRules),
 		resource: o.EnableResourceMetrics && set.Resource != nil,
 	}
 	for _, api := range []struct {
@@ -118,7 +194,7 @@ func (o *Options) servedAPIs(set *rules.Set) apis {
 		{o.EnableResourceMetrics, a.resource, "metrics.k8s.io", "resourceRules"},
 	} {
 		if api.enabled && !api.served {
-			klog.InfoS("Not serving an API: the rules file has no section for it (add it and restart, or remove its APIService)", "api", api.name, "section", api.section)
+			klog.InfoS("Not serving an API: the rules file has no section for it, and --metric-rules is off (add it and restart, or remove its APIService)", "api", api.name, "section", api.section)
 		}
 	}
 	return a
@@ -139,6 +215,7 @@ func (o *Options) clients(base *basecmd.AdapterBase) (*components, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.restConfig = restCfg
 	kube, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating Kubernetes client: %w", err)
@@ -207,6 +284,9 @@ func (c *components) apply(ctx context.Context, set *rules.Set) {
 		}
 		if c.external != nil {
 			c.external.SetRules(set.External, r)
+		}
+		if c.metricRules != nil {
+			c.observe(r)
 		}
 	})
 	if c.resource != nil {

@@ -18,6 +18,7 @@ import (
 	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metricrules"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
@@ -56,7 +57,7 @@ const explainWait = time.Minute
 // explainHelp is the explain command's description.
 const explainHelp = `explain runs one metrics request (custom, external or resource metrics) the
 way the adapter serves it, with the adapter's own flags (--config, the Prometheus flags,
---lister-kubeconfig), and prints:
+--lister-kubeconfig; with --metric-rules, the cluster's MetricRules too), and prints:
 
   the rule that serves the metric (and the series it comes from),
   the objects and pods it resolved from the cluster,
@@ -148,6 +149,16 @@ func (o *Options) explain(ctx context.Context, w io.Writer, base *basecmd.Adapte
 	defer wcancel()
 	if req.API != explain.External && !c.resolver.WaitForPods(wctx) {
 		return fmt.Errorf("the pod cache did not fill within %v: %w", explainWait, c.resolver.PodCacheError())
+	}
+	if o.MetricRules {
+		// The cluster's MetricRules, as the adapter serves them.
+		objs, err := metricrules.List(ctx, c.dynamic)
+		if err != nil {
+			return err
+		}
+		outcomes := metricrules.Compile(objs, o.MetricRulesNamespaceLabel, o.MetricRulesPerNamespace, metricrules.NewCache())
+		custom, external := metricrules.Accepted(outcomes)
+		c.setMetricRules(ctx, custom, external)
 	}
 	c.disc.Relist(ctx)
 	rep := explain.Run(ctx, c.explainProviders(), req)

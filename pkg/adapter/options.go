@@ -14,6 +14,7 @@ import (
 	"time"
 
 	promconfig "github.com/prometheus/common/config"
+	"github.com/prometheus/common/model"
 	"github.com/spf13/pflag"
 
 	"k8s.io/client-go/rest"
@@ -60,6 +61,14 @@ type Options struct {
 	UpstreamsFile             string
 	UpstreamTimeout           time.Duration
 	UpstreamDiscoveryInterval time.Duration
+	// MetricRules serves the MetricRule objects of every namespace
+	// (package metricrules), each confined to its namespace's series in
+	// MetricRulesNamespaceLabel, within per-namespace limits.
+	MetricRules                     bool
+	MetricRulesNamespaceLabel       string
+	MetricRulesPerNamespace         int
+	MetricRulesMaxConcurrentQueries int
+	MetricRulesQueryTimeout         time.Duration
 
 	// rulesData is the rules file as compiled at startup; hup receives
 	// SIGHUP. Both are set by the command.
@@ -83,6 +92,11 @@ func NewOptions() *Options {
 		EnableExplainEndpoint:      true,
 		UpstreamTimeout:            5 * time.Second,
 		UpstreamDiscoveryInterval:  time.Minute,
+
+		MetricRulesNamespaceLabel:       "namespace",
+		MetricRulesPerNamespace:         20,
+		MetricRulesMaxConcurrentQueries: 4,
+		MetricRulesQueryTimeout:         3 * time.Second,
 	}
 }
 
@@ -132,6 +146,18 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 		"Deadline for one round of series listings, and so for each listing: the distinct seriesQuery selectors are listed side by side (four at a time), and one that fails keeps the series of its last good listing. Listing series is slower than a query on large Prometheus servers.")
 	rules.IntVar(&o.MaxConcurrentObjectQueries, "max-concurrent-object-queries", o.MaxConcurrentObjectQueries,
 		"For a label-selector request over objects served through their pods (e.g. deployments.apps/*), how many objects are queried at once.")
+	rules.BoolVar(&o.MetricRules, "metric-rules", o.MetricRules,
+		"Serve the MetricRule objects (rules.custom-metrics-adapter.io/v1alpha1; install manifests/metric-rules) teams write in their namespaces, after the rules file's rules: "+
+			"each serves its metrics in its own namespace only, and every selector of its PromQL is rewritten to read that namespace's series only. "+
+			"A change takes effect without a restart; each object's status says what the adapter made of it. See docs/config.md, \"Rules owned by the team\".")
+	rules.StringVar(&o.MetricRulesNamespaceLabel, "metric-rules-namespace-label", o.MetricRulesNamespaceLabel,
+		"The series label that holds the namespace (as Prometheus' Kubernetes service discovery relabelling writes it): every selector of a MetricRule's queries is confined to its namespace on this label.")
+	rules.IntVar(&o.MetricRulesPerNamespace, "metric-rules-per-namespace", o.MetricRulesPerNamespace,
+		"How many MetricRules of one namespace are served, the oldest first; the others say OverLimit in their status. 0: no limit.")
+	rules.IntVar(&o.MetricRulesMaxConcurrentQueries, "metric-rules-max-concurrent-queries", o.MetricRulesMaxConcurrentQueries,
+		"How many queries of one namespace's MetricRules run at once; one more is answered 429 at once (the HPA asks again at its next sync). 0: no limit.")
+	rules.DurationVar(&o.MetricRulesQueryTimeout, "metric-rules-query-timeout", o.MetricRulesQueryTimeout,
+		"Deadline of each query of a MetricRule (504 when it is hit); the rules file's queries have --prometheus-timeout. 0: --prometheus-timeout only.")
 
 	general.BoolVar(&o.DisableHTTP2, "disable-http2", false,
 		"Serve HTTP/1.1 only (prometheus-adapter's flag; the same as --disable-http2-serving).")
@@ -171,6 +197,12 @@ func (o *Options) Validate() []error {
 	case http.MethodGet, http.MethodPost:
 	default:
 		errs = append(errs, fmt.Errorf("--prometheus-verb must be GET or POST, got %q", o.PrometheusVerb))
+	}
+	if o.MetricRulesPerNamespace < 0 || o.MetricRulesMaxConcurrentQueries < 0 || o.MetricRulesQueryTimeout < 0 {
+		errs = append(errs, fmt.Errorf("--metric-rules-per-namespace, --metric-rules-max-concurrent-queries and --metric-rules-query-timeout must not be negative"))
+	}
+	if o.MetricRules && !model.LegacyValidation.IsValidLabelName(o.MetricRulesNamespaceLabel) {
+		errs = append(errs, fmt.Errorf("--metric-rules-namespace-label %q is not a Prometheus label name", o.MetricRulesNamespaceLabel))
 	}
 	if o.PrometheusTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--prometheus-timeout must be positive, got %v", o.PrometheusTimeout))

@@ -116,6 +116,7 @@ func (c *compiler) rule(section string, i int, cr config.Rule) *Rule {
 	r.query = c.queryTemplate(section, i, "metricsQuery", cr.MetricsQuery, "sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)")
 	r.mapping = c.mapping(section, i, "resources", cr.Resources)
 	external := section == "externalRules"
+	r.external = external
 	switch {
 	case !external && cr.Resources.Namespaced != nil:
 		c.fail(section, i, "resources.namespaced", "only externalRules take namespaced; a custom metric's scope is its resource's")

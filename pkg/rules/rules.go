@@ -56,7 +56,13 @@ type Rule struct {
 	emptyIsZero bool
 	// owner is the rule object of a team's rule; nil for the file's.
 	owner *Owner
+	// external is set for a rule of the external metrics API.
+	external bool
 }
+
+// External reports whether the rule serves the external metrics API
+// (externalRules, or a MetricRule of api External).
+func (r *Rule) External() bool { return r.external }
 
 // EmptyIsZero reports the rule's emptyIsZero: a query that returns no
 // series for an object (or, for an external metric, none at all) is

@@ -29,7 +29,8 @@ func TestMain(m *testing.M) {
 			},
 			// A real prometheus-adapter behind the adapter, which forwards
 			// to it what its rules do not serve (TestUpstreamForwarding).
-			Upstream: true,
+			Upstream:    true,
+			MetricRules: true,
 		},
 		Setup: func(_ context.Context, s *localstack.Stack) (func(), error) {
 			stack = s

@@ -40,6 +40,9 @@ type ClusterOptions struct {
 var DefaultControllers = []string{
 	"horizontal-pod-autoscaler-controller", "deployment-controller", "replicaset-controller",
 	"serviceaccount-controller", "serviceaccount-token-controller", "namespace-controller", "garbage-collector-controller",
+	// The admin, edit and view roles take in the ClusterRoles labelled
+	// to aggregate to them (manifests/metric-rules).
+	"clusterrole-aggregation-controller",
 }
 
 // Cluster is a running etcd, kube-apiserver and kube-controller-manager.

@@ -59,6 +59,9 @@ type StackOptions struct {
 	// Upstream runs a real prometheus-adapter behind the adapter, which
 	// forwards to it what its rules do not serve (--upstreams).
 	Upstream bool
+	// MetricRules installs the MetricRule CRD and RBAC
+	// (manifests/metric-rules) and runs the adapter with --metric-rules.
+	MetricRules bool
 }
 
 // Stack is a control plane plus the process kubelet, Prometheus and the
@@ -198,6 +201,16 @@ func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 		opts.AdapterArgs = append(opts.AdapterArgs, "--upstreams="+file, "--upstream-discovery-interval=5s")
 		s.step("prometheus-adapter ready on %s, the adapter's upstream for what its rules do not serve", s.Upstream.URL)
 	}
+	if opts.MetricRules {
+		if err := s.applyManifests(ctx, "manifests/metric-rules", keepKinds("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding")); err != nil {
+			return nil, err
+		}
+		if err := s.waitServed(ctx, MetricRuleGVR); err != nil {
+			return nil, err
+		}
+		opts.AdapterArgs = append(opts.AdapterArgs, "--metric-rules")
+		s.step("MetricRule CRD installed; the adapter serves MetricRules (--metric-rules)")
+	}
 	if err := s.startAdapter(ctx, opts); err != nil {
 		return nil, err
 	}
@@ -330,6 +343,29 @@ func (s *Stack) Apply(ctx context.Context, objs []*unstructured.Unstructured) er
 	}
 	_, err := s.Kubectl(ctx, buf.Bytes(), "apply", "--server-side", "--force-conflicts", "-f", "-")
 	return err
+}
+
+// MetricRuleGVR is the resource of MetricRules (manifests/metric-rules).
+var MetricRuleGVR = schema.GroupVersionResource{Group: "rules.custom-metrics-adapter.io", Version: "v1alpha1", Resource: "metricrules"}
+
+// waitServed waits until the API server serves gvr (a CRD just created is
+// served once it is Established).
+func (s *Stack) waitServed(ctx context.Context, gvr schema.GroupVersionResource) error {
+	dc, err := discovery.NewDiscoveryClientForConfig(s.Admin)
+	if err != nil {
+		return err
+	}
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		rl, err := dc.ServerResourcesForGroupVersion(gvr.GroupVersion().String())
+		if err != nil {
+			return false, nil
+		}
+		return slices.ContainsFunc(rl.APIResources, func(r metav1.APIResource) bool { return r.Name == gvr.Resource }), nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s not served: %w", gvr, err)
+	}
+	return nil
 }
 
 func keepKinds(kinds ...string) func(*unstructured.Unstructured) bool {
@@ -756,17 +792,24 @@ func (s *Stack) MetricsClient() cmclient.CustomMetricsClient {
 }
 
 // RenderHPA renders a kustomization that holds exactly one HPA, such as
-// manifests/hpa/pods.
+// manifests/hpa/pods, and returns the HPA (manifests/hpa/team-rule holds
+// its MetricRule too).
 func (s *Stack) RenderHPA(ctx context.Context, dir string) (*autoscalingv2.HorizontalPodAutoscaler, error) {
 	objs, err := s.Render(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
-	if len(objs) != 1 || objs[0].GetKind() != "HorizontalPodAutoscaler" {
-		return nil, fmt.Errorf("%s renders %d objects, want one HorizontalPodAutoscaler", dir, len(objs))
+	var hpas []*unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetKind() == "HorizontalPodAutoscaler" {
+			hpas = append(hpas, o)
+		}
+	}
+	if len(hpas) != 1 {
+		return nil, fmt.Errorf("%s renders %d HorizontalPodAutoscalers, want one", dir, len(hpas))
 	}
 	hpa := &autoscalingv2.HorizontalPodAutoscaler{}
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(objs[0].Object, hpa); err != nil {
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(hpas[0].Object, hpa); err != nil {
 		return nil, fmt.Errorf("%s: %w", dir, err)
 	}
 	return hpa, nil

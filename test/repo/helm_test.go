@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/adapter"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
@@ -430,14 +431,23 @@ func TestChartDefaultsRenderManifestsAdapter(t *testing.T) {
 	compareObjects(t, chart, want)
 }
 
-// TestChartWithEveryAPIRendersTheManifests: with all three APIs and
-// cert-manager, the chart is manifests/adapter-cert-manager plus
-// manifests/external-metrics and manifests/resource-metrics, exactly.
+// TestChartWithEveryAPIRendersTheManifests: with all three APIs,
+// cert-manager and MetricRules, the chart is manifests/adapter-cert-manager
+// plus manifests/external-metrics, manifests/resource-metrics and
+// manifests/metric-rules, exactly, the adapter running with --metric-rules
+// and the limits' defaults.
 func TestChartWithEveryAPIRendersTheManifests(t *testing.T) {
 	chart := renderChart(t, "--values", localstack.ChartEveryAPIValues)
-	want := withoutNamespaces(kustomize(t, "manifests/adapter-cert-manager", "manifests/external-metrics", "manifests/resource-metrics"))
+	want := withoutNamespaces(kustomize(t, "manifests/adapter-cert-manager", "manifests/external-metrics", "manifests/resource-metrics", "manifests/metric-rules"))
 	normalizeKustomize(t, want)
 	normalizeChart(chart)
+	dep := mustFind(t, want, "Deployment", "custom-metrics-apiserver")
+	defaults := adapter.NewOptions()
+	setContainerArgs(t, dep, append(containerArgs(t, dep), "--metric-rules",
+		"--metric-rules-namespace-label="+defaults.MetricRulesNamespaceLabel,
+		fmt.Sprintf("--metric-rules-per-namespace=%d", defaults.MetricRulesPerNamespace),
+		fmt.Sprintf("--metric-rules-max-concurrent-queries=%d", defaults.MetricRulesMaxConcurrentQueries),
+		"--metric-rules-query-timeout="+defaults.MetricRulesQueryTimeout.String()))
 	compareObjects(t, chart, want)
 }
 

@@ -1,0 +1,166 @@
+package metricrules
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/model"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apis/rules/v1alpha1"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/catalog"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/query"
+)
+
+var t0 = time.Now()
+
+func object(ns, name string, created time.Duration, spec v1alpha1.MetricRuleSpec) *v1alpha1.MetricRule {
+	return &v1alpha1.MetricRule{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(ns + "-" + name), Generation: 1,
+			CreationTimestamp: metav1.NewTime(t0.Add(created))},
+		Spec: spec,
+	}
+}
+
+func spec(series, as string) v1alpha1.MetricRuleSpec {
+	return v1alpha1.MetricRuleSpec{
+		API: v1alpha1.Custom, SeriesQuery: series,
+		Resources: v1alpha1.ResourceMapping{Overrides: map[string]v1alpha1.GroupResource{
+			"namespace": {Resource: "namespace"}, "pod": {Resource: "pod"},
+		}},
+		Name:         v1alpha1.NameMapping{As: as},
+		MetricsQuery: "sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)",
+	}
+}
+
+// A namespace's rules are served oldest first up to the limit; a rule that
+// does not compile is refused with the field; another namespace has its
+// own limit; an unchanged object keeps its compiled rule.
+func TestCompile(t *testing.T) {
+	bad := spec("x", "bad")
+	bad.MetricsQuery = "sum(<<.Series>>{<<.LabelMatchers>>}"
+	objs := []*v1alpha1.MetricRule{
+		object("a", "third", 3*time.Second, spec("c_total", "c")),
+		object("a", "first", time.Second, spec("a_total", "a")),
+		object("a", "second", 2*time.Second, bad),
+		object("b", "only", 4*time.Second, spec("a_total", "a")),
+	}
+	cache := NewCache()
+	out := Compile(objs, "namespace", 2, cache)
+	got := make([]string, len(out))
+	for i, o := range out {
+		switch {
+		case o.OverLimit:
+			got[i] = o.Object.Name + ":over"
+		case o.Err != nil:
+			got[i] = o.Object.Name + ":invalid"
+			if !strings.Contains(o.Err.Error(), "spec.metricsQuery") {
+				t.Errorf("%s: %v, want the field named", o.Object.Name, o.Err)
+			}
+		default:
+			got[i] = o.Object.Name + ":" + o.Rule.String()
+		}
+	}
+	want := []string{"first:MetricRule a/first", "second:invalid", "third:over", "only:MetricRule b/only"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	again := Compile(objs, "namespace", 2, cache)
+	if again[0].Rule != out[0].Rule {
+		t.Error("an unchanged object was compiled again")
+	}
+	objs[1].Generation = 2
+	if changed := Compile(objs, "namespace", 2, cache); changed[0].Rule == out[0].Rule {
+		t.Error("a new generation kept the old rule")
+	}
+}
+
+// The status says what the adapter made of a rule: accepted, its confined
+// seriesQuery, the series and metrics of the last round, what overrules
+// it, and its last failed query.
+func TestStatus(t *testing.T) {
+	objs := []*v1alpha1.MetricRule{object("a", "mine", 0, spec("a_total", "a")), object("a", "late", time.Second, spec("b_total", "a"))}
+	out := Compile(objs, "namespace", 0, NewCache())
+	mine, late := out[0], out[1]
+	budgets := query.NewBudgets(1, 0)
+
+	st := Status(mine, nil, budgets)
+	if c := cond(st, v1alpha1.Accepted); c == nil || c.Status != metav1.ConditionTrue {
+		t.Errorf("Accepted: %+v", c)
+	}
+	if c := cond(st, v1alpha1.Serving); c == nil || c.Status != metav1.ConditionUnknown {
+		t.Errorf("Serving before a round: %+v", c)
+	}
+	if st.SeriesQuery != `a_total{namespace="a"}` || st.ObservedGeneration != 1 {
+		t.Errorf("seriesQuery %q, observedGeneration %d", st.SeriesQuery, st.ObservedGeneration)
+	}
+
+	listed := t0.Add(time.Minute)
+	round := discovery.Result{
+		Series: map[string][]model.LabelSet{
+			mine.Rule.SeriesQuery(): {{"__name__": "a_total", "namespace": "a", "pod": "p"}},
+			late.Rule.SeriesQuery(): {{"__name__": "b_total", "namespace": "a", "pod": "p"}},
+		},
+		Listed: map[string]time.Time{mine.Rule.SeriesQuery(): listed},
+	}
+	obs := &Observation{
+		Round:  round,
+		Served: []catalog.Served{{Source: catalog.Source{Rule: mine.Rule, Series: "a_total"}, Metric: "a", Resource: "pods"}},
+		Overlaps: []catalog.Overlap{{Metric: "a", Resource: "pods",
+			Kept: catalog.Source{Rule: mine.Rule, Series: "a_total"}, Ignored: catalog.Source{Rule: late.Rule, Series: "b_total"}}},
+	}
+	st = Status(mine, obs, budgets)
+	if c := cond(st, v1alpha1.Serving); c == nil || c.Status != metav1.ConditionTrue || st.Series != 1 ||
+		len(st.Metrics) != 1 || st.Metrics[0] != "pods/a" || st.LastDiscoveryTime == nil || !st.LastDiscoveryTime.Equal(&metav1.Time{Time: listed.Truncate(time.Second)}) {
+		t.Errorf("serving rule: %+v", st)
+	}
+	st = Status(late, obs, budgets)
+	if c := cond(st, v1alpha1.Serving); c == nil || c.Status != metav1.ConditionFalse || c.Reason != "Conflict" || !strings.Contains(c.Message, "MetricRule a/mine serves pods/a") {
+		t.Errorf("overruled rule: %+v", c)
+	}
+
+	// The last failed query, and a status read back is not written again.
+	obs.Round.Series = map[string][]model.LabelSet{mine.Rule.SeriesQuery(): nil}
+	if _, err := query.Run(t.Context(), failing{}, query.Query{Rule: mine.Rule.String(), Namespace: "a", Budgets: budgets,
+		What: func() string { return "a" }, Render: func() (string, error) { return "up", nil }}); err == nil {
+		t.Fatal("the failing query did not fail")
+	}
+	st = Status(mine, obs, budgets)
+	if st.LastQueryError == nil || !strings.Contains(st.LastQueryError.Message, "no Prometheus") {
+		t.Errorf("lastQueryError: %+v", st.LastQueryError)
+	}
+	mine.Object.Status = st
+	if again := Status(mine, obs, budgets); needsWrite(st, again) {
+		t.Errorf("an unchanged status would be written again:\n%+v\n%+v", st, again)
+	}
+	later := *obs
+	later.Round.Listed = map[string]time.Time{mine.Rule.SeriesQuery(): listed.Add(time.Minute)}
+	if needsWrite(st, Status(mine, &later, budgets)) {
+		t.Error("a newer lastDiscoveryTime alone is written every round")
+	}
+	later.Round.Listed = map[string]time.Time{mine.Rule.SeriesQuery(): listed.Add(refreshEvery)}
+	if !needsWrite(st, Status(mine, &later, budgets)) {
+		t.Error("a lastDiscoveryTime refreshEvery old is never refreshed")
+	}
+}
+
+type failing struct{}
+
+func (failing) Query(context.Context, string) (model.Vector, error) {
+	return nil, errors.New("no Prometheus")
+}
+
+func cond(st v1alpha1.MetricRuleStatus, typ string) *metav1.Condition {
+	for i := range st.Conditions {
+		if st.Conditions[i].Type == typ {
+			return &st.Conditions[i]
+		}
+	}
+	return nil
+}
