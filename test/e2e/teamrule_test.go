@@ -173,6 +173,26 @@ func TestTeamRule(t *testing.T) {
 		t.Errorf("team-a's metric asked in team-b: %d %s, want 404", code, body)
 	}
 
+	// adapter explain, with the cluster's MetricRules, names the rule and
+	// shows the PromQL as confined: nothing of team-a's.
+	args := append(append([]string{"explain"}, stack.AdapterConnectionArgs()...), "--metric-rules", "external/stolen_requests_per_second", "-n", teamB)
+	out, exit, err := adapterCommand(ctx, args...)
+	if err != nil || exit != 0 || !strings.Contains(out, "MetricRule team-b/steal-external") || !strings.Contains(out, `namespace="team-b"`) || strings.Contains(out, "team-a") {
+		t.Errorf("adapter explain of team-b's external rule: exit %d, %v:\n%s", exit, err, out)
+	}
+
+	// Live: a deleted rule's metric is gone without a restart.
+	if err := admin.Namespace(teamB).Delete(ctx, "steal-external", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		code, _ := rawGet(ctx, "/apis/external.metrics.k8s.io/v1beta1/namespaces/"+teamB+"/stolen_requests_per_second")
+		return code == 404, nil
+	}); err != nil {
+		code, body := rawGet(ctx, "/apis/external.metrics.k8s.io/v1beta1/namespaces/"+teamB+"/stolen_requests_per_second")
+		t.Errorf("the deleted rule's metric: %d %s, want 404", code, body)
+	}
+
 	// The HPA in team-a scales on the metric of its team's rule.
 	hpa, err := stack.HPA(ctx, localstack.SeedHPA{Namespace: teamA, Dir: "manifests/hpa/team-rule", Scale: func(h *autoscalingv2.HorizontalPodAutoscaler) {
 		h.Spec.Metrics[0].Pods.Target.AverageValue = resource.NewQuantity(10, resource.DecimalSI)

@@ -304,9 +304,13 @@ func (k *Kubelet) stopAll() {
 		keys = append(keys, key)
 	}
 	k.mu.Unlock()
+	// Side by side: each pod drains for its own grace period, and a
+	// stack that ran every HPA at once holds a dozen pods or more.
+	var wg sync.WaitGroup
 	for _, key := range keys {
-		k.stopPod(key)
+		wg.Go(func() { k.stopPod(key) })
 	}
+	wg.Wait()
 }
 
 func (k *Kubelet) allocateIP() (string, error) {
