@@ -341,7 +341,10 @@ func holdsFor(ctx context.Context, t *testing.T, window, interval time.Duration,
 	t.Helper()
 	start := time.Now()
 	var violated error
-	err := wait.PollUntilContextTimeout(ctx, interval, window, true, func(ctx context.Context) (bool, error) {
+	// check runs with ctx, not with the window's deadline: a call made just
+	// before the window ends must not fail for it (client-go's rate limiter
+	// refuses at once to wait past a context's deadline).
+	err := wait.PollUntilContextTimeout(ctx, interval, window, true, func(context.Context) (bool, error) {
 		violated = check(ctx)
 		return false, violated
 	})
