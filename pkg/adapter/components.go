@@ -193,8 +193,12 @@ func (o *Options) servedAPIs(set *rules.Set) apis {
 		{o.EnableExternalMetrics, a.external, "external.metrics.k8s.io", "externalRules"},
 		{o.EnableResourceMetrics, a.resource, "metrics.k8s.io", "resourceRules"},
 	} {
-		if api.enabled && !api.served {
-			klog.InfoS("Not serving an API: the rules file has no section for it, and --metric-rules is off (add it and restart, or remove its APIService)", "api", api.name, "section", api.section)
+		switch {
+		case !api.enabled || api.served:
+		case api.section == "resourceRules":
+			klog.InfoS("Not serving an API: the rules file has no section for it (add it and restart, or remove its APIService)", "api", api.name, "section", api.section)
+		default:
+			klog.InfoS("Not serving an API: the rules file has no section for it, and --metric-rules is off (add either and restart, or remove its APIService)", "api", api.name, "section", api.section)
 		}
 	}
 	return a

@@ -158,9 +158,10 @@ func (o *Options) explain(ctx context.Context, w io.Writer, base *basecmd.Adapte
 		}
 		outcomes := metricrules.Compile(objs, o.MetricRulesNamespaceLabel, o.MetricRulesPerNamespace, metricrules.NewCache())
 		custom, external := metricrules.Accepted(outcomes)
-		c.setMetricRules(ctx, custom, external)
+		c.setMetricRules(ctx, custom, external) // lists every rule's series
+	} else {
+		c.disc.Relist(ctx)
 	}
-	c.disc.Relist(ctx)
 	rep := explain.Run(ctx, c.explainProviders(), req)
 	if err := rep.Write(w); err != nil {
 		return err

@@ -86,6 +86,10 @@ func (rt *router) handler(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
+		if group == upstream.ResourceGroup {
+			next.ServeHTTP(w, r) // pods and nodes: all of it served here
+			return
+		}
 		req, err := explain.ParsePath(r.URL.Path, r.URL.Query())
 		if err != nil {
 			// Discovery of a served group (merged with the upstreams'),

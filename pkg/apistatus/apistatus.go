@@ -105,8 +105,9 @@ func Ended(err error, doing string) error {
 }
 
 // Of is the last step of every provider method: a StatusError passes
-// through, a context's end is Ended, and anything else is a 500 that says
-// what failed. what names the request ("metric requests-per-second for
+// through, a cache the adapter could not fill is a 503 (Resolve), a
+// context's end is Ended, and anything else is a 500 that says what
+// failed. what names the request ("metric requests-per-second for
 // pods").
 func Of(err error, what string) error {
 	var status apierrors.APIStatus

@@ -160,11 +160,11 @@ func fieldNames(typeName string) []string {
 // lineOf finds the line of section[i].field (field may be dotted) in the
 // document, falling back to the closest enclosing node.
 func lineOf(doc *yaml.Node, section string, i int, field string) int {
-	n := mapValue(doc, section)
+	key, n := mapEntry(doc, section)
 	if n == nil {
 		return doc.Line
 	}
-	line := mapKey(doc, section).Line
+	line := key.Line
 	if i >= 0 {
 		if n.Kind != yaml.SequenceNode || i >= len(n.Content) {
 			return n.Line
@@ -175,12 +175,12 @@ func lineOf(doc *yaml.Node, section string, i int, field string) int {
 	path := strings.Split(field, ".")
 	for _, p := range path {
 		name, idx, hasIdx := strings.Cut(strings.TrimSuffix(p, "]"), "[")
-		key := mapKey(n, name)
+		key, value := mapEntry(n, name)
 		if key == nil {
 			return line
 		}
 		line = key.Line
-		n = mapValue(n, name)
+		n = value
 		if hasIdx && n != nil && n.Kind == yaml.SequenceNode {
 			var k int
 			if _, err := fmt.Sscan(idx, &k); err == nil && k < len(n.Content) {
@@ -195,28 +195,18 @@ func lineOf(doc *yaml.Node, section string, i int, field string) int {
 	return line
 }
 
-func mapKey(n *yaml.Node, key string) *yaml.Node {
+// mapEntry returns the key and value nodes of key in the mapping n, or
+// nils when n is not a mapping or has no such key.
+func mapEntry(n *yaml.Node, key string) (k, v *yaml.Node) {
 	if n == nil || n.Kind != yaml.MappingNode {
-		return nil
+		return nil, nil
 	}
 	for j := 0; j+1 < len(n.Content); j += 2 {
 		if n.Content[j].Value == key {
-			return n.Content[j]
+			return n.Content[j], n.Content[j+1]
 		}
 	}
-	return nil
-}
-
-func mapValue(n *yaml.Node, key string) *yaml.Node {
-	if n == nil || n.Kind != yaml.MappingNode {
-		return nil
-	}
-	for j := 0; j+1 < len(n.Content); j += 2 {
-		if n.Content[j].Value == key {
-			return n.Content[j+1]
-		}
-	}
-	return nil
+	return nil, nil
 }
 
 // closest returns the known name nearest to key when it is a likely typo.

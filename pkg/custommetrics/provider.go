@@ -173,16 +173,18 @@ func (p *Provider) Resources() []schema.GroupResource {
 // not, and never blocks on Prometheus or an upstream.
 func (p *Provider) ListAllMetrics() []provider.CustomMetricInfo {
 	var out []provider.CustomMetricInfo
-	ours := map[string]bool{}
 	if idx := p.catalog.Index(); idx != nil {
 		out = make([]provider.CustomMetricInfo, 0, idx.Len())
 		for k, e := range idx.All() {
 			out = append(out, provider.CustomMetricInfo{GroupResource: k.resource, Namespaced: e.Value.namespaced, Metric: k.metric})
-			ours[k.resource.String()+"/"+k.metric] = true
 		}
 	}
 	if p.upstream == nil {
 		return out
+	}
+	ours := make(map[string]bool, len(out))
+	for _, m := range out {
+		ours[m.GroupResource.String()+"/"+m.Metric] = true
 	}
 	for _, r := range p.upstream() {
 		resource, metric, ok := strings.Cut(r.Name, "/")

@@ -128,7 +128,9 @@ func newFixture(t *testing.T, cfgYAML string, timeout time.Duration) *fixture {
 			"services/default/app":                           {"app-a", "app-b", "app-c"},
 		},
 	}
-	// fixed date: the fake clock the provider reads; nothing reads the real one.
+	// Discovery's listings read this clock for their range; nothing here
+	// compares a timestamp with the real clock.
+	// fixed date: discovery's fake clock, not the provider's.
 	clock := clocktesting.NewFakeClock(time.Unix(1_700_000_000, 0))
 	p := New(Config{Rules: rs, Mapper: fakemapper.New(), Querier: client, Resolver: res})
 	var queries []string

@@ -108,7 +108,7 @@ type cached struct {
 func NewCache() *Cache { return &Cache{entries: map[string]cached{}} }
 
 func (c *Cache) compile(o *v1alpha1.MetricRule, index int, namespaceLabel string) (*rules.Rule, error) {
-	key := string(o.UID) + "/" + o.Namespace + "/" + o.Name
+	key := cacheKey(o)
 	if e, ok := c.entries[key]; ok && e.generation == o.Generation && e.index == index && e.namespaceLabel == namespaceLabel {
 		return e.rule, e.err
 	}
@@ -119,11 +119,17 @@ func (c *Cache) compile(o *v1alpha1.MetricRule, index int, namespaceLabel string
 	return r, err
 }
 
+// cacheKey names an object in the Cache: a deleted and recreated object
+// (a new UID) is compiled again.
+func cacheKey(o *v1alpha1.MetricRule) string {
+	return string(o.UID) + "/" + o.Namespace + "/" + o.Name
+}
+
 // Retain forgets the objects not in objs.
 func (c *Cache) Retain(objs []*v1alpha1.MetricRule) {
 	keep := make(map[string]bool, len(objs))
 	for _, o := range objs {
-		keep[string(o.UID)+"/"+o.Namespace+"/"+o.Name] = true
+		keep[cacheKey(o)] = true
 	}
 	for k := range c.entries {
 		if !keep[k] {

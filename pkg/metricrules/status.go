@@ -124,7 +124,7 @@ const refreshEvery = 10 * time.Minute
 // needsWrite reports whether want differs from have beyond what is not
 // worth a write: a lastDiscoveryTime younger than refreshEvery.
 func needsWrite(have, want v1alpha1.MetricRuleStatus) bool {
-	a, b := have.DeepCopy(), want.DeepCopy()
+	a, b := have, want // only b's LastDiscoveryTime pointer is replaced
 	if a.LastDiscoveryTime != nil && b.LastDiscoveryTime != nil && b.LastDiscoveryTime.Sub(a.LastDiscoveryTime.Time) < refreshEvery {
 		b.LastDiscoveryTime = a.LastDiscoveryTime
 	}

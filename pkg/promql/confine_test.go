@@ -17,13 +17,11 @@ func confinedTo(t testing.TB, expr, label, value string) {
 	if err != nil {
 		t.Fatalf("the confined expression does not parse: %v\n%s", err, expr)
 	}
-	selectors := 0
 	parser.Inspect(e, func(node parser.Node, _ []parser.Node) error {
 		vs, ok := node.(*parser.VectorSelector)
 		if !ok {
 			return nil
 		}
-		selectors++
 		var on []*labels.Matcher
 		for _, m := range vs.LabelMatchers {
 			if m.Name == label {
@@ -35,7 +33,6 @@ func confinedTo(t testing.TB, expr, label, value string) {
 		}
 		return nil
 	})
-	_ = selectors
 }
 
 // Nothing a rule's author writes reads another namespace's series.

@@ -78,9 +78,10 @@ func (b *Budgets) enter(ctx context.Context, namespace string) (context.Context,
 	}, nil
 }
 
-// fail records rule's failed query.
-func (b *Budgets) fail(rule string, err error) {
-	if b == nil {
+// fail records the failed query of a rule object of namespace; the file's
+// rules ("") have no status to report it in.
+func (b *Budgets) fail(namespace, rule string, err error) {
+	if b == nil || namespace == "" {
 		return
 	}
 	b.mu.Lock()

@@ -63,12 +63,12 @@ type Result struct {
 func Run(ctx context.Context, prom promclient.Querier, q Query) (Result, error) {
 	expr, err := q.Render()
 	if err != nil {
-		q.Budgets.fail(q.Rule, err)
+		q.Budgets.fail(q.Namespace, q.Rule, err)
 		return Result{}, apierrors.NewInternalError(err)
 	}
 	ctx, done, err := q.Budgets.enter(ctx, q.Namespace)
 	if err != nil {
-		q.Budgets.fail(q.Rule, err)
+		q.Budgets.fail(q.Namespace, q.Rule, err)
 		explain.From(ctx).Queried(explain.Query{Rule: q.Rule, Expr: expr, Err: err})
 		return Result{Expr: expr}, err
 	}
@@ -81,7 +81,7 @@ func Run(ctx context.Context, prom promclient.Querier, q Query) (Result, error) 
 	metrics.ObserveQuery(q.API, q.Rule, start, len(vec), err)
 	explain.From(ctx).Queried(explain.Query{Rule: q.Rule, Expr: expr, Duration: took, Vector: vec, Err: err})
 	if err != nil {
-		q.Budgets.fail(q.Rule, err)
+		q.Budgets.fail(q.Namespace, q.Rule, err)
 		return Result{Expr: expr}, apistatus.Query(err, q.What(), q.Rule)
 	}
 	if klogV := klog.V(4); klogV.Enabled() {
@@ -100,5 +100,7 @@ func Zeroed(ctx context.Context, q Query, n int) {
 	}
 	metrics.ObserveZeroed(q.API, q.Rule, n)
 	explain.From(ctx).Zeroed(q.Rule, n)
-	klog.V(4).InfoS("No series: answered 0 (emptyIsZero)", "api", q.API, "rule", q.Rule, "what", q.What(), "values", n)
+	if klogV := klog.V(4); klogV.Enabled() {
+		klogV.InfoS("No series: answered 0 (emptyIsZero)", "api", q.API, "rule", q.Rule, "what", q.What(), "values", n)
+	}
 }

@@ -104,7 +104,7 @@ func (c *compiler) fail(section string, i int, field, format string, args ...any
 // rule compiles one rule of rules or externalRules; what it cannot
 // compile is recorded in c.errs.
 func (c *compiler) rule(section string, i int, cr config.Rule) *Rule {
-	r := &Rule{Index: i, Section: section, name: fmt.Sprintf("%s[%d]", section, i), seriesQuery: cr.SeriesQuery,
+	r := &Rule{Index: i, name: fmt.Sprintf("%s[%d]", section, i), seriesQuery: cr.SeriesQuery,
 		namespaced: cr.Resources.IsNamespaced(), replacements: cr.LabelValueReplacements}
 	if strings.TrimSpace(cr.SeriesQuery) == "" {
 		c.fail(section, i, "seriesQuery", "is required (a series selector such as 'app_requests_total{namespace!=\"\",pod!=\"\"}')")

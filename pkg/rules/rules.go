@@ -32,11 +32,9 @@ var (
 // Rule is a compiled config.Rule, of the rules or the externalRules
 // section.
 type Rule struct {
-	// Index is the rule's position in its section of the config file.
+	// Index is the rule's position in its section of the config file;
+	// for a team's rule, its position among its namespace's rule objects.
 	Index int
-	// Section is the config file section the rule comes from: "rules" or
-	// "externalRules".
-	Section string
 	// name is String(), formatted once.
 	name string
 

@@ -10,7 +10,7 @@ import (
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 )
 
-// TeamSection is the Section of a team's rule: a rule object, not a
+// TeamSection names a team's rule in messages: a rule object, not a
 // section of the file.
 const TeamSection = "MetricRule"
 
@@ -58,7 +58,6 @@ func CompileTeam(t TeamRule, namespaceLabel string) (*Rule, error) {
 	}
 	cr.Resources = withNamespaceLabel(c, section, t.Index, cr.Resources, namespaceLabel)
 	r := c.rule(section, t.Index, cr)
-	r.Section = TeamSection
 	r.name = fmt.Sprintf("%s %s/%s", TeamSection, t.Namespace, t.Name)
 	r.owner = owner
 	if len(c.errs) > 0 {

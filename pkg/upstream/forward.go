@@ -72,8 +72,11 @@ func (s *Set) Forward(u *Upstream, api string, w http.ResponseWriter, req *http.
 		},
 	}
 	proxy.ServeHTTP(w, req.WithContext(ctx))
-	observeForward(u.Name, api, code, time.Since(start))
-	klog.V(2).InfoS("Forwarded a request to an upstream", "upstream", u.Name, "path", req.URL.Path, "user", caller.GetName(), "code", code, "duration", time.Since(start))
+	took := time.Since(start)
+	observeForward(u.Name, api, code, took)
+	if v := klog.V(2); v.Enabled() {
+		v.InfoS("Forwarded a request to an upstream", "upstream", u.Name, "path", req.URL.Path, "user", caller.GetName(), "code", code, "duration", took)
+	}
 }
 
 // impersonate writes the caller's identity as impersonation headers.

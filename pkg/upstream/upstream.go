@@ -168,7 +168,6 @@ type Upstream struct {
 
 type listing struct {
 	resources []metav1.APIResource
-	at        time.Time
 }
 
 // Set is the upstreams, in order.
@@ -283,7 +282,7 @@ func (u *Upstream) discover(ctx context.Context, group string) error {
 	if err := json.NewDecoder(resp.Body).Decode(&rl); err != nil {
 		return fmt.Errorf("GET %s: %w", path, err)
 	}
-	old := u.lists[group].Swap(&listing{resources: rl.APIResources, at: time.Now()})
+	old := u.lists[group].Swap(&listing{resources: rl.APIResources})
 	if old == nil || len(old.resources) != len(rl.APIResources) {
 		klog.InfoS("Read an upstream's discovery", "upstream", u.Name, "group", group, "resources", len(rl.APIResources))
 	}
