@@ -403,14 +403,16 @@ func TestExplainIsAuthorizedAsTheRequestItExplains(t *testing.T) {
 	}
 	var code int
 	var body string
+	var getErr error
 	// RBAC reaches the API server's authorizer, then the adapter's cache
-	// of its answers: poll.
-	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
-		code, body, err = get(ctx)
-		return code == http.StatusForbidden && strings.Contains(body, "explaining GET /apis/custom.metrics.k8s.io"), err
+	// of its answers: poll (each GET on the test's context, not the
+	// poll's deadline; a failed GET is tried again).
+	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(context.Context) (bool, error) {
+		code, body, getErr = get(ctx)
+		return getErr == nil && code == http.StatusForbidden && strings.Contains(body, "explaining GET /apis/custom.metrics.k8s.io"), nil
 	})
 	if err != nil {
-		t.Fatalf("without RBAC on the namespace's metrics: %d %s, want 403 naming the metrics API (%v)", code, body, err)
+		t.Fatalf("without RBAC on the namespace's metrics: %d %s, want 403 naming the metrics API (%v)", code, body, getErr)
 	}
 	if strings.Contains(body, "Prometheus answered") {
 		t.Fatalf("the refusal carries the report:\n%s", body)
@@ -418,12 +420,12 @@ func TestExplainIsAuthorizedAsTheRequestItExplains(t *testing.T) {
 	if _, err := stack.Kubectl(ctx, []byte(explainViewerMetricsRBAC), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
-		code, body, err = get(ctx)
-		return code == http.StatusOK, err
+	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(context.Context) (bool, error) {
+		code, body, getErr = get(ctx)
+		return getErr == nil && code == http.StatusOK, nil
 	})
 	if err != nil || !strings.Contains(body, "Rule:     rules[0]") || !strings.Contains(body, "HTTP 200 OK") {
-		t.Fatalf("with RBAC on the namespace's metrics: %d %s (%v), want the report", code, body, err)
+		t.Fatalf("with RBAC on the namespace's metrics: %d %s (%v, %v), want the report", code, body, err, getErr)
 	}
 }
 

@@ -68,7 +68,7 @@ func TestTeamRule(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	admin := dynamic.NewForConfigOrDie(stack.Admin).Resource(localstack.MetricRuleGVR)
+	admin := dynamic.NewForConfigOrDie(stack.Admin).Resource(v1alpha1.Resource)
 
 	// team-a's developer, with edit in team-a only.
 	binding := &rbacv1.RoleBinding{
@@ -81,7 +81,7 @@ func TestTeamRule(t *testing.T) {
 	}
 	devCfg := rest.CopyConfig(stack.Admin)
 	devCfg.Impersonate = rest.ImpersonationConfig{UserName: dev}
-	devRules := dynamic.NewForConfigOrDie(devCfg).Resource(localstack.MetricRuleGVR)
+	devRules := dynamic.NewForConfigOrDie(devCfg).Resource(v1alpha1.Resource)
 
 	objs, err := stack.Render(ctx, "manifests/hpa/team-rule")
 	if err != nil {

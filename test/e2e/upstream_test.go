@@ -122,8 +122,8 @@ func TestUpstreamForwarding(t *testing.T) {
 	// A caller without RBAC for the metric is refused by this adapter,
 	// and nothing reaches the upstream.
 	var before float64
-	if err := wait.PollUntilContextTimeout(ctx, 6*time.Second, time.Minute, false, func(ctx context.Context) (bool, error) {
-		n := forwarded(ctx, t)
+	if err := wait.PollUntilContextTimeout(ctx, 6*time.Second, time.Minute, false, func(context.Context) (bool, error) {
+		n := forwarded(ctx, t) // on the test's context, not the poll's deadline
 		quiet := n == before
 		before = n
 		return quiet, nil
@@ -160,18 +160,11 @@ func TestUpstreamForwarding(t *testing.T) {
 			t.Errorf("restarting the upstream: %v", err)
 		}
 	}()
-	raw := func(p string) (int, string) {
-		res := stack.Client.CoreV1().RESTClient().Get().AbsPath(p).Do(ctx)
-		var code int
-		res.StatusCode(&code)
-		b, _ := res.Raw()
-		return code, string(b)
-	}
-	code, out := raw("/apis/custom.metrics.k8s.io/v1beta2/namespaces/" + ns + "/pods/*/upstream-requests-per-second")
+	code, out := rawGet(ctx, "/apis/custom.metrics.k8s.io/v1beta2/namespaces/"+ns+"/pods/*/upstream-requests-per-second")
 	if code != http.StatusServiceUnavailable || !strings.Contains(out, "upstream "+localstack.UpstreamName) {
 		t.Errorf("the upstream's metric with the upstream stopped: %d %s, want 503 naming it", code, out)
 	}
-	if code, out := raw("/apis/custom.metrics.k8s.io/v1beta2/namespaces/" + ns + "/pods/*/requests-per-second"); code != http.StatusOK {
+	if code, out := rawGet(ctx, "/apis/custom.metrics.k8s.io/v1beta2/namespaces/"+ns+"/pods/*/requests-per-second"); code != http.StatusOK {
 		t.Errorf("this adapter's metric with the upstream stopped: %d %s, want 200", code, out)
 	}
 	if _, err := dc.ServerResourcesForGroupVersion("custom.metrics.k8s.io/v1beta2"); err != nil {

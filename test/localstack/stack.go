@@ -33,6 +33,8 @@ import (
 	"k8s.io/client-go/restmapper"
 	cmclient "k8s.io/metrics/pkg/client/custom_metrics"
 	"sigs.k8s.io/yaml"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apis/rules/v1alpha1"
 )
 
 // StackOptions configure a whole local stack.
@@ -205,7 +207,7 @@ func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 		if err := s.applyManifests(ctx, "manifests/metric-rules", keepKinds("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding")); err != nil {
 			return nil, err
 		}
-		if err := s.waitServed(ctx, MetricRuleGVR); err != nil {
+		if err := s.waitServed(ctx, v1alpha1.Resource); err != nil {
 			return nil, err
 		}
 		opts.AdapterArgs = append(opts.AdapterArgs, "--metric-rules")
@@ -344,9 +346,6 @@ func (s *Stack) Apply(ctx context.Context, objs []*unstructured.Unstructured) er
 	_, err := s.Kubectl(ctx, buf.Bytes(), "apply", "--server-side", "--force-conflicts", "-f", "-")
 	return err
 }
-
-// MetricRuleGVR is the resource of MetricRules (manifests/metric-rules).
-var MetricRuleGVR = schema.GroupVersionResource{Group: "rules.custom-metrics-adapter.io", Version: "v1alpha1", Resource: "metricrules"}
 
 // waitServed waits until the API server serves gvr (a CRD just created is
 // served once it is Established).

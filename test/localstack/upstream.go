@@ -23,7 +23,6 @@ const UpstreamName = "prometheus-adapter"
 type Upstream struct {
 	*Process
 	URL  string
-	port int
 	args []string
 	bin  string
 }
@@ -40,7 +39,7 @@ func (s *Stack) startUpstream(ctx context.Context, dir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	u := &Upstream{URL: "https://127.0.0.1:" + strconv.Itoa(port), port: port, bin: bin, args: []string{
+	u := &Upstream{URL: "https://127.0.0.1:" + strconv.Itoa(port), bin: bin, args: []string{
 		"--secure-port=" + strconv.Itoa(port), "--bind-address=127.0.0.1",
 		"--tls-cert-file=" + s.PKI.Path("adapter-serving.crt"), "--tls-private-key-file=" + s.PKI.Path("adapter-serving.key"),
 		"--lister-kubeconfig=" + s.AdminKubeconfig,
