@@ -86,7 +86,7 @@ func TestOf(t *testing.T) {
 		t.Fatal("no error must stay no error")
 	}
 	nf := apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, "p")
-	if got := Of(nf, "x"); got != error(nf) {
+	if got := Of(nf, "x"); !errors.Is(got, nf) || got.Error() != nf.Error() {
 		t.Errorf("a StatusError must pass through unchanged, got %v", got)
 	}
 	checkStatus(t, Of(context.Canceled, "metric m for pods"), 504, "was cancelled while serving metric m for pods")
