@@ -219,6 +219,13 @@ func (o *Options) server(base *basecmd.AdapterBase, c *components) (*genericapis
 		return nil, fmt.Errorf("configuring the API server: %w", err)
 	}
 	serverConfig.GenericConfig.ShutdownDelayDuration = o.ShutdownDelay
+	if !c.ups.Empty() {
+		// A forwarding certificate the API server would accept is a
+		// credential that works elsewhere: refused at start.
+		if err := c.ups.CheckNotTrusted(apiServerCAs(serverConfig.GenericConfig)); err != nil {
+			return nil, fmt.Errorf("--upstreams: %w", err)
+		}
+	}
 	// Every request through the aggregator presents the same front-proxy
 	// certificate: verify it once per certificate and CA bundle.
 	authn := &serverConfig.GenericConfig.Authentication
@@ -259,6 +266,21 @@ func (o *Options) server(base *basecmd.AdapterBase, c *components) (*genericapis
 		return nil, fmt.Errorf("adding readiness checks: %w", err)
 	}
 	return s, nil
+}
+
+// apiServerCAs are the CA bundles the API server takes client
+// certificates of, as the adapter's own authentication reads them (from
+// the cluster's extension-apiserver-authentication ConfigMap, or flags):
+// its client CA and its front-proxy (requestheader) CA.
+func apiServerCAs(cfg *genericapiserver.Config) map[string][]byte {
+	out := map[string][]byte{}
+	if cfg.SecureServing != nil && cfg.SecureServing.ClientCA != nil {
+		out["client CA"] = cfg.SecureServing.ClientCA.CurrentCABundleContent()
+	}
+	if rh := cfg.Authentication.RequestHeaderConfig; rh != nil && rh.CAContentProvider != nil {
+		out["front-proxy (requestheader) CA"] = rh.CAContentProvider.CurrentCABundleContent()
+	}
+	return out
 }
 
 // redactURL is u with any password replaced by "xxxxx", for logs.

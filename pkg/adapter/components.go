@@ -241,7 +241,7 @@ func (o *Options) clients(base *basecmd.AdapterBase) (*components, error) {
 		if err != nil {
 			return nil, err
 		}
-		if c.ups, err = upstream.New(specs, restCfg, o.UpstreamTimeout, o.UpstreamDiscoveryInterval); err != nil {
+		if c.ups, err = upstream.New(specs, o.UpstreamTimeout, o.UpstreamDiscoveryInterval); err != nil {
 			return nil, err
 		}
 	}

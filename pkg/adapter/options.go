@@ -171,9 +171,10 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 			"authorization: callers need get on that non-resource URL (system:masters has it).")
 	general.StringVar(&o.UpstreamsFile, "upstreams", o.UpstreamsFile,
 		"YAML file of other metrics servers of the same API groups (prometheus-adapter, KEDA, metrics-server: each with its name, groups, "+
-			"url or service, and caFile). A request for a metric this adapter's rules do not serve goes, with the caller's identity as "+
-			"impersonation headers and this adapter's credentials, to the first upstream whose discovery lists it; their discovery is "+
-			"merged with this adapter's. See docs/install.md, \"Share the APIService\".")
+			"url or service, caFile, and the forwarding certificate clientCertFile/clientKeyFile). A request for a metric this adapter's rules do not "+
+			"serve in the request's namespace goes to the first upstream whose discovery lists it, as the aggregator sends requests: with the "+
+			"forwarding certificate (from a CA of its own, which the upstream trusts as its requestheader client CA) and the caller in X-Remote-User and "+
+			"X-Remote-Group. No token or impersonation is sent. Their discovery is merged with this adapter's. See docs/install.md, \"Share the APIService\".")
 	general.DurationVar(&o.UpstreamTimeout, "upstream-timeout", o.UpstreamTimeout,
 		"Deadline of a request forwarded to an upstream, and of a read of its discovery. A request that hits it is answered 504 naming the upstream.")
 	general.DurationVar(&o.UpstreamDiscoveryInterval, "upstream-discovery-interval", o.UpstreamDiscoveryInterval,

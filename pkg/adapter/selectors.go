@@ -3,21 +3,14 @@ package adapter
 import (
 	"fmt"
 	"net/http"
-	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apiserver/pkg/endpoints/request"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
 )
-
-// metricsAPIPrefixes are the paths of the APIs the adapter serves.
-var metricsAPIPrefixes = []string{
-	"/apis/custom.metrics.k8s.io/",
-	"/apis/external.metrics.k8s.io/",
-	"/apis/metrics.k8s.io/",
-}
 
 // rejectMalformedSelectors answers 400 for a request to a metrics API whose
 // labelSelector, metricLabelSelector or fieldSelector does not parse.
@@ -30,7 +23,7 @@ var metricsAPIPrefixes = []string{
 // and authorization), turns it into the 400 it is.
 func rejectMalformedSelectors(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if isMetricsAPI(req.URL.Path) {
+		if info, ok := request.RequestInfoFrom(req.Context()); ok && apiGroupOf(info) != "" {
 			if err := checkSelectors(req); err != nil {
 				apistatus.Write(w, req, apierrors.NewBadRequest(err.Error()))
 				return
@@ -38,15 +31,6 @@ func rejectMalformedSelectors(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, req)
 	})
-}
-
-func isMetricsAPI(path string) bool {
-	for _, p := range metricsAPIPrefixes {
-		if strings.HasPrefix(path, p) {
-			return true
-		}
-	}
-	return false
 }
 
 func checkSelectors(req *http.Request) error {

@@ -9,11 +9,20 @@ import (
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/apiserver/pkg/endpoints/filters"
+	"k8s.io/apiserver/pkg/endpoints/request"
 )
+
+// withRequestInfo parses each request's info as the API server's filter
+// chain does before the adapter's handlers see it.
+func withRequestInfo(h http.Handler) http.Handler {
+	return filters.WithRequestInfo(h, &request.RequestInfoFactory{APIPrefixes: sets.NewString("api", "apis"), GrouplessAPIPrefixes: sets.NewString("api")})
+}
 
 func TestRejectMalformedSelectors(t *testing.T) {
 	next := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTeapot) })
-	h := rejectMalformedSelectors(next)
+	h := withRequestInfo(rejectMalformedSelectors(next))
 	for _, tc := range []struct {
 		name, path, query string
 		code              int

@@ -151,6 +151,19 @@ func (x *Index[K, E]) Has(k K) bool {
 	return refused || len(x.scopes[k]) > 0
 }
 
+// ServesIn reports whether a request for k in namespace ns ("" for what is
+// in no namespace) is this adapter's to answer: a rule of the file serves
+// k (in every namespace), or one of ns's own team rules does, or a rule of
+// the file left out would (it answers why). A team's rule in another
+// namespace does not make k this adapter's in ns.
+func (x *Index[K, E]) ServesIn(k K, ns string) bool {
+	if _, ok := x.Get(k, ns); ok {
+		return true
+	}
+	_, refused := x.refused[k]
+	return refused
+}
+
 // Len is the number of served metrics, one per namespace a team's rule
 // serves it in.
 func (x *Index[K, E]) Len() int { return len(x.entries) }
@@ -329,8 +342,8 @@ var ErrNotDiscovered = apierrors.NewServiceUnavailable("metric discovery has not
 // Its errors are StatusErrors: 503 before the first discovery round, and
 // for a metric no rule serves while some rules that could serve it in ns
 // were never listed (it may be theirs); otherwise the API's 404, which says
-// why when a rule left out would have served k, or when only other
-// namespaces' rules serve it.
+// why when a rule left out of the file would have served k, and says
+// nothing of other namespaces' rules.
 func (c *Catalog[K, E]) Lookup(ctx context.Context, k K, ns string) (Entry[E], error) {
 	idx := c.index.Load()
 	if idx == nil {
@@ -348,10 +361,17 @@ func (c *Catalog[K, E]) Lookup(ctx context.Context, k K, ns string) (Entry[E], e
 	if why, ok := idx.refused[k]; ok {
 		return Entry[E]{}, c.cfg.NotFound(k, "the rule that would serve it is left out: "+why.Error())
 	}
-	if len(idx.scopes[k]) > 0 {
-		return Entry[E]{}, c.cfg.NotFound(k, "only rule objects (MetricRules) of other namespaces serve it, each in its own namespace")
-	}
+	// Whether another namespace's rule objects serve k is theirs to know:
+	// the answer is the one for a metric nobody serves.
 	return Entry[E]{}, c.cfg.NotFound(k, "")
+}
+
+// Serves reports whether a request for k in namespace ns is this
+// adapter's to answer (Index.ServesIn), as the last discovery round says;
+// false before the first. What it does not serve, an upstream may.
+func (c *Catalog[K, E]) Serves(k K, ns string) bool {
+	idx := c.index.Load()
+	return idx != nil && idx.ServesIn(k, ns)
 }
 
 // summarize names the first metrics of idx for the log.

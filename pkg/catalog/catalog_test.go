@@ -145,8 +145,22 @@ func TestTeamRulesServeTheirNamespace(t *testing.T) {
 			t.Errorf("c_total in %s: %v, %v; want %s", ns, e.Rule, err, want)
 		}
 	}
-	if _, err := c.Lookup(ctx, "c_total", "team-c"); !apierrors.IsNotFound(err) || !strings.Contains(err.Error(), "other namespaces") {
-		t.Errorf("c_total in team-c: %v, want a 404 saying other namespaces serve it", err)
+	// Another namespace's rules are theirs: team-c gets the 404 of a
+	// metric nobody serves, which names neither team-a nor team-b, and
+	// the metric is not this adapter's to answer there (an upstream's).
+	_, err := c.Lookup(ctx, "c_total", "team-c")
+	_, nobody := c.Lookup(ctx, "nobody_serves_it", "team-c")
+	if !apierrors.IsNotFound(err) || strings.Contains(err.Error(), "team-") || strings.Contains(err.Error(), "namespace") ||
+		strings.Replace(err.Error(), "c_total", "nobody_serves_it", -1) != nobody.Error() {
+		t.Errorf("c_total in team-c: %v, want the 404 of a metric nobody serves (%v)", err, nobody)
+	}
+	for ns, want := range map[string]bool{"team-a": true, "team-b": true, "team-c": false, "": false} {
+		if got := c.Serves("c_total", ns); got != want {
+			t.Errorf("Serves(c_total, %q) = %v, want %v", ns, got, want)
+		}
+	}
+	if !c.Serves("a_total", "team-c") || !c.Serves("a_total", "") {
+		t.Error("the file's a_total is not served in every namespace")
 	}
 	if e, err := c.Lookup(ctx, "a_total", "team-a"); err != nil || e.Rule != file[0] {
 		t.Errorf("a_total in team-a: %v, %v; want the file's rule", e.Rule, err)

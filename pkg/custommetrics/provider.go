@@ -208,14 +208,12 @@ func (p *Provider) Normalize(gr schema.GroupResource) schema.GroupResource {
 	return p.resources.lookup(p.mapper, gr).gr
 }
 
-// Serves reports whether the last discovery round serves metric on gr
-// (normalised), or a rule left out would (it answers why).
-func (p *Provider) Serves(gr schema.GroupResource, metric string) bool {
-	idx := p.catalog.Index()
-	if idx == nil {
-		return false
-	}
-	return idx.Has(metricKey{gr, metric})
+// Serves reports whether a request for metric on gr (normalised) in
+// namespace ns is this adapter's to answer (catalog.Index.ServesIn): ns is
+// the request's namespace, the named namespace for a namespace's own
+// metric, "" for cluster-scoped objects.
+func (p *Provider) Serves(gr schema.GroupResource, metric, ns string) bool {
+	return p.catalog.Serves(metricKey{gr, metric}, ns)
 }
 
 // request is one API request, resolved: how its metric is served, the

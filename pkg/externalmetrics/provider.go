@@ -145,22 +145,13 @@ func (p *Provider) ListAllExternalMetrics() []provider.ExternalMetricInfo {
 	if p.upstream == nil {
 		return out
 	}
+	idx := p.Index()
 	for _, r := range p.upstream() {
-		if !p.Serves(r.Name) {
+		if idx == nil || !idx.Has(r.Name) {
 			out = append(out, provider.ExternalMetricInfo{Metric: r.Name})
 		}
 	}
 	return out
-}
-
-// Serves reports whether the last discovery round serves the metric, or a
-// rule left out would (it answers why).
-func (p *Provider) Serves(name string) bool {
-	idx := p.Index()
-	if idx == nil {
-		return false
-	}
-	return idx.Has(name)
 }
 
 // externalMetrics names the API in errors.

@@ -15,12 +15,14 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apis/rules/v1alpha1"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
@@ -94,6 +96,8 @@ func Compile(objs []*v1alpha1.MetricRule, namespaceLabel string, perNamespace in
 // unchanged object keeps its rule (and the series discovered for it).
 type Cache struct {
 	entries map[string]cached
+	// compileTimeout replaces CompileTimeout (tests).
+	compileTimeout time.Duration
 }
 
 type cached struct {
@@ -112,11 +116,49 @@ func (c *Cache) compile(o *v1alpha1.MetricRule, index int, namespaceLabel string
 	if e, ok := c.entries[key]; ok && e.generation == o.Generation && e.index == index && e.namespaceLabel == namespaceLabel {
 		return e.rule, e.err
 	}
-	r, err := rules.CompileTeam(rules.TeamRule{
+	r, err := compileWithin(c.timeout(), rules.TeamRule{
 		Namespace: o.Namespace, Name: o.Name, External: o.Spec.API == v1alpha1.External, Rule: Config(o.Spec), Index: index,
 	}, namespaceLabel)
 	c.entries[key] = cached{generation: o.Generation, index: index, namespaceLabel: namespaceLabel, rule: r, err: err}
 	return r, err
+}
+
+// CompileTimeout is how long one MetricRule may take to compile. Its
+// templates are text with placeholders (rules.CompileTeam checks them
+// before they run), its regular expressions are linear-time and its PromQL
+// is at most 8 KiB, so compiling takes microseconds; the deadline keeps
+// one rule from stalling the others should any of that ever change.
+const CompileTimeout = time.Second
+
+func (c *Cache) timeout() time.Duration {
+	if c.compileTimeout > 0 {
+		return c.compileTimeout
+	}
+	return CompileTimeout
+}
+
+// compileWithin compiles a team's rule off the caller's goroutine: past
+// timeout the rule is refused, and the compilation left behind ends on
+// its own (its result is dropped).
+func compileWithin(timeout time.Duration, tr rules.TeamRule, namespaceLabel string) (*rules.Rule, error) {
+	type result struct {
+		rule *rules.Rule
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := rules.CompileTeam(tr, namespaceLabel)
+		done <- result{r, err}
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case res := <-done:
+		return res.rule, res.err
+	case <-t.C:
+		metrics.ObserveCompileTimeout(tr.Namespace)
+		return nil, fmt.Errorf("compiling took longer than %s: simplify spec.metricsQuery, spec.name and spec.seriesFilters", timeout)
+	}
 }
 
 // cacheKey names an object in the Cache: a deleted and recreated object

@@ -13,6 +13,7 @@ import (
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apis/rules/v1alpha1"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/catalog"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/query"
 )
 
@@ -32,7 +33,7 @@ func Status(o Outcome, obs *Observation, budgets *query.Budgets) v1alpha1.Metric
 	st := v1alpha1.MetricRuleStatus{ObservedGeneration: o.Object.Generation, Conditions: slices.Clone(o.Object.Status.Conditions)}
 	set := func(typ string, status metav1.ConditionStatus, reason, msg string) {
 		apimeta.SetStatusCondition(&st.Conditions, metav1.Condition{
-			Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: o.Object.Generation,
+			Type: typ, Status: status, Reason: reason, Message: message(msg), ObservedGeneration: o.Object.Generation,
 			LastTransitionTime: seconds(time.Now()),
 		})
 	}
@@ -51,7 +52,7 @@ func Status(o Outcome, obs *Observation, budgets *query.Budgets) v1alpha1.Metric
 	r := o.Rule
 	st.SeriesQuery = r.SeriesQuery()
 	if f, ok := budgets.LastFailure(r.String()); ok {
-		st.LastQueryError = &v1alpha1.QueryError{Time: seconds(f.Time), Message: f.Message}
+		st.LastQueryError = &v1alpha1.QueryError{Time: seconds(f.Time), Message: message(f.Message)}
 	}
 	if obs == nil {
 		set(v1alpha1.Serving, metav1.ConditionUnknown, "NotListedYet", "its series have not been listed yet")
@@ -101,6 +102,18 @@ func Status(o Outcome, obs *Observation, budgets *query.Budgets) v1alpha1.Metric
 		set(v1alpha1.Serving, metav1.ConditionFalse, "NoMetrics", fmt.Sprintf("none of its %d series becomes a metric: check name, seriesFilters and resources", len(series)))
 	}
 	return st
+}
+
+// MaxMessage is the most of a message a status quotes: what a rule's
+// author wrote, or Prometheus answered, is excerpted, never copied whole.
+const MaxMessage = 1024
+
+// message is msg cut to MaxMessage bytes, saying so.
+func message(msg string) string {
+	if len(msg) <= MaxMessage {
+		return msg
+	}
+	return fmt.Sprintf("%s... (%d bytes)", promql.Cut(msg, MaxMessage), len(msg))
 }
 
 // seconds is t as the API server stores it: a status read back compares

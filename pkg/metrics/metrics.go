@@ -172,10 +172,18 @@ var (
 		StabilityLevel: basemetrics.ALPHA,
 	}, []string{"state"})
 
+	teamCompileTimeouts = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
+		Namespace:      Namespace,
+		Subsystem:      "metric_rules",
+		Name:           "compile_timeouts_total",
+		Help:           "Rule objects (MetricRules) refused because compiling them took longer than the deadline (one second), by namespace.",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"namespace"})
+
 	all = []basemetrics.Registerable{
 		queryDuration, discoveryDuration, discoveryLastSuccess, discoveredMetrics,
 		reloadSuccessful, reloadLastSuccess, reloads, resolvedObjects, rulesLeftOut, zeroed,
-		forwarded, forwardDuration, upstreamDiscovered, teamQueriesLimited, teamRules,
+		forwarded, forwardDuration, upstreamDiscovered, teamQueriesLimited, teamRules, teamCompileTimeouts,
 	}
 )
 
@@ -341,6 +349,12 @@ func ObserveReload(ok bool, at time.Time) {
 // limit ("concurrency" or "timeout").
 func ObserveTeamLimit(namespace, limit string) {
 	teamQueriesLimited.WithLabelValues(namespace, limit).Inc()
+}
+
+// ObserveCompileTimeout records a rule object of namespace refused for
+// taking too long to compile.
+func ObserveCompileTimeout(namespace string) {
+	teamCompileTimeouts.WithLabelValues(namespace).Inc()
 }
 
 // SetTeamRules records how many rule objects are in each state.

@@ -17,10 +17,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/api"
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
@@ -28,6 +26,8 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"k8s.io/klog/v2"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 )
 
 // Querier runs instant queries. It is what the metrics provider needs.
@@ -194,7 +194,7 @@ type QueryError struct {
 	Err    error
 }
 
-// Error names the query, cut to MaxQueryInError bytes: at 10,000 pods a
+// Error names the query, cut to promql.MaxInMessage bytes: at 10,000 pods a
 // query is 100 KB, which would end up in HPA events and API server logs.
 func (e *QueryError) Error() string {
 	what := "query"
@@ -204,21 +204,9 @@ func (e *QueryError) Error() string {
 	return fmt.Sprintf("Prometheus %s %s: %v", what, ShortQuery(e.Expr), describe(e.Err))
 }
 
-// MaxQueryInError is how much of a query an error message quotes.
-const MaxQueryInError = 200
-
-// ShortQuery quotes a query for a message, cut to MaxQueryInError bytes
-// with its full length said.
-func ShortQuery(expr string) string {
-	if len(expr) <= MaxQueryInError {
-		return strconv.Quote(expr)
-	}
-	cut := expr[:MaxQueryInError]
-	for !utf8.ValidString(cut) {
-		cut = cut[:len(cut)-1]
-	}
-	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(cut), len(expr))
-}
+// ShortQuery quotes a query for a message, cut to promql.MaxInMessage
+// bytes with its full length said.
+func ShortQuery(expr string) string { return promql.Short(expr) }
 
 func (e *QueryError) Unwrap() error { return e.Err }
 

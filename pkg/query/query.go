@@ -61,16 +61,19 @@ type Result struct {
 // render is a 500 naming the rule, one over its namespace's budget a 429,
 // a failed query what apistatus.Query says.
 func Run(ctx context.Context, prom promclient.Querier, q Query) (Result, error) {
-	expr, err := q.Render()
-	if err != nil {
-		q.Budgets.fail(q.Namespace, q.Rule, err)
-		return Result{}, apierrors.NewInternalError(err)
-	}
+	// A team's rule renders within its namespace's budget too: the render
+	// is bounded (rules.CompileTeam), and counted with its query.
 	ctx, done, err := q.Budgets.enter(ctx, q.Namespace)
 	if err != nil {
 		q.Budgets.fail(q.Namespace, q.Rule, err)
-		explain.From(ctx).Queried(explain.Query{Rule: q.Rule, Expr: expr, Err: err})
-		return Result{Expr: expr}, err
+		explain.From(ctx).Queried(explain.Query{Rule: q.Rule, Err: err})
+		return Result{}, err
+	}
+	expr, err := q.Render()
+	if err != nil {
+		_ = done()
+		q.Budgets.fail(q.Namespace, q.Rule, err)
+		return Result{}, apierrors.NewInternalError(err)
 	}
 	start := time.Now()
 	vec, err := prom.Query(ctx, expr)

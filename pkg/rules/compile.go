@@ -89,6 +89,9 @@ type compiler struct {
 	// the rule object's field.
 	where func(section string, i int, field string) string
 	errs  []error
+	// team is set for a team's rule: its templates are text with
+	// placeholders only (checkTeamTemplate).
+	team bool
 }
 
 // problem is a problem with section[i].field ("file:line: path: msg"); i <
@@ -229,7 +232,7 @@ func (c *compiler) aggregate(section string, i int, m config.ResourceMapping) []
 func (c *compiler) mapping(section string, i int, field string, cm config.ResourceMapping) mapping {
 	m := mapping{overrides: map[string]schema.GroupResource{}}
 	if cm.Template != "" {
-		if err := m.compileTemplate(cm.Template); err != nil {
+		if err := m.compileTemplate(cm.Template, c.team); err != nil {
 			c.fail(section, i, field+".template", "%v", err)
 		}
 	}

@@ -154,11 +154,10 @@ func (m *mapping) LabelFor(singular string) (string, bool) {
 // the group and resource from a label name.
 func (r *mapping) compileReverseTemplate() error {
 	const groupTok, resTok = "\x00GROUP\x00", "\x00RESOURCE\x00"
-	var b strings.Builder
-	if err := r.resTemplate.Execute(&b, ResourceTemplateData{Group: groupTok, Resource: resTok}); err != nil {
+	rendered, err := render(r.resTemplate, ResourceTemplateData{Group: groupTok, Resource: resTok}, MaxRender)
+	if err != nil {
 		return err
 	}
-	rendered := b.String()
 	var expr strings.Builder
 	expr.WriteString("^")
 	idx := 0
@@ -302,15 +301,17 @@ func QueryData(series string, matchers []promql.Matcher, groupBy []string) Templ
 	}
 }
 
+// execute renders a query template for a request, within the request's
+// renderLimit.
 func execute(t *template.Template, what string, data TemplateData) (string, error) {
-	var b strings.Builder
-	if err := t.Execute(&b, data); err != nil {
+	out, err := render(t, data, renderLimit(data))
+	if err != nil {
 		return "", fmt.Errorf("rendering %s: %w", what, err)
 	}
-	if strings.TrimSpace(b.String()) == "" {
+	if strings.TrimSpace(out) == "" {
 		return "", fmt.Errorf("rendering %s: the query is empty", what)
 	}
-	return b.String(), nil
+	return out, nil
 }
 
 // ToLabelValue applies labelValueReplacements to an object name, each in

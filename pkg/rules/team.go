@@ -45,7 +45,7 @@ type TeamRule struct {
 // when they name none). What cannot be confined, or compiled, is an error
 // naming the field of the rule object (spec.metricsQuery).
 func CompileTeam(t TeamRule, namespaceLabel string) (*Rule, error) {
-	c := &compiler{where: func(_ string, _ int, field string) string { return "spec." + field }}
+	c := &compiler{where: func(_ string, _ int, field string) string { return "spec." + field }, team: true}
 	section := "rules"
 	if t.External {
 		section = "externalRules"
@@ -83,7 +83,7 @@ func CompileTeam(t TeamRule, namespaceLabel string) (*Rule, error) {
 // and maps label to namespaces when they name no namespace label.
 func withNamespaceLabel(c *compiler, section string, i int, m config.ResourceMapping, label string) config.ResourceMapping {
 	var mp mapping
-	probe := &compiler{where: c.where}
+	probe := &compiler{where: c.where, team: c.team}
 	mp = probe.mapping(section, i, "resources", m)
 	if len(probe.errs) > 0 {
 		return m // c.rule reports them

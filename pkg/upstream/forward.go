@@ -1,38 +1,67 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/endpoints/request"
-	"k8s.io/client-go/transport"
 	"k8s.io/klog/v2"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 )
 
-// credentialHeaders are what a caller sends that must not reach an
-// upstream: its credentials, and identity headers the adapter sets itself.
-var credentialHeaders = []string{"Authorization", "Cookie", "Proxy-Authorization"}
+// identityHeaders name what a caller (or a proxy before it) sends that
+// must not reach an upstream: credentials, and the headers that carry an
+// identity, which the adapter writes itself. They are matched without
+// regard to case, and deleted by the key they were stored under.
+var (
+	credentialHeaders = []string{"Authorization", "Cookie", "Proxy-Authorization"}
+	identityPrefixes  = []string{"Impersonate-", "X-Remote-"}
+)
 
-// identityPrefixes are identity headers, the caller's or a proxy's; the
-// adapter writes its own.
-var identityPrefixes = []string{"Impersonate-", "X-Remote-"}
+// The headers that carry the caller to an upstream, as the aggregator
+// carries a request's user to an extension API server (the API server's
+// --requestheader-*-headers; the upstream's defaults).
+const (
+	RemoteUserHeader        = "X-Remote-User"
+	RemoteGroupHeader       = "X-Remote-Group"
+	RemoteExtraHeaderPrefix = "X-Remote-Extra-"
+)
+
+// stripIdentity deletes every credential and identity header of h,
+// whatever the case of its key.
+func stripIdentity(h http.Header) {
+	for name := range h {
+		canonical := http.CanonicalHeaderKey(name)
+		drop := slices.Contains(credentialHeaders, canonical)
+		for _, p := range identityPrefixes {
+			drop = drop || strings.HasPrefix(canonical, p)
+		}
+		if drop {
+			delete(h, name) // by the stored key: Del would canonicalise it
+		}
+	}
+}
 
 // Forward sends req, authenticated and authorized by this adapter, to u as
-// its caller (impersonated, with the adapter's credentials) and writes
-// u's answer back unchanged. An upstream that cannot be reached answers
-// 503, one slower than the set's timeout 504, each naming the upstream.
+// its caller (in the X-Remote-* headers, with the forwarding certificate)
+// and writes u's answer back: its status, body and content type. An
+// upstream that cannot be reached answers 503, one slower than the set's
+// timeout 504, one whose answer is larger than MaxAnswerBytes 502, each
+// naming the upstream.
 func (s *Set) Forward(u *Upstream, api string, w http.ResponseWriter, req *http.Request) {
 	caller, ok := request.UserFrom(req.Context())
 	if !ok {
@@ -46,23 +75,30 @@ func (s *Set) Forward(u *Upstream, api string, w http.ResponseWriter, req *http.
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(u.URL)
-			pr.Out.URL.Path, pr.Out.URL.RawPath = pr.In.URL.Path, pr.In.URL.RawPath
+			// The path as the filters parsed and authorized it, escaped
+			// anew: an encoded slash in the caller's path is a separator
+			// here too, never a different path at the upstream.
+			pr.Out.URL.Path, pr.Out.URL.RawPath = pr.In.URL.Path, ""
 			pr.Out.Host = u.URL.Host
-			for _, h := range credentialHeaders {
-				pr.Out.Header.Del(h)
-			}
-			for name := range pr.Out.Header {
-				for _, p := range identityPrefixes {
-					if strings.HasPrefix(http.CanonicalHeaderKey(name), p) {
-						pr.Out.Header.Del(name)
-					}
-				}
-			}
-			impersonate(pr.Out.Header, caller)
+			stripIdentity(pr.Out.Header)
+			remoteUser(pr.Out.Header, caller)
 		},
 		Transport: u.client.Transport,
 		ModifyResponse: func(resp *http.Response) error {
 			code = resp.StatusCode
+			body, err := readAtMost(resp.Body, MaxAnswerBytes)
+			_ = resp.Body.Close()
+			if err != nil {
+				return err
+			}
+			kept := http.Header{}
+			for _, h := range []string{"Content-Type", "Content-Encoding"} {
+				if v := resp.Header.Get(h); v != "" {
+					kept.Set(h, v)
+				}
+			}
+			resp.Header, resp.Trailer = kept, nil
+			resp.Body, resp.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -79,27 +115,24 @@ func (s *Set) Forward(u *Upstream, api string, w http.ResponseWriter, req *http.
 	}
 }
 
-// impersonate writes the caller's identity as impersonation headers.
-func impersonate(h http.Header, u user.Info) {
-	h.Set(transport.ImpersonateUserHeader, u.GetName())
-	if uid := u.GetUID(); uid != "" {
-		h.Set(transport.ImpersonateUIDHeader, uid)
-	}
+// remoteUser writes the caller's identity as the front proxy's headers.
+func remoteUser(h http.Header, u user.Info) {
+	h.Set(RemoteUserHeader, u.GetName())
 	for _, g := range u.GetGroups() {
 		if g == user.AllAuthenticated {
-			continue // added by the upstream to every impersonated user
+			continue // added by the upstream to every authenticated user
 		}
-		h.Add(transport.ImpersonateGroupHeader, g)
+		h.Add(RemoteGroupHeader, g)
 	}
 	for k, vs := range u.GetExtra() {
 		for _, v := range vs {
-			h.Add(transport.ImpersonateUserExtraHeaderPrefix+headerKeyEscape(k), v)
+			h.Add(RemoteExtraHeaderPrefix+headerKeyEscape(k), v)
 		}
 	}
 }
 
-// headerKeyEscape escapes an extra's key for a header name, as client-go
-// does (percent-encoding what a header name cannot hold).
+// headerKeyEscape escapes an extra's key for a header name, as the
+// aggregator does (percent-encoding what a header name cannot hold).
 func headerKeyEscape(key string) string {
 	var b strings.Builder
 	for i := 0; i < len(key); i++ {
@@ -115,6 +148,10 @@ func headerKeyEscape(key string) string {
 
 // unreachable is the status of a request u did not answer.
 func unreachable(u *Upstream, err error, ctx context.Context) *apierrors.StatusError {
+	if errors.Is(err, errTooLarge) {
+		return &apierrors.StatusError{ErrStatus: metav1.Status{Status: metav1.StatusFailure, Code: http.StatusBadGateway, Reason: metav1.StatusReasonInternalError,
+			Message: fmt.Sprintf("upstream %s (%s) answered too much: %v", u.Name, u.URL.Host, err)}}
+	}
 	if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
 		return apierrors.NewTimeoutError(fmt.Sprintf("upstream %s (%s) did not answer in time: %v", u.Name, u.URL.Host, err), 0)
 	}
@@ -122,7 +159,8 @@ func unreachable(u *Upstream, err error, ctx context.Context) *apierrors.StatusE
 }
 
 // Get sends a GET of path to u as the caller of ctx (or as the adapter
-// itself when ctx has none) and returns the answer: for explain.
+// itself, the forwarding certificate's user, when ctx has none) and
+// returns the answer, at most MaxAnswerBytes of it: for explain.
 func (s *Set) Get(ctx context.Context, u *Upstream, path string) (int, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -132,14 +170,16 @@ func (s *Set) Get(ctx context.Context, u *Upstream, path string) (int, []byte, e
 	}
 	req.Header.Set("Accept", "application/json")
 	if caller, ok := request.UserFrom(ctx); ok {
-		impersonate(req.Header, caller)
+		remoteUser(req.Header, caller)
+	} else {
+		u.asAdapter(req.Header)
 	}
 	resp, err := u.client.Do(req)
 	if err != nil {
 		return int(unreachable(u, err, ctx).Status().Code), nil, unreachable(u, err, ctx)
 	}
 	defer func() { _ = resp.Body.Close() }()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	body, err := readAtMost(resp.Body, MaxAnswerBytes)
 	return resp.StatusCode, body, err
 }
 

@@ -11,24 +11,33 @@
 // and kept when a refresh fails: a slow or stopped upstream costs only its
 // own metrics, never this adapter's discovery or its own metrics.
 //
-// A forwarded request is sent with the adapter's own credentials (its
-// ServiceAccount token, or its kubeconfig's) and the caller's identity as
-// impersonation headers, so the upstream authorizes the caller as it would
-// through the aggregator; the caller's own credentials are never sent on.
-// The request was authenticated and authorized by this adapter first, with
-// the same attributes the aggregator's request carries: a caller who may
-// not read a metric never reaches the upstream.
+// A forwarded request is sent as the aggregator sends it to an extension
+// API server: over TLS with a client certificate of the adapter's own (the
+// "forwarding certificate", from a CA the upstream trusts as its
+// requestheader client CA and the API server does not), with the caller's
+// identity in X-Remote-User, X-Remote-Group and X-Remote-Extra- headers.
+// Nothing an upstream receives authenticates anywhere else: no bearer
+// token, no impersonation headers, and a client certificate proves itself
+// only with its key, which never leaves the adapter. The adapter needs no
+// impersonate permission. The request was authenticated and authorized
+// by this adapter first, with the same attributes the aggregator's request
+// carries: a caller who may not read a metric never reaches the upstream.
 //
-// The answer is passed back as the upstream sent it (status, body, content
-// type). The package does not decide what this adapter serves itself;
+// What an upstream sends back is read within bounds (a discovery list, an
+// answer), and the answer is passed back with its status, body and content
+// type. The package does not decide what this adapter serves itself;
 // package adapter does, and asks For which upstream serves the rest.
 package upstream
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -76,6 +85,12 @@ type Spec struct {
 	// CAFile holds the CA certificates its serving certificate is verified
 	// against (its APIService's caBundle).
 	CAFile string `yaml:"caFile"`
+	// ClientCertFile and ClientKeyFile are the forwarding certificate and
+	// its key: the upstream trusts their CA as its requestheader client CA
+	// (--requestheader-client-ca-file), and the API server must not. They
+	// are read again when they change.
+	ClientCertFile string `yaml:"clientCertFile"`
+	ClientKeyFile  string `yaml:"clientKeyFile"`
 }
 
 // Service is a Service in the cluster.
@@ -119,10 +134,16 @@ func Load(path string) ([]Spec, error) {
 		if _, err := s.base(); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", where, err))
 		}
-		if s.CAFile == "" {
-			errs = append(errs, fmt.Errorf("%s: caFile is required: the upstream's serving certificate is verified", where))
-		} else if _, err := os.Stat(s.CAFile); err != nil {
-			errs = append(errs, fmt.Errorf("%s: caFile: %w", where, err))
+		for _, f := range []struct{ name, path, why string }{
+			{"caFile", s.CAFile, "the upstream's serving certificate is verified"},
+			{"clientCertFile", s.ClientCertFile, "the adapter presents it to the upstream, which trusts its CA as its requestheader client CA (docs/install.md, \"Share the APIService\")"},
+			{"clientKeyFile", s.ClientKeyFile, "the key of clientCertFile"},
+		} {
+			if f.path == "" {
+				errs = append(errs, fmt.Errorf("%s: %s is required: %s", where, f.name, f.why))
+			} else if _, err := os.Stat(f.path); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %s: %w", where, f.name, err))
+			}
 		}
 	}
 	if len(f.Upstreams) == 0 {
@@ -162,6 +183,10 @@ type Upstream struct {
 	URL    *url.URL
 	groups []string
 	client *http.Client
+	// cert is the forwarding certificate, as it was at start
+	// (CheckNotTrusted); its common name is the user the adapter asks as
+	// itself (discovery).
+	cert *x509.Certificate
 	// lists holds, per group, the last good discovery.
 	lists map[string]*atomic.Pointer[listing]
 }
@@ -179,34 +204,80 @@ type Set struct {
 	failing  map[string]error // "name group" -> the last refresh's error
 }
 
-// New builds the upstreams. identity is the adapter's own client
-// configuration (in a cluster, its ServiceAccount's): its credentials are
-// what the upstreams authenticate. timeout bounds a forwarded request and
-// a discovery refresh; interval is how often discovery is refreshed.
-func New(specs []Spec, identity *rest.Config, timeout, interval time.Duration) (*Set, error) {
+// New builds the upstreams. Each is reached over TLS with its spec's CA
+// and forwarding certificate, and nothing else: no credential of the
+// adapter's own. timeout bounds a forwarded request and a discovery
+// refresh; interval is how often discovery is refreshed.
+func New(specs []Spec, timeout, interval time.Duration) (*Set, error) {
 	s := &Set{timeout: timeout, interval: interval, failing: map[string]error{}}
 	for _, spec := range specs {
 		base, err := spec.base()
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", spec.Name, err)
 		}
-		cfg := rest.CopyConfig(identity)
-		cfg.Host = base.String()
-		cfg.APIPath = ""
-		cfg.CAFile, cfg.CAData = spec.CAFile, nil
-		cfg.ServerName, cfg.Insecure = "", false
-		cfg.Impersonate = rest.ImpersonationConfig{}
-		rt, err := rest.TransportFor(cfg)
+		// client-go's transport reads the certificate and key again
+		// when they change (a rotated Secret).
+		rt, err := rest.TransportFor(&rest.Config{Host: base.String(), TLSClientConfig: rest.TLSClientConfig{
+			CAFile: spec.CAFile, CertFile: spec.ClientCertFile, KeyFile: spec.ClientKeyFile,
+		}})
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", spec.Name, err)
 		}
-		u := &Upstream{Name: spec.Name, URL: base, groups: spec.Groups, client: &http.Client{Transport: rt}, lists: map[string]*atomic.Pointer[listing]{}}
+		cert, err := readCert(spec.ClientCertFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: clientCertFile: %w", spec.Name, err)
+		}
+		u := &Upstream{Name: spec.Name, URL: base, groups: spec.Groups, client: &http.Client{Transport: rt},
+			cert: cert, lists: map[string]*atomic.Pointer[listing]{}}
 		for _, g := range spec.Groups {
 			u.lists[g] = &atomic.Pointer[listing]{}
 		}
 		s.ups = append(s.ups, u)
 	}
 	return s, nil
+}
+
+// CheckNotTrusted refuses a forwarding certificate that the API server
+// would take as a client's: one its client CA or its front-proxy CA
+// (trusted, the API server's requestheader CA) has signed. Whoever held
+// its key could then act as anyone. caBundles are those CAs' PEM bundles
+// (empty ones are skipped).
+func (s *Set) CheckNotTrusted(caBundles map[string][]byte) error {
+	var errs []error
+	for _, u := range s.ups {
+		cert := u.cert
+		for _, name := range slices.Sorted(maps.Keys(caBundles)) {
+			pool := x509.NewCertPool()
+			if len(caBundles[name]) == 0 || !pool.AppendCertsFromPEM(caBundles[name]) {
+				continue
+			}
+			if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
+				errs = append(errs, fmt.Errorf("upstream %s: clientCertFile (CN %q) is signed by the API server's %s: it would authenticate to the API server, "+
+					"so it must come from a CA of its own that only the upstreams trust (hack/gen-forwarding-cert.sh)", u.Name, cert.Subject.CommonName, name))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// readCert reads the first certificate of a PEM file.
+func readCert(path string) (*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(data)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return x509.ParseCertificate(block.Bytes)
+}
+
+// asAdapter writes the adapter's own identity, for what it asks of u as
+// itself (discovery): the forwarding certificate's common name, which the
+// upstream takes as an authenticated user.
+func (u *Upstream) asAdapter(h http.Header) {
+	h.Set(RemoteUserHeader, u.cert.Subject.CommonName)
 }
 
 // Run refreshes every upstream's discovery now and every interval, until
@@ -270,6 +341,7 @@ func (u *Upstream) discover(ctx context.Context, group string) error {
 		return err
 	}
 	req.Header.Set("Accept", "application/json")
+	u.asAdapter(req.Header)
 	resp, err := u.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("GET %s: %w", path, err)
@@ -279,14 +351,49 @@ func (u *Upstream) discover(ctx context.Context, group string) error {
 		return fmt.Errorf("GET %s: %s", path, resp.Status)
 	}
 	var rl metav1.APIResourceList
-	if err := json.NewDecoder(resp.Body).Decode(&rl); err != nil {
+	body, err := readAtMost(resp.Body, MaxDiscoveryBytes)
+	if err != nil {
 		return fmt.Errorf("GET %s: %w", path, err)
+	}
+	if err := json.Unmarshal(body, &rl); err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
+	}
+	if len(rl.APIResources) > MaxResources {
+		return fmt.Errorf("GET %s: %d resources, more than the %d an upstream's discovery may list", path, len(rl.APIResources), MaxResources)
 	}
 	old := u.lists[group].Swap(&listing{resources: rl.APIResources})
 	if old == nil || len(old.resources) != len(rl.APIResources) {
 		klog.InfoS("Read an upstream's discovery", "upstream", u.Name, "group", group, "resources", len(rl.APIResources))
 	}
 	return nil
+}
+
+// Bounds on what an upstream sends.
+const (
+	// MaxDiscoveryBytes bounds a discovery answer: 10,000 metrics fit
+	// several times over.
+	MaxDiscoveryBytes = 8 << 20
+	// MaxResources is how many resources an upstream's discovery of one
+	// group may list.
+	MaxResources = 20000
+	// MaxAnswerBytes bounds a forwarded answer: a 10,000-pod answer is a
+	// few megabytes.
+	MaxAnswerBytes = 32 << 20
+)
+
+// errTooLarge is an answer longer than its bound.
+var errTooLarge = errors.New("answer too large")
+
+// readAtMost reads r to its end, failing past max bytes.
+func readAtMost(r io.Reader, max int64) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%w: more than %d bytes", errTooLarge, max)
+	}
+	return b, nil
 }
 
 // Resources lists what the upstreams serve of group, in their order: each

@@ -89,7 +89,10 @@ type Stack struct {
 	Ingress *IngressController
 	// Upstream is the prometheus-adapter behind the adapter, with
 	// StackOptions.Upstream.
-	Upstream    *Upstream
+	Upstream *Upstream
+	// Forwarding is the adapter's forwarding certificate, its key and
+	// its CA, which the upstream trusts (StackOptions.Upstream).
+	Forwarding  TLSFiles
 	stopIngress context.CancelFunc
 
 	endpoints     *endpointsController
@@ -193,9 +196,6 @@ func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 
 	s.AdapterBinary, s.adapterEnv = adapterBin, opts.AdapterEnv
 	if opts.Upstream {
-		if err := s.applyManifests(ctx, "manifests/upstreams", keepKinds("ClusterRole", "ClusterRoleBinding")); err != nil {
-			return nil, err
-		}
 		file, err := s.startUpstream(ctx, opts.Dir)
 		if err != nil {
 			return nil, err

@@ -16,6 +16,11 @@ const UpstreamRules = "test/localstack/testdata/prometheus-adapter-rules.yaml"
 // UpstreamName names it in the adapter's upstreams file.
 const UpstreamName = "prometheus-adapter"
 
+// ForwardingUser is the common name of the adapter's forwarding
+// certificate (Stack.Forwarding): the one name prometheus-adapter takes
+// X-Remote-* headers from.
+const ForwardingUser = "forwarding-client"
+
 // Upstream is a real prometheus-adapter (bin/prometheus-adapter, built
 // from its pinned module) behind the stack's adapter: what the adapter's
 // rules do not serve, it forwards there (--upstreams), as during a
@@ -39,11 +44,20 @@ func (s *Stack) startUpstream(ctx context.Context, dir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// The adapter forwards with a certificate of a CA of its own, which
+	// prometheus-adapter trusts as its requestheader (front-proxy) CA and
+	// the API server does not (hack/gen-forwarding-cert.sh, in a cluster).
+	fwd, err := GenerateTLSFiles(s.PKI.Dir, "forwarding")
+	if err != nil {
+		return "", err
+	}
+	s.Forwarding = fwd
 	u := &Upstream{URL: "https://127.0.0.1:" + strconv.Itoa(port), bin: bin, args: []string{
 		"--secure-port=" + strconv.Itoa(port), "--bind-address=127.0.0.1",
 		"--tls-cert-file=" + s.PKI.Path("adapter-serving.crt"), "--tls-private-key-file=" + s.PKI.Path("adapter-serving.key"),
 		"--lister-kubeconfig=" + s.AdminKubeconfig,
 		"--authentication-kubeconfig=" + s.AdminKubeconfig, "--authorization-kubeconfig=" + s.AdminKubeconfig,
+		"--requestheader-client-ca-file=" + fwd.CA, "--requestheader-allowed-names=" + ForwardingUser,
 		"--prometheus-url=" + s.Prometheus.URL,
 		"--config=" + filepath.Join(s.Root, UpstreamRules),
 		"--metrics-relist-interval=10s",
@@ -54,8 +68,8 @@ func (s *Stack) startUpstream(ctx context.Context, dir string) (string, error) {
 		return "", err
 	}
 	file := filepath.Join(dir, "upstreams.yaml")
-	text := fmt.Sprintf("upstreams:\n- name: %s\n  groups: [custom.metrics.k8s.io, external.metrics.k8s.io]\n  url: %s\n  caFile: %s\n",
-		UpstreamName, u.URL, s.PKI.Path("ca.crt"))
+	text := fmt.Sprintf("upstreams:\n- name: %s\n  groups: [custom.metrics.k8s.io, external.metrics.k8s.io]\n  url: %s\n  caFile: %s\n  clientCertFile: %s\n  clientKeyFile: %s\n",
+		UpstreamName, u.URL, s.PKI.Path("ca.crt"), fwd.ClientCert, fwd.ClientKey)
 	return file, os.WriteFile(file, []byte(text), 0o600)
 }
 
