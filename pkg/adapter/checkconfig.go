@@ -214,13 +214,7 @@ func (o *Options) checkDiscovery(ctx context.Context, w io.Writer, set *rules.Se
 	custom := custommetrics.New(custommetrics.Config{Rules: set.Custom, Mapper: mapper, Querier: prom})
 	external := externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: prom})
 	c := &components{custom: custom, external: external}
-	disc := discovery.New(discovery.Config{
-		Queries:  c.seriesQueries(set),
-		Lister:   prom,
-		Interval: o.MetricsRelistInterval,
-		MaxAge:   o.MetricsMaxAge,
-		Timeout:  o.DiscoveryTimeout,
-	})
+	disc := discovery.New(o.discoveryConfig(c.seriesQueries(set), prom))
 	disc.Subscribe(custom.Update)
 	disc.Subscribe(external.Update)
 	for _, warning := range o.Warnings() {

@@ -141,13 +141,7 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 		c.external = externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: c.prom, Upstream: c.upstreamList(upstream.ExternalGroup), Budgets: c.budgets})
 		c.apis = append(c.apis, "external.metrics.k8s.io")
 	}
-	c.disc = discovery.New(discovery.Config{
-		Queries:  c.seriesQueries(set),
-		Lister:   c.prom,
-		Interval: o.MetricsRelistInterval,
-		MaxAge:   o.MetricsMaxAge,
-		Timeout:  o.DiscoveryTimeout,
-	})
+	c.disc = discovery.New(o.discoveryConfig(c.seriesQueries(set), c.prom))
 	if c.custom != nil {
 		c.disc.Subscribe(func(r discovery.Result) {
 			c.custom.Update(r)
@@ -258,8 +252,8 @@ func (c *components) upstreamList(group string) func() []metav1.APIResource {
 }
 
 // seriesQueries are the distinct seriesQuery selectors of the rules the
-// enabled providers serve.
-func (c *components) seriesQueries(set *rules.Set) []string {
+// enabled providers serve: the file's, and the rule objects'.
+func (c *components) seriesQueries(set *rules.Set) discovery.Queries {
 	var rs []*rules.Rule
 	if c.custom != nil {
 		rs = append(rs, set.Custom...)
@@ -267,14 +261,29 @@ func (c *components) seriesQueries(set *rules.Set) []string {
 	if c.external != nil {
 		rs = append(rs, set.External...)
 	}
-	var out []string
-	for _, r := range rs {
-		if !slices.Contains(out, r.SeriesQuery()) {
-			out = append(out, r.SeriesQuery())
-		}
-	}
-	return out
+	return discovery.QueriesOf(rs)
 }
+
+// discoveryConfig is discovery's configuration from the flags.
+func (o *Options) discoveryConfig(q discovery.Queries, lister discovery.SeriesLister) discovery.Config {
+	return discovery.Config{
+		Queries:     q.File,
+		TeamQueries: q.Team,
+		Team: discovery.TeamLimits{
+			MaxConcurrent: TeamConcurrentListings,
+			Timeout:       o.MetricRulesDiscoveryTimeout,
+			MaxSeries:     o.MetricRulesMaxSeries,
+		},
+		Lister:   lister,
+		Interval: o.MetricsRelistInterval,
+		MaxAge:   o.MetricsMaxAge,
+		Timeout:  o.DiscoveryTimeout,
+	}
+}
+
+// TeamConcurrentListings is how many MetricRules' series listings run at
+// once, beside the rules file's (--discovery-timeout's four).
+const TeamConcurrentListings = 2
 
 // apply switches every provider to a reloaded rules set: the new rules'
 // series are listed first, then each provider swaps its rules and metric

@@ -69,6 +69,8 @@ type Options struct {
 	MetricRulesPerNamespace         int
 	MetricRulesMaxConcurrentQueries int
 	MetricRulesQueryTimeout         time.Duration
+	MetricRulesMaxSeries            int
+	MetricRulesDiscoveryTimeout     time.Duration
 
 	// rulesData is the rules file as compiled at startup; hup receives
 	// SIGHUP. Both are set by the command.
@@ -97,6 +99,8 @@ func NewOptions() *Options {
 		MetricRulesPerNamespace:         20,
 		MetricRulesMaxConcurrentQueries: 4,
 		MetricRulesQueryTimeout:         3 * time.Second,
+		MetricRulesMaxSeries:            10000,
+		MetricRulesDiscoveryTimeout:     10 * time.Second,
 	}
 }
 
@@ -159,6 +163,13 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 	rules.DurationVar(&o.MetricRulesQueryTimeout, "metric-rules-query-timeout", o.MetricRulesQueryTimeout,
 		"Deadline of each query of a MetricRule (504 when it is hit); the rules file's queries have --prometheus-timeout. 0: --prometheus-timeout only.")
 
+	rules.IntVar(&o.MetricRulesMaxSeries, "metric-rules-max-series", o.MetricRulesMaxSeries,
+		"How many series the listing of one MetricRule's seriesQuery may return: a listing with more fails, and the rule's status says so "+
+			"(Prometheus is asked for one more than this, with its limit parameter). 0: no limit. The rules file's listings are not bounded.")
+	rules.DurationVar(&o.MetricRulesDiscoveryTimeout, "metric-rules-discovery-timeout", o.MetricRulesDiscoveryTimeout,
+		"Deadline of the listings of the MetricRules' seriesQuery selectors in a discovery round. They run beside the rules file's (two at a time, "+
+			"apart from its four), and a MetricRule not listed yet never holds back readiness: it answers 503 in its own namespace until it is listed.")
+
 	general.BoolVar(&o.DisableHTTP2, "disable-http2", false,
 		"Serve HTTP/1.1 only (prometheus-adapter's flag; the same as --disable-http2-serving).")
 	general.DurationVar(&o.ShutdownDelay, "shutdown-delay-duration", 0,
@@ -199,8 +210,11 @@ func (o *Options) Validate() []error {
 	default:
 		errs = append(errs, fmt.Errorf("--prometheus-verb must be GET or POST, got %q", o.PrometheusVerb))
 	}
-	if o.MetricRulesPerNamespace < 0 || o.MetricRulesMaxConcurrentQueries < 0 || o.MetricRulesQueryTimeout < 0 {
-		errs = append(errs, fmt.Errorf("--metric-rules-per-namespace, --metric-rules-max-concurrent-queries and --metric-rules-query-timeout must not be negative"))
+	if o.MetricRulesPerNamespace < 0 || o.MetricRulesMaxConcurrentQueries < 0 || o.MetricRulesQueryTimeout < 0 || o.MetricRulesMaxSeries < 0 {
+		errs = append(errs, fmt.Errorf("--metric-rules-per-namespace, --metric-rules-max-concurrent-queries, --metric-rules-query-timeout and --metric-rules-max-series must not be negative"))
+	}
+	if o.MetricRulesDiscoveryTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--metric-rules-discovery-timeout must be positive, got %v", o.MetricRulesDiscoveryTimeout))
 	}
 	if o.MetricRules && !model.LegacyValidation.IsValidLabelName(o.MetricRulesNamespaceLabel) {
 		errs = append(errs, fmt.Errorf("--metric-rules-namespace-label %q is not a Prometheus label name", o.MetricRulesNamespaceLabel))

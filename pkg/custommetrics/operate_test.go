@@ -103,7 +103,7 @@ rules:
   name: {matches: "^app_(.*)_total$", as: "app-${1}-rate"}
   metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[5m])) by (<<.GroupBy>>)
 `)
-	r := f.disc.Reconfigure(context.Background(), []string{rs[0].SeriesQuery()}, func(r discovery.Result) { f.p.SetRules(rs, r) })
+	r := f.disc.Reconfigure(context.Background(), discovery.Queries{File: []string{rs[0].SeriesQuery()}}, func(r discovery.Result) { f.p.SetRules(rs, r) })
 	if len(r.Failed) > 0 {
 		t.Fatal(r.Failed)
 	}

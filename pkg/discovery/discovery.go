@@ -12,6 +12,17 @@
 // been listed once, failed rounds are retried sooner, backing off from one
 // second up to the relist interval.
 //
+// The seriesQuery selectors of rule objects (a team's MetricRules) are
+// listed apart, in the same round: with slots and a deadline of their own
+// (TeamLimits), at most TeamLimits.MaxSeries series each (a listing with
+// more fails), and without a say in readiness. A team's slow or huge
+// listing costs its own rules only.
+//
+// Whatever a listing returns, a series whose name is not a valid
+// Prometheus metric name (Prometheus 3 accepts any UTF-8) is dropped and
+// counted: a series name is pasted into a rule's PromQL as .Series, so it
+// must never be able to change the query's shape.
+//
 // It knows nothing of Kubernetes or of how series become metrics.
 package discovery
 
@@ -76,11 +87,60 @@ func (r Result) Pending(rs []*rules.Rule) error {
 	return errors.Join(pending...)
 }
 
+// Queries are the seriesQuery selectors a round lists: the rules file's,
+// and the rule objects' (teams'), which are listed within TeamLimits. A
+// selector in both is the file's. Duplicates are listed once.
+type Queries struct {
+	File, Team []string
+}
+
+// QueriesOf are the distinct seriesQuery selectors of rules, in order:
+// those of the rules file's rules, and those of team rules.
+func QueriesOf(rs []*rules.Rule) Queries {
+	var q Queries
+	for _, r := range rs {
+		if r.Namespace() == "" {
+			q.File = append(q.File, r.SeriesQuery())
+		} else {
+			q.Team = append(q.Team, r.SeriesQuery())
+		}
+	}
+	return q.dedup()
+}
+
+// dedup drops duplicates, and team selectors that are the file's too.
+func (q Queries) dedup() Queries {
+	out := Queries{File: dedup(q.File)}
+	for _, t := range dedup(q.Team) {
+		if !slices.Contains(out.File, t) {
+			out.Team = append(out.Team, t)
+		}
+	}
+	return out
+}
+
+func (q Queries) all() []string { return append(slices.Clip(q.File), q.Team...) }
+
+// TeamLimits bound the listings of rule objects' selectors.
+type TeamLimits struct {
+	// MaxConcurrent bounds how many of them run at once;
+	// DefaultConcurrentListings when not positive.
+	MaxConcurrent int
+	// Timeout bounds each of them; Config.Timeout when not positive.
+	Timeout time.Duration
+	// MaxSeries is how many series one of them may return (0: no bound):
+	// a listing with more fails.
+	MaxSeries int
+}
+
 // Config configures a Discoverer.
 type Config struct {
-	// Queries are the seriesQuery selectors to list; duplicates are listed
-	// once.
+	// Queries are the rules file's seriesQuery selectors to list;
+	// duplicates are listed once.
 	Queries []string
+	// TeamQueries are the rule objects' selectors, listed within Team.
+	TeamQueries []string
+	Team        TeamLimits
 	Lister  SeriesLister
 	// Interval is how often the series are listed again.
 	Interval time.Duration
@@ -100,7 +160,8 @@ type Config struct {
 // Discoverer lists series in rounds and passes each round's Result to its
 // subscribers.
 type Discoverer struct {
-	queries  []string
+	queries  Queries
+	team     TeamLimits
 	lister   SeriesLister
 	interval time.Duration
 	maxAge   time.Duration
@@ -137,8 +198,9 @@ func New(cfg Config) *Discoverer {
 		clock:      cfg.Clock,
 		last:       map[string][]model.LabelSet{},
 		lastListed: map[string]time.Time{},
+		team:       cfg.Team,
 	}
-	d.queries = dedup(cfg.Queries)
+	d.queries = Queries{File: cfg.Queries, Team: cfg.TeamQueries}.dedup()
 	if d.interval <= 0 {
 		d.interval = time.Minute
 	}
@@ -153,6 +215,12 @@ func New(cfg Config) *Discoverer {
 	}
 	if d.parallel <= 0 {
 		d.parallel = DefaultConcurrentListings
+	}
+	if d.team.MaxConcurrent <= 0 {
+		d.team.MaxConcurrent = DefaultConcurrentListings
+	}
+	if d.team.Timeout <= 0 {
+		d.team.Timeout = d.timeout
 	}
 	return d
 }
@@ -195,14 +263,15 @@ func (d *Discoverer) Relist(ctx context.Context) Result {
 // providers to the rules the queries come from. Series of queries that
 // stay keep their last listing if this one fails. Rounds after this one
 // list the new queries and go to the subscribers as before.
-func (d *Discoverer) Reconfigure(ctx context.Context, queries []string, apply func(Result)) Result {
+func (d *Discoverer) Reconfigure(ctx context.Context, queries Queries, apply func(Result)) Result {
 	d.round.Lock()
 	defer d.round.Unlock()
-	queries = dedup(queries)
+	queries = queries.dedup()
+	all := queries.all()
 	d.mu.Lock()
 	d.queries = queries
 	for q := range d.last {
-		if !slices.Contains(queries, q) {
+		if !slices.Contains(all, q) {
 			delete(d.last, q)
 			delete(d.lastListed, q)
 		}
@@ -217,14 +286,35 @@ func (d *Discoverer) Reconfigure(ctx context.Context, queries []string, apply fu
 // held.
 func (d *Discoverer) list(ctx context.Context) Result {
 	now := d.clock.Now()
-	ctx, cancel := context.WithTimeout(ctx, d.timeout)
-	defer cancel()
-
 	d.mu.Lock()
-	queries := slices.Clone(d.queries)
+	queries := d.queries
 	d.mu.Unlock()
 
-	failed, listed := d.listEach(ctx, queries, now)
+	// The file's selectors and the teams' side by side, each set within
+	// its own slots and deadline.
+	failed, listed := map[string]error{}, map[string][]model.LabelSet{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, set := range []struct {
+		queries  []string
+		parallel int
+		timeout  time.Duration
+		limit    int
+	}{
+		{queries.File, d.parallel, d.timeout, 0},
+		{queries.Team, d.team.MaxConcurrent, d.team.Timeout, d.team.MaxSeries},
+	} {
+		wg.Go(func() {
+			sctx, cancel := context.WithTimeout(ctx, set.timeout)
+			defer cancel()
+			f, l := d.listEach(sctx, set.queries, set.parallel, set.limit, now)
+			mu.Lock()
+			maps.Copy(failed, f)
+			maps.Copy(listed, l)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
 	metrics.ObserveDiscovery(d.clock.Since(now))
 
 	d.mu.Lock()
@@ -244,24 +334,51 @@ func (d *Discoverer) list(ctx context.Context) Result {
 	r := Result{Series: series, Failed: failed, Listed: maps.Clone(d.lastListed), Time: now}
 	d.mu.Unlock()
 
-	if len(failed) > 0 {
-		klog.ErrorS(errorOf(failed), "Failed to list some series; their rules keep the metrics of their last listing",
-			"failed", len(failed), "queries", len(queries))
+	if fileFailed := only(failed, queries.File); len(fileFailed) > 0 {
+		klog.ErrorS(errorOf(fileFailed), "Failed to list some series; their rules keep the metrics of their last listing",
+			"failed", len(fileFailed), "queries", len(queries.File))
+	}
+	if teamFailed := only(failed, queries.Team); len(teamFailed) > 0 {
+		// Each rule object's status says why; a team's rule must not
+		// fill the log.
+		klog.V(2).InfoS("Failed to list the series of some MetricRules; their status says why", "failed", len(teamFailed), "queries", len(queries.Team))
 	}
 	return r
 }
 
-// listEach lists every query, side by side, and returns the failures and
-// the listings.
-func (d *Discoverer) listEach(ctx context.Context, queries []string, now time.Time) (map[string]error, map[string][]model.LabelSet) {
+// only is the entries of m whose key is in keys.
+func only[V any](m map[string]V, keys []string) map[string]V {
+	out := map[string]V{}
+	for _, k := range keys {
+		if v, ok := m[k]; ok {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// listEach lists every query, side by side, at most parallel at once,
+// each returning at most limit series (0: no bound), and returns the
+// failures and the listings.
+func (d *Discoverer) listEach(ctx context.Context, queries []string, parallel, limit int, now time.Time) (map[string]error, map[string][]model.LabelSet) {
 	failed := map[string]error{}
 	listed := map[string][]model.LabelSet{}
 	var mu sync.Mutex
 	var g errgroup.Group
-	g.SetLimit(d.parallel)
+	g.SetLimit(parallel)
+	if limit > 0 {
+		ctx = promclient.WithSeriesLimit(ctx, limit)
+	}
 	for _, q := range queries {
 		g.Go(func() error {
 			sets, err := d.lister.Series(ctx, []string{q}, now.Add(-d.maxAge), now)
+			if err == nil && limit > 0 && len(sets) > limit {
+				metrics.ObserveSeriesDropped("over_limit", len(sets))
+				sets, err = nil, fmt.Errorf("%w: it lists more than %d series, the most a MetricRule's listing may (--metric-rules-max-series): narrow spec.seriesQuery", ErrTooManySeries, limit)
+			}
+			if err == nil {
+				sets = validNames(sets)
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -276,6 +393,29 @@ func (d *Discoverer) listEach(ctx context.Context, queries []string, now time.Ti
 	return failed, listed
 }
 
+// ErrTooManySeries is a listing with more series than its bound.
+var ErrTooManySeries = errors.New("too many series")
+
+// validNames drops the series whose name is not a valid Prometheus metric
+// name in the legacy (pre-UTF-8) syntax: a name is pasted into PromQL as
+// .Series, where `)) or vector(1) #` would change the query.
+func validNames(sets []model.LabelSet) []model.LabelSet {
+	out := sets[:0:0]
+	dropped := 0
+	for _, ls := range sets {
+		if name, ok := ls[model.MetricNameLabel]; ok && !model.LegacyValidation.IsValidMetricName(string(name)) {
+			dropped++
+			continue
+		}
+		out = append(out, ls)
+	}
+	if dropped == 0 {
+		return sets
+	}
+	metrics.ObserveSeriesDropped("invalid_metric_name", dropped)
+	return out
+}
+
 func dedup(queries []string) []string {
 	var out []string
 	for _, q := range queries {
@@ -286,17 +426,22 @@ func dedup(queries []string) []string {
 	return out
 }
 
-// Listed reports whether every query has been listed successfully at least
-// once.
+// Listed reports whether every query of the rules file has been listed
+// successfully at least once.
 func (d *Discoverer) Listed() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return len(d.last) == len(d.queries)
+	for _, q := range d.queries.File {
+		if _, ok := d.last[q]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // Ready reports whether discovery has what the providers need to answer:
-// a round has run, and every query has been listed at least once, unless
-// Prometheus rejects it (a broken rule, logged and reported per rule, must
+// a round has run, and every query of the rules file has been listed at
+// least once (a team's are not waited for), unless Prometheus rejects it (a broken rule, logged and reported per rule, must
 // not keep the rest from being served). Otherwise it says what is missing.
 // Once it has been nil it stays nil: a reload that adds a query, or a
 // Prometheus outage, must not take every replica out of readiness at once
@@ -321,7 +466,7 @@ func (d *Discoverer) Ready() error {
 // those Prometheus rejects. Call it with d.mu held.
 func (d *Discoverer) missingLocked() map[string]error {
 	missing := map[string]error{}
-	for _, q := range d.queries {
+	for _, q := range d.queries.File {
 		if _, listed := d.last[q]; listed {
 			continue
 		}
@@ -337,14 +482,16 @@ func (d *Discoverer) missingLocked() map[string]error {
 	return missing
 }
 
-// Err returns the failures of the last round, naming each query, or nil.
+// Err returns the failures of the last round's listings of the rules
+// file's queries, naming each query, or nil. (A team's are in Result and
+// its rule objects' status.)
 func (d *Discoverer) Err() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.rounds == 0 {
 		return errors.New("series discovery has not run yet")
 	}
-	return errorOf(d.lastFailed)
+	return errorOf(only(d.lastFailed, d.queries.File))
 }
 
 func errorOf(failed map[string]error) error {

@@ -270,7 +270,7 @@ func TestReconfigureSwitchesQueriesAtOnce(t *testing.T) {
 	clock.Step(time.Second)
 	l.setFailing("a", errors.New("boom"))
 	var applied []Result
-	r := d.Reconfigure(context.Background(), []string{"a", "c", "c"}, func(r Result) { applied = append(applied, r) })
+	r := d.Reconfigure(context.Background(), Queries{File: []string{"a", "c", "c"}}, func(r Result) { applied = append(applied, r) })
 
 	if len(subscribed) != 1 || len(applied) != 1 {
 		t.Fatalf("subscribers got %d rounds, apply %d; want 1 and 1", len(subscribed), len(applied))
@@ -301,7 +301,7 @@ func TestReconfigureSwitchesQueriesAtOnce(t *testing.T) {
 	// A reload adding a query Prometheus cannot list now: the adapter
 	// stays ready (it serves what it has); the failure is reported.
 	l.setFailing("d", errors.New("timeout"))
-	r = d.Reconfigure(context.Background(), []string{"a", "c", "d"}, func(Result) {})
+	r = d.Reconfigure(context.Background(), Queries{File: []string{"a", "c", "d"}}, func(Result) {})
 	if r.Failed["d"] == nil || d.Err() == nil {
 		t.Errorf("the failing new query is not reported: %v / %v", r.Failed, d.Err())
 	}
@@ -350,5 +350,79 @@ rules:
 	}
 	if err := (Result{Series: map[string][]model.LabelSet{rs[0].SeriesQuery(): nil, rs[1].SeriesQuery(): nil, rs[2].SeriesQuery(): nil}}).Pending(rs); err != nil {
 		t.Errorf("Pending with every series listed = %v, want nil", err)
+	}
+}
+
+// A team's listings have a budget of their own: a slow one is cut at the
+// team's deadline, one with more series than MaxSeries fails, and neither
+// holds back readiness, the file's listings or the log's errors.
+func TestTeamListingsHaveTheirOwnBudget(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLister()
+		l.series["big"] = []model.LabelSet{{"__name__": "x"}, {"__name__": "y"}, {"__name__": "z"}, {"__name__": "w"}}
+		l.series["small"] = []model.LabelSet{{"__name__": "x"}, {"__name__": "y"}, {"__name__": "z"}}
+		lister := blockingLister{fakeLister: l, slow: "slow"}
+		d := New(Config{Queries: []string{"a", "b"}, TeamQueries: []string{"slow", "big", "small", "a"}, Lister: lister,
+			Timeout: time.Minute, Team: TeamLimits{Timeout: time.Second, MaxSeries: 3, MaxConcurrent: 1}})
+		start := time.Now()
+		r := d.Relist(context.Background())
+		if took := time.Since(start); took != time.Second {
+			t.Errorf("the round took %v, want the team's deadline (1s): the file's listings are quick", took)
+		}
+		if !errors.Is(r.Failed["slow"], context.DeadlineExceeded) {
+			t.Errorf("the slow team listing: %v, want its deadline", r.Failed["slow"])
+		}
+		if err := r.Failed["big"]; !errors.Is(err, ErrTooManySeries) || !strings.Contains(err.Error(), "--metric-rules-max-series") {
+			t.Errorf("a team listing of 4 series, 3 allowed: %v", err)
+		}
+		if len(r.Series["small"]) != 3 || len(r.Series["a"]) != 1 || len(r.Series["b"]) != 1 {
+			t.Errorf("series: %v", r.Series)
+		}
+		if err := d.Ready(); err != nil {
+			t.Errorf("Ready() = %v: a team's listing never listed holds back readiness", err)
+		}
+		if err := d.Err(); err != nil {
+			t.Errorf("Err() = %v, want only the file's failures", err)
+		}
+	})
+}
+
+// The file's own listings are not bounded by the team's MaxSeries, and a
+// selector both use is the file's.
+func TestQueriesOfSplitsTheFilesFromTheTeams(t *testing.T) {
+	file, err := rules.Parse([]byte("rules:\n- seriesQuery: a\n  metricsQuery: sum(<<.Series>>)\n- seriesQuery: a\n  metricsQuery: max(<<.Series>>)\n"), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	team, err := rules.CompileTeam(rules.TeamRule{Namespace: "t", Name: "r", External: true, Rule: config.Rule{SeriesQuery: "b", MetricsQuery: "sum(<<.Series>>)"}}, "namespace")
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := QueriesOf(append(file.Custom, team))
+	if len(q.File) != 1 || q.File[0] != "a" || len(q.Team) != 1 || q.Team[0] != `b{namespace="t"}` {
+		t.Errorf("QueriesOf = %+v", q)
+	}
+	l := newLister()
+	l.series["a"] = []model.LabelSet{{"__name__": "x"}, {"__name__": "y"}, {"__name__": "z"}, {"__name__": "w"}}
+	d := New(Config{Queries: q.File, TeamQueries: append(q.Team, "a"), Lister: l, Team: TeamLimits{MaxSeries: 1}})
+	if r := d.Relist(context.Background()); len(r.Series["a"]) != 4 {
+		t.Errorf("the file's listing of 4 series: %v, %v", r.Series["a"], r.Failed["a"])
+	}
+}
+
+// A series whose name is not a legacy metric name (Prometheus 3 takes any
+// UTF-8) is dropped: pasted into a rule's PromQL as .Series, it would
+// change the query's shape.
+func TestSeriesWithInvalidNamesAreDropped(t *testing.T) {
+	l := newLister()
+	l.series["a"] = []model.LabelSet{
+		{"__name__": "app_requests_total", "pod": "p"},
+		{"__name__": `x{namespace="team-a"}) or label_replace(up, "pod", "p", "", "")) by (pod) #`, "pod": "p"},
+		{"__name__": "http.server.duration", "pod": "p"},
+	}
+	d := New(Config{Queries: []string{"a"}, Lister: l})
+	r := d.Relist(context.Background())
+	if len(r.Series["a"]) != 1 || r.Series["a"][0]["__name__"] != "app_requests_total" {
+		t.Errorf("series = %v, want the valid name only", r.Series["a"])
 	}
 }

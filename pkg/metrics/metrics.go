@@ -172,6 +172,14 @@ var (
 		StabilityLevel: basemetrics.ALPHA,
 	}, []string{"state"})
 
+	seriesDropped = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
+		Namespace:      Namespace,
+		Subsystem:      "discovery",
+		Name:           "series_dropped_total",
+		Help:           "Series that discovery dropped, by reason: invalid_metric_name (not a valid Prometheus metric name in the legacy syntax, which would change a query's shape as .Series), over_limit (a MetricRule's listing with more than --metric-rules-max-series series: the listing fails).",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"reason"})
+
 	teamCompileTimeouts = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
 		Namespace:      Namespace,
 		Subsystem:      "metric_rules",
@@ -183,7 +191,7 @@ var (
 	all = []basemetrics.Registerable{
 		queryDuration, discoveryDuration, discoveryLastSuccess, discoveredMetrics,
 		reloadSuccessful, reloadLastSuccess, reloads, resolvedObjects, rulesLeftOut, zeroed,
-		forwarded, forwardDuration, upstreamDiscovered, teamQueriesLimited, teamRules, teamCompileTimeouts,
+		forwarded, forwardDuration, upstreamDiscovered, teamQueriesLimited, teamRules, teamCompileTimeouts, seriesDropped,
 	}
 )
 
@@ -349,6 +357,11 @@ func ObserveReload(ok bool, at time.Time) {
 // limit ("concurrency" or "timeout").
 func ObserveTeamLimit(namespace, limit string) {
 	teamQueriesLimited.WithLabelValues(namespace, limit).Inc()
+}
+
+// ObserveSeriesDropped records n series discovery dropped, and why.
+func ObserveSeriesDropped(reason string, n int) {
+	seriesDropped.WithLabelValues(reason).Add(float64(n))
 }
 
 // ObserveCompileTimeout records a rule object of namespace refused for

@@ -101,6 +101,7 @@ func New(cfg Config) (*Client, error) {
 	} else if cfg.Method != MethodPOST && cfg.Method != "" {
 		return nil, fmt.Errorf("query method %q: must be GET or POST", cfg.Method)
 	}
+	rt = limitRoundTripper{next: rt}
 	c, err := api.NewClient(api.Config{Address: cfg.URL, RoundTripper: rt})
 	if err != nil {
 		return nil, fmt.Errorf("creating Prometheus client for %q: %w", cfg.URL, err)
@@ -176,8 +177,18 @@ func (c *Client) query(ctx context.Context, expr string) (model.Vector, []string
 // query timeout: discovery gives each listing the round's deadline
 // (--discovery-timeout), as listings on a large Prometheus take longer
 // than queries.
+//
+// With WithSeriesLimit, Prometheus is asked for at most one more series
+// than the limit (its limit parameter; a store that ignores it sends them
+// all), and the answer may carry at most MaxBytesPerSeries per series:
+// past that the listing fails, and what was read is dropped.
 func (c *Client) Series(ctx context.Context, matches []string, start, end time.Time) ([]model.LabelSet, error) {
-	sets, warnings, _, err := c.api.Series(ctx, matches, start, end)
+	var opts []v1.Option
+	if limit, ok := ctx.Value(seriesLimitKey{}).(int); ok && limit > 0 {
+		opts = append(opts, v1.WithLimit(uint64(limit)+1))
+		ctx = context.WithValue(ctx, maxBytesKey{}, int64(limit+1)*MaxBytesPerSeries)
+	}
+	sets, warnings, _, err := c.api.Series(ctx, matches, start, end, opts...)
 	if len(warnings) > 0 {
 		klog.V(2).InfoS("Prometheus series listing returned warnings", "matches", matches, "warnings", warnings)
 	}
@@ -185,6 +196,66 @@ func (c *Client) Series(ctx context.Context, matches []string, start, end time.T
 		return nil, &QueryError{Expr: strings.Join(matches, " or "), Series: true, Err: normalize(err)}
 	}
 	return sets, nil
+}
+
+// MaxBytesPerSeries is how much of a limited series listing's answer
+// (WithSeriesLimit) one series may take: a series' labels in JSON are
+// typically a few hundred bytes.
+const MaxBytesPerSeries = 2 << 10
+
+// MaxAnswerBytes bounds any answer read from Prometheus: a query for
+// 10,000 pods answers about 2 MB.
+const MaxAnswerBytes = 256 << 20
+
+// ErrAnswerTooLarge is an answer longer than its bound.
+var ErrAnswerTooLarge = errors.New("Prometheus' answer is larger than the adapter reads")
+
+type (
+	seriesLimitKey struct{}
+	maxBytesKey    struct{}
+)
+
+// WithSeriesLimit bounds the series listings made with ctx to limit
+// series, and their answers to what limit series may take.
+func WithSeriesLimit(ctx context.Context, limit int) context.Context {
+	return context.WithValue(ctx, seriesLimitKey{}, limit)
+}
+
+// limitRoundTripper caps what each answer's body may carry: MaxAnswerBytes,
+// or the bound its request's context sets.
+type limitRoundTripper struct {
+	next http.RoundTripper
+}
+
+func (l limitRoundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := l.next.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	max := int64(MaxAnswerBytes)
+	if v, ok := req.Context().Value(maxBytesKey{}).(int64); ok && v < max {
+		max = v
+	}
+	resp.Body = &cappedBody{ReadCloser: resp.Body, left: max, max: max}
+	return resp, nil
+}
+
+// cappedBody fails once more than max bytes were read.
+type cappedBody struct {
+	io.ReadCloser
+	left, max int64
+}
+
+func (b *cappedBody) Read(p []byte) (int, error) {
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	if b.left < 0 {
+		return 0, fmt.Errorf("%w (%d bytes)", ErrAnswerTooLarge, b.max)
+	}
+	return n, err
 }
 
 // QueryError is a failed call, with the query that failed.

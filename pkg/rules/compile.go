@@ -71,18 +71,6 @@ func (s *Set) LeftOut() []*Rule {
 	return out
 }
 
-// SeriesQueries returns the distinct seriesQuery selectors of the custom
-// and external rules, in file order.
-func (s *Set) SeriesQueries() []string {
-	var out []string
-	for _, r := range append(slices.Clone(s.Custom), s.External...) {
-		if !slices.Contains(out, r.SeriesQuery()) {
-			out = append(out, r.SeriesQuery())
-		}
-	}
-	return out
-}
-
 // compiler collects the problems of one file, or of one rule object.
 type compiler struct {
 	// where names section[i].field for a person: the file and line, or

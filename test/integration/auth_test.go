@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -439,7 +440,7 @@ func externalProvider(ctx context.Context, t *testing.T, lister promclient.Serie
 		t.Fatal(err)
 	}
 	ep := externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: querier})
-	d := discovery.New(discovery.Config{Queries: set.SeriesQueries(), Lister: lister, Interval: time.Minute})
+	d := discovery.New(discovery.Config{Queries: discovery.QueriesOf(append(slices.Clone(set.Custom), set.External...)).File, Lister: lister, Interval: time.Minute})
 	d.Subscribe(ep.Update)
 	if r := d.Relist(ctx); len(r.Failed) > 0 {
 		t.Fatalf("discovery: %v", r.Failed)

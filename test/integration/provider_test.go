@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -141,7 +142,7 @@ scrape_configs:
 	p := custommetrics.New(custommetrics.Config{Rules: set.Custom, Mapper: fakemapper.New(), Querier: client, Resolver: res})
 	ep := externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: client})
 	rp := resourcemetrics.New(resourcemetrics.Config{Rules: set.Resource, Querier: client, Objects: res})
-	disc := discovery.New(discovery.Config{Queries: set.SeriesQueries(), Lister: client, Interval: time.Second})
+	disc := discovery.New(discovery.Config{Queries: discovery.QueriesOf(append(slices.Clone(set.Custom), set.External...)).File, Lister: client, Interval: time.Second})
 	disc.Subscribe(p.Update)
 	disc.Subscribe(ep.Update)
 	dctx, stopDiscovery := context.WithCancel(ctx)
