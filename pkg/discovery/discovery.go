@@ -141,7 +141,7 @@ type Config struct {
 	// TeamQueries are the rule objects' selectors, listed within Team.
 	TeamQueries []string
 	Team        TeamLimits
-	Lister  SeriesLister
+	Lister      SeriesLister
 	// Interval is how often the series are listed again.
 	Interval time.Duration
 	// MaxAge is how far back a listing looks for series; at least Interval.
