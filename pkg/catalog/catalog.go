@@ -338,18 +338,25 @@ func (c *Catalog[K, E]) update(r discovery.Result) {
 var ErrNotDiscovered = apierrors.NewServiceUnavailable("metric discovery has not completed yet")
 
 // Lookup finds the entry serving k for a request in namespace ns ("" for
-// what is in no namespace), and records it in the request's explain trace.
+// what is in no namespace), checks that it serves the request (check, if
+// not nil: the entry's scope against the request's), and only then records
+// it in the request's explain trace.
 // Its errors are StatusErrors: 503 before the first discovery round, and
 // for a metric no rule serves while some rules that could serve it in ns
 // were never listed (it may be theirs); otherwise the API's 404, which says
 // why when a rule left out of the file would have served k, and says
 // nothing of other namespaces' rules.
-func (c *Catalog[K, E]) Lookup(ctx context.Context, k K, ns string) (Entry[E], error) {
+func (c *Catalog[K, E]) Lookup(ctx context.Context, k K, ns string, check func(Entry[E]) error) (Entry[E], error) {
 	idx := c.index.Load()
 	if idx == nil {
 		return Entry[E]{}, ErrNotDiscovered
 	}
 	if e, ok := idx.Get(k, ns); ok {
+		if check != nil {
+			if err := check(e); err != nil {
+				return Entry[E]{}, err // nothing of e is traced
+			}
+		}
 		explain.From(ctx).Rule(e.Rule.String(), e.Series)
 		return e, nil
 	}

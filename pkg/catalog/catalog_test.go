@@ -70,15 +70,15 @@ func round(queries ...string) discovery.Result {
 
 func TestLookup(t *testing.T) {
 	c, rs := newCatalog(t)
-	if _, err := c.Lookup(context.Background(), "a_total", ""); !apierrors.IsServiceUnavailable(err) {
+	if _, err := c.Lookup(context.Background(), "a_total", "", nil); !apierrors.IsServiceUnavailable(err) {
 		t.Errorf("before discovery: %v, want 503", err)
 	}
 	// b_total's rule was never listed: an unknown metric may be its.
 	c.Update(discovery.Result{Series: round("a_total").Series, Failed: map[string]error{"b_total": errors.New("refused")}})
-	if _, err := c.Lookup(context.Background(), "c_total", ""); !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "refused") {
+	if _, err := c.Lookup(context.Background(), "c_total", "", nil); !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("with a rule pending: %v, want 503 naming why", err)
 	}
-	e, err := c.Lookup(context.Background(), "a_total", "")
+	e, err := c.Lookup(context.Background(), "a_total", "", nil)
 	if err != nil || e.Rule != rs[0] || e.Value != 0 {
 		t.Errorf("a_total: %+v %v, want the first rule in the file", e, err)
 	}
@@ -92,7 +92,7 @@ func TestLookup(t *testing.T) {
 	}
 
 	c.Update(round("a_total", "b_total"))
-	_, err = c.Lookup(context.Background(), "b_total", "")
+	_, err = c.Lookup(context.Background(), "b_total", "", nil)
 	if !apierrors.IsNotFound(err) || !strings.Contains(err.Error(), "left out") || !strings.Contains(err.Error(), "c.yaml:8") {
 		t.Errorf("a left-out rule's metric: %v, want 404 saying why", err)
 	}
@@ -100,10 +100,10 @@ func TestLookup(t *testing.T) {
 	// be the pending rule's: 503.
 	fresh, _ := newCatalog(t)
 	fresh.Update(discovery.Result{Series: round("b_total").Series, Failed: map[string]error{"a_total": errors.New("refused")}})
-	if _, err := fresh.Lookup(context.Background(), "b_total", ""); !apierrors.IsServiceUnavailable(err) {
+	if _, err := fresh.Lookup(context.Background(), "b_total", "", nil); !apierrors.IsServiceUnavailable(err) {
 		t.Errorf("a left-out rule's metric while another rule is pending: %v, want 503", err)
 	}
-	if _, err := c.Lookup(context.Background(), "c_total", ""); !apierrors.IsNotFound(err) || strings.Contains(err.Error(), "left out") {
+	if _, err := c.Lookup(context.Background(), "c_total", "", nil); !apierrors.IsNotFound(err) || strings.Contains(err.Error(), "left out") {
 		t.Errorf("an unknown metric: %v, want a plain 404", err)
 	}
 	if got := c.Index().Len(); got != 1 {
@@ -140,7 +140,7 @@ func TestTeamRulesServeTheirNamespace(t *testing.T) {
 	ctx := context.Background()
 
 	for ns, want := range map[string]*rules.Rule{"team-a": aOwn, "team-b": b} {
-		e, err := c.Lookup(ctx, "c_total", ns)
+		e, err := c.Lookup(ctx, "c_total", ns, nil)
 		if err != nil || e.Rule != want {
 			t.Errorf("c_total in %s: %v, %v; want %s", ns, e.Rule, err, want)
 		}
@@ -148,8 +148,8 @@ func TestTeamRulesServeTheirNamespace(t *testing.T) {
 	// Another namespace's rules are theirs: team-c gets the 404 of a
 	// metric nobody serves, which names neither team-a nor team-b, and
 	// the metric is not this adapter's to answer there (an upstream's).
-	_, err := c.Lookup(ctx, "c_total", "team-c")
-	_, nobody := c.Lookup(ctx, "nobody_serves_it", "team-c")
+	_, err := c.Lookup(ctx, "c_total", "team-c", nil)
+	_, nobody := c.Lookup(ctx, "nobody_serves_it", "team-c", nil)
 	if !apierrors.IsNotFound(err) || strings.Contains(err.Error(), "team-") || strings.Contains(err.Error(), "namespace") ||
 		strings.Replace(err.Error(), "c_total", "nobody_serves_it", -1) != nobody.Error() {
 		t.Errorf("c_total in team-c: %v, want the 404 of a metric nobody serves (%v)", err, nobody)
@@ -162,17 +162,17 @@ func TestTeamRulesServeTheirNamespace(t *testing.T) {
 	if !c.Serves("a_total", "team-c") || !c.Serves("a_total", "") {
 		t.Error("the file's a_total is not served in every namespace")
 	}
-	if e, err := c.Lookup(ctx, "a_total", "team-a"); err != nil || e.Rule != file[0] {
+	if e, err := c.Lookup(ctx, "a_total", "team-a", nil); err != nil || e.Rule != file[0] {
 		t.Errorf("a_total in team-a: %v, %v; want the file's rule", e.Rule, err)
 	}
 	idx := c.Index()
 	if ov := idx.Overlaps(); !slices.ContainsFunc(ov, func(o Overlap) bool { return o.Ignored.Rule == aShadowed && o.Kept.Rule == file[0] }) {
 		t.Errorf("the overruled team rule is not an overlap: %v", ov)
 	}
-	if _, err := c.Lookup(ctx, "d_total", "team-b"); !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "MetricRule team-b/d_total") {
+	if _, err := c.Lookup(ctx, "d_total", "team-b", nil); !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "MetricRule team-b/d_total") {
 		t.Errorf("d_total in team-b, never listed: %v, want 503", err)
 	}
-	if _, err := c.Lookup(ctx, "d_total", "team-a"); !apierrors.IsNotFound(err) {
+	if _, err := c.Lookup(ctx, "d_total", "team-a", nil); !apierrors.IsNotFound(err) {
 		t.Errorf("d_total in team-a: %v, want 404 (team-b's unlisted rule is not team-a's)", err)
 	}
 	var listed []string

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/common/model"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
@@ -19,8 +20,10 @@ import (
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakeprom"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
 // TestExplainFollowsOneRequest runs requests through explain.Run against
@@ -224,5 +227,40 @@ rules:
 	})
 	if _, err := f.p.GetMetricByName(context.Background(), name, info, labels.Everything()); !apierrors.IsServiceUnavailable(err) {
 		t.Errorf("Prometheus failing: %v, want 503, not 0", err)
+	}
+}
+
+// What explain reports of a request is what the request may see: a
+// namespace's metric asked inside another namespace (namespaces/team-a
+// in default, however the resource is spelled) is a 404, and the report
+// names none of team-a's rules or series.
+func TestExplainNamesNoOtherNamespacesRule(t *testing.T) {
+	team, err := rules.CompileTeam(rules.TeamRule{Namespace: "team-a", Name: "secret-rule", Rule: config.Rule{
+		SeriesQuery: `team_a_secret_total`, Name: config.NameMapping{As: "team-m"},
+		MetricsQuery: `sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)`,
+	}}, "namespace")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(Config{Rules: []*rules.Rule{team}, Mapper: fakemapper.New(), Resolver: &fakeResolver{}})
+	p.Update(discovery.Result{Series: map[string][]model.LabelSet{team.SeriesQuery(): {{"__name__": "team_a_secret_total", "namespace": "team-a"}}}})
+	for _, arg := range []string{"NAMESPACES/team-a/team-m", "Namespace/team-a/team-m", "ns/team-a/team-m"} {
+		req, err := explain.ParseArgs(arg, "default", "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Explain authorizes the request as Path writes it: in team-a.
+		if want := "/apis/custom.metrics.k8s.io/v1beta2/namespaces/team-a/metrics/team-m"; req.Path() != want {
+			t.Errorf("%s: explained as %s, want %s", arg, req.Path(), want)
+		}
+		// Asked as a namespaced object of default, straight at the
+		// provider (as a request of another shape would be).
+		req.Namespace = "default"
+		rep := explain.Run(context.Background(), explain.Providers{Custom: p}, req)
+		var out bytes.Buffer
+		_ = rep.Write(&out)
+		if rep.Code != http.StatusNotFound || rep.Rule != "" || strings.Contains(out.String(), "secret") {
+			t.Errorf("%s asked in default: %d, rule %q:\n%s", arg, rep.Code, rep.Rule, out.String())
+		}
 	}
 }

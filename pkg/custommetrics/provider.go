@@ -242,10 +242,12 @@ func what(info provider.CustomMetricInfo) string {
 func (p *Provider) prepare(ctx context.Context, ns string, info provider.CustomMetricInfo, metricSelector labels.Selector) (*request, error) {
 	ri := p.resources.lookup(p.mapper, info.GroupResource)
 	info.GroupResource = ri.gr
-	e, err := p.catalog.Lookup(ctx, metricKey{info.GroupResource, info.Metric}, ns)
-	if err == nil && e.Value.namespaced != info.Namespaced {
-		err = provider.NewMetricNotFoundError(info.GroupResource, info.Metric)
-	}
+	e, err := p.catalog.Lookup(ctx, metricKey{info.GroupResource, info.Metric}, ns, func(e catalog.Entry[entry]) error {
+		if e.Value.namespaced != info.Namespaced {
+			return provider.NewMetricNotFoundError(info.GroupResource, info.Metric)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -273,6 +275,11 @@ func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedNam
 func (p *Provider) byName(ctx context.Context, name types.NamespacedName, info provider.CustomMetricInfo, metricSelector labels.Selector) (*custom_metrics.MetricValue, error) {
 	ns := name.Namespace
 	if p.Normalize(info.GroupResource) == rules.Namespaces {
+		if name.Namespace != "" {
+			// namespaces/NAME asked inside another namespace: no such
+			// object, and nothing of NAME's rules is looked at.
+			return nil, provider.NewMetricNotFoundForError(rules.Namespaces, info.Metric, name.Name)
+		}
 		ns = name.Name // a namespace's own metric: its team's rules serve it
 	}
 	r, err := p.prepare(ctx, ns, info, metricSelector)

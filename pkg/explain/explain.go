@@ -286,6 +286,9 @@ func ParsePath(path string, query url.Values) (Request, error) {
 // forms as the API does, and the pod owners as the rules file names them
 // ("deployment" and "Deployment" are deployments.apps).
 func normalise(gr schema.GroupResource) schema.GroupResource {
+	// Resource and group names are lower case: a request is authorized
+	// as Path writes it, and must be the request that is served.
+	gr = schema.GroupResource{Group: strings.ToLower(gr.Group), Resource: strings.ToLower(gr.Resource)}
 	if o, ok := podowners.Lookup(gr.String()); ok {
 		return o.GVR.GroupResource()
 	}

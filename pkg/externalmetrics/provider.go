@@ -176,7 +176,7 @@ func (p *Provider) GetExternalMetric(ctx context.Context, namespace string, metr
 }
 
 func (p *Provider) get(ctx context.Context, namespace string, metricSelector labels.Selector, name string) (*external_metrics.ExternalMetricValueList, error) {
-	e, err := p.Lookup(ctx, name, namespace)
+	e, err := p.Lookup(ctx, name, namespace, nil)
 	if err != nil {
 		return nil, err
 	}
