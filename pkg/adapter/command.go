@@ -19,6 +19,7 @@ import (
 	openapinamer "k8s.io/apiserver/pkg/endpoints/openapi"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/apiserver/pkg/server/healthz"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	cliflag "k8s.io/component-base/cli/flag"
 	logsapi "k8s.io/component-base/logs/api/v1"
 	"k8s.io/component-base/term"
@@ -182,6 +183,8 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 	// was down at start), every --discovery-interval.
 	c.refresher.RunUntil(bg.Done())
 	if c.metricRules != nil {
+		c.events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.kube.CoreV1().Events("")})
+		defer c.events.Shutdown()
 		go c.metricRules.Run(bg)
 	}
 	if o.ConfigFile != "" && o.WatchConfig {

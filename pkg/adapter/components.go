@@ -8,8 +8,11 @@ import (
 
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
@@ -55,6 +58,9 @@ type components struct {
 	metricRules *metricrules.Controller
 	budgets     *query.Budgets
 	dynamic     dynamic.Interface
+	kube        kubernetes.Interface
+	// events records Events on MetricRules (nil without --metric-rules).
+	events record.EventBroadcaster
 }
 
 // ruleSources are the rules served: the rules file's, then the accepted
@@ -155,9 +161,15 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 		if c.dynamic, err = dynamic.NewForConfig(c.restConfig); err != nil {
 			return nil, fmt.Errorf("creating the client of MetricRules: %w", err)
 		}
+		le, err := o.leaderElection(c.kube)
+		if err != nil {
+			return nil, err
+		}
+		c.events = record.NewBroadcaster(record.WithContext(context.Background()))
 		c.metricRules = metricrules.NewController(metricrules.ControllerConfig{
 			Client: c.dynamic, NamespaceLabel: o.MetricRulesNamespaceLabel, PerNamespace: o.MetricRulesPerNamespace,
-			Apply: c.setMetricRules, Budgets: c.budgets,
+			Apply: c.setMetricRules, Budgets: c.budgets, LeaderElection: le,
+			Events: c.events.NewRecorder(scheme.Scheme, corev1.EventSource{Component: Name}),
 		})
 		c.disc.Subscribe(c.observe) // after the providers: their catalogs are this round's
 	}
@@ -218,6 +230,7 @@ func (o *Options) clients(base *basecmd.AdapterBase) (*components, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating Kubernetes client: %w", err)
 	}
+	c.kube = kube
 	meta, err := metadata.NewForConfig(restCfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating Kubernetes metadata client: %w", err)

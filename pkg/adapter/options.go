@@ -17,9 +17,13 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/spf13/pflag"
 
+	"k8s.io/apimachinery/pkg/util/uuid"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metricrules"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/upstream"
 )
@@ -71,6 +75,13 @@ type Options struct {
 	MetricRulesQueryTimeout         time.Duration
 	MetricRulesMaxSeries            int
 	MetricRulesDiscoveryTimeout     time.Duration
+	// LeaderElect elects the replica that writes MetricRule status.
+	LeaderElect              bool
+	LeaderElectNamespace     string
+	LeaderElectName          string
+	LeaderElectLeaseDuration time.Duration
+	LeaderElectRenewDeadline time.Duration
+	LeaderElectRetryPeriod   time.Duration
 
 	// rulesData is the rules file as compiled at startup; hup receives
 	// SIGHUP. Both are set by the command.
@@ -101,6 +112,11 @@ func NewOptions() *Options {
 		MetricRulesQueryTimeout:         3 * time.Second,
 		MetricRulesMaxSeries:            10000,
 		MetricRulesDiscoveryTimeout:     10 * time.Second,
+		LeaderElect:                     true,
+		LeaderElectName:                 "custom-metrics-adapter",
+		LeaderElectLeaseDuration:        15 * time.Second,
+		LeaderElectRenewDeadline:        10 * time.Second,
+		LeaderElectRetryPeriod:          2 * time.Second,
 	}
 }
 
@@ -170,6 +186,19 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 		"Deadline of the listings of the MetricRules' seriesQuery selectors in a discovery round. They run beside the rules file's (two at a time, "+
 			"apart from its four), and a MetricRule not listed yet never holds back readiness: it answers 503 in its own namespace until it is listed.")
 
+	rules.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect,
+		"With --metric-rules: the replicas elect, through a Lease, the one that writes MetricRules' status; every replica serves the same rules, "+
+			"and records a failed query as an Event on its MetricRule. false: this replica writes status (run one replica only).")
+	rules.StringVar(&o.LeaderElectNamespace, "leader-elect-resource-namespace", o.LeaderElectNamespace,
+		"Namespace of the election's Lease. Empty: the adapter's own (POD_NAMESPACE, or the service account's namespace in a pod), else custom-metrics.")
+	rules.StringVar(&o.LeaderElectName, "leader-elect-resource-name", o.LeaderElectName, "Name of the election's Lease.")
+	rules.DurationVar(&o.LeaderElectLeaseDuration, "leader-elect-lease-duration", o.LeaderElectLeaseDuration,
+		"How long the other replicas wait, after the last renewal, before they take over writing status from a stopped leader.")
+	rules.DurationVar(&o.LeaderElectRenewDeadline, "leader-elect-renew-deadline", o.LeaderElectRenewDeadline,
+		"How long the leader tries to renew its Lease before it stops writing status; shorter than --leader-elect-lease-duration.")
+	rules.DurationVar(&o.LeaderElectRetryPeriod, "leader-elect-retry-period", o.LeaderElectRetryPeriod,
+		"How often the replicas try to take or renew the Lease.")
+
 	general.BoolVar(&o.DisableHTTP2, "disable-http2", false,
 		"Serve HTTP/1.1 only (prometheus-adapter's flag; the same as --disable-http2-serving).")
 	general.DurationVar(&o.ShutdownDelay, "shutdown-delay-duration", 0,
@@ -212,6 +241,11 @@ func (o *Options) Validate() []error {
 	}
 	if o.MetricRulesPerNamespace < 0 || o.MetricRulesMaxConcurrentQueries < 0 || o.MetricRulesQueryTimeout < 0 || o.MetricRulesMaxSeries < 0 {
 		errs = append(errs, fmt.Errorf("--metric-rules-per-namespace, --metric-rules-max-concurrent-queries, --metric-rules-query-timeout and --metric-rules-max-series must not be negative"))
+	}
+	if o.MetricRules && o.LeaderElect && (o.LeaderElectRetryPeriod <= 0 || o.LeaderElectRenewDeadline <= o.LeaderElectRetryPeriod ||
+		o.LeaderElectLeaseDuration <= o.LeaderElectRenewDeadline) {
+		errs = append(errs, fmt.Errorf("--leader-elect-retry-period (%v) < --leader-elect-renew-deadline (%v) < --leader-elect-lease-duration (%v) must hold",
+			o.LeaderElectRetryPeriod, o.LeaderElectRenewDeadline, o.LeaderElectLeaseDuration))
 	}
 	if o.MetricRulesDiscoveryTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--metric-rules-discovery-timeout must be positive, got %v", o.MetricRulesDiscoveryTimeout))
@@ -259,6 +293,37 @@ func (o *Options) Validate() []error {
 		errs = append(errs, fmt.Errorf("--max-concurrent-object-queries must be at least 1, got %d", o.MaxConcurrentObjectQueries))
 	}
 	return errs
+}
+
+// leaderElection is the election of the replica that writes MetricRule
+// status; nil with --leader-elect=false.
+func (o *Options) leaderElection(kube kubernetes.Interface) (*metricrules.LeaderElection, error) {
+	if !o.LeaderElect {
+		return nil, nil
+	}
+	ns := o.LeaderElectNamespace
+	if ns == "" {
+		ns = os.Getenv("POD_NAMESPACE")
+	}
+	if ns == "" {
+		if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil {
+			ns = strings.TrimSpace(string(b))
+		}
+	}
+	if ns == "" {
+		ns = "custom-metrics"
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return nil, fmt.Errorf("leader election: %w", err)
+	}
+	lock, err := resourcelock.New(resourcelock.LeasesResourceLock, ns, o.LeaderElectName, kube.CoreV1(), kube.CoordinationV1(),
+		resourcelock.ResourceLockConfig{Identity: host + "_" + string(uuid.NewUUID())})
+	if err != nil {
+		return nil, fmt.Errorf("leader election: %w", err)
+	}
+	return &metricrules.LeaderElection{Lock: lock, LeaseDuration: o.LeaderElectLeaseDuration,
+		RenewDeadline: o.LeaderElectRenewDeadline, RetryPeriod: o.LeaderElectRetryPeriod}, nil
 }
 
 // Warnings names flags that are accepted but have no effect, or an

@@ -1,8 +1,6 @@
 package metricrules
 
 import (
-	"context"
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +13,6 @@ import (
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apis/rules/v1alpha1"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/catalog"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/query"
 )
 
 var t0 = time.Now()
@@ -82,15 +79,14 @@ func TestCompile(t *testing.T) {
 }
 
 // The status says what the adapter made of a rule: accepted, its confined
-// seriesQuery, the series and metrics of the last round, what overrules
-// it, and its last failed query.
+// seriesQuery, the series and metrics of the last round, and what
+// overrules it.
 func TestStatus(t *testing.T) {
 	objs := []*v1alpha1.MetricRule{object("a", "mine", 0, spec("a_total", "a")), object("a", "late", time.Second, spec("b_total", "a"))}
 	out := Compile(objs, "namespace", 0, NewCache())
 	mine, late := out[0], out[1]
-	budgets := query.NewBudgets(1, 0)
 
-	st := Status(mine, nil, budgets)
+	st := Status(mine, nil)
 	if c := cond(st, v1alpha1.Accepted); c == nil || c.Status != metav1.ConditionTrue {
 		t.Errorf("Accepted: %+v", c)
 	}
@@ -115,45 +111,31 @@ func TestStatus(t *testing.T) {
 		Overlaps: []catalog.Overlap{{Metric: "a", Resource: "pods",
 			Kept: catalog.Source{Rule: mine.Rule, Series: "a_total"}, Ignored: catalog.Source{Rule: late.Rule, Series: "b_total"}}},
 	}
-	st = Status(mine, obs, budgets)
+	st = Status(mine, obs)
 	if c := cond(st, v1alpha1.Serving); c == nil || c.Status != metav1.ConditionTrue || st.Series != 1 ||
 		len(st.Metrics) != 1 || st.Metrics[0] != "pods/a" || st.LastDiscoveryTime == nil || !st.LastDiscoveryTime.Equal(&metav1.Time{Time: listed.Truncate(time.Second)}) {
 		t.Errorf("serving rule: %+v", st)
 	}
-	st = Status(late, obs, budgets)
+	st = Status(late, obs)
 	if c := cond(st, v1alpha1.Serving); c == nil || c.Status != metav1.ConditionFalse || c.Reason != "Conflict" || !strings.Contains(c.Message, "MetricRule a/mine serves pods/a") {
 		t.Errorf("overruled rule: %+v", c)
 	}
 
-	// The last failed query, and a status read back is not written again.
-	obs.Round.Series = map[string][]model.LabelSet{mine.Rule.SeriesQuery(): nil}
-	if _, err := query.Run(t.Context(), failing{}, query.Query{Rule: mine.Rule.String(), Namespace: "a", Budgets: budgets,
-		What: func() string { return "a" }, Render: func() (string, error) { return "up", nil }}); err == nil {
-		t.Fatal("the failing query did not fail")
-	}
-	st = Status(mine, obs, budgets)
-	if st.LastQueryError == nil || !strings.Contains(st.LastQueryError.Message, "no Prometheus") {
-		t.Errorf("lastQueryError: %+v", st.LastQueryError)
-	}
+	// A status read back is not written again.
+	st = Status(mine, obs)
 	mine.Object.Status = st
-	if again := Status(mine, obs, budgets); needsWrite(st, again) {
+	if again := Status(mine, obs); needsWrite(st, again) {
 		t.Errorf("an unchanged status would be written again:\n%+v\n%+v", st, again)
 	}
 	later := *obs
 	later.Round.Listed = map[string]time.Time{mine.Rule.SeriesQuery(): listed.Add(time.Minute)}
-	if needsWrite(st, Status(mine, &later, budgets)) {
+	if needsWrite(st, Status(mine, &later)) {
 		t.Error("a newer lastDiscoveryTime alone is written every round")
 	}
 	later.Round.Listed = map[string]time.Time{mine.Rule.SeriesQuery(): listed.Add(refreshEvery)}
-	if !needsWrite(st, Status(mine, &later, budgets)) {
+	if !needsWrite(st, Status(mine, &later)) {
 		t.Error("a lastDiscoveryTime refreshEvery old is never refreshed")
 	}
-}
-
-type failing struct{}
-
-func (failing) Query(context.Context, string) (model.Vector, error) {
-	return nil, errors.New("no Prometheus")
 }
 
 func cond(st v1alpha1.MetricRuleStatus, typ string) *metav1.Condition {

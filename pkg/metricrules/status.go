@@ -14,7 +14,6 @@ import (
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/catalog"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/query"
 )
 
 // Observation is what the adapter made of every rule in one discovery
@@ -27,9 +26,9 @@ type Observation struct {
 }
 
 // Status is the status of o: whether it was accepted, and, from the last
-// observation (nil before the first), what it discovered and serves, what
-// overrules it, and its last failed query.
-func Status(o Outcome, obs *Observation, budgets *query.Budgets) v1alpha1.MetricRuleStatus {
+// observation (nil before the first), what it discovered and serves, and
+// what overrules it.
+func Status(o Outcome, obs *Observation) v1alpha1.MetricRuleStatus {
 	st := v1alpha1.MetricRuleStatus{ObservedGeneration: o.Object.Generation, Conditions: slices.Clone(o.Object.Status.Conditions)}
 	set := func(typ string, status metav1.ConditionStatus, reason, msg string) {
 		apimeta.SetStatusCondition(&st.Conditions, metav1.Condition{
@@ -51,9 +50,6 @@ func Status(o Outcome, obs *Observation, budgets *query.Budgets) v1alpha1.Metric
 	}
 	r := o.Rule
 	st.SeriesQuery = r.SeriesQuery()
-	if f, ok := budgets.LastFailure(r.String()); ok {
-		st.LastQueryError = &v1alpha1.QueryError{Time: seconds(f.Time), Message: message(f.Message)}
-	}
 	if obs == nil {
 		set(v1alpha1.Serving, metav1.ConditionUnknown, "NotListedYet", "its series have not been listed yet")
 		return st

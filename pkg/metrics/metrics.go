@@ -172,6 +172,22 @@ var (
 		StabilityLevel: basemetrics.ALPHA,
 	}, []string{"state"})
 
+	statusWriter = basemetrics.NewGauge(&basemetrics.GaugeOpts{
+		Namespace:      Namespace,
+		Subsystem:      "metric_rules",
+		Name:           "status_writer",
+		Help:           "1 on the replica that writes MetricRule status (the elected leader), 0 on the others.",
+		StabilityLevel: basemetrics.ALPHA,
+	})
+
+	statusWrites = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
+		Namespace:      Namespace,
+		Subsystem:      "metric_rules",
+		Name:           "status_writes_total",
+		Help:           "MetricRule status writes by this replica, by result (ok, conflict, error; conflicts and errors are retried with backoff). Only the elected replica writes.",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"result"})
+
 	seriesDropped = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
 		Namespace:      Namespace,
 		Subsystem:      "discovery",
@@ -191,7 +207,7 @@ var (
 	all = []basemetrics.Registerable{
 		queryDuration, discoveryDuration, discoveryLastSuccess, discoveredMetrics,
 		reloadSuccessful, reloadLastSuccess, reloads, resolvedObjects, rulesLeftOut, zeroed,
-		forwarded, forwardDuration, upstreamDiscovered, teamQueriesLimited, teamRules, teamCompileTimeouts, seriesDropped,
+		forwarded, forwardDuration, upstreamDiscovered, teamQueriesLimited, teamRules, teamCompileTimeouts, seriesDropped, statusWriter, statusWrites,
 	}
 )
 
@@ -358,6 +374,18 @@ func ObserveReload(ok bool, at time.Time) {
 func ObserveTeamLimit(namespace, limit string) {
 	teamQueriesLimited.WithLabelValues(namespace, limit).Inc()
 }
+
+// SetStatusWriter records whether this replica writes MetricRule status.
+func SetStatusWriter(leading bool) {
+	v := 0.0
+	if leading {
+		v = 1
+	}
+	statusWriter.Set(v)
+}
+
+// ObserveStatusWrite records a MetricRule status write and its result.
+func ObserveStatusWrite(result string) { statusWrites.WithLabelValues(result).Inc() }
 
 // ObserveSeriesDropped records n series discovery dropped, and why.
 func ObserveSeriesDropped(reason string, n int) {

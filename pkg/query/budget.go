@@ -16,29 +16,35 @@ import (
 // Prometheus, so that one team's rules cannot starve the others': at most
 // MaxConcurrent of a namespace's queries run at once (more are refused,
 // 429, at once: the HPA asks again at its next sync), and each is cut at
-// Timeout. The rules file's rules are not bounded here. Budgets also keep
-// each rule object's last failed query, for its status.
+// Timeout. The rules file's rules are not bounded here. Each failed query
+// of a rule object is handed to the function given to OnFailure (the
+// MetricRules controller makes it an Event on the object).
 //
-// A nil *Budgets bounds nothing and records nothing.
+// A nil *Budgets bounds nothing and reports nothing.
 type Budgets struct {
 	maxConcurrent int
 	timeout       time.Duration
 
-	mu      sync.Mutex
-	running map[string]int
-	failed  map[string]Failure
-}
-
-// Failure is a rule's last failed query.
-type Failure struct {
-	Time    time.Time
-	Message string
+	mu        sync.Mutex
+	running   map[string]int
+	onFailure func(rule string, err error)
 }
 
 // NewBudgets returns Budgets of maxConcurrent queries per namespace (0:
 // unbounded) of at most timeout each (0: none).
 func NewBudgets(maxConcurrent int, timeout time.Duration) *Budgets {
-	return &Budgets{maxConcurrent: maxConcurrent, timeout: timeout, running: map[string]int{}, failed: map[string]Failure{}}
+	return &Budgets{maxConcurrent: maxConcurrent, timeout: timeout, running: map[string]int{}}
+}
+
+// OnFailure sets what is told of each failed query of a rule object: the
+// rule (as rules.Rule.String names it) and the error. It must not block.
+func (b *Budgets) OnFailure(fn func(rule string, err error)) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	b.onFailure = fn
+	b.mu.Unlock()
 }
 
 // enter starts a query of namespace's rule objects: the context it runs
@@ -78,39 +84,16 @@ func (b *Budgets) enter(ctx context.Context, namespace string) (context.Context,
 	}, nil
 }
 
-// fail records the failed query of a rule object of namespace; the file's
-// rules ("") have no status to report it in.
+// fail reports the failed query of a rule object of namespace; the file's
+// rules ("") have no object to report it on.
 func (b *Budgets) fail(namespace, rule string, err error) {
 	if b == nil || namespace == "" {
 		return
 	}
 	b.mu.Lock()
-	b.failed[rule] = Failure{Time: time.Now(), Message: err.Error()}
+	fn := b.onFailure
 	b.mu.Unlock()
-}
-
-// LastFailure is the last failed query of a rule object (named as
-// rules.Rule.String names it), if any.
-func (b *Budgets) LastFailure(rule string) (Failure, bool) {
-	if b == nil {
-		return Failure{}, false
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	f, ok := b.failed[rule]
-	return f, ok
-}
-
-// Forget drops what is recorded of rules no longer served.
-func (b *Budgets) Forget(keep func(rule string) bool) {
-	if b == nil {
-		return
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for r := range b.failed {
-		if !keep(r) {
-			delete(b.failed, r)
-		}
+	if fn != nil {
+		fn(rule, err)
 	}
 }

@@ -2,7 +2,10 @@ package query
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -10,6 +13,11 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 )
+
+// failing fails every query.
+type failing struct{}
+
+func (failing) Query(context.Context, string) (model.Vector, error) { return nil, errors.New("down") }
 
 // blocking answers when release closes, or fails when the query's context
 // ends first.
@@ -38,6 +46,7 @@ func teamQuery(ns string, budgets *Budgets) Query {
 // held back, and the refusal is the rule's last failure.
 func TestBudgetsBoundConcurrentQueriesPerNamespace(t *testing.T) {
 	budgets := NewBudgets(2, 0)
+	failures := recordFailures(budgets)
 	prom := blocking{started: make(chan struct{}, 10), release: make(chan struct{})}
 	errs := make(chan error, 2)
 	for range 2 {
@@ -52,8 +61,8 @@ func TestBudgetsBoundConcurrentQueriesPerNamespace(t *testing.T) {
 	if !apierrors.IsTooManyRequests(err) || !strings.Contains(err.Error(), "--metric-rules-max-concurrent-queries") {
 		t.Fatalf("a third query of team-a: %v, want 429 naming the flag", err)
 	}
-	if f, ok := budgets.LastFailure("MetricRule team-a/rps"); !ok || !strings.Contains(f.Message, "team-a has 2 queries") {
-		t.Errorf("last failure: %+v, %v", f, ok)
+	if f := failures(); len(f) != 1 || !strings.Contains(f[0], "MetricRule team-a/rps: namespace team-a has 2 queries") {
+		t.Errorf("failures reported: %q", f)
 	}
 	others := make(chan error, 2)
 	go func() { _, err := Run(context.Background(), prom, teamQuery("team-b", budgets)); others <- err }()
@@ -78,16 +87,32 @@ func TestBudgetsBoundConcurrentQueriesPerNamespace(t *testing.T) {
 // error says which limit cut it.
 func TestBudgetsCutQueriesAtTheTimeout(t *testing.T) {
 	budgets := NewBudgets(0, 50*time.Millisecond)
+	failures := recordFailures(budgets)
 	prom := blocking{started: make(chan struct{}, 1), release: make(chan struct{})}
 	_, err := Run(context.Background(), prom, teamQuery("team-a", budgets))
 	if !apierrors.IsTimeout(err) || !strings.Contains(err.Error(), "--metric-rules-query-timeout") {
 		t.Fatalf("got %v, want a 504 naming --metric-rules-query-timeout", err)
 	}
-	if _, ok := budgets.LastFailure("MetricRule team-a/rps"); !ok {
-		t.Error("the timeout is not the rule's last failure")
+	if f := failures(); len(f) != 1 || !strings.Contains(f[0], "MetricRule team-a/rps") {
+		t.Errorf("the timeout was not reported: %q", f)
 	}
-	budgets.Forget(func(string) bool { return false })
-	if _, ok := budgets.LastFailure("MetricRule team-a/rps"); ok {
-		t.Error("Forget kept the failure")
+	if _, err := Run(context.Background(), failing{}, teamQuery("", budgets)); err == nil || len(failures()) != 1 {
+		t.Errorf("a rule of the file's failure was reported: %q", failures())
+	}
+}
+
+// recordFailures collects what budgets report, as "rule: error".
+func recordFailures(budgets *Budgets) func() []string {
+	var mu sync.Mutex
+	var got []string
+	budgets.OnFailure(func(rule string, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, rule+": "+err.Error())
+	})
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(got)
 	}
 }

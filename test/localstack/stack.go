@@ -204,7 +204,7 @@ func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 		s.step("prometheus-adapter ready on %s, the adapter's upstream for what its rules do not serve", s.Upstream.URL)
 	}
 	if opts.MetricRules {
-		if err := s.applyManifests(ctx, "manifests/metric-rules", keepKinds("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding")); err != nil {
+		if err := s.applyManifests(ctx, "manifests/metric-rules", keepKinds("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")); err != nil {
 			return nil, err
 		}
 		if err := s.waitServed(ctx, v1alpha1.Resource); err != nil {

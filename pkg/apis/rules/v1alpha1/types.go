@@ -189,7 +189,10 @@ const (
 	Serving = "Serving"
 )
 
-// MetricRuleStatus is what the adapter made of the rule.
+// MetricRuleStatus is what the adapter made of the rule, as the replica
+// elected to write it (--leader-elect) saw it: accepted or not, and what
+// its last series listing found. Failed queries are Events on the object
+// (reason QueryFailed), from the replica that ran them.
 type MetricRuleStatus struct {
 	// ObservedGeneration is the generation the status describes.
 	//
@@ -219,14 +222,13 @@ type MetricRuleStatus struct {
 	// +listType=set
 	// +optional
 	Metrics []string `json:"metrics,omitempty"`
-	// LastQueryError is the last query of the rule that failed.
-	//
-	// +optional
-	LastQueryError *QueryError `json:"lastQueryError,omitempty"`
 }
 
-// QueryError is a failed query.
-type QueryError struct {
-	Time    metav1.Time `json:"time"`
-	Message string      `json:"message"`
-}
+// Reasons of the Events the adapter records on a MetricRule. Every
+// replica records its own (a failed query is a fact of the replica that
+// ran it); the status is written by one replica, the elected leader.
+const (
+	// QueryFailed: a query of the rule failed (the message says how:
+	// Prometheus' error, a timeout, the namespace's concurrency limit).
+	QueryFailed = "QueryFailed"
+)
