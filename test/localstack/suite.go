@@ -23,7 +23,8 @@ type Suite struct {
 }
 
 // Run is a TestMain: it skips the tests (or fails them, with RequireEnv
-// set) when servers are not built, starts the stack, runs Setup and the
+// set) when servers are not built, takes the machine-wide lock
+// (LockMachine: one suite's servers at a time), starts the stack, runs Setup and the
 // tests, writes the servers' last log lines when something failed, stops
 // everything, and keeps the run folder of failed runs only.
 func (su Suite) Run(m *testing.M) (code int) {
@@ -40,6 +41,12 @@ func (su Suite) Run(m *testing.M) (code int) {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	unlock, err := LockMachine(su.Name, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer unlock()
 	timeout := su.Timeout
 	if timeout == 0 {
 		timeout = 5 * time.Minute
