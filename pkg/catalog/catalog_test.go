@@ -151,7 +151,7 @@ func TestTeamRulesServeTheirNamespace(t *testing.T) {
 	_, err := c.Lookup(ctx, "c_total", "team-c", nil)
 	_, nobody := c.Lookup(ctx, "nobody_serves_it", "team-c", nil)
 	if !apierrors.IsNotFound(err) || strings.Contains(err.Error(), "team-") || strings.Contains(err.Error(), "namespace") ||
-		strings.Replace(err.Error(), "c_total", "nobody_serves_it", -1) != nobody.Error() {
+		strings.ReplaceAll(err.Error(), "c_total", "nobody_serves_it") != nobody.Error() {
 		t.Errorf("c_total in team-c: %v, want the 404 of a metric nobody serves (%v)", err, nobody)
 	}
 	for ns, want := range map[string]bool{"team-a": true, "team-b": true, "team-c": false, "": false} {

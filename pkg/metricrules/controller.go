@@ -53,7 +53,7 @@ type ControllerConfig struct {
 // LeaderElection is how the replicas elect the one that writes status.
 type LeaderElection struct {
 	// Lock is the Lease they hold in turn.
-	Lock                                     resourcelock.Interface
+	Lock                                      resourcelock.Interface
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 }
 

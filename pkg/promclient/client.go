@@ -208,7 +208,7 @@ const MaxBytesPerSeries = 2 << 10
 const MaxAnswerBytes = 256 << 20
 
 // ErrAnswerTooLarge is an answer longer than its bound.
-var ErrAnswerTooLarge = errors.New("Prometheus' answer is larger than the adapter reads")
+var ErrAnswerTooLarge = errors.New("the answer from Prometheus is larger than the adapter reads")
 
 type (
 	seriesLimitKey struct{}
