@@ -84,9 +84,10 @@ verify-structured-logging: ## logcheck (pinned in go.mod's tool block): klog cal
 	@go tool sigs.k8s.io/logtools/logcheck ./... || { echo "Fix structured logging: klog.InfoS and klog.ErrorS with key/value pairs, not Infof"; exit 1; }
 
 .PHONY: fuzz
-fuzz: ## Fuzz selector -> PromQL, the namespace confinement of PromQL and the Prometheus answer decoder, 1M executions each (not in CI)
+fuzz: ## Fuzz selector -> PromQL, the namespace confinement of PromQL, the check of a team's templates and the Prometheus answer decoder, 1M executions each (not in CI)
 	go test -run '^$$' -fuzz FuzzFromSelector -fuzztime 1000000x ./pkg/promql
 	go test -run '^$$' -fuzz FuzzIsolation -fuzztime 1000000x ./pkg/promql
+	go test -run '^$$' -fuzz FuzzTeamTemplate -fuzztime 1000000x ./pkg/rules
 	go test -run '^$$' -fuzz FuzzDecodeQuery -fuzztime 1000000x ./pkg/promclient
 
 .PHONY: generate

@@ -1,18 +1,31 @@
 package metricrules
 
 import (
+	"context"
+	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/common/model"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apis/rules/v1alpha1"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/catalog"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/query"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
 var t0 = time.Now()
@@ -145,4 +158,76 @@ func cond(st v1alpha1.MetricRuleStatus, typ string) *metav1.Condition {
 		}
 	}
 	return nil
+}
+
+// The controller serves the accepted rules, writes each object's status
+// from its workqueue (a write refused with a conflict is retried), and
+// makes a failed query of a rule an Event on its object.
+func TestControllerWritesStatusAndRecordsFailedQueries(t *testing.T) {
+	mr := object("team-a", "rps", 0, spec("a_total", "a"))
+	mr.TypeMeta = metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "MetricRule"}
+	u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(mr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+		map[schema.GroupVersionResource]string{v1alpha1.Resource: "MetricRuleList"}, &unstructured.Unstructured{Object: u})
+	conflicts := 0
+	client.PrependReactor("update", "metricrules", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		if action.GetSubresource() == "status" && conflicts == 0 {
+			conflicts++
+			return true, nil, apierrors.NewConflict(v1alpha1.Resource.GroupResource(), "rps", errors.New("changed"))
+		}
+		return false, nil, nil
+	})
+	events := record.NewFakeRecorder(10)
+	budgets := query.NewBudgets(0, 0)
+	var served atomic.Int32
+	c := NewController(ControllerConfig{Client: client, NamespaceLabel: "namespace", Budgets: budgets, Events: events,
+		Apply: func(_ context.Context, custom, _ []*rules.Rule) { served.Store(int32(len(custom))) }})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx)
+
+	var st v1alpha1.MetricRuleStatus
+	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		got, err := client.Resource(v1alpha1.Resource).Namespace("team-a").Get(ctx, "rps", metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		raw, ok := got.Object["status"].(map[string]any)
+		if !ok {
+			return false, nil
+		}
+		st = v1alpha1.MetricRuleStatus{}
+		return runtime.DefaultUnstructuredConverter.FromUnstructured(raw, &st) == nil && cond(st, v1alpha1.Accepted) != nil, nil
+	}); err != nil {
+		t.Fatalf("no status written: %+v", st)
+	}
+	if conflicts != 1 || served.Load() != 1 || !c.Leading() || c.Ready() != nil {
+		t.Errorf("conflicts %d, rules served %d, leading %v, ready %v", conflicts, served.Load(), c.Leading(), c.Ready())
+	}
+	if a := cond(st, v1alpha1.Accepted); a.Status != metav1.ConditionTrue || st.SeriesQuery != `a_total{namespace="team-a"}` {
+		t.Errorf("status: %+v", st)
+	}
+
+	_, err = query.Run(ctx, failing{}, query.Query{Rule: "MetricRule team-a/rps", Namespace: "team-a", Budgets: budgets,
+		What: func() string { return "a" }, Render: func() (string, error) { return "up", nil }})
+	if err == nil {
+		t.Fatal("the failing query did not fail")
+	}
+	select {
+	case e := <-events.Events:
+		if !strings.HasPrefix(e, "Warning QueryFailed ") || !strings.Contains(e, "no Prometheus") {
+			t.Errorf("event %q, want a QueryFailed warning with the error", e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no Event for the failed query")
+	}
+}
+
+type failing struct{}
+
+func (failing) Query(context.Context, string) (model.Vector, error) {
+	return nil, errors.New("no Prometheus")
 }
