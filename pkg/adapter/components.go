@@ -3,6 +3,7 @@ package adapter
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 
@@ -100,13 +101,15 @@ func (c *components) setMetricRules(ctx context.Context, custom, external []*rul
 // observe hands the MetricRules controller what a discovery round made of
 // the rules, for their status.
 func (c *components) observe(r discovery.Result) {
-	obs := metricrules.Observation{Round: r}
+	obs := metricrules.Observation{Round: r, Dropped: map[*rules.Rule]int{}}
 	if c.custom != nil {
 		obs.Served, obs.Overlaps = c.custom.Served()
+		maps.Copy(obs.Dropped, c.custom.Dropped())
 	}
 	if c.external != nil {
 		served, overlaps := c.external.Served()
 		obs.Served, obs.Overlaps = append(obs.Served, served...), append(obs.Overlaps, overlaps...)
+		maps.Copy(obs.Dropped, c.external.Dropped())
 	}
 	c.metricRules.Observe(obs)
 }

@@ -92,7 +92,16 @@ type Index[K comparable, E any] struct {
 	pendingIn map[string]error
 	built     time.Time
 	describe  func(K, Entry[E]) Served
+	// teamMetrics counts the metrics each team's rule serves; dropped,
+	// those it would serve past MaxTeamRuleMetrics.
+	teamMetrics, dropped map[*rules.Rule]int
 }
+
+// MaxTeamRuleMetrics is how many metrics one team's rule (a MetricRule)
+// may serve: every metric is listed in the API's discovery, which every
+// namespace shares. The ones past it are dropped, and its status says how
+// many.
+const MaxTeamRuleMetrics = 100
 
 // Add serves k from e in the namespace of e's rule (every namespace for a
 // rule of the file), unless an earlier rule serves it there: rules are
@@ -103,11 +112,22 @@ func (x *Index[K, E]) Add(k K, e Entry[E]) {
 	sk := scoped[K]{k, e.Rule.Namespace()}
 	prev, dup := x.entries[sk]
 	if !dup {
+		if sk.ns != "" {
+			if x.teamMetrics[e.Rule] >= MaxTeamRuleMetrics {
+				x.dropped[e.Rule]++
+				return
+			}
+			x.teamMetrics[e.Rule]++
+		}
 		x.entries[sk] = e
 		return
 	}
 	x.overlap(k, prev, e)
 }
+
+// Dropped is how many metrics each team's rule would serve past
+// MaxTeamRuleMetrics.
+func (x *Index[K, E]) Dropped() map[*rules.Rule]int { return maps.Clone(x.dropped) }
 
 // overlap records that kept serves k and ignored does not.
 func (x *Index[K, E]) overlap(k K, kept, ignored Entry[E]) {
@@ -279,13 +299,24 @@ func (c *Catalog[K, E]) Served() ([]Served, []Overlap) {
 	return idx.Served(), idx.Overlaps()
 }
 
+// Dropped is how many metrics each team's rule would serve past
+// MaxTeamRuleMetrics in the last discovery round; nil before the first.
+func (c *Catalog[K, E]) Dropped() map[*rules.Rule]int {
+	idx := c.index.Load()
+	if idx == nil {
+		return nil
+	}
+	return idx.Dropped()
+}
+
 // Index returns the last discovery round's Index, or nil before the first.
 func (c *Catalog[K, E]) Index() *Index[K, E] { return c.index.Load() }
 
 // update builds and swaps in the Index; call it with c.mu held.
 func (c *Catalog[K, E]) update(r discovery.Result) {
 	idx := &Index[K, E]{entries: map[scoped[K]]Entry[E]{}, scopes: map[K][]string{}, refused: map[K]error{},
-		pendingIn: map[string]error{}, built: r.Time, describe: c.cfg.Describe}
+		pendingIn: map[string]error{}, built: r.Time, describe: c.cfg.Describe,
+		teamMetrics: map[*rules.Rule]int{}, dropped: map[*rules.Rule]int{}}
 	c.cfg.Build(c.rules, r, idx)
 	// A rule of the file serves its metrics in every namespace: a team's
 	// rule naming one of them is overruled, and told so (an Overlap).

@@ -3,6 +3,7 @@ package catalog
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -188,5 +189,21 @@ func TestTeamRulesServeTheirNamespace(t *testing.T) {
 	}
 	if served["c_total"] != 2 || served["a_total"] != 1 {
 		t.Errorf("Served: %v, want c_total in two namespaces, a_total once", served)
+	}
+}
+
+// A team's rule serves at most MaxTeamRuleMetrics metrics (discovery,
+// which every namespace shares, lists them all); the rest are counted as
+// dropped, and the file's rules have no such bound.
+func TestATeamRuleServesABoundedNumberOfMetrics(t *testing.T) {
+	c, file := newCatalog(t)
+	team := teamRule(t, "team-a", "{__name__=~\".+\"}")
+	r := discovery.Result{Series: map[string][]model.LabelSet{}}
+	for i := range MaxTeamRuleMetrics + 50 {
+		r.Series[team.SeriesQuery()] = append(r.Series[team.SeriesQuery()], model.LabelSet{"__name__": model.LabelValue(fmt.Sprintf("m%03d_total", i))})
+	}
+	c.SetRules(append(slices.Clone(file), team), r)
+	if got, dropped := c.Index().Len(), c.Dropped()[team]; got != MaxTeamRuleMetrics || dropped != 50 {
+		t.Errorf("the team's rule serves %d metrics and dropped %d, want %d and 50", got, dropped, MaxTeamRuleMetrics)
 	}
 }

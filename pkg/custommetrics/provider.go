@@ -151,6 +151,10 @@ func (p *Provider) Discovered() bool { return p.catalog.Index() != nil }
 // definitions earlier rules won over (nil before the first round).
 func (p *Provider) Served() ([]catalog.Served, []catalog.Overlap) { return p.catalog.Served() }
 
+// Dropped is how many metrics each team's rule would serve past
+// catalog.MaxTeamRuleMetrics.
+func (p *Provider) Dropped() map[*rules.Rule]int { return p.catalog.Dropped() }
+
 // Resources lists the group-resources the last discovery round serves.
 func (p *Provider) Resources() []schema.GroupResource {
 	idx := p.catalog.Index()

@@ -14,6 +14,7 @@ import (
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/catalog"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
 // Observation is what the adapter made of every rule in one discovery
@@ -23,7 +24,14 @@ type Observation struct {
 	Round    discovery.Result
 	Served   []catalog.Served
 	Overlaps []catalog.Overlap
+	// Dropped is how many metrics each rule would serve past
+	// catalog.MaxTeamRuleMetrics.
+	Dropped map[*rules.Rule]int
 }
+
+// MaxStatusMetrics is how many metrics status.metrics lists; the Serving
+// condition says how many there are.
+const MaxStatusMetrics = 100
 
 // Status is the status of o: whether it was accepted, and, from the last
 // observation (nil before the first), what it discovered and serves, and
@@ -84,6 +92,13 @@ func Status(o Outcome, obs *Observation) v1alpha1.MetricRuleStatus {
 		set(v1alpha1.Serving, metav1.ConditionUnknown, "NotListedYet", "its series have not been listed yet")
 	case len(st.Metrics) > 0:
 		msg := fmt.Sprintf("%d metrics", len(st.Metrics))
+		if len(st.Metrics) > MaxStatusMetrics {
+			msg += fmt.Sprintf(" (status.metrics lists the first %d)", MaxStatusMetrics)
+			st.Metrics = st.Metrics[:MaxStatusMetrics]
+		}
+		if n := obs.Dropped[r]; n > 0 {
+			msg += fmt.Sprintf("; %d more not served: a MetricRule serves at most %d metrics", n, catalog.MaxTeamRuleMetrics)
+		}
 		if len(overruled) > 0 {
 			msg += "; not served here, as other rules serve them: " + strings.Join(overruled, "; ")
 		}

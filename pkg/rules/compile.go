@@ -122,13 +122,31 @@ func (c *compiler) rule(section string, i int, cr config.Rule) *Rule {
 			"Serve the objects in front of the pods (an Ingress, a Service: their traffic goes on at zero replicas) from a rule of their own, or use an externalRule")
 	}
 	r.emptyIsZero = cr.EmptyIsZero
+	longest := float64(MaxObjectName)
 	for j, rep := range cr.LabelValueReplacements {
 		if rep.Find == "" {
 			c.fail(section, i, fmt.Sprintf("labelValueReplacements[%d].find", j), "is required")
+			continue
+		}
+		// Each replacement can multiply a name's length by len(replace)
+		// / len(find): sixteen of them would make a 253-character pod
+		// name gigabytes long, per name, per request.
+		longest *= max(1, float64(len(rep.Replace))/float64(len(rep.Find)))
+		if longest > MaxLabelValue {
+			c.fail(section, i, fmt.Sprintf("labelValueReplacements[%d]", j),
+				"the replacements so far can make an object name of %d characters longer than %d bytes: replace with shorter text", MaxObjectName, MaxLabelValue)
+			break
 		}
 	}
 	return r
 }
+
+// MaxObjectName is the longest Kubernetes object name; MaxLabelValue the
+// longest label value labelValueReplacements may make of one.
+const (
+	MaxObjectName = 253
+	MaxLabelValue = 4096
+)
 
 // namespaceLabel checks that a namespaced external rule has a label for
 // the namespace; without one it could only be served without its
@@ -182,6 +200,12 @@ func (c *compiler) name(section string, i int, r *Rule, n config.NameMapping) {
 	}
 	r.nameRe, r.nameAs = re, n.As
 	if n.As != "" {
+		// Each reference copies a capture of the series name: a team's
+		// name.as of a hundred $0s would make every series name a
+		// hundred times longer, per series, per round.
+		if refs := strings.Count(n.As, "$"); c.team && refs > MaxTeamNameReferences {
+			c.fail(section, i, "name.as", "uses %d references ($1, ${name}), more than the %d allowed", refs, MaxTeamNameReferences)
+		}
 		return
 	}
 	switch re.NumSubexp() {
@@ -193,6 +217,10 @@ func (c *compiler) name(section string, i int, r *Rule, n config.NameMapping) {
 		c.fail(section, i, "name.as", "name.matches %q has %d capture groups, so name.as must say which to use", re.String(), re.NumSubexp())
 	}
 }
+
+// MaxTeamNameReferences is how many capture references a team's name.as
+// may use.
+const MaxTeamNameReferences = 4
 
 // aggregate compiles resources.aggregateFromPods.
 func (c *compiler) aggregate(section string, i int, m config.ResourceMapping) []schema.GroupResource {

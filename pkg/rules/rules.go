@@ -203,7 +203,8 @@ func (r *mapping) compileReverseTemplate() error {
 func (r *Rule) SeriesQuery() string { return r.seriesQuery }
 
 // MetricName returns the API metric name for a series name, or false when
-// the rule's filters or name.matches drop the series.
+// the rule's filters or name.matches drop the series, or the name it makes
+// is longer than MaxMetricName.
 func (r *Rule) MetricName(series string) (string, bool) {
 	for _, f := range r.filters {
 		if f.re.MatchString(series) != f.keep {
@@ -215,8 +216,12 @@ func (r *Rule) MetricName(series string) (string, bool) {
 		return "", false
 	}
 	name := string(r.nameRe.ExpandString(nil, r.nameAs, series, m))
-	return name, name != ""
+	return name, name != "" && len(name) <= MaxMetricName
 }
+
+// MaxMetricName is the longest metric name served: a metric is a resource
+// name in discovery (pods/NAME), which Kubernetes bounds.
+const MaxMetricName = 253
 
 // LabelResource resolves a series label name to the group-resource it
 // stands for, through the overrides and then the template. mapper

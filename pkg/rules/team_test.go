@@ -249,3 +249,35 @@ func FuzzTeamTemplate(f *testing.F) {
 		}
 	})
 }
+
+// What a team's rule multiplies is bounded: replacements that could make
+// a name gigabytes long, and a name.as of many references, are refused;
+// a metric name longer than a resource name may be is not served.
+func TestTeamRulesCannotMultiplyNames(t *testing.T) {
+	tr := teamRule(false, `app_requests_total`, `sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)`)
+	for range 16 {
+		tr.Rule.LabelValueReplacements = append(tr.Rule.LabelValueReplacements, config.LabelValueReplacement{Find: "a", Replace: strings.Repeat("a", 253)})
+	}
+	if _, err := CompileTeam(tr, "namespace"); err == nil || !strings.Contains(err.Error(), "spec.labelValueReplacements[0]: the replacements so far") {
+		t.Errorf("16 replacements of a by 253 a's: %v", err)
+	}
+	tr.Rule.LabelValueReplacements = []config.LabelValueReplacement{{Find: "-", Replace: "_"}, {Find: "x", Replace: "yy"}}
+	if _, err := CompileTeam(tr, "namespace"); err != nil {
+		t.Errorf("ordinary replacements: %v", err)
+	}
+	tr.Rule.Name = config.NameMapping{Matches: "^(.*)$", As: strings.Repeat("$1", 100)}
+	if _, err := CompileTeam(tr, "namespace"); err == nil || !strings.Contains(err.Error(), "spec.name.as: uses 100 references") {
+		t.Errorf("name.as of 100 references: %v", err)
+	}
+	tr.Rule.Name = config.NameMapping{Matches: "^(.*)$", As: "${1}_${1}"}
+	r, err := CompileTeam(tr, "namespace")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.MetricName(strings.Repeat("a", 200)); ok {
+		t.Error("a 401-character metric name is served")
+	}
+	if name, ok := r.MetricName("rps"); !ok || name != "rps_rps" {
+		t.Errorf("MetricName(rps) = %q, %v", name, ok)
+	}
+}

@@ -361,11 +361,38 @@ func (u *Upstream) discover(ctx context.Context, group string) error {
 	if len(rl.APIResources) > MaxResources {
 		return fmt.Errorf("GET %s: %d resources, more than the %d an upstream's discovery may list", path, len(rl.APIResources), MaxResources)
 	}
-	old := u.lists[group].Swap(&listing{resources: rl.APIResources})
+	// Only names a metrics request can have are merged into this
+	// adapter's discovery; the rest of each entry is rebuilt, not copied.
+	kept := make([]metav1.APIResource, 0, len(rl.APIResources))
+	for _, r := range rl.APIResources {
+		if validName(r.Name) {
+			kept = append(kept, metav1.APIResource{Name: r.Name, Namespaced: r.Namespaced, Kind: r.Kind, Verbs: metav1.Verbs{"get"}})
+		}
+	}
+	if dropped := len(rl.APIResources) - len(kept); dropped > 0 {
+		klog.V(2).InfoS("Dropped resources with names no metrics request has from an upstream's discovery", "upstream", u.Name, "group", group, "dropped", dropped)
+	}
+	old := u.lists[group].Swap(&listing{resources: kept})
 	if old == nil || len(old.resources) != len(rl.APIResources) {
 		klog.InfoS("Read an upstream's discovery", "upstream", u.Name, "group", group, "resources", len(rl.APIResources))
 	}
 	return nil
+}
+
+// validName reports whether name is one a metrics API's discovery can
+// list: "pods", "pods/requests-per-second", "deployments.apps/x", an
+// external metric's name; at most 512 bytes of letters, digits and
+// . _ : - /, with at most one /.
+func validName(name string) bool {
+	if name == "" || len(name) > 512 || strings.Count(name, "/") > 1 {
+		return false
+	}
+	for _, c := range name {
+		if !(c == '.' || c == '_' || c == ':' || c == '-' || c == '/' || ('0' <= c && c <= '9') || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z')) {
+			return false
+		}
+	}
+	return true
 }
 
 // Bounds on what an upstream sends.

@@ -335,3 +335,24 @@ func TestLoad(t *testing.T) {
 		}
 	}
 }
+
+// Only names a metrics request can have are merged from an upstream's
+// discovery into this adapter's.
+func TestValidName(t *testing.T) {
+	for name, want := range map[string]bool{
+		"pods/requests-per-second":         true,
+		"deployments.apps/rps":             true,
+		"queue_depth":                      true,
+		"nodes":                            true,
+		"":                                 false,
+		"pods/a/b":                         false,
+		"pods/a b":                         false,
+		"pods/a\nb":                        false,
+		`pods/a"}`:                         false,
+		"pods/" + strings.Repeat("a", 600): false,
+	} {
+		if got := validName(name); got != want {
+			t.Errorf("validName(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
