@@ -30,9 +30,9 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/trace"
 )
 
 // Source is what serves a metric: a rule and one series it discovered.
@@ -388,7 +388,7 @@ func (c *Catalog[K, E]) Lookup(ctx context.Context, k K, ns string, check func(E
 				return Entry[E]{}, err // nothing of e is traced
 			}
 		}
-		explain.From(ctx).Rule(e.Rule.String(), e.Series)
+		trace.From(ctx).Rule(e.Rule.String(), e.Series)
 		return e, nil
 	}
 	if pending := cmp.Or(idx.pending, idx.pendingIn[ns]); pending != nil {

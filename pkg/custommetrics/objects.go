@@ -17,11 +17,11 @@ import (
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/query"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/trace"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/values"
 )
 
@@ -107,7 +107,7 @@ func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, nam
 	if err != nil {
 		return nil, apistatus.Resolve(err, r.info.GroupResource.String())
 	}
-	explain.From(ctx).Resolved(fmt.Sprintf("pods of %s %s", r.info.GroupResource, klog.KRef(namespace, name)), pods)
+	trace.From(ctx).Resolved(fmt.Sprintf("pods of %s %s", r.info.GroupResource, klog.KRef(namespace, name)), pods)
 	if len(pods) == 0 {
 		klog.V(2).InfoS("Object has no pods", "resource", r.info.GroupResource.String(), "object", klog.KRef(namespace, name), "metric", r.info.Metric)
 		return nil, notFoundBecause(r.info, name, "it selects no pods")

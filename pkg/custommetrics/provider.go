@@ -41,12 +41,12 @@ import (
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/catalog"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/query"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/trace"
 )
 
 // ObjectResolver finds the objects a request names. *resolver.Resolver
@@ -342,7 +342,7 @@ func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, se
 // shared answers a selector request, sharing the answer with identical
 // requests in flight.
 func (p *Provider) shared(ctx context.Context, namespace string, selector labels.Selector, info provider.CustomMetricInfo, metricSelector labels.Selector) ([]custom_metrics.MetricValue, error) {
-	if explain.From(ctx) != nil {
+	if trace.From(ctx) != nil {
 		// Explained alone: a shared answer would record into another
 		// caller's trace.
 		return p.bySelector(ctx, namespace, selector, info, metricSelector)
@@ -387,7 +387,7 @@ func (p *Provider) bySelector(ctx context.Context, namespace string, selector la
 		return nil, apistatus.Resolve(err, r.info.GroupResource.String())
 	}
 	metrics.ObserveResolved(r.info.GroupResource.String(), len(names))
-	explain.From(ctx).Resolved(fmt.Sprintf("%s matching %q in namespace %s", r.info.GroupResource, selector.String(), namespace), names)
+	trace.From(ctx).Resolved(fmt.Sprintf("%s matching %q in namespace %s", r.info.GroupResource, selector.String(), namespace), names)
 	switch {
 	case len(names) == 0:
 		return []custom_metrics.MetricValue{}, nil

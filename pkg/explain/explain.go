@@ -1,3 +1,12 @@
+// Package explain answers "why does my metric say that": it follows one
+// API request through the adapter (the rule that serves it, the objects
+// and pods it resolved, the PromQL it rendered, Prometheus' raw answer,
+// recorded in a trace.Trace) and reports it next to what the API answers,
+// with the HTTP code, or where the request was forwarded. Run drives a
+// request through the providers, Write prints the report, Handler serves
+// it (/debug/explain/...) authorized as the request it explains, and
+// ParseArgs and ParsePath read a request as `adapter explain` and the
+// debug path write it.
 package explain
 
 import (
@@ -29,6 +38,7 @@ import (
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/podowners"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/trace"
 )
 
 // Providers are what a request is run against; a nil one is not served.
@@ -313,8 +323,8 @@ type Report struct {
 	Request  Request
 	Rule     string
 	Series   string
-	Resolved []Resolution
-	Queries  []Query
+	Resolved []trace.Resolution
+	Queries  []trace.Query
 	// Code is the HTTP status the API answers with; Err its error.
 	Code int
 	Err  error
@@ -331,8 +341,8 @@ type Report struct {
 
 // Run serves req through the providers, recording what they do.
 func Run(ctx context.Context, p Providers, req Request) *Report {
-	t := &Trace{}
-	ctx = WithTrace(ctx, t)
+	t := &trace.Trace{}
+	ctx = trace.WithTrace(ctx, t)
 	rep := &Report{Request: req}
 	if p.Upstreams != nil {
 		if f := p.Upstreams.Forward(ctx, req); f != nil {
@@ -353,7 +363,7 @@ func Run(ctx context.Context, p Providers, req Request) *Report {
 		err = rep.runCustom(ctx, p.Custom)
 	}
 	rep.At = time.Now()
-	rep.Rule, rep.Series, rep.Resolved, rep.Queries = t.snapshot()
+	rep.Rule, rep.Series, rep.Resolved, rep.Queries = t.Snapshot()
 	rep.Code = http.StatusOK
 	if err != nil {
 		// What the API server writes for this error.

@@ -21,6 +21,8 @@ import (
 	"k8s.io/apiserver/pkg/authorization/authorizer"
 	"k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/metrics/pkg/apis/metrics"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/trace"
 )
 
 // TestParseArgsAndPathAgree: each command line form becomes the API path
@@ -146,8 +148,8 @@ func TestResourceMetricsRequests(t *testing.T) {
 type fakeResource struct{}
 
 func (fakeResource) ListPods(ctx context.Context, namespace string, _ labels.Selector) ([]metrics.PodMetrics, error) {
-	From(ctx).Resolved("running pods in "+namespace, []string{"web-1"})
-	From(ctx).Queried(Query{Rule: "resourceRules.cpu", Expr: `sum by (namespace,pod,container) (rate(x[1m]))`})
+	trace.From(ctx).Resolved("running pods in "+namespace, []string{"web-1"})
+	trace.From(ctx).Queried(trace.Query{Rule: "resourceRules.cpu", Expr: `sum by (namespace,pod,container) (rate(x[1m]))`})
 	return []metrics.PodMetrics{{
 		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: "web-1"},
 		Containers: []metrics.ContainerMetrics{{Name: "app", Usage: corev1.ResourceList{

@@ -21,9 +21,9 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/trace"
 )
 
 // Query is one query of one request.
@@ -66,7 +66,7 @@ func Run(ctx context.Context, prom promclient.Querier, q Query) (Result, error) 
 	ctx, done, err := q.Budgets.enter(ctx, q.Namespace)
 	if err != nil {
 		q.Budgets.fail(q.Namespace, q.Rule, err)
-		explain.From(ctx).Queried(explain.Query{Rule: q.Rule, Err: err})
+		trace.From(ctx).Queried(trace.Query{Rule: q.Rule, Err: err})
 		return Result{}, err
 	}
 	expr, err := q.Render()
@@ -82,7 +82,7 @@ func Run(ctx context.Context, prom promclient.Querier, q Query) (Result, error) 
 		err = fmt.Errorf("%w: %w", timedOut, err)
 	}
 	metrics.ObserveQuery(q.API, q.Rule, start, len(vec), err)
-	explain.From(ctx).Queried(explain.Query{Rule: q.Rule, Expr: expr, Duration: took, Vector: vec, Err: err})
+	trace.From(ctx).Queried(trace.Query{Rule: q.Rule, Expr: expr, Duration: took, Vector: vec, Err: err})
 	if err != nil {
 		q.Budgets.fail(q.Namespace, q.Rule, err)
 		return Result{Expr: expr}, apistatus.Query(err, q.What(), q.Rule)
@@ -102,7 +102,7 @@ func Zeroed(ctx context.Context, q Query, n int) {
 		return
 	}
 	metrics.ObserveZeroed(q.API, q.Rule, n)
-	explain.From(ctx).Zeroed(q.Rule, n)
+	trace.From(ctx).Zeroed(q.Rule, n)
 	if klogV := klog.V(4); klogV.Enabled() {
 		klogV.InfoS("No series: answered 0 (emptyIsZero)", "api", q.API, "rule", q.Rule, "what", q.What(), "values", n)
 	}

@@ -38,13 +38,13 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
 	adaptermetrics "github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/query"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/trace"
 )
 
 // ObjectLister finds pods and nodes; *resolver.Resolver implements it from
@@ -102,7 +102,7 @@ func (p *Provider) listPods(ctx context.Context, namespace string, sel labels.Se
 		return nil, apistatus.Resolve(err, "pods")
 	}
 	pods = filterFields(pods, fieldSel)
-	explain.From(ctx).Resolved(fmt.Sprintf("running pods matching %q in namespace %q", sel.String(), namespace), names(pods))
+	trace.From(ctx).Resolved(fmt.Sprintf("running pods matching %q in namespace %q", sel.String(), namespace), names(pods))
 	items, err := p.PodMetrics(ctx, pods)
 	return items, apistatus.Of(err, "the usage of pods")
 }
@@ -118,7 +118,7 @@ func (p *Provider) GetPod(ctx context.Context, namespace, name string) (*metrics
 	if err != nil {
 		return nil, apistatus.Resolve(err, "pods")
 	}
-	explain.From(ctx).Resolved("running pod "+namespace+"/"+name, []string{name})
+	trace.From(ctx).Resolved("running pod "+namespace+"/"+name, []string{name})
 	items, err := p.PodMetrics(ctx, []*metav1.PartialObjectMetadata{pod})
 	if err != nil {
 		return nil, apistatus.Of(err, "the usage of pod "+name)
@@ -140,7 +140,7 @@ func (p *Provider) listNodes(ctx context.Context, sel labels.Selector, fieldSel 
 		return nil, apistatus.Resolve(err, "nodes")
 	}
 	nodes = filterFields(nodes, fieldSel)
-	explain.From(ctx).Resolved(fmt.Sprintf("nodes matching %q", sel.String()), names(nodes))
+	trace.From(ctx).Resolved(fmt.Sprintf("nodes matching %q", sel.String()), names(nodes))
 	items, err := p.NodeMetrics(ctx, nodes)
 	return items, apistatus.Of(err, "the usage of nodes")
 }
@@ -155,7 +155,7 @@ func (p *Provider) GetNode(ctx context.Context, name string) (*metrics.NodeMetri
 	if err != nil {
 		return nil, apistatus.Resolve(err, "nodes")
 	}
-	explain.From(ctx).Resolved("node "+name, []string{name})
+	trace.From(ctx).Resolved("node "+name, []string{name})
 	items, err := p.NodeMetrics(ctx, []*metav1.PartialObjectMetadata{node})
 	if err != nil {
 		return nil, apistatus.Of(err, "the usage of node "+name)
@@ -195,7 +195,7 @@ func (p *Provider) PodMetrics(ctx context.Context, pods []*metav1.PartialObjectM
 	if len(pods) == 0 {
 		return nil, nil
 	}
-	explain.From(ctx).Rule("resourceRules (cpu and memory)", "")
+	trace.From(ctx).Rule("resourceRules (cpu and memory)", "")
 	var namespaces, names []string
 	for _, pod := range pods {
 		namespaces = append(namespaces, pod.Namespace)
@@ -327,7 +327,7 @@ func (p *Provider) NodeMetrics(ctx context.Context, nodes []*metav1.PartialObjec
 	if len(nodes) == 0 {
 		return nil, nil
 	}
-	explain.From(ctx).Rule("resourceRules (cpu and memory)", "")
+	trace.From(ctx).Rule("resourceRules (cpu and memory)", "")
 	cpu, mem, err := both(ctx, rs, func(ctx context.Context, q *rules.ResourceQuery) (map[string]usage, error) {
 		return p.nodes(ctx, q, names(nodes))
 	})

@@ -1,13 +1,12 @@
-// Package explain answers "why does my metric say that": it follows one
-// API request through the adapter (the rule that serves it, the objects
-// and pods it resolved, the PromQL it rendered, Prometheus' raw answer)
-// and reports it next to what the API answers, with the HTTP code.
+// Package trace records what the adapter did for one request: the rule
+// that serves it, the objects and pods it resolved, the PromQL it ran and
+// Prometheus' raw answer. The steps of the request path record into a
+// Trace carried by the request's context; without one, recording costs a
+// context lookup. Package explain starts a Trace for the request it
+// explains and reports it.
 //
-// The providers record into a Trace carried by the request's context;
-// without one, recording costs a context lookup. `adapter explain` runs a
-// request in-process with the adapter's own flags; the debug path
-// (/debug/explain/...) runs it inside a serving adapter.
-package explain
+// It records; it does not decide, serve or print anything.
+package trace
 
 import (
 	"context"
@@ -106,8 +105,8 @@ func (t *Trace) Zeroed(rule string, n int) {
 	}
 }
 
-// snapshot copies what was recorded.
-func (t *Trace) snapshot() (rule, series string, resolved []Resolution, queries []Query) {
+// Snapshot copies what was recorded.
+func (t *Trace) Snapshot() (rule, series string, resolved []Resolution, queries []Query) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.rule, t.series, append([]Resolution(nil), t.resolved...), append([]Query(nil), t.queries...)
