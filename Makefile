@@ -2,8 +2,10 @@
 #
 #   make demo    the local demo: a real control plane, Prometheus, the adapter
 #                and the load app on 127.0.0.1; the HPA scales out and back
-#   make test    every test: lint, formatting, unit, integration, end-to-end,
-#                faults
+#   make test    every test, one suite after the other: verify (gofmt, lint,
+#                generated code, logcheck, go mod tidy), repo (manifests,
+#                chart, shellcheck, Dockerfiles), unit (race), integration,
+#                end-to-end, faults
 #   make unit    the fast loop
 #
 # One set of build flags everywhere (CGO off, -trimpath) keeps the build cache

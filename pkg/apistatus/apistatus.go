@@ -30,7 +30,6 @@ import (
 	"k8s.io/apiserver/pkg/endpoints/handlers/responsewriters"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/resolver"
 )
 
 // Query turns a failed Prometheus query into a StatusError:
@@ -70,9 +69,8 @@ func Query(err error, what, rule string) error {
 // 504; anything else 500.
 func Resolve(err error, what string) error {
 	var status apierrors.APIStatus
-	var notSynced *resolver.NotSyncedError
 	switch {
-	case errors.As(err, &notSynced), errors.Is(err, resolver.ErrTooManyWatched):
+	case isUnavailable(err):
 		// Before StatusErrors: the cache's own error, 503, whatever the
 		// error listing met.
 		return apierrors.NewServiceUnavailable(err.Error())
@@ -84,7 +82,7 @@ func Resolve(err error, what string) error {
 		return nf
 	case isContext(err):
 		return Ended(err, "resolving "+what)
-	case isMapperError(err):
+	case isAmbiguous(err):
 		return apierrors.NewServiceUnavailable(fmt.Sprintf("resolving %s: %v", what, err))
 	default:
 		return apierrors.NewInternalError(fmt.Errorf("resolving %s: %w", what, err))
@@ -111,11 +109,10 @@ func Ended(err error, doing string) error {
 // pods").
 func Of(err error, what string) error {
 	var status apierrors.APIStatus
-	var notSynced *resolver.NotSyncedError
 	switch {
 	case err == nil:
 		return nil
-	case errors.As(err, &notSynced), errors.Is(err, resolver.ErrTooManyWatched):
+	case isUnavailable(err):
 		return Resolve(err, what)
 	case errors.As(err, &status):
 		return err
@@ -152,9 +149,17 @@ func isContext(err error) bool {
 	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
-// isMapperError reports errors of the REST mapper other than no-match
-// (discovery failing): the cluster's API is unknown for now.
-func isMapperError(err error) bool {
+// isAmbiguous reports a REST mapper that cannot tell which resource a
+// name is: the cluster's API is unclear for now.
+func isAmbiguous(err error) bool {
 	var ambiguous *apimeta.AmbiguousResourceError
-	return errors.As(err, &ambiguous) || errors.Is(err, resolver.ErrMapping)
+	return errors.As(err, &ambiguous)
+}
+
+// isUnavailable reports an error that says it is a 503: a cache the
+// adapter could not fill, too many resources watched, a REST mapper that
+// could not read the cluster's API (package resolver's errors).
+func isUnavailable(err error) bool {
+	var u interface{ Unavailable() bool }
+	return errors.As(err, &u) && u.Unavailable()
 }

@@ -362,7 +362,11 @@ func (c *Catalog[K, E]) update(r discovery.Result) {
 	for _, e := range idx.entries {
 		perRule[e.Rule]++
 	}
-	metrics.SetDiscoveredRules(c.cfg.API, c.rules, r.Listed, perRule)
+	found := make([]metrics.RuleDiscovery, 0, len(c.rules))
+	for _, rule := range c.rules {
+		found = append(found, metrics.RuleDiscovery{Rule: rule.String(), Listed: r.Listed[rule.SeriesQuery()], Metrics: perRule[rule]})
+	}
+	metrics.SetDiscovered(c.cfg.API, found)
 }
 
 // ErrNotDiscovered is the 503 before the first discovery round.

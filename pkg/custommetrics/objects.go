@@ -155,11 +155,7 @@ func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, nam
 
 // query is the request's query for matchers, grouped by groupBy.
 func (r *request) query(matchers []promql.Matcher, groupBy []string) query.Query {
-	return query.Query{
-		API: metrics.CustomAPI, Rule: r.Rule.String(), What: func() string { return what(r.info) }, EmptyIsZero: r.Rule.EmptyIsZero(),
-		Render:    func() (string, error) { return r.Rule.Render(r.Series, matchers, groupBy) },
-		Namespace: r.Rule.Namespace(), Budgets: r.budgets,
-	}
+	return query.Of(metrics.CustomAPI, r.Rule, r.Series, matchers, groupBy, r.budgets, func() string { return what(r.info) })
 }
 
 // value is the answer for one object.

@@ -189,11 +189,7 @@ func (p *Provider) get(ctx context.Context, namespace string, metricSelector lab
 		matchers = append(matchers, promql.Equals(e.Value.namespaceLabel, e.Rule.ToLabelValue(namespace)))
 	}
 	matchers = append(matchers, selMatchers...)
-	q := query.Query{
-		API: metrics.ExternalAPI, Rule: e.Rule.String(), What: func() string { return "external metric " + name }, EmptyIsZero: e.Rule.EmptyIsZero(),
-		Render:    func() (string, error) { return e.Rule.Render(e.Series, matchers, nil) },
-		Namespace: e.Rule.Namespace(), Budgets: p.budgets,
-	}
+	q := query.Of(metrics.ExternalAPI, e.Rule, e.Series, matchers, nil, p.budgets, func() string { return "external metric " + name })
 	res, err := query.Run(ctx, p.prom, q)
 	if err != nil {
 		return nil, err

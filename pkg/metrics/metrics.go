@@ -20,7 +20,6 @@ import (
 	"k8s.io/component-base/metrics/legacyregistry"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
 // Namespace prefixes every metric of the adapter.
@@ -326,16 +325,6 @@ func SetDiscovered(api string, rs []RuleDiscovery) {
 		discoveredMetrics.WithLabelValues(api, r.Rule).Set(float64(r.Metrics))
 	}
 	discoveredRules[api] = names
-}
-
-// SetDiscoveredRules is SetDiscovered for rules: listed holds when each
-// seriesQuery was last listed, served how many metrics each rule serves.
-func SetDiscoveredRules(api string, rs []*rules.Rule, listed map[string]time.Time, served map[*rules.Rule]int) {
-	found := make([]RuleDiscovery, 0, len(rs))
-	for _, r := range rs {
-		found = append(found, RuleDiscovery{Rule: r.String(), Listed: listed[r.SeriesQuery()], Metrics: served[r]})
-	}
-	SetDiscovered(api, found)
 }
 
 var (

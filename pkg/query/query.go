@@ -23,6 +23,8 @@ import (
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/trace"
 )
 
@@ -47,6 +49,18 @@ type Query struct {
 	// the file.
 	Namespace string
 	Budgets   *Budgets
+}
+
+// Of is the query of a rule of the custom or the external metrics API
+// (the file's, or a team's) for one request: named as the rule, its
+// emptyIsZero, and, for a team's rule, its namespace's budget. It renders
+// the rule's metricsQuery for series, matchers and groupBy.
+func Of(api string, r *rules.Rule, series string, matchers []promql.Matcher, groupBy []string, budgets *Budgets, what func() string) Query {
+	return Query{
+		API: api, Rule: r.String(), What: what, EmptyIsZero: r.EmptyIsZero(),
+		Render:    func() (string, error) { return r.Render(series, matchers, groupBy) },
+		Namespace: r.Namespace(), Budgets: budgets,
+	}
 }
 
 // Result is what Prometheus answered.

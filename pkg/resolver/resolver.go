@@ -63,7 +63,17 @@ var (
 
 // ErrMapping wraps failures of the REST mapper other than "no such
 // resource": the cluster's API could not be read.
-var ErrMapping = errors.New("resolving resource")
+var ErrMapping error = unavailableError("resolving resource")
+
+// unavailableError is a lookup the resolver cannot complete for now. It
+// says so to whoever maps errors to statuses (package apistatus: 503)
+// through its Unavailable method, without their importing this package.
+type unavailableError string
+
+func (e unavailableError) Error() string { return string(e) }
+
+// Unavailable marks the error as a 503.
+func (unavailableError) Unavailable() bool { return true }
 
 // PodsMatching returns the names of the pods in namespace that sel
 // matches, sorted. The slice may be shared with other callers: do not
@@ -261,6 +271,10 @@ type NotSyncedError struct {
 	// then: its watch failed and was stopped.
 	RetryAfter time.Time
 }
+
+// Unavailable marks the error as a 503: a cache the adapter could not
+// fill, whatever the listing met.
+func (e *NotSyncedError) Unavailable() bool { return true }
 
 func (e *NotSyncedError) Error() string {
 	msg := fmt.Sprintf("the cache of %s is not filled after %s", e.Resource, e.Waited.Round(time.Millisecond))

@@ -326,7 +326,7 @@ func (r *Resolver) stopFailed(w *watch, err error) time.Time {
 }
 
 // ErrTooManyWatched refuses to watch a resource past MaxWatches.
-var ErrTooManyWatched = errors.New("watching too many resources")
+var ErrTooManyWatched error = unavailableError("watching too many resources")
 
 // Retain stops the watches started for requests whose resource is not in
 // served: the resources the rules serve after a discovery round or a

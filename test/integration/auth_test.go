@@ -465,8 +465,9 @@ func checkProviderServes(ctx context.Context, t *testing.T, ep *externalmetrics.
 // client's certificate after the client's handshake is done: a client
 // still writing its request can see the server's reset before it reads the
 // alert, and Go's HTTP/2 client reports a connection that failed before
-// its first request without the cause.
-var certRefusedTransient = []string{"connection reset by peer", "broken pipe", "http2: client conn could not be established"}
+// its first request without the cause (it could not be established, or
+// it is closed).
+var certRefusedTransient = []string{"connection reset by peer", "broken pipe", "http2: client conn could not be established", "http2: client conn is closed"}
 
 // checkRefused checks that a client whose credentials Prometheus (or the
 // proxy) refuses fails at once, not at its timeout, with an error naming
