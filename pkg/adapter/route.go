@@ -160,10 +160,10 @@ func (rt *router) refuse(m metricsRequest, info *request.RequestInfo) error {
 		return nil
 	}
 	if s := m.resource.String(); strings.ToLower(s) != s {
-		return apierrors.NewNotFound(m.resource, m.metric+": resource names are written in lower case, as the API serves them")
+		return apistatus.NotFound(apierrors.NewNotFound(m.resource, m.metric), "resource names are written in lower case, as the API serves them")
 	}
 	if info.Namespace == "" && rt.c.custom.Normalize(m.resource) == rules.Namespaces {
-		return apierrors.NewNotFound(rules.Namespaces, m.metric+": a namespace's metric is asked as /namespaces/NAME/metrics/METRIC")
+		return apistatus.NotFound(apierrors.NewNotFound(rules.Namespaces, m.metric), "a namespace's metric is asked as /namespaces/NAME/metrics/METRIC")
 	}
 	return nil
 }

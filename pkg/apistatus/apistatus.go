@@ -123,10 +123,14 @@ func Of(err error, what string) error {
 	}
 }
 
-// NotFound is a 404 for name of gr that says why there is no value.
-func NotFound(gr schema.GroupResource, name, why string) *apierrors.StatusError {
-	err := apierrors.NewNotFound(gr, name)
-	err.ErrStatus.Message += ": " + why
+// NotFound is the one way a 404 says why there is no value: err (the
+// API's own 404: apierrors.NewNotFound, custom-metrics-apiserver's
+// NewMetricNotFoundError and NewMetricNotFoundForError) with ": why"
+// after its message; err unchanged when why is empty.
+func NotFound(err *apierrors.StatusError, why string) *apierrors.StatusError {
+	if why != "" {
+		err.ErrStatus.Message += ": " + why
+	}
 	return err
 }
 

@@ -92,7 +92,10 @@ func TestOf(t *testing.T) {
 	checkStatus(t, Of(context.Canceled, "metric m for pods"), 504, "was cancelled while serving metric m for pods")
 	checkStatus(t, Of(fmt.Errorf("shared answer: %w", context.DeadlineExceeded), "metric m for pods"), 504, "reached its deadline")
 	checkStatus(t, Of(errors.New("boom"), "metric m for pods"), 500, "serving metric m for pods: boom")
-	checkStatus(t, NotFound(schema.GroupResource{Resource: "pods"}, "p", "it has no data"), 404, `"p" not found: it has no data`)
+	checkStatus(t, NotFound(apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, "p"), "it has no data"), 404, `"p" not found: it has no data`)
+	if err := NotFound(apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, "p"), ""); strings.HasSuffix(err.Error(), ": ") {
+		t.Errorf("a 404 without a reason: %q", err)
+	}
 }
 
 func checkStatus(t *testing.T, err error, code int32, want string) {

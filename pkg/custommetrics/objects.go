@@ -211,7 +211,5 @@ func podValues(r *rules.Rule, pods []string) []string {
 
 // notFoundBecause is a 404 naming the metric, the object and why.
 func notFoundBecause(info provider.CustomMetricInfo, name, why string) error {
-	err := provider.NewMetricNotFoundForError(info.GroupResource, info.Metric, name)
-	err.ErrStatus.Message += ": " + why
-	return err
+	return apistatus.NotFound(provider.NewMetricNotFoundForError(info.GroupResource, info.Metric, name), why)
 }

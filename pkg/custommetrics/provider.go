@@ -120,11 +120,7 @@ func New(cfg Config) *Provider {
 		Compare:  compareKeys,
 		Describe: describe,
 		NotFound: func(k metricKey, why string) error {
-			err := provider.NewMetricNotFoundError(k.resource, k.metric)
-			if why != "" {
-				err.ErrStatus.Message += ": " + why
-			}
-			return err
+			return apistatus.NotFound(provider.NewMetricNotFoundError(k.resource, k.metric), why)
 		},
 	})
 	return p

@@ -158,12 +158,10 @@ func (p *Provider) ListAllExternalMetrics() []provider.ExternalMetricInfo {
 var externalMetrics = schema.GroupResource{Group: external_metrics.GroupName, Resource: "externalmetrics"}
 
 func notFound(name, why string) error {
-	err := apierrors.NewNotFound(externalMetrics, name)
 	if why == "" {
 		why = "no externalRules series is named so"
 	}
-	err.ErrStatus.Message = fmt.Sprintf("external metric %q is not served: %s", name, why)
-	return err
+	return apistatus.NotFound(apierrors.NewNotFound(externalMetrics, name), why)
 }
 
 // GetExternalMetric implements provider.ExternalMetricsProvider.
@@ -215,9 +213,8 @@ func externalValues(name string, res query.Result) (*external_metrics.ExternalMe
 			// The HPA adds up every item: one left out would make its
 			// total smaller, so the answer is no value at all.
 			klog.V(2).InfoS("A series of an external metric is not a finite number", "externalMetric", name, "series", s.Metric.String(), "value", s.Value)
-			err := apierrors.NewNotFound(externalMetrics, name)
-			err.ErrStatus.Message = fmt.Sprintf("external metric %q: series %s is %v, which the API cannot carry; no value is served rather than a total without it", name, s.Metric, s.Value)
-			return nil, err
+			return nil, apistatus.NotFound(apierrors.NewNotFound(externalMetrics, name),
+				fmt.Sprintf("series %s is %v, which the API cannot carry; no value is served rather than a total without it", s.Metric, s.Value))
 		}
 		lbls := make(map[string]string, len(s.Metric))
 		for k, v := range s.Metric {

@@ -113,7 +113,7 @@ func (p *Provider) GetPod(ctx context.Context, namespace, name string) (*metrics
 	gr := metrics.Resource("pods")
 	pod, err := p.objects.GetMetadata(ctx, resolver.RunningPods, namespace, name)
 	if apierrors.IsNotFound(err) {
-		return nil, apistatus.NotFound(gr, name, "no running pod has that name")
+		return nil, apistatus.NotFound(apierrors.NewNotFound(gr, name), "no running pod has that name")
 	}
 	if err != nil {
 		return nil, apistatus.Resolve(err, "pods")
@@ -124,7 +124,7 @@ func (p *Provider) GetPod(ctx context.Context, namespace, name string) (*metrics
 		return nil, apistatus.Of(err, "the usage of pod "+name)
 	}
 	if len(items) == 0 {
-		return nil, apistatus.NotFound(gr, name, "Prometheus has no complete CPU and memory data for it")
+		return nil, apistatus.NotFound(apierrors.NewNotFound(gr, name), "Prometheus has no complete CPU and memory data for it")
 	}
 	return &items[0], nil
 }
@@ -161,7 +161,7 @@ func (p *Provider) GetNode(ctx context.Context, name string) (*metrics.NodeMetri
 		return nil, apistatus.Of(err, "the usage of node "+name)
 	}
 	if len(items) == 0 {
-		return nil, apistatus.NotFound(gr, name, "Prometheus has no CPU and memory data for it")
+		return nil, apistatus.NotFound(apierrors.NewNotFound(gr, name), "Prometheus has no CPU and memory data for it")
 	}
 	return &items[0], nil
 }
