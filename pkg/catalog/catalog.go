@@ -27,6 +27,7 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
@@ -256,6 +257,8 @@ type Catalog[K comparable, E any] struct {
 	mu    sync.Mutex
 	rules []*rules.Rule
 	index atomic.Pointer[Index[K, E]]
+	// shadowed holds the upstream names logged as served here.
+	shadowed sync.Map
 }
 
 // New returns a Catalog that serves nothing until the first Update.
@@ -307,6 +310,30 @@ func (c *Catalog[K, E]) Dropped() map[*rules.Rule]int {
 		return nil
 	}
 	return idx.Dropped()
+}
+
+// Upstream's returns what an upstream lists (package upstream's
+// discovery of the API's group) that this adapter does not: the resources
+// whose key (key reads it from a resource's name; false leaves it out) no
+// rule serves in any namespace. A name both serve is this adapter's in
+// discovery, and logged once.
+func (c *Catalog[K, E]) Upstreams(resources []metav1.APIResource, key func(name string) (K, bool)) []metav1.APIResource {
+	idx := c.index.Load()
+	var out []metav1.APIResource
+	for _, r := range resources {
+		k, ok := key(r.Name)
+		if !ok {
+			continue
+		}
+		if idx != nil && idx.Has(k) {
+			if _, logged := c.shadowed.LoadOrStore(r.Name, true); !logged {
+				klog.InfoS("A metric both this adapter and an upstream serve is served here", "api", c.cfg.API, "metric", r.Name)
+			}
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // Index returns the last discovery round's Index, or nil before the first.

@@ -90,7 +90,6 @@ type Provider struct {
 	// selections collapses identical selector requests in flight.
 	selections singleflight.Group
 	upstream   func() []metav1.APIResource
-	shadowed   sync.Map // upstream resource names logged as shadowed
 	budgets    *query.Budgets
 }
 
@@ -182,24 +181,17 @@ func (p *Provider) ListAllMetrics() []provider.CustomMetricInfo {
 	if p.upstream == nil {
 		return out
 	}
-	ours := make(map[string]bool, len(out))
-	for _, m := range out {
-		ours[m.GroupResource.String()+"/"+m.Metric] = true
-	}
-	for _, r := range p.upstream() {
-		resource, metric, ok := strings.Cut(r.Name, "/")
-		if !ok {
-			continue
-		}
-		if ours[r.Name] {
-			if _, logged := p.shadowed.LoadOrStore(r.Name, true); !logged {
-				klog.InfoS("A metric both this adapter and an upstream serve is served here", "metric", r.Name)
-			}
-			continue
-		}
-		out = append(out, provider.CustomMetricInfo{GroupResource: schema.ParseGroupResource(resource), Namespaced: r.Namespaced, Metric: metric})
+	for _, r := range p.catalog.Upstreams(p.upstream(), parseKey) {
+		k, _ := parseKey(r.Name)
+		out = append(out, provider.CustomMetricInfo{GroupResource: k.resource, Namespaced: r.Namespaced, Metric: k.metric})
 	}
 	return out
+}
+
+// parseKey reads a metric as discovery names it: "pods/requests-per-second".
+func parseKey(name string) (metricKey, bool) {
+	resource, metric, ok := strings.Cut(name, "/")
+	return metricKey{schema.ParseGroupResource(resource), metric}, ok
 }
 
 // Normalize is the group-resource a request's names, as the REST mapper

@@ -145,11 +145,8 @@ func (p *Provider) ListAllExternalMetrics() []provider.ExternalMetricInfo {
 	if p.upstream == nil {
 		return out
 	}
-	idx := p.Index()
-	for _, r := range p.upstream() {
-		if idx == nil || !idx.Has(r.Name) {
-			out = append(out, provider.ExternalMetricInfo{Metric: r.Name})
-		}
+	for _, r := range p.Upstreams(p.upstream(), func(name string) (string, bool) { return name, true }) {
+		out = append(out, provider.ExternalMetricInfo{Metric: r.Name})
 	}
 	return out
 }
