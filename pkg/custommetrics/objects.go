@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"time"
 
 	"github.com/prometheus/common/model"
 
@@ -80,7 +79,7 @@ func (p *Provider) queryObjects(ctx context.Context, r *request, namespace strin
 			if q.EmptyIsZero {
 				// No series for an object in front of the pods (an
 				// Ingress at zero replicas): the rule says that is 0.
-				out = append(out, r.value(namespace, n, model.TimeFromUnixNano(time.Now().UnixNano()), window, resource.Quantity{}))
+				out = append(out, r.value(namespace, n, model.TimeFromUnixNano(p.clock.Now().UnixNano()), window, resource.Quantity{}))
 				zeroed++
 			}
 			continue

@@ -36,6 +36,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	"k8s.io/metrics/pkg/apis/custom_metrics"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
@@ -77,6 +78,8 @@ type Config struct {
 	Upstream func() []metav1.APIResource
 	// Budgets bound the queries of each namespace's rule objects.
 	Budgets *query.Budgets
+	// Clock stamps the values emptyIsZero makes; the real clock if nil.
+	Clock clock.PassiveClock
 }
 
 // Provider serves custom metrics from Prometheus.
@@ -91,6 +94,7 @@ type Provider struct {
 	selections singleflight.Group
 	upstream   func() []metav1.APIResource
 	budgets    *query.Budgets
+	clock      clock.PassiveClock
 }
 
 var _ provider.CustomMetricsProvider = (*Provider)(nil)
@@ -106,6 +110,10 @@ func New(cfg Config) *Provider {
 		resources:     newResourceMemo(),
 		upstream:      cfg.Upstream,
 		budgets:       cfg.Budgets,
+		clock:         cfg.Clock,
+	}
+	if p.clock == nil {
+		p.clock = clock.RealClock{}
 	}
 	if p.objectQueries <= 0 {
 		p.objectQueries = 8

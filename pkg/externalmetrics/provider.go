@@ -21,7 +21,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/prometheus/common/model"
 
@@ -31,6 +30,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/klog/v2"
 	"k8s.io/metrics/pkg/apis/external_metrics"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
@@ -54,6 +54,8 @@ type Config struct {
 	Upstream func() []metav1.APIResource
 	// Budgets bound the queries of each namespace's rule objects.
 	Budgets *query.Budgets
+	// Clock stamps the values emptyIsZero makes; the real clock if nil.
+	Clock clock.PassiveClock
 }
 
 // Provider serves external metrics from Prometheus.
@@ -62,6 +64,7 @@ type Provider struct {
 	prom     promclient.Querier
 	upstream func() []metav1.APIResource
 	budgets  *query.Budgets
+	clock    clock.PassiveClock
 }
 
 var _ provider.ExternalMetricsProvider = (*Provider)(nil)
@@ -69,10 +72,14 @@ var _ provider.ExternalMetricsProvider = (*Provider)(nil)
 // New returns a Provider. It serves nothing until Update hands it the
 // first discovery round.
 func New(cfg Config) *Provider {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
 	return &Provider{
 		prom:     cfg.Querier,
 		upstream: cfg.Upstream,
 		budgets:  cfg.Budgets,
+		clock:    cfg.Clock,
 		Catalog: catalog.New(catalog.Config[string, entry]{
 			API:     metrics.ExternalAPI,
 			Section: "externalRules",
@@ -194,7 +201,7 @@ func (p *Provider) get(ctx context.Context, namespace string, metricSelector lab
 		// traffic at zero replicas). An empty list would fail the HPA.
 		query.Zeroed(ctx, q, 1)
 		return &external_metrics.ExternalMetricValueList{Items: []external_metrics.ExternalMetricValue{{
-			MetricName: name, MetricLabels: map[string]string{}, Timestamp: metav1.NewTime(time.Now()), WindowSeconds: values.WindowSeconds(res.Expr),
+			MetricName: name, MetricLabels: map[string]string{}, Timestamp: metav1.NewTime(p.clock.Now()), WindowSeconds: values.WindowSeconds(res.Expr),
 		}}}, nil
 	}
 	return externalValues(name, res)

@@ -19,6 +19,7 @@ import (
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 // A config in prometheus-adapter's format: a namespaced rule (the default),
@@ -76,7 +77,7 @@ func newFixtureFor(t *testing.T, cfgYAML string, series []map[string]string) *fi
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := New(Config{Rules: rs, Querier: client})
+	p := New(Config{Rules: rs, Querier: client, Clock: clocktesting.NewFakePassiveClock(now)})
 	var queries []string
 	for _, r := range rs {
 		queries = append(queries, r.SeriesQuery())
@@ -85,6 +86,9 @@ func newFixtureFor(t *testing.T, cfgYAML string, series []map[string]string) *fi
 	d.Subscribe(p.Update)
 	return &fixture{p: p, prom: fp, disc: d}
 }
+
+// now is the providers' clock: what emptyIsZero stamps its values with.
+var now = time.Unix(1_700_000_100, 0) // fixed date: the fake clock of the provider, compared with itself only
 
 func (f *fixture) discover(t *testing.T) {
 	t.Helper()
@@ -318,7 +322,7 @@ externalRules:
 	f.discover(t)
 	const expr = `sum(rate(ingress_requests_total{namespace="shop"}[1m]))`
 	list, err := f.p.GetExternalMetric(context.Background(), "shop", labels.Everything(), info("ingress_requests_per_second"))
-	if err != nil || len(list.Items) != 1 || !list.Items[0].Value.IsZero() || list.Items[0].Timestamp.IsZero() ||
+	if err != nil || len(list.Items) != 1 || !list.Items[0].Value.IsZero() || !list.Items[0].Timestamp.Time.Equal(now) ||
 		list.Items[0].WindowSeconds == nil || *list.Items[0].WindowSeconds != 60 {
 		t.Fatalf("no series: %+v, %v; want one value of 0, now, over the query's 60s window", list, err)
 	}
