@@ -17,7 +17,6 @@ import (
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/endpoints/request"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/custommetrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
@@ -79,7 +78,7 @@ func TestRouterOursFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	custom := custommetrics.New(custommetrics.Config{Rules: append(set.Custom, team), Mapper: fakemapper.New(),
+	custom := custommetrics.New(custommetrics.Config{Rules: append(set.Custom, team), Mapper: rules.BuiltinMapper(),
 		Upstream: func() []metav1.APIResource { return ups.Resources(upstream.CustomGroup) }})
 	custom.Update(discovery.Result{Series: map[string][]model.LabelSet{
 		set.Custom[0].SeriesQuery(): {{"__name__": "app_requests_total", "namespace": "default", "pod": "a"}},

@@ -165,14 +165,10 @@ var defaultConfig []byte
 // DefaultSource is how errors and logs name the built-in configuration.
 const DefaultSource = "<built-in config>"
 
-// Default returns the built-in configuration: requests-per-second and
-// packets-per-second, both sum(rate(app_requests_total[1m])) per object, for
-// pods, namespaces and every pod owner (package podowners).
-func Default() (*Config, error) {
-	return Parse(defaultConfig, DefaultSource)
-}
-
-// DefaultYAML returns the text of the built-in configuration.
+// DefaultYAML returns the text of the built-in configuration, which the
+// adapter compiles when --config is not set: requests-per-second and
+// packets-per-second, both sum(rate(app_requests_total[1m])) per object,
+// for pods, namespaces and every pod owner (package podowners).
 func DefaultYAML() []byte { return slices.Clone(defaultConfig) }
 
 // Load reads and validates the rules file at path. Warnings are problems

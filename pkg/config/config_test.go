@@ -13,9 +13,9 @@ import (
 )
 
 func TestDefaultConfigIsValid(t *testing.T) {
-	c, err := Default()
+	c, err := Parse(DefaultYAML(), DefaultSource)
 	if err != nil {
-		t.Fatalf("Default() error: %v", err)
+		t.Fatalf("the built-in rules: %v", err)
 	}
 	var names []string
 	for _, r := range c.Rules {

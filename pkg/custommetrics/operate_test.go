@@ -18,7 +18,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakeprom"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
@@ -141,11 +140,11 @@ rules:
 // resources cannot grow the adapter's memory.
 func TestTheResourceMemoIsBounded(t *testing.T) {
 	m := newResourceMemo()
-	mapper := fakemapper.New()
+	mapper := rules.BuiltinMapper()
 	for i := range 10_000 {
 		m.lookup(mapper, schema.GroupResource{Group: "made.up", Resource: fmt.Sprintf("widgets%d", i)})
 	}
-	if n := m.len(); n != 0 {
+	if n := int(m.n.Load()); n != 0 {
 		t.Errorf("%d unknown resources remembered, want none", n)
 	}
 	for range 3 {
@@ -155,15 +154,15 @@ func TestTheResourceMemoIsBounded(t *testing.T) {
 			}
 		}
 	}
-	if n := m.len(); n != 3 {
+	if n := int(m.n.Load()); n != 3 {
 		t.Errorf("%d remembered after three known spellings, want 3", n)
 	}
 	// At the bound it starts over.
-	for i := m.len(); i < maxRemembered; i++ {
+	for i := int(m.n.Load()); i < maxRemembered; i++ {
 		m.store(schema.GroupResource{Resource: fmt.Sprint(i)}, resourceInfo{})
 	}
 	m.lookup(mapper, schema.GroupResource{Resource: "services"})
-	if n := m.len(); n != 1 {
+	if n := int(m.n.Load()); n != 1 {
 		t.Errorf("%d remembered after one more past the bound of %d, want 1", n, maxRemembered)
 	}
 }
@@ -242,7 +241,7 @@ func TestExplainNamesNoOtherNamespacesRule(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := New(Config{Rules: []*rules.Rule{team}, Mapper: fakemapper.New(), Resolver: &fakeResolver{}})
+	p := New(Config{Rules: []*rules.Rule{team}, Mapper: rules.BuiltinMapper(), Resolver: &fakeResolver{}})
 	p.Update(discovery.Result{Series: map[string][]model.LabelSet{team.SeriesQuery(): {{"__name__": "team_a_secret_total", "namespace": "team-a"}}}})
 	for _, arg := range []string{"NAMESPACES/team-a/team-m", "Namespace/team-a/team-m", "ns/team-a/team-m"} {
 		req, err := explain.ParseArgs(arg, "default", "", "")

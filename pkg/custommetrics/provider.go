@@ -463,8 +463,6 @@ func (m *resourceMemo) reset() {
 	m.n.Store(0)
 }
 
-func (m *resourceMemo) len() int { return int(m.n.Load()) }
-
 // store remembers ri for gr, starting over past maxRemembered.
 func (m *resourceMemo) store(gr schema.GroupResource, ri resourceInfo) {
 	if m.n.Add(1) > maxRemembered {

@@ -22,7 +22,6 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakeprom"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
@@ -132,7 +131,7 @@ func newFixture(t *testing.T, cfgYAML string, timeout time.Duration) *fixture {
 	// compares a timestamp with the real clock.
 	// fixed date: discovery's fake clock, not the provider's.
 	clock := clocktesting.NewFakeClock(time.Unix(1_700_000_000, 0))
-	p := New(Config{Rules: rs, Mapper: fakemapper.New(), Querier: client, Resolver: res})
+	p := New(Config{Rules: rs, Mapper: rules.BuiltinMapper(), Querier: client, Resolver: res})
 	var queries []string
 	for _, r := range rs {
 		queries = append(queries, r.SeriesQuery())
@@ -743,7 +742,7 @@ func TestDiscoveryPicksTheSameNamespaceLabelEveryRound(t *testing.T) {
 		"__name__": "http_requests_total", "namespace": "monitoring", "exported_namespace": "shop", "pod": "web-1",
 	}}}
 	for round := range 50 {
-		p := New(Config{Rules: rs, Mapper: fakemapper.New()})
+		p := New(Config{Rules: rs, Mapper: rules.BuiltinMapper()})
 		p.Update(discovery.Result{Series: series})
 		e, ok := p.catalog.Index().Get(metricKey{rules.Pods, "http_requests_per_second"}, "")
 		if !ok {

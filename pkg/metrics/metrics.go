@@ -218,23 +218,32 @@ type CacheSizer interface {
 
 var registerOnce sync.Once
 
-// Register adds the adapter's metrics to the legacy registry, with the
-// informer cache sizes read from caches at each scrape. Later calls do
-// nothing.
-func Register(caches CacheSizer) {
-	registerOnce.Do(func() {
-		for _, m := range all {
-			legacyregistry.MustRegister(m)
-		}
-		if caches != nil {
-			legacyregistry.CustomMustRegister(newCacheCollector(caches))
-		}
-	})
+// Registry is where the metrics are registered: component-base's
+// KubeRegistry (a test's own), or the legacy registry the API server
+// serves (Register).
+type Registry interface {
+	MustRegister(...basemetrics.Registerable)
+	CustomMustRegister(...basemetrics.StableCollector)
 }
 
-// RegisterOn adds the metrics to r: for tests, which cannot share the
-// process-wide registry.
-func RegisterOn(r basemetrics.KubeRegistry, caches CacheSizer) {
+// legacy is component-base's legacy registry as a Registry.
+type legacy struct{}
+
+func (legacy) MustRegister(ms ...basemetrics.Registerable) { legacyregistry.MustRegister(ms...) }
+func (legacy) CustomMustRegister(cs ...basemetrics.StableCollector) {
+	legacyregistry.CustomMustRegister(cs...)
+}
+
+// Register adds the adapter's metrics to the legacy registry (RegisterOn),
+// with the informer cache sizes read from caches at each scrape. Later
+// calls do nothing.
+func Register(caches CacheSizer) {
+	registerOnce.Do(func() { RegisterOn(legacy{}, caches) })
+}
+
+// RegisterOn adds the metrics to r, with the informer cache sizes read
+// from caches (if not nil) at each scrape.
+func RegisterOn(r Registry, caches CacheSizer) {
 	r.MustRegister(all...)
 	if caches != nil {
 		r.CustomMustRegister(newCacheCollector(caches))

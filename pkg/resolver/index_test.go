@@ -12,8 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
-
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -227,7 +226,7 @@ func startPodResolver(t *testing.T, pods ...runtime.Object) (context.Context, *R
 		t.Fatal(err)
 	}
 	metaClient := metadatafake.NewSimpleMetadataClient(scheme, pods...)
-	r := New(kubefake.NewClientset(), metaClient, fakemapper.New())
+	r := New(kubefake.NewClientset(), metaClient, rules.BuiltinMapper())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	r.Start(ctx)

@@ -94,14 +94,6 @@ func New(kube kubernetes.Interface, meta metadata.Interface, mapper apimeta.REST
 	return r
 }
 
-// SetSyncTimeout sets how long a request waits for a cache to fill
-// (DefaultSyncTimeout). Call it before Start.
-func (r *Resolver) SetSyncTimeout(d time.Duration) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.syncTimeout = d
-}
-
 // Start starts the pod watch and remembers ctx for watches started later.
 // Everything stops when ctx is done.
 func (r *Resolver) Start(ctx context.Context) {
@@ -350,17 +342,6 @@ func (r *Resolver) Retain(served []schema.GroupResource) {
 		w.end()
 		klog.InfoS("Stopped watching: no rule serves it any more", "resource", key.String())
 	}
-}
-
-// Watched lists what is watched.
-func (r *Resolver) Watched() []Watch {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := make([]Watch, 0, len(r.watches))
-	for key := range r.watches {
-		out = append(out, key)
-	}
-	return out
 }
 
 // CacheSizes reports how many objects each informer cache holds, by

@@ -80,7 +80,7 @@ func newFixture(t *testing.T, withRules bool) *fixture {
 	}
 	var rr *rules.ResourceRules
 	if withRules {
-		cfg, err := config.Default()
+		cfg, err := config.Parse(config.DefaultYAML(), config.DefaultSource)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -30,7 +30,6 @@ import (
 	"k8s.io/metrics/pkg/apis/custom_metrics"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakemapper"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/loadgen"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/custommetrics"
@@ -134,12 +133,12 @@ scrape_configs:
 		&networkingv1.Ingress{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "main-route"},
 			Spec: networkingv1.IngressSpec{DefaultBackend: &networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{Name: "app"}}}},
 	)
-	res := resolver.New(kube, metaClient, fakemapper.New())
+	res := resolver.New(kube, metaClient, rules.BuiltinMapper())
 	res.Start(ctx)
 	if !res.WaitForPods(ctx) {
 		t.Fatal("pod cache did not sync")
 	}
-	p := custommetrics.New(custommetrics.Config{Rules: set.Custom, Mapper: fakemapper.New(), Querier: client, Resolver: res})
+	p := custommetrics.New(custommetrics.Config{Rules: set.Custom, Mapper: rules.BuiltinMapper(), Querier: client, Resolver: res})
 	ep := externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: client})
 	rp := resourcemetrics.New(resourcemetrics.Config{Rules: set.Resource, Querier: client, Objects: res})
 	disc := discovery.New(discovery.Config{Queries: discovery.QueriesOf(append(slices.Clone(set.Custom), set.External...)).File, Lister: client, Interval: time.Second})

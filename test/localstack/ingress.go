@@ -322,7 +322,11 @@ func (c *IngressController) pick(r *ingressRoute, namespace string, b *networkin
 	return &url.URL{Scheme: "http", Host: targets[int(r.next.Add(1)%uint64(len(targets)))]}, nil
 }
 
-// targetPort is the port of pod a Service port sends to.
+// targetPort is the port of pod a Service port sends to, as the
+// EndpointSlice controller finds it: a named target port is the first
+// container port of that name, in the order of containers and their ports;
+// a number is itself; none is the Service port. The local ingress and the
+// process kubelet's load targets both use it.
 func targetPort(port corev1.ServicePort, pod *corev1.Pod) int {
 	if port.TargetPort.StrVal != "" {
 		for _, c := range pod.Spec.Containers {

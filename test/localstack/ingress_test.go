@@ -92,3 +92,25 @@ func TestIngressController(t *testing.T) {
 		t.Error("the listeners did not close")
 	}
 }
+
+// A named target port is the first container port of that name, as the
+// EndpointSlice controller picks it: with two containers naming a port
+// "http", the first container's.
+func TestTargetPortIsTheFirstOfItsName(t *testing.T) {
+	pod := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{
+		{Name: "app", Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: 9090}, {Name: "http", ContainerPort: 8080}}},
+		{Name: "sidecar", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 15001}}},
+	}}}
+	for _, tc := range []struct {
+		port corev1.ServicePort
+		want int
+	}{
+		{corev1.ServicePort{Port: 80, TargetPort: intstr.FromString("http")}, 8080},
+		{corev1.ServicePort{Port: 80, TargetPort: intstr.FromInt32(9999)}, 9999},
+		{corev1.ServicePort{Port: 80}, 80},
+	} {
+		if got := targetPort(tc.port, pod); got != tc.want {
+			t.Errorf("targetPort(%v) = %d, want %d", tc.port.TargetPort, got, tc.want)
+		}
+	}
+}

@@ -381,20 +381,7 @@ func ServiceTargets(ctx context.Context, client kubernetes.Interface, namespace,
 			if p.DeletionTimestamp != nil || p.Status.PodIP == "" || !podReady(p) {
 				continue
 			}
-			target := port.TargetPort.IntValue()
-			if port.TargetPort.StrVal != "" {
-				for _, c := range p.Spec.Containers {
-					for _, cp := range c.Ports {
-						if cp.Name == port.TargetPort.StrVal {
-							target = int(cp.ContainerPort)
-						}
-					}
-				}
-			}
-			if target == 0 {
-				target = int(port.Port)
-			}
-			out = append(out, "http://"+net.JoinHostPort(p.Status.PodIP, strconv.Itoa(target)))
+			out = append(out, "http://"+net.JoinHostPort(p.Status.PodIP, strconv.Itoa(targetPort(port, p))))
 		}
 		sort.Strings(out)
 		return out

@@ -581,7 +581,7 @@ func TestChartPrometheusAdapterValues(t *testing.T) {
 func TestChartRulesMerge(t *testing.T) {
 	objs := renderChart(t, "--values", localstack.ChartPrometheusAdapterValues, "--set", "rules.default=true")
 	cfg := renderedConfig(t, objs)
-	builtIn, err := config.Default()
+	builtIn, err := config.Parse(config.DefaultYAML(), config.DefaultSource)
 	if err != nil {
 		t.Fatal(err)
 	}
