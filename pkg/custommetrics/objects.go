@@ -70,7 +70,7 @@ func (p *Provider) queryObjects(ctx context.Context, r *request, namespace strin
 		t.ts = max(t.ts, s.Timestamp)
 		t.series++
 	}
-	window := values.WindowSeconds(res.Expr)
+	window := r.Rule.WindowSeconds()
 	out := make([]custom_metrics.MetricValue, 0, len(names))
 	zeroed := 0
 	for i, n := range names {
@@ -148,7 +148,7 @@ func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, nam
 	if !ok {
 		return nil, notFoundBecause(r.info, name, "the sum of its pods' values is not a finite number")
 	}
-	v := r.value(namespace, name, ts, values.WindowSeconds(res.Expr), q)
+	v := r.value(namespace, name, ts, r.Rule.WindowSeconds(), q)
 	return &v, nil
 }
 

@@ -201,15 +201,15 @@ func (p *Provider) get(ctx context.Context, namespace string, metricSelector lab
 		// traffic at zero replicas). An empty list would fail the HPA.
 		query.Zeroed(ctx, q, 1)
 		return &external_metrics.ExternalMetricValueList{Items: []external_metrics.ExternalMetricValue{{
-			MetricName: name, MetricLabels: map[string]string{}, Timestamp: metav1.NewTime(p.clock.Now()), WindowSeconds: values.WindowSeconds(res.Expr),
+			MetricName: name, MetricLabels: map[string]string{}, Timestamp: metav1.NewTime(p.clock.Now()), WindowSeconds: e.Rule.WindowSeconds(),
 		}}}, nil
 	}
-	return externalValues(name, res)
+	return externalValues(name, res, e.Rule.WindowSeconds())
 }
 
-// externalValues is one value per series, with its labels, sorted by them.
-func externalValues(name string, res query.Result) (*external_metrics.ExternalMetricValueList, error) {
-	window := values.WindowSeconds(res.Expr)
+// externalValues is one value per series, with its labels, sorted by
+// them, each over the rule's window.
+func externalValues(name string, res query.Result, window *int64) (*external_metrics.ExternalMetricValueList, error) {
 	list := &external_metrics.ExternalMetricValueList{Items: make([]external_metrics.ExternalMetricValue, 0, len(res.Vector))}
 	for _, s := range res.Vector {
 		q, ok := values.Quantity(float64(s.Value))

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
@@ -27,6 +28,43 @@ func Parse(expr string) error {
 func ParseSeriesSelector(sel string) error {
 	_, err := parse.ParseMetricSelector(sel)
 	return err
+}
+
+// Window returns the longest range of an expression ("[1m]", or the range
+// of a subquery "[5m:30s]"), the window its values are computed over. It
+// reports false when the expression has none or does not parse.
+func Window(expr string) (time.Duration, bool) {
+	e, err := parse.ParseExpr(expr)
+	if err != nil {
+		return 0, false
+	}
+	var longest time.Duration
+	found := false
+	parser.Inspect(e, func(node parser.Node, _ []parser.Node) error {
+		switch n := node.(type) {
+		case *parser.MatrixSelector:
+			longest, found = max(longest, n.Range), true
+		case *parser.SubqueryExpr:
+			longest, found = max(longest, n.Range), true
+		}
+		return nil
+	})
+	return longest, found
+}
+
+// SelectedName is the metric name a series selector selects, when it
+// names one: name{...}, or {__name__="name",...}.
+func SelectedName(sel string) (string, bool) {
+	ms, err := parse.ParseMetricSelector(sel)
+	if err != nil {
+		return "", false
+	}
+	for _, m := range ms {
+		if m.Name == model.MetricNameLabel && m.Type == labels.MatchEqual {
+			return m.Value, true
+		}
+	}
+	return "", false
 }
 
 // ErrUnconfinable is an expression Confine refuses.

@@ -1,9 +1,12 @@
-// Package promql builds the pieces of PromQL the adapter puts into a rule's
-// metricsQuery: label matchers for objects and for Kubernetes label
-// selectors, with every value escaped so that no request can change the
-// shape of a query, and the range window of a rendered query.
+// Package promql is the adapter's PromQL: it builds the label matchers a
+// rule's metricsQuery gets for objects and Kubernetes label selectors
+// (Matcher, FromSelector), with every value escaped so that no request can
+// change the shape of a query; and, with Prometheus' own parser, it checks
+// rules' PromQL (Parse, ParseSeriesSelector), reads what a query is over
+// (Window, SelectedName) and confines a team's PromQL to its namespace
+// (Confine). It quotes text for messages (Short, Cut).
 //
-// It does not parse or evaluate PromQL; Prometheus does that.
+// It does not evaluate PromQL; Prometheus does that.
 package promql
 
 import (
@@ -12,7 +15,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/prometheus/common/model"
 
@@ -154,48 +156,4 @@ func FromSelector(sel labels.Selector) ([]Matcher, error) {
 		}
 	}
 	return out, nil
-}
-
-// Window returns the longest range ("[1m]", or the range of a subquery
-// "[5m:30s]") in a PromQL expression, ignoring brackets inside string
-// literals. It reports false when the expression has no range.
-func Window(expr string) (time.Duration, bool) {
-	var longest time.Duration
-	found := false
-	for i := 0; i < len(expr); i++ {
-		switch c := expr[i]; c {
-		case '"', '\'', '`':
-			i = skipString(expr, i)
-		case '[':
-			end := strings.IndexByte(expr[i:], ']')
-			if end < 0 {
-				return longest, found
-			}
-			body := expr[i+1 : i+end]
-			rng, _, _ := strings.Cut(body, ":")
-			if d, err := model.ParseDuration(strings.TrimSpace(rng)); err == nil {
-				found = true
-				longest = max(longest, time.Duration(d))
-			}
-			i += end
-		}
-	}
-	return longest, found
-}
-
-// skipString returns the index of the quote closing the string literal that
-// starts at expr[start].
-func skipString(expr string, start int) int {
-	q := expr[start]
-	for i := start + 1; i < len(expr); i++ {
-		switch expr[i] {
-		case '\\':
-			if q != '`' {
-				i++
-			}
-		case q:
-			return i
-		}
-	}
-	return len(expr)
 }

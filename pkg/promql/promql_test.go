@@ -110,6 +110,7 @@ func TestWindow(t *testing.T) {
 		{name: "ignores brackets in strings with escaped quotes", expr: `rate(x{a="\"[2h]"}[2m])`, want: 2 * time.Minute, wantOK: true},
 		{name: "reports no window for an instant expression", expr: `sum(x) by (pod)`, wantOK: false},
 		{name: "survives an unclosed bracket", expr: `rate(x[1m`, wantOK: false},
+		{name: "reads a range in a nested subquery", expr: `max_over_time(max_over_time(rate(x[1m])[5m:])[20m:1m] offset 2h)`, want: 20 * time.Minute, wantOK: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -118,6 +119,22 @@ func TestWindow(t *testing.T) {
 				t.Errorf("Window(%q) = %v, %v; want %v, %v", tc.expr, got, ok, tc.want, tc.wantOK)
 			}
 		})
+	}
+}
+
+func TestSelectedName(t *testing.T) {
+	for sel, want := range map[string]string{
+		`app_requests_total`:                        "app_requests_total",
+		`app_requests_total{namespace!="",pod!=""}`: "app_requests_total",
+		`{__name__="x_total",namespace="a"}`:        "x_total",
+		`{__name__=~"x_.*"}`:                        "",
+		`{namespace="a"} `:                          "",
+		`not a selector{`:                           "",
+		`{"http.server.duration",namespace="a"}`:    "http.server.duration",
+	} {
+		if got, ok := SelectedName(sel); got != want || ok != (want != "") {
+			t.Errorf("SelectedName(%q) = %q, %v; want %q", sel, got, ok, want)
+		}
 	}
 }
 

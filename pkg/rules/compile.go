@@ -104,7 +104,7 @@ func (c *compiler) rule(section string, i int, cr config.Rule) *Rule {
 	}
 	c.filters(section, i, r, cr.SeriesFilters)
 	c.name(section, i, r, cr.Name)
-	r.query = c.queryTemplate(section, i, "metricsQuery", cr.MetricsQuery, "sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)")
+	r.query, r.window = c.queryTemplate(section, i, "metricsQuery", cr.MetricsQuery, "sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)")
 	r.mapping = c.mapping(section, i, "resources", cr.Resources)
 	external := section == "externalRules"
 	r.external = external

@@ -60,9 +60,9 @@ func (c *compiler) resource(name string, cr config.ResourceRule) *ResourceQuery 
 		return nil
 	}
 	q := &ResourceQuery{Name: name, ContainerLabel: cr.ContainerLabel}
-	q.container = c.queryTemplate(section, -1, name+".containerQuery", cr.ContainerQuery,
+	q.container, _ = c.queryTemplate(section, -1, name+".containerQuery", cr.ContainerQuery,
 		"sum by (<<.GroupBy>>) (rate(container_cpu_usage_seconds_total{container!=\"\",<<.LabelMatchers>>}[1m]))")
-	q.node = c.queryTemplate(section, -1, name+".nodeQuery", cr.NodeQuery,
+	q.node, _ = c.queryTemplate(section, -1, name+".nodeQuery", cr.NodeQuery,
 		"sum by (<<.GroupBy>>) (rate(container_cpu_usage_seconds_total{id=\"/\",<<.LabelMatchers>>}[1m]))")
 	m := c.mapping(section, -1, name+".resources", cr.Resources)
 	if cr.Resources.Namespaced != nil || len(cr.Resources.AggregateFromPods) > 0 {

@@ -56,7 +56,16 @@ type Rule struct {
 	owner *Owner
 	// external is set for a rule of the external metrics API.
 	external bool
+	// window is the longest range of the metricsQuery (nil: none), read
+	// at compile time from the query rendered with sample data: ranges
+	// are the template's, never the request's.
+	window *int64
 }
+
+// WindowSeconds is the window the rule's values are computed over: the
+// longest range of its metricsQuery ("[1m]" is 60), nil for a query
+// without a range.
+func (r *Rule) WindowSeconds() *int64 { return r.window }
 
 // External reports whether the rule serves the external metrics API
 // (externalRules, or a MetricRule of api External).
@@ -66,10 +75,6 @@ func (r *Rule) External() bool { return r.external }
 // series for an object (or, for an external metric, none at all) is
 // answered 0 rather than with no value. Errors stay errors.
 func (r *Rule) EmptyIsZero() bool { return r.emptyIsZero }
-
-// seriesName is the metric name a seriesQuery selects, when it names one:
-// name{...} or {__name__="name",...}.
-var seriesName = regexp.MustCompile(`^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{|$)|__name__\s*=\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"`)
 
 // Unlisted is the series an emptyIsZero rule serves before Prometheus has
 // any: its series name, from its seriesQuery, with the labels its
@@ -83,13 +88,9 @@ func (r *Rule) Unlisted() (model.LabelSet, bool) {
 	if !r.emptyIsZero || r.resTemplate != nil {
 		return nil, false
 	}
-	m := seriesName.FindStringSubmatch(r.seriesQuery)
-	if m == nil {
+	name, ok := promql.SelectedName(r.seriesQuery)
+	if !ok || !model.LegacyValidation.IsValidMetricName(name) {
 		return nil, false
-	}
-	name := m[1]
-	if name == "" {
-		name = m[3]
 	}
 	if _, ok := r.MetricName(name); !ok {
 		return nil, false

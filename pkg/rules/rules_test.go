@@ -170,3 +170,23 @@ func TestAggregateFromPods(t *testing.T) {
 		t.Errorf("AggregateFromPods() = %v, want %v", got, want)
 	}
 }
+
+// A rule's window is its metricsQuery's longest range, read once when it
+// is compiled (a bracket in a string is not a range), nil without one.
+func TestWindowSeconds(t *testing.T) {
+	set, err := Parse([]byte(`rules:
+- seriesQuery: x
+  metricsQuery: 'sum(rate(<<.Series>>{<<.LabelMatchers>>,a="[5m]"}[2m])) by (<<.GroupBy>>)'
+- seriesQuery: x
+  metricsQuery: 'sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)'
+`), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := set.Custom[0].WindowSeconds(); got == nil || *got != 120 {
+		t.Errorf("the window of a [2m] rate = %v, want 120", got)
+	}
+	if got := set.Custom[1].WindowSeconds(); got != nil {
+		t.Errorf("the window of a query without a range = %d, want nil", *got)
+	}
+}

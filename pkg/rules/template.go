@@ -9,6 +9,7 @@ import (
 	"strings"
 	"text/template"
 	"text/template/parse"
+	"time"
 
 	"github.com/prometheus/common/model"
 
@@ -203,35 +204,45 @@ func renderLimit(data TemplateData) int {
 // (for a team's rule) be text with placeholders only, and render with
 // sample data. It returns nil, with the problem recorded, when it does
 // not.
-func (c *compiler) queryTemplate(section string, i int, field, text, example string) *template.Template {
+func (c *compiler) queryTemplate(section string, i int, field, text, example string) (*template.Template, *int64) {
 	if strings.TrimSpace(text) == "" {
 		c.fail(section, i, field, "is required (e.g. '%s')", example)
-		return nil
+		return nil, nil
 	}
 	t, err := newTemplate(field, text)
 	if err != nil {
 		c.fail(section, i, field, "invalid template: %v", err)
-		return nil
+		return nil, nil
 	}
 	if c.team {
 		if err := checkTeamTemplate(t, queryPlaceholders, true); err != nil {
 			c.fail(section, i, field, "%v", err)
-			return nil
+			return nil, nil
 		}
 	}
 	out, err := render(t, sampleData, renderLimit(sampleData))
 	if err != nil {
 		c.fail(section, i, field, "template cannot be rendered: %v", err)
-		return nil
+		return nil, nil
 	}
 	// What a request renders is PromQL: parsed here, with placeholder
 	// values, so that a broken query stops the file at load rather than
 	// answering 500 on every request.
 	if err := promql.Parse(out); err != nil {
 		c.fail(section, i, field, "is not valid PromQL once rendered (as %s): %s", promql.Short(out), promql.Cut(err.Error(), 4*promql.MaxInMessage))
+		return nil, nil
+	}
+	return t, windowSeconds(out)
+}
+
+// windowSeconds is the longest range of a query in seconds, or nil.
+func windowSeconds(expr string) *int64 {
+	d, ok := promql.Window(expr)
+	if !ok {
 		return nil
 	}
-	return t
+	s := int64(d / time.Second)
+	return &s
 }
 
 // compileTemplate compiles resources.template and its reverse, the

@@ -1,17 +1,13 @@
-// Package values turns the numbers Prometheus answers into what the
-// metrics APIs serve: a sample's value as a resource.Quantity, a query's
-// range as the value's window. The custom, external and resource metrics
-// providers share it, so the same answer gets the same number whichever
-// API serves it. Errors are package apistatus's.
+// Package values turns the numbers Prometheus answers into the quantities
+// the metrics APIs serve (Quantity): the custom and external metrics
+// providers share it, so the same sample gets the same number whichever
+// API serves it. It knows nothing of rules, requests or errors.
 package values
 
 import (
 	"math"
-	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
-
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 )
 
 // Quantity converts a sample value to a Quantity, and reports false for
@@ -33,15 +29,4 @@ func Quantity(v float64) (resource.Quantity, bool) {
 	default:
 		return resource.Quantity{}, false
 	}
-}
-
-// WindowSeconds is the longest range in a rendered query ("[1m]" is 60), the
-// window a value was computed over, or nil for a query without a range.
-func WindowSeconds(expr string) *int64 {
-	d, ok := promql.Window(expr)
-	if !ok {
-		return nil
-	}
-	s := int64(d / time.Second)
-	return &s
 }

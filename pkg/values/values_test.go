@@ -39,12 +39,3 @@ func TestQuantity(t *testing.T) {
 		})
 	}
 }
-
-func TestWindowSeconds(t *testing.T) {
-	if got := WindowSeconds(`sum(rate(x{a="[5m]"}[2m])) by (pod)`); got == nil || *got != 120 {
-		t.Errorf("WindowSeconds of a [2m] rate = %v, want 120", got)
-	}
-	if got := WindowSeconds(`sum(x) by (pod)`); got != nil {
-		t.Errorf("WindowSeconds of a query without a range = %d, want nil", *got)
-	}
-}
