@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/podowners"
 )
@@ -212,5 +214,21 @@ func TestLoad(t *testing.T) {
 	_, err = Load(filepath.Join(dir, "missing.yaml"))
 	if err == nil || !strings.Contains(err.Error(), "missing.yaml") {
 		t.Errorf("Load(missing) error = %v, want one naming the file", err)
+	}
+}
+
+// The message yaml.v3 writes for an unknown key is what unknownField
+// reads: an upgrade that changes it fails here, not silently in the "did
+// you mean" of every unknown key.
+func TestYAMLUnknownFieldMessageIsPinned(t *testing.T) {
+	var v struct {
+		Known string `yaml:"known"`
+	}
+	dec := yaml.NewDecoder(strings.NewReader("known: a\nunknown: b\n"))
+	dec.KnownFields(true)
+	err := dec.Decode(&v)
+	var te *yaml.TypeError
+	if !errors.As(err, &te) || len(te.Errors) != 1 || !unknownField.MatchString(te.Errors[0]) {
+		t.Fatalf("yaml's error %v does not match %s", err, unknownField)
 	}
 }

@@ -51,6 +51,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 )
@@ -283,16 +284,7 @@ func (u *Upstream) asAdapter(h http.Header) {
 // Run refreshes every upstream's discovery now and every interval, until
 // ctx is done.
 func (s *Set) Run(ctx context.Context) {
-	t := time.NewTicker(s.interval)
-	defer t.Stop()
-	for {
-		s.Refresh(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	wait.UntilWithContext(ctx, s.Refresh, s.interval)
 }
 
 // Refresh reads every upstream's discovery, side by side, each within the

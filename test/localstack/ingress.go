@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/retry"
 )
 
 // IngressController plays a cluster's ingress controller on the local
@@ -176,7 +177,7 @@ func loadBalancer(port int) []networkingv1.IngressLoadBalancerIngress {
 }
 
 func (c *IngressController) writeStatus(ctx context.Context, ing *networkingv1.Ingress, lb []networkingv1.IngressLoadBalancerIngress) {
-	err := retryOnConflict(ctx, func() error {
+	err := retry.RetryOnConflict(conflictBackoff, func() error {
 		cur, err := c.Client.NetworkingV1().Ingresses(ing.Namespace).Get(ctx, ing.Name, metav1.GetOptions{})
 		if err != nil {
 			return err

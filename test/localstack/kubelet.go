@@ -21,7 +21,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/ptr"
 )
 
 // Kubelet is a "process kubelet": it registers a Node, binds unscheduled
@@ -108,7 +110,7 @@ func (k *Kubelet) registerNode(ctx context.Context) error {
 	if _, err := k.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("registering node: %w", err)
 	}
-	return retryOnConflict(ctx, func() error {
+	return retry.RetryOnConflict(conflictBackoff, func() error {
 		n, err := k.Client.CoreV1().Nodes().Get(ctx, k.NodeName, metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -271,7 +273,7 @@ func (k *Kubelet) writeStatus(ctx context.Context, pod *corev1.Pod, pp *podProce
 	for _, c := range pod.Spec.Containers {
 		p.Status.ContainerStatuses = append(p.Status.ContainerStatuses, corev1.ContainerStatus{
 			Name: c.Name, Image: c.Image, ImageID: "process://" + k.AppBinary, ContainerID: fmt.Sprintf("process://%d", pp.proc.PID()),
-			Ready: true, Started: ptr(true), RestartCount: pp.restarts,
+			Ready: true, Started: ptr.To(true), RestartCount: pp.restarts,
 			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: started}},
 		})
 	}
@@ -332,25 +334,9 @@ func (k *Kubelet) releaseIP(ip string) {
 	delete(k.usedIPs, ip)
 }
 
-func ptr[T any](v T) *T { return &v }
-
-func retryOnConflict(ctx context.Context, fn func() error) error {
-	var last error
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
-		last = fn()
-		if last == nil {
-			return true, nil
-		}
-		if apierrors.IsConflict(last) {
-			return false, nil
-		}
-		return false, last
-	})
-	if err != nil && last != nil {
-		return last
-	}
-	return err
-}
+// conflictBackoff retries a write refused for a conflict for up to 30
+// seconds: the controllers of the stack update the same objects.
+var conflictBackoff = wait.Backoff{Duration: 100 * time.Millisecond, Factor: 1, Steps: 300}
 
 // ServiceTargets plays a Service for a load generator: it returns a
 // function listing http://<podIP>:<port> for the Ready pods the Service
