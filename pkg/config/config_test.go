@@ -217,13 +217,15 @@ func TestLoad(t *testing.T) {
 	}
 }
 
+type pinned struct {
+	Known string `yaml:"known"`
+}
+
 // The message yaml.v3 writes for an unknown key is what unknownField
 // reads: an upgrade that changes it fails here, not silently in the "did
 // you mean" of every unknown key.
 func TestYAMLUnknownFieldMessageIsPinned(t *testing.T) {
-	var v struct {
-		Known string `yaml:"known"`
-	}
+	var v pinned
 	dec := yaml.NewDecoder(strings.NewReader("known: a\nunknown: b\n"))
 	dec.KnownFields(true)
 	err := dec.Decode(&v)
