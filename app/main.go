@@ -1,7 +1,8 @@
 // Command app is the load app for the custom metrics adapter's demos and
 // tests. GET / burns CPU, GET /mem holds memory, and /metrics exports
 // app_requests_total{endpoint}, which the adapter serves as
-// requests-per-second. /healthz and /readyz are for probes.
+// requests-per-second. /healthz and /readyz are for probes. The Handler
+// serves them within its Limits, and counts what it served in its Metrics.
 package main
 
 import (

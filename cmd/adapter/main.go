@@ -1,4 +1,5 @@
-// Command adapter serves the Kubernetes custom metrics API from Prometheus.
+// Command adapter serves the Kubernetes metrics APIs from Prometheus:
+// custom.metrics.k8s.io, external.metrics.k8s.io and metrics.k8s.io.
 package main
 
 import (

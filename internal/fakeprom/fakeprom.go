@@ -1,4 +1,5 @@
-// Package fakeprom plays Prometheus' HTTP API for unit tests:
+// Package fakeprom plays Prometheus' HTTP API for unit tests (a Server,
+// answering each query with the Sample values registered for it):
 // /api/v1/series answers with the fixed series of the metric name a
 // selector names, /api/v1/query with the vector
 // registered for the exact query text (an empty vector otherwise), and

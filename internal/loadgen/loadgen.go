@@ -1,5 +1,6 @@
 // Package loadgen sends HTTP GET requests at a steady rate for a bounded
-// time, spread round-robin over a changing set of targets. The demo and the
+// time, spread round-robin over a changing set of targets, and counts what
+// became of them in Stats. The demo and the
 // tests use it to drive the load app; cmd/loadgen runs it against a real
 // cluster.
 //

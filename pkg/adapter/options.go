@@ -1,8 +1,15 @@
-// Package adapter is the adapter's setup code: its flags, their
-// validation, and the wiring of the Prometheus client, the informer-backed
-// resolver and the metrics provider into a custom-metrics-apiserver.
+// Package adapter is the adapter's setup code: its flags (Options, with
+// Validate), the command and its subcommands (explain, check-config, and
+// ExitError for their exit codes), the components the flags build (the
+// Prometheus client, the resolver, a provider per API, discovery, the
+// MetricRules controller, the upstreams), and the API server around them:
+// the filters that route a request to an upstream or refuse a spelling
+// that would be authorized as another request (route.go), the selector
+// check, the explain endpoint, readiness, and the live reload of the rules
+// file.
 //
-// It holds no query logic; that lives in package custommetrics.
+// It holds no query logic: the request path is the providers'
+// (custommetrics, externalmetrics, resourcemetrics) and package query's.
 package adapter
 
 import (

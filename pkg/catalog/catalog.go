@@ -3,7 +3,13 @@
 // and series that serve it; the definitions an earlier rule won over; the
 // metrics of rules that are left out, and why; and the rules whose series
 // were never listed. Both providers hold a Catalog, so that a metric is
-// found, refused or reported the same way whichever API is asked.
+// found, refused or reported the same way whichever API is asked, and a
+// metric is an upstream's unless a rule serves it in the request's
+// namespace (Serves, Upstreams).
+//
+// An Entry is one served metric: its Source (the rule and the series) and
+// the provider's own value saying how to query it. An Overlap is a metric
+// two rules define; Served describes a served metric for a person.
 //
 // A Catalog is the lifecycle around one Index per discovery round: the
 // rules (swapped by a reload), the round's series (from package

@@ -1,4 +1,7 @@
-// Package config reads the adapter's rules file.
+// Package config reads the adapter's rules file into a Config: its Rule
+// entries (with their ResourceMapping of labels to GroupResource, NameMapping,
+// RegexFilter series filters and LabelValueReplacement) and its
+// ResourceRules (a ResourceRule for cpu and one for memory).
 //
 // The file format is prometheus-adapter's, so an existing prometheus-adapter
 // configuration can be used unchanged. It has three sections, one per

@@ -1,6 +1,7 @@
 // Package custommetrics implements the custom metrics API provider
 // (sigs.k8s.io/custom-metrics-apiserver's CustomMetricsProvider) over
-// Prometheus.
+// Prometheus: Provider, which resolves the objects a request names through
+// an ObjectResolver (package resolver's informer caches).
 //
 // Discovery lists the series of each rule in the background and keeps an
 // index of the metrics it can serve; ListAllMetrics reads that index and

@@ -1,8 +1,10 @@
 // Package discovery lists, in the background, the Prometheus series that
 // the rules' seriesQuery selectors match, and hands each listing to the
 // providers that build their metric lists from it (custom and external
-// metrics). Each distinct seriesQuery is listed once per round, however many
-// rules share it.
+// metrics). A Discoverer lists the Queries (the file's and the teams')
+// through a SeriesLister (package promclient) in rounds, and hands each
+// round's Result to its subscribers. Each distinct seriesQuery is listed
+// once per round, however many rules share it.
 //
 // The listings of a round run side by side (at most MaxConcurrentListings
 // at once), each bounded by the round's deadline (--discovery-timeout), so

@@ -3,10 +3,11 @@
 // and pods it resolved, the PromQL it rendered, Prometheus' raw answer,
 // recorded in a trace.Trace) and reports it next to what the API answers,
 // with the HTTP code, or where the request was forwarded. Run drives a
-// request through the providers, Write prints the report, Handler serves
-// it (/debug/explain/...) authorized as the request it explains, and
-// ParseArgs and ParsePath read a request as `adapter explain` and the
-// debug path write it.
+// Request through the Providers (a ResourceProvider for metrics.k8s.io, a
+// Forwarder for the upstreams, whose answer is a Forwarded) into a Report,
+// Write prints the report, Handler serves it (/debug/explain/...)
+// authorized as the request it explains, and ParseArgs and ParsePath read
+// a request as `adapter explain` and the debug path write it.
 package explain
 
 import (

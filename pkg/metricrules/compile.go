@@ -5,7 +5,14 @@
 // rules to the adapter (which serves them after the rules file's, through
 // the same swap as a reload of the file), and writes each object's status:
 // accepted or not and why, the series discovered and when, the metrics
-// served, what overrules them, and the last failed query.
+// served and what overrules them. A failed query of a rule is an Event on
+// its object.
+//
+// The Controller does this in every replica of the adapter; the replicas
+// elect (LeaderElection) the one that writes status, from a workqueue.
+// Compile turns objects into an Outcome each, through a Cache of what each
+// generation compiled to; Status turns an Outcome and a discovery round's
+// Observation into the object's status.
 //
 // It does not serve requests: the providers do, with the rules it hands
 // over, and query.Budgets bound each namespace's queries.

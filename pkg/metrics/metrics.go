@@ -5,8 +5,10 @@
 //
 // They are registered on component-base's legacy registry, the one the
 // generic API server serves at /metrics next to its own apiserver_*
-// metrics. Until Register is called every recording function is a no-op,
-// so unit tests of the packages that record need nothing.
+// metrics (Register; RegisterOn a test's own Registry). Until then every
+// recording function is a no-op, so unit tests of the packages that record
+// need nothing. A CacheSizer reports the informer caches' sizes; a
+// RuleDiscovery is what one round found for one rule.
 //
 // docs/operations.md lists every metric with its labels.
 package metrics

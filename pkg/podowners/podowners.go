@@ -1,5 +1,5 @@
-// Package podowners is the one list of the resources whose objects the
-// adapter resolves to the pods behind them (a rule's
+// Package podowners is the one list (each entry an Owner) of the resources
+// whose objects the adapter resolves to the pods behind them (a rule's
 // resources.aggregateFromPods): the workloads, by their pod selector; a
 // Service, by its selector; an Ingress, by the Services it routes to. The
 // rules file's validation, the resolver's informers and its walk from an

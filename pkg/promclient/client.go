@@ -1,7 +1,11 @@
 // Package promclient is the adapter's narrow client for Prometheus' HTTP
-// API: instant queries and series listing, each bounded by a deadline, sent
-// by GET or POST, with bearer-token, TLS and header settings, and with
-// identical concurrent queries collapsed into one request.
+// API: a Client, built from a Config, that is a Querier (instant queries)
+// and a SeriesLister (series listings), each bounded by a deadline, sent
+// by GET or POST (Method), with bearer-token, TLS and header settings, with
+// identical concurrent queries collapsed into one request, and every
+// answer read within a bound.
+//
+// A failure is a QueryError naming the query, and Classify tells its Kind.
 //
 // It returns errors that keep their cause (context.DeadlineExceeded,
 // *v1.Error with Prometheus' error type, transport errors) so callers can

@@ -1,6 +1,7 @@
 // Package promql is the adapter's PromQL: it builds the label matchers a
 // rule's metricsQuery gets for objects and Kubernetes label selectors
-// (Matcher, FromSelector), with every value escaped so that no request can
+// (Matcher, with its MatchOp; FromSelector, whose SelectorError is a
+// selector PromQL cannot say), with every value escaped so that no request can
 // change the shape of a query; and, with Prometheus' own parser, it checks
 // rules' PromQL (Parse, ParseSeriesSelector), reads what a query is over
 // (Window, SelectedName) and confines a team's PromQL to its namespace

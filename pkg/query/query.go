@@ -1,10 +1,12 @@
 // Package query is the one step every metrics API takes from a rule to
 // Prometheus' answer: it renders the rule's query for a request, runs it,
 // and records it — in the adapter's metrics (per API, rule and outcome), in
-// the explain trace of the request (package explain), in the log at -v=4 —
-// and turns a failure into the status the API answers (package apistatus).
-// The custom, external and resource metrics providers all call Run, so a
-// query is measured, explained and mapped the same way whichever API asks.
+// the request's trace (package trace), in the log at -v=4 — and turns a
+// failure into the status the API answers (package apistatus). The
+// custom, external and resource metrics providers all call Run with a
+// Query, and get its Result, so a query is measured, explained and mapped
+// the same way whichever API asks. Budgets bound what each namespace's
+// MetricRules may run at once, and for how long.
 //
 // It does not build PromQL (package rules renders it) and does not turn
 // samples into values (the providers and package values do).

@@ -1,5 +1,6 @@
 // Package resolver answers "which objects does this request name?" from
-// informer caches: the pods matching a label selector, the objects of any
+// informer caches (a Resolver, with a Watch per resource and field
+// selector; a cache it could not fill is a NotSyncedError): the pods matching a label selector, the objects of any
 // resource matching a selector, the pods behind a Deployment, ReplicaSet,
 // StatefulSet, DaemonSet, Service or Ingress (package podowners), and the
 // running pods and the nodes whose usage the resource metrics API serves.

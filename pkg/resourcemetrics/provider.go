@@ -1,7 +1,8 @@
 // Package resourcemetrics serves the resource metrics API
 // (metrics.k8s.io/v1beta1: PodMetrics and NodeMetrics) from Prometheus, so
 // `kubectl top` and HPAs with Resource metrics (CPU utilization, memory
-// average value) work without metrics-server.
+// average value) work without metrics-server: a Provider, which lists the
+// running pods and the nodes through an ObjectLister (package resolver).
 //
 // The config's resourceRules say how: for a request the pods (or nodes) are
 // resolved from informer caches, each resource's containerQuery (or

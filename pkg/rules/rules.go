@@ -1,7 +1,11 @@
-// Package rules compiles the rules of a config file into the operations the
-// adapter performs with them: filtering and naming discovered series,
-// associating series labels with Kubernetes resources, and rendering a
-// rule's metricsQuery for one request.
+// Package rules compiles the rules of a config file (a Set of Rule, and its
+// ResourceRules, a ResourceQuery each for cpu and memory) and the rule of a
+// team's MetricRule (a TeamRule, compiled confined to its namespace, its
+// Owner) into the operations the adapter performs with them: filtering and
+// naming discovered series, associating series labels with Kubernetes
+// resources, and rendering a rule's metricsQuery for one request (with
+// TemplateData; a resources.template with ResourceTemplateData). A team's
+// templates are text with placeholders, and every render is capped.
 //
 // It needs a RESTMapper to resolve label names to group-resources, and does
 // not talk to Prometheus.

@@ -1,6 +1,6 @@
 // Package trace records what the adapter did for one request: the rule
-// that serves it, the objects and pods it resolved, the PromQL it ran and
-// Prometheus' raw answer. The steps of the request path record into a
+// that serves it, the objects and pods it resolved (each a Resolution),
+// the PromQL it ran and Prometheus' raw answer (each a Query). The steps of the request path record into a
 // Trace carried by the request's context; without one, recording costs a
 // context lookup. Package explain starts a Trace for the request it
 // explains and reports it.

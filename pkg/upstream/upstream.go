@@ -1,6 +1,7 @@
 // Package upstream lets this adapter share the metrics API groups with
 // other metrics servers: prometheus-adapter during a migration, KEDA for
-// the external metrics it owns, metrics-server for resource metrics. The
+// the external metrics it owns, metrics-server for resource metrics. A Set
+// holds the Upstream of each Spec of the --upstreams File. The
 // aggregator sends each API group to one APIService; pointed at this
 // adapter, it serves what its rules know and forwards the rest, in order,
 // to the upstreams that list it.

@@ -4,7 +4,8 @@
 // shellcheck, each Dockerfile's build stage builds here with plain go, the
 // generated OpenAPI definitions are current, the Helm chart lints and
 // renders what the kustomizations do (helm_test.go), and no Go code takes a
-// literal date for "now" nor is any certificate committed (dates_test.go).
+// literal date for "now" nor is any certificate committed (dates_test.go),
+// and every package's doc names what it holds (docs_test.go).
 // Applying the manifests to a real API server is in test/e2e.
 package repo
 
