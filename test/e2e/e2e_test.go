@@ -339,7 +339,7 @@ func podRequestCounts(ctx context.Context, namespace string) (map[string]float64
 		if err != nil {
 			return nil, fmt.Errorf("pod %s: %w", p.Name, err)
 		}
-		n, ok := sample(mfs, "app_requests_total", map[string]string{"endpoint": "/"})
+		n, ok := localstack.Sum(mfs, "app_requests_total", map[string]string{"endpoint": "/"})
 		if !ok {
 			return nil, fmt.Errorf("pod %s exports no app_requests_total{endpoint=\"/\"}", p.Name)
 		}

@@ -17,10 +17,6 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -126,10 +122,10 @@ func TestHostileTeamRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, ok := sample(mfs, "custom_metrics_adapter_metric_rules_compile_timeouts_total", map[string]string{"namespace": team}); ok && n > 0 {
+	if n, ok := localstack.Sum(mfs, "custom_metrics_adapter_metric_rules_compile_timeouts_total", map[string]string{"namespace": team}); ok && n > 0 {
 		t.Errorf("%v MetricRules of %s hit the compile deadline", n, team)
 	}
-	if n, ok := sample(mfs, "custom_metrics_adapter_metric_rules_rules", map[string]string{"state": "invalid"}); !ok || n < float64(len(hostile)) {
+	if n, ok := localstack.Sum(mfs, "custom_metrics_adapter_metric_rules_rules", map[string]string{"state": "invalid"}); !ok || n < float64(len(hostile)) {
 		t.Errorf("MetricRules counted invalid: %v, want at least %d", n, len(hostile))
 	}
 }
@@ -361,11 +357,11 @@ func TestOneReplicaWritesMetricRuleStatus(t *testing.T) {
 	}()
 	// A rule created once both replicas serve MetricRules.
 	if err := wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
-		mfs, err := adapterMetricsAt(ctx, second.URL)
+		mfs, err := stack.Metrics(ctx, second.URL)
 		if err != nil {
 			return false, nil
 		}
-		_, ok := sample(mfs, "custom_metrics_adapter_metric_rules_rules", map[string]string{"state": "accepted"})
+		_, ok := localstack.Sum(mfs, "custom_metrics_adapter_metric_rules_rules", map[string]string{"state": "accepted"})
 		return ok, nil
 	}); err != nil {
 		t.Fatal("the second replica does not serve MetricRules")
@@ -382,12 +378,12 @@ func TestOneReplicaWritesMetricRuleStatus(t *testing.T) {
 	waitServing(ctx, t, admin.Namespace(team), "queue")
 
 	writes := func(url string) (leader, ok float64) {
-		mfs, err := adapterMetricsAt(ctx, url)
+		mfs, err := stack.Metrics(ctx, url)
 		if err != nil {
 			t.Fatal(err)
 		}
-		leader, _ = sample(mfs, "custom_metrics_adapter_metric_rules_status_writer", nil)
-		ok, _ = sample(mfs, "custom_metrics_adapter_metric_rules_status_writes_total", map[string]string{"result": "ok"})
+		leader, _ = localstack.Sum(mfs, "custom_metrics_adapter_metric_rules_status_writer", nil)
+		ok, _ = localstack.Sum(mfs, "custom_metrics_adapter_metric_rules_status_writes_total", map[string]string{"result": "ok"})
 		return leader, ok
 	}
 	firstLeads, firstWrites := writes(stack.AdapterURL)
@@ -401,27 +397,4 @@ func TestOneReplicaWritesMetricRuleStatus(t *testing.T) {
 	if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
 		t.Errorf("the election's Lease: %v, %v", lease, err)
 	}
-}
-
-// adapterMetricsAt scrapes the /metrics of the adapter at url with the
-// admin identity.
-func adapterMetricsAt(ctx context.Context, url string) (map[string]*dto.MetricFamily, error) {
-	client, err := stack.HTTPClient("admin")
-	if err != nil {
-		return nil, err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/metrics", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	return parser.TextToMetricFamilies(resp.Body)
 }

@@ -49,39 +49,9 @@ func listsMetric(name string) (bool, error) {
 	return slices.ContainsFunc(rl.APIResources, func(r metav1.APIResource) bool { return r.Name == name }), nil
 }
 
-// adapterMetrics scrapes the adapter's /metrics with the admin identity.
+// adapterMetrics scrapes the adapter behind the APIServices.
 func adapterMetrics(ctx context.Context) (map[string]*dto.MetricFamily, error) {
-	return adapterMetricsAt(ctx, stack.AdapterURL)
-}
-
-// sample returns the value of the first sample of family name whose
-// labels include lbls (a histogram's count), or false.
-func sample(mfs map[string]*dto.MetricFamily, name string, lbls map[string]string) (float64, bool) {
-	mf, ok := mfs[name]
-	if !ok {
-		return 0, false
-	}
-metrics:
-	for _, m := range mf.GetMetric() {
-		got := map[string]string{}
-		for _, lp := range m.GetLabel() {
-			got[lp.GetName()] = lp.GetValue()
-		}
-		for k, v := range lbls {
-			if got[k] != v {
-				continue metrics
-			}
-		}
-		switch {
-		case m.GetGauge() != nil:
-			return m.GetGauge().GetValue(), true
-		case m.GetCounter() != nil:
-			return m.GetCounter().GetValue(), true
-		case m.GetHistogram() != nil:
-			return float64(m.GetHistogram().GetSampleCount()), true
-		}
-	}
-	return 0, false
+	return stack.Metrics(ctx, stack.AdapterURL)
 }
 
 // TestRulesReloadLive changes the rules of the running adapter the way a
@@ -117,7 +87,7 @@ func TestRulesReloadLive(t *testing.T) {
 		if err != nil {
 			return -1
 		}
-		v, _ := sample(mfs, "custom_metrics_adapter_config_reloads_total", map[string]string{"result": result})
+		v, _ := localstack.Sum(mfs, "custom_metrics_adapter_config_reloads_total", map[string]string{"result": result})
 		return v
 	}
 	okBefore, failedBefore := reloads("success"), reloads("failure")
@@ -189,7 +159,7 @@ func TestRulesReloadLive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v, ok := sample(mfs, "custom_metrics_adapter_config_last_reload_successful", nil); !ok || v != 0 {
+	if v, ok := localstack.Sum(mfs, "custom_metrics_adapter_config_last_reload_successful", nil); !ok || v != 0 {
 		t.Errorf("custom_metrics_adapter_config_last_reload_successful = %v (present %v), want 0 after a broken file", v, ok)
 	}
 	if !strings.Contains(stack.Adapter.Tail(50), "Rules file rejected") {
@@ -453,7 +423,7 @@ func TestAdapterMetricsAreScraped(t *testing.T) {
 		{"custom_metrics_adapter_informer_cached_objects", map[string]string{"resource": "pods"}, func(v float64) bool { return v >= 1 }, "the app's pods"},
 		{"custom_metrics_adapter_config_last_reload_success_timestamp_seconds", nil, func(v float64) bool { return v > 0 && v <= now }, "the time the rules were loaded"},
 	} {
-		v, ok := sample(mfs, c.name, c.lbls)
+		v, ok := localstack.Sum(mfs, c.name, c.lbls)
 		if !ok || !c.check(v) {
 			t.Errorf("%s%v = %v (present %v), want %s", c.name, c.lbls, v, ok, c.want)
 		}

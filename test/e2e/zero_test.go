@@ -70,7 +70,7 @@ func runFromZero(ctx context.Context, t *testing.T, hpa *autoscalingv2.Horizonta
 	}
 	t.Logf("idle: at zero replicas %s after the HPA was created: %s", time.Since(start).Round(time.Second), describe())
 	// It sits there: two more HPA syncs at zero, reading its metric.
-	if err := stays(ctx, 15*time.Second, func(ctx context.Context) error {
+	if _, err := localstack.HoldsFor(ctx, 15*time.Second, time.Second, func(ctx context.Context) error {
 		d, err := stack.Client.AppsV1().Deployments(h.Namespace).Get(ctx, app, metav1.GetOptions{})
 		if err == nil && *d.Spec.Replicas != 0 {
 			err = fmt.Errorf("idle at zero, the HPA asked for %d replicas", *d.Spec.Replicas)
@@ -133,20 +133,6 @@ func waitZero(ctx context.Context, namespace, hpa string, timeout time.Duration)
 			return c.Type == autoscalingv2.ScaledToZero && c.Status == corev1.ConditionTrue
 		}), nil
 	})
-}
-
-// stays checks cond every second for window; it fails at cond's first
-// error. cond runs with ctx, not with the window's deadline: a call made
-// just before the window ends must not fail for it (client-go's rate
-// limiter refuses at once to wait past a context's deadline).
-func stays(ctx context.Context, window time.Duration, cond func(context.Context) error) error {
-	err := wait.PollUntilContextTimeout(ctx, time.Second, window, true, func(context.Context) (bool, error) {
-		return false, cond(ctx)
-	})
-	if wait.Interrupted(err) && ctx.Err() == nil {
-		return nil // the whole window held
-	}
-	return err
 }
 
 // adapterCounts summarizes what the adapter counted of its external and

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/wait"
 	cmv1beta2 "k8s.io/metrics/pkg/apis/custom_metrics/v1beta2"
@@ -76,20 +74,7 @@ func (e *answerError) Error() string { return e.o.String() }
 
 // readyPods lists the ready pods of the app in namespace, sorted.
 func readyPods(ctx context.Context, namespace string) ([]string, error) {
-	pods, err := stack.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: labels.Set{"app": app}.String()})
-	if err != nil {
-		return nil, err
-	}
-	var names []string
-	for _, p := range pods.Items {
-		if p.DeletionTimestamp == nil && slices.ContainsFunc(p.Status.Conditions, func(c corev1.PodCondition) bool {
-			return c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue
-		}) {
-			names = append(names, p.Name)
-		}
-	}
-	slices.Sort(names)
-	return names, nil
+	return stack.ReadyPods(ctx, namespace, labels.Set{"app": app}.String())
 }
 
 // settleGoroutines waits until the adapter's goroutine count is back within

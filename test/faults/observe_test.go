@@ -3,7 +3,6 @@ package faults
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,13 +13,12 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
 )
 
 // The requests a client of the API server keeps making during a fault:
@@ -272,37 +270,15 @@ func report(t *testing.T, format string, args ...any) {
 // adapterMetric sums the samples of a metric family on an adapter's
 // /metrics whose labels include match.
 func adapterMetric(ctx context.Context, adapterURL, family string, match map[string]string) (float64, error) {
-	o := get(ctx, adapterURL, "/metrics")
-	if o.code != http.StatusOK {
-		return 0, fmt.Errorf("GET %s/metrics: %d %s", adapterURL, o.code, o.message)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(strings.NewReader(string(o.body)))
+	mfs, err := stack.Metrics(ctx, adapterURL)
 	if err != nil {
 		return 0, err
 	}
-	mf, ok := families[family]
+	v, ok := localstack.Sum(mfs, family, match)
 	if !ok {
 		return 0, fmt.Errorf("%s/metrics has no %s", adapterURL, family)
 	}
-	sum := 0.0
-next:
-	for _, m := range mf.GetMetric() {
-		for k, v := range match {
-			if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == k && l.GetValue() == v }) {
-				continue next
-			}
-		}
-		switch {
-		case m.GetCounter() != nil:
-			sum += m.GetCounter().GetValue()
-		case m.GetGauge() != nil:
-			sum += m.GetGauge().GetValue()
-		default:
-			return 0, errors.New(family + " is neither a counter nor a gauge")
-		}
-	}
-	return sum, nil
+	return v, nil
 }
 
 // goroutines reads the adapter's go_goroutines.
@@ -332,29 +308,19 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func(ctx con
 // checkEvery is how often holdsFor checks: as often as the watcher reads.
 const checkEvery = 250 * time.Millisecond
 
-// holdsFor checks every interval, over window, that check holds: the window
-// is watched, not slept through. It returns how long it watched: window, or
-// less when check failed first. That failure only ends the window early and
-// is logged; check must judge by the same rules as the caller's assertions
-// after the window, which see everything and report it.
+// holdsFor checks every interval, over window, that check holds
+// (localstack.HoldsFor), and returns how long it watched. A failure of
+// check only ends the window early and is logged; check must judge by the
+// same rules as the caller's assertions after the window, which see
+// everything and report it. ctx ending first is an error.
 func holdsFor(ctx context.Context, t *testing.T, window, interval time.Duration, check func(ctx context.Context) error) time.Duration {
 	t.Helper()
-	start := time.Now()
-	var violated error
-	// check runs with ctx, not with the window's deadline: a call made just
-	// before the window ends must not fail for it (client-go's rate limiter
-	// refuses at once to wait past a context's deadline).
-	err := wait.PollUntilContextTimeout(ctx, interval, window, true, func(context.Context) (bool, error) {
-		violated = check(ctx)
-		return false, violated
-	})
-	watched := time.Since(start)
+	watched, err := localstack.HoldsFor(ctx, window, interval, check)
 	switch {
-	case violated != nil:
-		t.Logf("stopped watching %s into a %s window: %v", watched.Round(100*time.Millisecond), window, violated)
-	case ctx.Err() != nil:
-		// Not the window's own end: ctx ended first.
-		t.Errorf("watched %s of a %s window: %v", watched.Round(100*time.Millisecond), window, err)
+	case err != nil && ctx.Err() != nil:
+		t.Errorf("%v", err)
+	case err != nil:
+		t.Logf("stopped watching %s into a %s window: %v", watched.Round(100*time.Millisecond), window, err)
 	}
 	return watched
 }

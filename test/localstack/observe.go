@@ -1,0 +1,112 @@
+package localstack
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
+// Metrics scrapes the /metrics of the server at baseURL (an adapter of the
+// stack: its URL) with the admin's client certificate.
+func (s *Stack) Metrics(ctx context.Context, baseURL string) (map[string]*dto.MetricFamily, error) {
+	client, err := s.HTTPClient("admin")
+	if err != nil {
+		return nil, err
+	}
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s/metrics: %s", baseURL, resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	return parser.TextToMetricFamilies(resp.Body)
+}
+
+// Sum adds up the samples of family name whose labels include match (a
+// counter's or a gauge's value, a histogram's count). It reports false when
+// none matches.
+func Sum(mfs map[string]*dto.MetricFamily, name string, match map[string]string) (float64, bool) {
+	mf, ok := mfs[name]
+	if !ok {
+		return 0, false
+	}
+	sum, found := 0.0, false
+metrics:
+	for _, m := range mf.GetMetric() {
+		for k, v := range match {
+			if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == k && l.GetValue() == v }) {
+				continue metrics
+			}
+		}
+		switch {
+		case m.GetCounter() != nil:
+			sum += m.GetCounter().GetValue()
+		case m.GetGauge() != nil:
+			sum += m.GetGauge().GetValue()
+		case m.GetHistogram() != nil:
+			sum += float64(m.GetHistogram().GetSampleCount())
+		default:
+			continue
+		}
+		found = true
+	}
+	return sum, found
+}
+
+// HoldsFor checks, every interval over window, that check holds: the
+// window is watched, not slept through. It returns how long it watched
+// (window, or less when check failed first) and check's first failure.
+// check runs with ctx, not with the window's deadline: a call made just
+// before the window ends must not fail for it (client-go's rate limiter
+// refuses at once to wait past a context's deadline). An error is returned
+// too when ctx ends before the window does.
+func HoldsFor(ctx context.Context, window, interval time.Duration, check func(ctx context.Context) error) (time.Duration, error) {
+	start := time.Now()
+	var violated error
+	err := wait.PollUntilContextTimeout(ctx, interval, window, true, func(context.Context) (bool, error) {
+		violated = check(ctx)
+		return false, violated
+	})
+	watched := time.Since(start)
+	switch {
+	case violated != nil:
+		return watched, violated
+	case ctx.Err() != nil:
+		return watched, fmt.Errorf("watched %s of a %s window: %w", watched.Round(100*time.Millisecond), window, err)
+	}
+	return watched, nil
+}
+
+// ReadyPods lists the names of the ready pods of namespace that selector
+// matches (the Ready condition the process kubelet writes), sorted.
+func (s *Stack) ReadyPods(ctx context.Context, namespace, selector string) ([]string, error) {
+	pods, err := s.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for i := range pods.Items {
+		if p := &pods.Items[i]; p.DeletionTimestamp == nil && podReady(p) {
+			names = append(names, p.Name)
+		}
+	}
+	slices.Sort(names)
+	return names, nil
+}
