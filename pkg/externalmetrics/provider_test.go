@@ -14,12 +14,13 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
+	clocktesting "k8s.io/utils/clock/testing"
+
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/fakeprom"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
-	clocktesting "k8s.io/utils/clock/testing"
 )
 
 // A config in prometheus-adapter's format: a namespaced rule (the default),

@@ -380,12 +380,9 @@ func validName(name string) bool {
 	if name == "" || len(name) > 512 || strings.Count(name, "/") > 1 {
 		return false
 	}
-	for _, c := range name {
-		if !(c == '.' || c == '_' || c == ':' || c == '-' || c == '/' || ('0' <= c && c <= '9') || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z')) {
-			return false
-		}
-	}
-	return true
+	return strings.IndexFunc(name, func(c rune) bool {
+		return !strings.ContainsRune("._:-/", c) && (c < '0' || c > '9') && (c < 'a' || c > 'z') && (c < 'A' || c > 'Z')
+	}) < 0
 }
 
 // Bounds on what an upstream sends.
