@@ -187,8 +187,9 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 		"Deadline of each query of a MetricRule (504 when it is hit); the rules file's queries have --prometheus-timeout. 0: --prometheus-timeout only.")
 
 	rules.IntVar(&o.MetricRulesMaxSeries, "metric-rules-max-series", o.MetricRulesMaxSeries,
-		"How many series the listing of one MetricRule's seriesQuery may return: a listing with more fails, and the rule's status says so "+
-			"(Prometheus is asked for one more than this, with its limit parameter). 0: no limit. The rules file's listings are not bounded.")
+		"How many series the listing of one namespace's MetricRules may return (their seriesQuery selectors are listed together, one listing per namespace): "+
+			"a listing with more fails, and each rule's status says so (Prometheus is asked for one more than this, with its limit parameter). 0: no limit. "+
+			"The rules file's listings are not bounded.")
 	rules.DurationVar(&o.MetricRulesDiscoveryTimeout, "metric-rules-discovery-timeout", o.MetricRulesDiscoveryTimeout,
 		"Deadline of the listings of the MetricRules' seriesQuery selectors in a discovery round. They run beside the rules file's (two at a time, "+
 			"apart from its four), and a MetricRule not listed yet never holds back readiness: it answers 503 in its own namespace until it is listed.")

@@ -15,10 +15,11 @@
 // second up to the relist interval.
 //
 // The seriesQuery selectors of rule objects (a team's MetricRules) are
-// listed apart, in the same round: with slots and a deadline of their own
-// (TeamLimits), at most TeamLimits.MaxSeries series each (a listing with
-// more fails), and without a say in readiness. A team's slow or huge
-// listing costs its own rules only.
+// listed apart, in the same round, one listing per namespace for all of its
+// selectors: with slots and a deadline of their own (TeamLimits), at most
+// TeamLimits.MaxSeries series per namespace (a listing with more fails),
+// and without a say in readiness. A team's slow or huge listing costs its
+// own rules only.
 //
 // Whatever a listing returns, a series whose name is not a valid
 // Prometheus metric name (Prometheus 3 accepts any UTF-8) is dropped and
@@ -47,6 +48,7 @@ import (
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
@@ -90,38 +92,56 @@ func (r Result) Pending(rs []*rules.Rule) error {
 }
 
 // Queries are the seriesQuery selectors a round lists: the rules file's,
-// and the rule objects' (teams'), which are listed within TeamLimits. A
-// selector in both is the file's. Duplicates are listed once.
+// and the rule objects' (teams'), by namespace: a namespace's selectors are
+// listed together, in one listing, within TeamLimits. A selector in both is
+// the file's. Duplicates are listed once.
 type Queries struct {
-	File, Team []string
+	File []string
+	Team map[string][]string
 }
 
 // QueriesOf are the distinct seriesQuery selectors of rules, in order:
-// those of the rules file's rules, and those of team rules.
+// those of the rules file's rules, and those of team rules by namespace.
 func QueriesOf(rs []*rules.Rule) Queries {
-	var q Queries
+	q := Queries{Team: map[string][]string{}}
 	for _, r := range rs {
-		if r.Namespace() == "" {
+		if ns := r.Namespace(); ns == "" {
 			q.File = append(q.File, r.SeriesQuery())
 		} else {
-			q.Team = append(q.Team, r.SeriesQuery())
+			q.Team[ns] = append(q.Team[ns], r.SeriesQuery())
 		}
 	}
 	return q.dedup()
 }
 
-// dedup drops duplicates, and team selectors that are the file's too.
+// dedup drops duplicates, team selectors that are the file's too, and
+// namespaces left with none.
 func (q Queries) dedup() Queries {
-	out := Queries{File: dedup(q.File)}
-	for _, t := range dedup(q.Team) {
-		if !slices.Contains(out.File, t) {
-			out.Team = append(out.Team, t)
+	out := Queries{File: dedup(q.File), Team: map[string][]string{}}
+	for ns, sels := range q.Team {
+		var kept []string
+		for _, sel := range dedup(sels) {
+			if !slices.Contains(out.File, sel) {
+				kept = append(kept, sel)
+			}
+		}
+		if len(kept) > 0 {
+			out.Team[ns] = kept
 		}
 	}
 	return out
 }
 
-func (q Queries) all() []string { return append(slices.Clip(q.File), q.Team...) }
+// team is every team selector, by namespace in order.
+func (q Queries) team() []string {
+	var out []string
+	for _, ns := range slices.Sorted(maps.Keys(q.Team)) {
+		out = append(out, q.Team[ns]...)
+	}
+	return out
+}
+
+func (q Queries) all() []string { return append(slices.Clip(q.File), q.team()...) }
 
 // TeamLimits bound the listings of rule objects' selectors.
 type TeamLimits struct {
@@ -130,8 +150,8 @@ type TeamLimits struct {
 	MaxConcurrent int
 	// Timeout bounds each of them; Config.Timeout when not positive.
 	Timeout time.Duration
-	// MaxSeries is how many series one of them may return (0: no bound):
-	// a listing with more fails.
+	// MaxSeries is how many series one namespace's listing may return
+	// (0: no bound): a listing with more fails, for each of its selectors.
 	MaxSeries int
 }
 
@@ -140,8 +160,9 @@ type Config struct {
 	// Queries are the rules file's seriesQuery selectors to list;
 	// duplicates are listed once.
 	Queries []string
-	// TeamQueries are the rule objects' selectors, listed within Team.
-	TeamQueries []string
+	// TeamQueries are the rule objects' selectors by namespace, listed
+	// within Team.
+	TeamQueries map[string][]string
 	Team        TeamLimits
 	Lister      SeriesLister
 	// Interval is how often the series are listed again.
@@ -297,25 +318,22 @@ func (d *Discoverer) list(ctx context.Context) Result {
 	failed, listed := map[string]error{}, map[string][]model.LabelSet{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for _, set := range []struct {
-		queries  []string
-		parallel int
-		timeout  time.Duration
-		limit    int
-	}{
-		{queries.File, d.parallel, d.timeout, 0},
-		{queries.Team, d.team.MaxConcurrent, d.team.Timeout, d.team.MaxSeries},
-	} {
-		wg.Go(func() {
-			sctx, cancel := context.WithTimeout(ctx, set.timeout)
-			defer cancel()
-			f, l := d.listEach(sctx, set.queries, set.parallel, set.limit, now)
-			mu.Lock()
-			maps.Copy(failed, f)
-			maps.Copy(listed, l)
-			mu.Unlock()
-		})
+	keep := func(f map[string]error, l map[string][]model.LabelSet) {
+		mu.Lock()
+		defer mu.Unlock()
+		maps.Copy(failed, f)
+		maps.Copy(listed, l)
 	}
+	wg.Go(func() {
+		fctx, cancel := context.WithTimeout(ctx, d.timeout)
+		defer cancel()
+		keep(d.listEach(fctx, queries.File, d.parallel, 0, now))
+	})
+	wg.Go(func() {
+		tctx, cancel := context.WithTimeout(ctx, d.team.Timeout)
+		defer cancel()
+		keep(d.listNamespaces(tctx, queries.Team, now))
+	})
 	wg.Wait()
 	metrics.ObserveDiscovery(d.clock.Since(now))
 
@@ -340,10 +358,10 @@ func (d *Discoverer) list(ctx context.Context) Result {
 		klog.ErrorS(errorOf(fileFailed), "Failed to list some series; their rules keep the metrics of their last listing",
 			"failed", len(fileFailed), "queries", len(queries.File))
 	}
-	if teamFailed := only(failed, queries.Team); len(teamFailed) > 0 {
+	if teamFailed := only(failed, queries.team()); len(teamFailed) > 0 {
 		// Each rule object's status says why; a team's rule must not
 		// fill the log.
-		klog.V(2).InfoS("Failed to list the series of some MetricRules; their status says why", "failed", len(teamFailed), "queries", len(queries.Team))
+		klog.V(2).InfoS("Failed to list the series of some MetricRules; their status says why", "failed", len(teamFailed), "queries", len(queries.team()))
 	}
 	return r
 }
@@ -392,6 +410,78 @@ func (d *Discoverer) listEach(ctx context.Context, queries []string, parallel, l
 		})
 	}
 	_ = g.Wait()
+	return failed, listed
+}
+
+// listNamespaces lists each namespace's team selectors together, in one
+// listing (at most d.team.MaxConcurrent namespaces at once), of at most
+// d.team.MaxSeries series, and gives each selector the series it matches.
+// A namespace whose listing fails otherwise than by its size has its
+// selectors listed one by one, so that one that Prometheus refuses fails
+// alone.
+func (d *Discoverer) listNamespaces(ctx context.Context, groups map[string][]string, now time.Time) (map[string]error, map[string][]model.LabelSet) {
+	failed := map[string]error{}
+	listed := map[string][]model.LabelSet{}
+	var mu sync.Mutex
+	var g errgroup.Group
+	g.SetLimit(d.team.MaxConcurrent)
+	limit := d.team.MaxSeries
+	lctx := ctx
+	if limit > 0 {
+		lctx = promclient.WithSeriesLimit(ctx, limit)
+	}
+	for _, ns := range slices.Sorted(maps.Keys(groups)) {
+		sels := groups[ns]
+		g.Go(func() error {
+			f, l := map[string]error{}, map[string][]model.LabelSet{}
+			sets, err := d.lister.Series(lctx, sels, now.Add(-d.maxAge), now)
+			switch {
+			case err == nil && limit > 0 && len(sets) > limit:
+				metrics.ObserveSeriesDropped("over_limit", len(sets))
+				err = fmt.Errorf("%w: the listing of namespace %s's MetricRules finds more than %d series, the most one namespace's may (--metric-rules-max-series): narrow spec.seriesQuery",
+					ErrTooManySeries, ns, limit)
+				for _, sel := range sels {
+					f[sel] = err
+				}
+			case err != nil && len(sels) > 1 && ctx.Err() == nil:
+				f, l = d.listEach(ctx, sels, 1, limit, now)
+			case err != nil:
+				for _, sel := range sels {
+					f[sel] = err
+				}
+			default:
+				f, l = attribute(validNames(sets), sels)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			maps.Copy(failed, f)
+			maps.Copy(listed, l)
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return failed, listed
+}
+
+// attribute gives each selector the series of a joint listing it
+// matches.
+func attribute(sets []model.LabelSet, sels []string) (map[string]error, map[string][]model.LabelSet) {
+	failed := map[string]error{}
+	listed := map[string][]model.LabelSet{}
+	for _, sel := range sels {
+		matches, err := promql.SelectorMatches(sel)
+		if err != nil {
+			failed[sel] = err
+			continue
+		}
+		mine := []model.LabelSet{}
+		for _, ls := range sets {
+			if matches(ls) {
+				mine = append(mine, ls)
+			}
+		}
+		listed[sel] = mine
+	}
 	return failed, listed
 }
 

@@ -29,6 +29,8 @@ type fakeLister struct {
 	ends    []time.Time
 	// hook runs at each call, under mu.
 	hook func()
+	// calls are the selectors of each call.
+	calls [][]string
 }
 
 func (f *fakeLister) Series(_ context.Context, matches []string, start, end time.Time) ([]model.LabelSet, error) {
@@ -39,7 +41,23 @@ func (f *fakeLister) Series(_ context.Context, matches []string, start, end time
 	if f.hook != nil {
 		f.hook()
 	}
-	return f.series[matches[0]], f.failing[matches[0]]
+	f.calls = append(f.calls, matches)
+	// As Prometheus: the series of every selector, once each; any
+	// failing selector fails the listing.
+	var out []model.LabelSet
+	seen := map[string]bool{}
+	for _, m := range matches {
+		if err := f.failing[m]; err != nil {
+			return nil, err
+		}
+		for _, ls := range f.series[m] {
+			if !seen[ls.String()] {
+				seen[ls.String()] = true
+				out = append(out, ls)
+			}
+		}
+	}
+	return out, nil
 }
 
 func (f *fakeLister) setFailing(q string, err error) {
@@ -359,10 +377,10 @@ rules:
 func TestTeamListingsHaveTheirOwnBudget(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l := newLister()
-		l.series["big"] = []model.LabelSet{{"__name__": "x"}, {"__name__": "y"}, {"__name__": "z"}, {"__name__": "w"}}
-		l.series["small"] = []model.LabelSet{{"__name__": "x"}, {"__name__": "y"}, {"__name__": "z"}}
+		l.series["big"] = []model.LabelSet{{"__name__": "big", "pod": "a"}, {"__name__": "big", "pod": "b"}, {"__name__": "big", "pod": "c"}, {"__name__": "big", "pod": "d"}}
+		l.series["small"] = []model.LabelSet{{"__name__": "small", "pod": "a"}, {"__name__": "small", "pod": "b"}}
 		lister := blockingLister{fakeLister: l, slow: "slow"}
-		d := New(Config{Queries: []string{"a", "b"}, TeamQueries: []string{"slow", "big", "small", "a"}, Lister: lister,
+		d := New(Config{Queries: []string{"a", "b"}, TeamQueries: map[string][]string{"t1": {"slow"}, "t2": {"big"}, "t3": {"small", "a"}}, Lister: lister,
 			Timeout: time.Minute, Team: TeamLimits{Timeout: time.Second, MaxSeries: 3, MaxConcurrent: 1}})
 		start := time.Now()
 		r := d.Relist(context.Background())
@@ -375,7 +393,7 @@ func TestTeamListingsHaveTheirOwnBudget(t *testing.T) {
 		if err := r.Failed["big"]; !errors.Is(err, ErrTooManySeries) || !strings.Contains(err.Error(), "--metric-rules-max-series") {
 			t.Errorf("a team listing of 4 series, 3 allowed: %v", err)
 		}
-		if len(r.Series["small"]) != 3 || len(r.Series["a"]) != 1 || len(r.Series["b"]) != 1 {
+		if len(r.Series["small"]) != 2 || len(r.Series["a"]) != 1 || len(r.Series["b"]) != 1 {
 			t.Errorf("series: %v", r.Series)
 		}
 		if err := d.Ready(); err != nil {
@@ -399,12 +417,12 @@ func TestQueriesOfSplitsTheFilesFromTheTeams(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := QueriesOf(append(file.Custom, team))
-	if len(q.File) != 1 || q.File[0] != "a" || len(q.Team) != 1 || q.Team[0] != `b{namespace="t"}` {
+	if len(q.File) != 1 || q.File[0] != "a" || len(q.Team) != 1 || len(q.Team["t"]) != 1 || q.Team["t"][0] != `b{namespace="t"}` {
 		t.Errorf("QueriesOf = %+v", q)
 	}
 	l := newLister()
 	l.series["a"] = []model.LabelSet{{"__name__": "x"}, {"__name__": "y"}, {"__name__": "z"}, {"__name__": "w"}}
-	d := New(Config{Queries: q.File, TeamQueries: append(q.Team, "a"), Lister: l, Team: TeamLimits{MaxSeries: 1}})
+	d := New(Config{Queries: q.File, TeamQueries: map[string][]string{"t": append(q.Team["t"], "a")}, Lister: l, Team: TeamLimits{MaxSeries: 1}})
 	if r := d.Relist(context.Background()); len(r.Series["a"]) != 4 {
 		t.Errorf("the file's listing of 4 series: %v, %v", r.Series["a"], r.Failed["a"])
 	}
@@ -424,5 +442,38 @@ func TestSeriesWithInvalidNamesAreDropped(t *testing.T) {
 	r := d.Relist(context.Background())
 	if len(r.Series["a"]) != 1 || r.Series["a"][0]["__name__"] != "app_requests_total" {
 		t.Errorf("series = %v, want the valid name only", r.Series["a"])
+	}
+}
+
+// A namespace's MetricRules are listed in one listing, and each selector
+// gets the series it matches; a listing a selector makes fail is retried
+// one selector at a time, so only that selector fails; the bound is the
+// namespace's.
+func TestANamespacesSelectorsAreListedTogether(t *testing.T) {
+	l := newLister()
+	a, b := `a_total{namespace="t"}`, `{__name__=~"b_.*",namespace="t"}`
+	l.series[a] = []model.LabelSet{{"__name__": "a_total", "namespace": "t", "pod": "p"}}
+	l.series[b] = []model.LabelSet{{"__name__": "b_total", "namespace": "t", "pod": "p"}, {"__name__": "b_other", "namespace": "t"}}
+	d := New(Config{TeamQueries: map[string][]string{"t": {a, b}}, Lister: l, Team: TeamLimits{MaxSeries: 10}})
+	r := d.Relist(context.Background())
+	if len(l.calls) != 1 || len(l.calls[0]) != 2 {
+		t.Errorf("listings: %v, want one with both selectors", l.calls)
+	}
+	if len(r.Series[a]) != 1 || len(r.Series[b]) != 2 || r.Series[a][0]["__name__"] != "a_total" {
+		t.Errorf("series by selector: %v", r.Series)
+	}
+
+	bad := `c_total{namespace="t"}`
+	l.setFailing(bad, errors.New("bad_data: refused"))
+	d = New(Config{TeamQueries: map[string][]string{"t": {a, bad}}, Lister: l, Team: TeamLimits{MaxSeries: 10}})
+	r = d.Relist(context.Background())
+	if len(r.Series[a]) != 1 || r.Failed[bad] == nil || r.Failed[a] != nil {
+		t.Errorf("with a refused selector: series %v, failed %v; want only it failed", r.Series, r.Failed)
+	}
+
+	d = New(Config{TeamQueries: map[string][]string{"t": {a, b}}, Lister: l, Team: TeamLimits{MaxSeries: 2}})
+	r = d.Relist(context.Background())
+	if !errors.Is(r.Failed[a], ErrTooManySeries) || !errors.Is(r.Failed[b], ErrTooManySeries) || !strings.Contains(r.Failed[a].Error(), "namespace t") {
+		t.Errorf("three series of namespace t, two allowed: %v", r.Failed)
 	}
 }

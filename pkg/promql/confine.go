@@ -67,6 +67,24 @@ func SelectedName(sel string) (string, bool) {
 	return "", false
 }
 
+// SelectorMatches returns whether a series (its labels, with __name__)
+// matches a series selector, as Prometheus' /api/v1/series matches it: a
+// label the series lacks is the empty string.
+func SelectorMatches(sel string) (func(model.LabelSet) bool, error) {
+	ms, err := parse.ParseMetricSelector(sel)
+	if err != nil {
+		return nil, err
+	}
+	return func(ls model.LabelSet) bool {
+		for _, m := range ms {
+			if !m.Matches(string(ls[model.LabelName(m.Name)])) {
+				return false
+			}
+		}
+		return true
+	}, nil
+}
+
 // ErrUnconfinable is an expression Confine refuses.
 var ErrUnconfinable = errors.New("cannot be confined")
 
