@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -91,31 +92,11 @@ func TestSeedHPAsScaleOutAndIn(t *testing.T) {
 func runHPA(t *testing.T, ctx context.Context, hpa *autoscalingv2.HorizontalPodAutoscaler, path string, rate float64, scaleTo int32) {
 	t.Helper()
 	namespace := hpa.Namespace
-	hpas := stack.Client.AutoscalingV2().HorizontalPodAutoscalers(namespace)
-	if _, err := hpas.Create(ctx, hpa, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := hpas.Delete(context.Background(), hpa.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-			t.Error(err)
-		}
-	})
-	describe := func() string { return describeHPA(ctx, namespace, hpa.Name) }
-
+	describe := createHPA(ctx, t, hpa)
 	_, stop := startLoad(t, namespace, path, rate)
 	start := time.Now()
-	var firstScaleUp time.Duration
-	err := wait.PollUntilContextTimeout(ctx, time.Second, 6*time.Minute, true, func(ctx context.Context) (bool, error) {
-		d, err := stack.Client.AppsV1().Deployments(namespace).Get(ctx, app, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		if firstScaleUp == 0 && *d.Spec.Replicas > 1 {
-			firstScaleUp = time.Since(start)
-			t.Logf("first scale-up %s after the load started: %s", firstScaleUp.Round(100*time.Millisecond), describe())
-		}
-		return d.Status.ReadyReplicas >= scaleTo, nil
-	})
+	firstScaleUp, err := scaleOut(ctx, t, namespace, scaleTo, time.Second, 6*time.Minute, "first scale-up",
+		func(d *appsv1.Deployment) bool { return *d.Spec.Replicas > 1 }, describe)
 	if err != nil {
 		t.Fatalf("no scale-out to %d replicas under %.1f req/s of %s: %s", scaleTo, rate, path, describe())
 	}
@@ -133,6 +114,44 @@ func runHPA(t *testing.T, ctx context.Context, hpa *autoscalingv2.HorizontalPodA
 		t.Fatalf("no scale-in to 1 replica after the load stopped: %s", describe())
 	}
 	t.Logf("scaled back to 1 replica %s after the load stopped", time.Since(start).Round(time.Second))
+}
+
+// createHPA creates hpa, deletes it when the test ends, and returns what
+// describes it for messages.
+func createHPA(ctx context.Context, t *testing.T, hpa *autoscalingv2.HorizontalPodAutoscaler) (describe func() string) {
+	t.Helper()
+	hpas := stack.Client.AutoscalingV2().HorizontalPodAutoscalers(hpa.Namespace)
+	if _, err := hpas.Create(ctx, hpa, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := hpas.Delete(context.Background(), hpa.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Error(err)
+		}
+	})
+	return func() string { return describeHPA(ctx, hpa.Namespace, hpa.Name) }
+}
+
+// scaleOut waits, every interval up to timeout, until the app of namespace
+// has scaleTo ready replicas, and logs the first time first held of its
+// Deployment (what): it returns how long after the call that was.
+func scaleOut(ctx context.Context, t *testing.T, namespace string, scaleTo int32, interval, timeout time.Duration, what string,
+	first func(*appsv1.Deployment) bool, describe func() string) (time.Duration, error) {
+	t.Helper()
+	start := time.Now()
+	var took time.Duration
+	err := wait.PollUntilContextTimeout(ctx, interval, timeout, true, func(ctx context.Context) (bool, error) {
+		d, err := stack.Client.AppsV1().Deployments(namespace).Get(ctx, app, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		if took == 0 && first(d) {
+			took = time.Since(start)
+			t.Logf("%s %s after the load started: %s", what, took.Round(100*time.Millisecond), describe())
+		}
+		return d.Status.ReadyReplicas >= scaleTo, nil
+	})
+	return took, err
 }
 
 // describeHPA renders an HPA's replicas, current metric and the

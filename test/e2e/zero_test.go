@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
@@ -51,16 +51,7 @@ func TestScaleToZeroAndBack(t *testing.T) {
 
 func runFromZero(ctx context.Context, t *testing.T, hpa *autoscalingv2.HorizontalPodAutoscaler, h localstack.SeedHPA) {
 	t.Helper()
-	hpas := stack.Client.AutoscalingV2().HorizontalPodAutoscalers(h.Namespace)
-	if _, err := hpas.Create(ctx, hpa, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := hpas.Delete(context.Background(), hpa.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-			t.Error(err)
-		}
-	})
-	describe := func() string { return describeHPA(ctx, h.Namespace, hpa.Name) }
+	describe := createHPA(ctx, t, hpa)
 
 	// Idle: nothing comes through main-route, the metric is 0, and the HPA
 	// takes the app from its one replica to zero.
@@ -88,18 +79,8 @@ func runFromZero(ctx context.Context, t *testing.T, hpa *autoscalingv2.Horizonta
 	// Load through the ingress: from zero to a ready replica, and out.
 	_, stopLoad := startLoad(t, h.Namespace, h.Path, h.Rate)
 	start = time.Now()
-	var firstReady time.Duration
-	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
-		d, err := stack.Client.AppsV1().Deployments(h.Namespace).Get(ctx, app, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		if firstReady == 0 && d.Status.ReadyReplicas >= 1 {
-			firstReady = time.Since(start)
-			t.Logf("first ready replica %s after the first request: %s", firstReady.Round(100*time.Millisecond), describe())
-		}
-		return d.Status.ReadyReplicas >= h.ScaleTo, nil
-	})
+	firstReady, err := scaleOut(ctx, t, h.Namespace, h.ScaleTo, 500*time.Millisecond, 4*time.Minute, "first ready replica",
+		func(d *appsv1.Deployment) bool { return d.Status.ReadyReplicas >= 1 }, describe)
 	if err != nil {
 		t.Fatalf("no scale from zero to %d ready replicas under %.0f req/s through main-route: %s", h.ScaleTo, h.Rate, describe())
 	}
