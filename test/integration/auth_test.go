@@ -31,6 +31,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/adapter"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
@@ -541,26 +543,9 @@ func containsAny(s string, subs []string) bool {
 func writeKubeconfig(t *testing.T, dir, name, server string, pki localstack.TLSFiles, user, password string) string {
 	t.Helper()
 	path := filepath.Join(dir, name+".kubeconfig")
-	text := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: prometheus
-  cluster:
-    server: %q
-    certificate-authority: %q
-users:
-- name: adapter
-  user:
-    username: %q
-    password: %q
-    client-certificate: %q
-    client-key: %q
-contexts:
-- name: prometheus
-  context: {cluster: prometheus, user: adapter}
-current-context: prometheus
-`, server, pki.CA, user, password, pki.ClientCert, pki.ClientKey)
-	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+	if err := localstack.WriteKubeconfig(path, server, pki.CA, clientcmdapi.AuthInfo{
+		Username: user, Password: password, ClientCertificate: pki.ClientCert, ClientKey: pki.ClientKey,
+	}); err != nil {
 		t.Fatal(err)
 	}
 	return path

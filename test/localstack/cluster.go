@@ -261,10 +261,20 @@ func (c *Cluster) RestartAPIServer(ctx context.Context) (time.Duration, error) {
 // WriteKubeconfig writes a kubeconfig for the client certificate
 // pki/<user>.crt.
 func (c *Cluster) WriteKubeconfig(path, user string) error {
+	return WriteKubeconfig(path, c.ServerURL, c.PKI.Path("ca.crt"), clientcmdapi.AuthInfo{
+		ClientCertificate: c.PKI.Path(user + ".crt"), ClientKey: c.PKI.Path(user + ".key")})
+}
+
+// WriteKubeconfig writes a kubeconfig of one server, trusted through
+// caFile, with the credentials of auth (client certificate files, a
+// username and password, a token): for the stack's users, and for the
+// credentials of a server that takes kubeconfigs (Prometheus, through
+// --prometheus-auth-config).
+func WriteKubeconfig(path, server, caFile string, auth clientcmdapi.AuthInfo) error {
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["local"] = &clientcmdapi.Cluster{Server: c.ServerURL, CertificateAuthority: c.PKI.Path("ca.crt")}
-	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificate: c.PKI.Path(user + ".crt"), ClientKey: c.PKI.Path(user + ".key")}
-	cfg.Contexts["local"] = &clientcmdapi.Context{Cluster: "local", AuthInfo: user}
+	cfg.Clusters["local"] = &clientcmdapi.Cluster{Server: server, CertificateAuthority: caFile}
+	cfg.AuthInfos["user"] = &auth
+	cfg.Contexts["local"] = &clientcmdapi.Context{Cluster: "local", AuthInfo: "user"}
 	cfg.CurrentContext = "local"
 	return clientcmd.WriteToFile(*cfg, path)
 }
