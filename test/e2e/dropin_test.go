@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -49,26 +48,13 @@ func TestPrometheusAdapterConfigIsServedInFull(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	client, err := stack.HTTPClient("admin")
-	if err != nil {
-		t.Fatal(err)
-	}
 	get := func(ctx context.Context, path string, into any) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.URL+path, nil)
+		code, body, err := stack.Get(ctx, "admin", a.URL+path, nil)
 		if err != nil {
 			return err
 		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		defer func() { _ = resp.Body.Close() }()
-		body, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return err
-		}
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET %s: %d %s", path, resp.StatusCode, body)
+		if code != http.StatusOK {
+			return fmt.Errorf("GET %s: %d %s", path, code, body)
 		}
 		return json.Unmarshal(body, into)
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -259,26 +258,16 @@ func TestExplain(t *testing.T) {
 	// authorized caller only.
 	path := "/debug/explain/apis/custom.metrics.k8s.io/v1beta2/namespaces/" + ns + "/pods/*/requests-per-second?labelSelector=app%3D" + app
 	for _, user := range []string{"admin", ""} {
-		client, err := stack.HTTPClient(user)
+		code, body, err := stack.Get(ctx, user, stack.AdapterURL+path, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, stack.AdapterURL+path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		_ = resp.Body.Close()
 		switch {
-		case user == "" && resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden:
-			t.Errorf("anonymous GET %s: %s, want 401 or 403", path, resp.Status)
-		case user == "admin" && (resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "HTTP 200 OK") ||
+		case user == "" && code != http.StatusUnauthorized && code != http.StatusForbidden:
+			t.Errorf("anonymous GET %s: %d, want 401 or 403", path, code)
+		case user == "admin" && (code != http.StatusOK || !strings.Contains(string(body), "HTTP 200 OK") ||
 			!strings.Contains(string(body), "Rule:     rules[0]")):
-			t.Errorf("GET %s as admin: %s\n%s", path, resp.Status, body)
+			t.Errorf("GET %s as admin: %d\n%s", path, code, body)
 		}
 	}
 }
@@ -330,26 +319,12 @@ func TestExplainIsAuthorizedAsTheRequestItExplains(t *testing.T) {
 	if _, err := stack.Kubectl(ctx, []byte(explainViewerRBAC), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	client, err := stack.HTTPClient("admin")
-	if err != nil {
-		t.Fatal(err)
-	}
 	path := "/debug/explain/apis/custom.metrics.k8s.io/v1beta2/namespaces/" + ns + "/pods/*/requests-per-second?labelSelector=app%3D" + app
 	// The admin impersonates the viewer: the adapter's filter chain
 	// authenticates the request as explain-viewer.
 	get := func(ctx context.Context) (int, string, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, stack.AdapterURL+path, nil)
-		if err != nil {
-			return 0, "", err
-		}
-		req.Header.Set("Impersonate-User", "explain-viewer")
-		resp, err := client.Do(req)
-		if err != nil {
-			return 0, "", err
-		}
-		defer func() { _ = resp.Body.Close() }()
-		body, err := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(body), err
+		code, body, err := stack.Get(ctx, "admin", stack.AdapterURL+path, http.Header{"Impersonate-User": {"explain-viewer"}})
+		return code, string(body), err
 	}
 	var code int
 	var body string
@@ -357,7 +332,7 @@ func TestExplainIsAuthorizedAsTheRequestItExplains(t *testing.T) {
 	// RBAC reaches the API server's authorizer, then the adapter's cache
 	// of its answers: poll (each GET on the test's context, not the
 	// poll's deadline; a failed GET is tried again).
-	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(context.Context) (bool, error) {
 		code, body, getErr = get(ctx)
 		return getErr == nil && code == http.StatusForbidden && strings.Contains(body, "explaining GET /apis/custom.metrics.k8s.io"), nil
 	})

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -130,21 +129,13 @@ func TestUpstreamForwarding(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("requests to the upstream did not stop after its HPA was deleted: %v", err)
 	}
-	client, err := stack.HTTPClient("admin")
-	if err != nil {
-		t.Fatal(err)
-	}
 	path := "/apis/custom.metrics.k8s.io/v1beta2/namespaces/" + ns + "/pods/*/upstream-requests-per-second?labelSelector=app%3D" + app
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, stack.AdapterURL+path, nil)
-	req.Header.Set("Impersonate-User", "no-metrics-rbac")
-	resp, err := client.Do(req)
+	code, body, err := stack.Get(ctx, "admin", stack.AdapterURL+path, http.Header{"Impersonate-User": {"no-metrics-rbac"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	_ = resp.Body.Close()
-	if resp.StatusCode != http.StatusForbidden {
-		t.Errorf("a caller without RBAC: %s %s, want 403", resp.Status, body)
+	if code != http.StatusForbidden {
+		t.Errorf("a caller without RBAC: %d %s, want 403", code, body)
 	}
 	if after := forwarded(ctx, t); after != before {
 		t.Errorf("the refused request was forwarded: %v requests before, %v after", before, after)

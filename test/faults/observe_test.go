@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"sort"
@@ -153,28 +152,13 @@ func short(s string) string {
 // error.
 func get(ctx context.Context, base, path string) outcome {
 	o := outcome{path: path, started: time.Now()}
-	client, err := stack.HTTPClient("admin")
-	if err != nil {
-		o.message = err.Error()
-		return o
-	}
-	client.Timeout = 30 * time.Second
-	defer client.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
-	if err != nil {
-		o.message = err.Error()
-		return o
-	}
-	resp, err := client.Do(req)
+	code, body, err := stack.Get(ctx, "admin", base+path, nil)
 	o.took = time.Since(o.started)
 	if err != nil {
 		o.message = err.Error()
 		return o
 	}
-	defer resp.Body.Close()
-	o.code = resp.StatusCode
-	o.body, _ = io.ReadAll(resp.Body)
-	o.took = time.Since(o.started)
+	o.code, o.body = code, body
 	if o.code != http.StatusOK {
 		var st metav1.Status
 		if json.Unmarshal(o.body, &st) == nil && st.Message != "" {

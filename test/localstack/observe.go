@@ -1,8 +1,10 @@
 package localstack
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"time"
@@ -15,28 +17,45 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
-// Metrics scrapes the /metrics of the server at baseURL (an adapter of the
-// stack: its URL) with the admin's client certificate.
-func (s *Stack) Metrics(ctx context.Context, baseURL string) (map[string]*dto.MetricFamily, error) {
-	client, err := s.HTTPClient("admin")
+// Get GETs url (a server of the stack: an adapter's URL and a path, the
+// API server's) as user (a client certificate of the stack's PKI: "admin";
+// "" for none), with the headers of header (Impersonate-User, to be
+// someone else), and returns the status code and the body.
+func (s *Stack) Get(ctx context.Context, user, url string, header http.Header) (int, []byte, error) {
+	client, err := s.HTTPClient(user)
 	if err != nil {
-		return nil, err
+		return 0, nil, err
 	}
+	client.Timeout = 30 * time.Second
 	defer client.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return nil, err
+		return 0, nil, err
+	}
+	for k, vs := range header {
+		req.Header[k] = vs
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, err
+		return 0, nil, err
 	}
 	defer func() { _ = resp.Body.Close() }()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s/metrics: %s", baseURL, resp.Status)
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
+}
+
+// Metrics scrapes the /metrics of the server at baseURL (an adapter of the
+// stack: its URL) with the admin's client certificate.
+func (s *Stack) Metrics(ctx context.Context, baseURL string) (map[string]*dto.MetricFamily, error) {
+	code, body, err := s.Get(ctx, "admin", baseURL+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("GET %s/metrics: %d", baseURL, code)
 	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
-	return parser.TextToMetricFamilies(resp.Body)
+	return parser.TextToMetricFamilies(bytes.NewReader(body))
 }
 
 // Sum adds up the samples of family name whose labels include match (a
