@@ -144,7 +144,7 @@ func TestTheResourceMemoIsBounded(t *testing.T) {
 	for i := range 10_000 {
 		m.lookup(mapper, schema.GroupResource{Group: "made.up", Resource: fmt.Sprintf("widgets%d", i)})
 	}
-	if n := int(m.n.Load()); n != 0 {
+	if n := m.lru.Len(); n != 0 {
 		t.Errorf("%d unknown resources remembered, want none", n)
 	}
 	for range 3 {
@@ -154,16 +154,20 @@ func TestTheResourceMemoIsBounded(t *testing.T) {
 			}
 		}
 	}
-	if n := int(m.n.Load()); n != 3 {
+	if n := m.lru.Len(); n != 3 {
 		t.Errorf("%d remembered after three known spellings, want 3", n)
 	}
-	// At the bound it starts over.
-	for i := int(m.n.Load()); i < maxRemembered; i++ {
-		m.store(schema.GroupResource{Resource: fmt.Sprint(i)}, resourceInfo{})
+	// At the bound the least recently asked goes: pods, asked again, stays.
+	for i := m.lru.Len(); i < maxRemembered; i++ {
+		m.lru.Add(schema.GroupResource{Resource: fmt.Sprint(i)}, resourceInfo{})
 	}
+	m.lookup(mapper, schema.GroupResource{Resource: "pods"})
 	m.lookup(mapper, schema.GroupResource{Resource: "services"})
-	if n := int(m.n.Load()); n != 1 {
-		t.Errorf("%d remembered after one more past the bound of %d, want 1", n, maxRemembered)
+	if _, ok := m.lru.Get(schema.GroupResource{Resource: "pods"}); !ok || m.lru.Len() != maxRemembered {
+		t.Errorf("past the bound of %d: %d remembered, pods kept %v; want the bound, and pods", maxRemembered, m.lru.Len(), ok)
+	}
+	if _, ok := m.lru.Get(schema.GroupResource{Resource: "pod"}); ok {
+		t.Error("the least recently asked spelling was kept past the bound")
 	}
 }
 

@@ -22,8 +22,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -38,6 +36,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/metrics/pkg/apis/custom_metrics"
 	"k8s.io/utils/clock"
+	"k8s.io/utils/lru"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apistatus"
@@ -441,40 +440,23 @@ type resourceInfo struct {
 // resourceMemo remembers the REST mapper's answers for requested
 // group-resources until the next discovery round: its lookups walk every
 // resource the cluster serves, too slow to repeat on every request. Only
-// resources the mapper knows are remembered, at most maxRemembered of
-// them, so a client naming made-up resources cannot grow it. Reads take no
-// lock: every request reads it.
+// resources the mapper knows are remembered, the maxRemembered most
+// recently asked (an LRU), so a client naming made-up resources cannot
+// grow it.
 type resourceMemo struct {
-	m atomic.Pointer[sync.Map] // schema.GroupResource -> resourceInfo
-	n atomic.Int64
+	lru *lru.Cache // schema.GroupResource -> resourceInfo
 }
 
 // maxRemembered bounds the memo: a cluster's resources, each under a few
 // spellings (singular, plural), fit many times over.
 const maxRemembered = 1024
 
-func newResourceMemo() *resourceMemo {
-	m := &resourceMemo{}
-	m.reset()
-	return m
-}
+func newResourceMemo() *resourceMemo { return &resourceMemo{lru: lru.New(maxRemembered)} }
 
-func (m *resourceMemo) reset() {
-	m.m.Store(&sync.Map{})
-	m.n.Store(0)
-}
-
-// store remembers ri for gr, starting over past maxRemembered.
-func (m *resourceMemo) store(gr schema.GroupResource, ri resourceInfo) {
-	if m.n.Add(1) > maxRemembered {
-		m.reset()
-		m.n.Store(1)
-	}
-	m.m.Load().Store(gr, ri)
-}
+func (m *resourceMemo) reset() { m.lru.Clear() }
 
 func (m *resourceMemo) lookup(mapper apimeta.RESTMapper, gr schema.GroupResource) resourceInfo {
-	if ri, ok := m.m.Load().Load(gr); ok {
+	if ri, ok := m.lru.Get(gr); ok {
 		return ri.(resourceInfo)
 	}
 	ri := resourceInfo{gr: gr}
@@ -487,6 +469,6 @@ func (m *resourceMemo) lookup(mapper apimeta.RESTMapper, gr schema.GroupResource
 	if gvk, err := mapper.KindFor(ri.gr.WithVersion("")); err == nil {
 		ri.kind, ri.apiVersion = gvk.Kind, gvk.GroupVersion().String()
 	}
-	m.store(gr, ri)
+	m.lru.Add(gr, ri)
 	return ri
 }

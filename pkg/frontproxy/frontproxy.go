@@ -29,7 +29,6 @@ import (
 	"hash/maphash"
 	"net/http"
 	"slices"
-	"sync"
 	"time"
 
 	"k8s.io/apiserver/pkg/authentication/authenticator"
@@ -37,15 +36,17 @@ import (
 	"k8s.io/apiserver/pkg/authentication/group"
 	"k8s.io/apiserver/pkg/authentication/request/headerrequest"
 	"k8s.io/apiserver/pkg/authentication/request/union"
+	"k8s.io/utils/lru"
 )
 
 const (
 	// trustFor bounds how long a verified chain is trusted without being
 	// verified again.
 	trustFor = time.Minute
-	// maxEntries bounds the memory of the cache: a cluster has a few
-	// aggregator certificates (one per API server, two while rotating).
-	// Only certificates signed by the request-header CA are remembered.
+	// maxEntries bounds the memory of the cache (an LRU): a cluster has a
+	// few aggregator certificates (one per API server, two while
+	// rotating). Only certificates signed by the request-header CA are
+	// remembered.
 	maxEntries = 64
 )
 
@@ -102,9 +103,10 @@ type frontProxy struct {
 	// verify is crypto/x509 verification; tests count its calls.
 	verify func(*x509.Certificate, x509.VerifyOptions) ([][]*x509.Certificate, error)
 
-	seed     maphash.Seed
-	mu       sync.Mutex
-	verified map[uint64]entry
+	seed maphash.Seed
+	// verified holds an entry per chain key, the least recently used
+	// dropped past maxEntries.
+	verified *lru.Cache
 }
 
 func newFrontProxy(rh *authenticatorfactory.RequestHeaderConfig) *frontProxy {
@@ -116,7 +118,7 @@ func newFrontProxy(rh *authenticatorfactory.RequestHeaderConfig) *frontProxy {
 		now:           clock(time.Now()),
 		verify:        func(c *x509.Certificate, o x509.VerifyOptions) ([][]*x509.Certificate, error) { return c.Verify(o) },
 		seed:          maphash.MakeSeed(),
-		verified:      map[uint64]entry{},
+		verified:      lru.New(maxEntries),
 	}
 }
 
@@ -159,11 +161,10 @@ func (f *frontProxy) chainVerified(certs []*x509.Certificate, opts x509.VerifyOp
 	now := f.now()
 	if cacheable {
 		key = f.chainKey(certs)
-		f.mu.Lock()
-		e, ok := f.verified[key]
-		f.mu.Unlock()
-		if ok && e.roots == opts.Roots && e.fresh(now, f.ttl) && sameChain(e.chain, certs) {
-			return true
+		if v, ok := f.verified.Get(key); ok {
+			if e := v.(entry); e.roots == opts.Roots && e.fresh(now, f.ttl) && sameChain(e.chain, certs) {
+				return true
+			}
 		}
 	}
 	if opts.Intermediates == nil && len(certs) > 1 {
@@ -186,23 +187,11 @@ func (f *frontProxy) chainVerified(certs []*x509.Certificate, opts x509.VerifyOp
 				e.notAfter = c.NotAfter
 			}
 		}
-		f.mu.Lock()
-		if len(f.verified) >= maxEntries {
-			for k, old := range f.verified {
-				if !old.fresh(now, f.ttl) || old.roots != opts.Roots {
-					delete(f.verified, k)
-				}
-			}
-			if len(f.verified) >= maxEntries {
-				clear(f.verified)
-			}
-		}
 		e.chain = make([][]byte, len(certs))
 		for i, c := range certs {
 			e.chain[i] = c.Raw
 		}
-		f.verified[key] = e
-		f.mu.Unlock()
+		f.verified.Add(key, e)
 	}
 	return true
 }

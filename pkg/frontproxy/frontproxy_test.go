@@ -358,7 +358,8 @@ func TestEntrySpansTheWholeChain(t *testing.T) {
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}, nil)
 	wantAlice(t, f, cert)
-	e := f.fp.verified[f.fp.chainKey([]*x509.Certificate{cert})]
+	v, _ := f.fp.verified.Get(f.fp.chainKey([]*x509.Certificate{cert}))
+	e, _ := v.(entry)
 	if !e.notBefore.Equal(frontCA.cert.NotBefore) || !e.notAfter.Equal(frontCA.cert.NotAfter) {
 		t.Fatalf("entry valid from %s to %s, want the CA's %s to %s", e.notBefore, e.notAfter, frontCA.cert.NotBefore, frontCA.cert.NotAfter)
 	}
@@ -373,7 +374,7 @@ func TestServerCertificateIsNotAClientCertificate(t *testing.T) {
 	}, nil)
 	wantNext(t, f, request([]*x509.Certificate{server}, "alice"))
 	wantNext(t, f, request([]*x509.Certificate{server}, "alice"))
-	if len(f.fp.verified) != 0 {
+	if f.fp.verified.Len() != 0 {
 		t.Fatal("a failed verification was remembered")
 	}
 }
@@ -467,15 +468,27 @@ func TestLeftToTheNextAuthenticator(t *testing.T) {
 	wantNext(t, f, request([]*x509.Certificate{cert}, "alice"))
 }
 
+// The cache holds at most maxEntries chains, and drops the least recently
+// used: the aggregator's certificate, presented on every request, stays
+// while others come and go.
 func TestBounded(t *testing.T) {
 	frontCA := newCA(t, "front-proxy-ca")
 	f := newFixture(t, frontCA)
+	aggregator := frontCA.leaf(t, "front-proxy-client", t0.Add(time.Hour))
+	wantAlice(t, f, aggregator)
 	for i := range maxEntries + 10 {
 		cert := frontCA.leaf(t, "front-proxy-client", t0.Add(time.Hour))
 		wantAlice(t, f, cert)
-		if n := len(f.fp.verified); n > maxEntries {
+		wantAlice(t, f, aggregator)
+		if n := f.fp.verified.Len(); n > maxEntries {
 			t.Fatalf("after %d certificates, %d entries, want at most %d", i+1, n, maxEntries)
 		}
+	}
+	if _, ok := f.fp.verified.Get(f.fp.chainKey([]*x509.Certificate{aggregator})); !ok {
+		t.Error("the certificate presented on every request was dropped")
+	}
+	if want := 1 + maxEntries + 10; f.verifies != want {
+		t.Errorf("%d verifications, want %d: one per certificate, the aggregator's once", f.verifies, want)
 	}
 }
 
@@ -493,7 +506,8 @@ func TestAnEntryIsForItsOwnChain(t *testing.T) {
 	b := frontCA.leaf(t, "front-proxy-client", t0.Add(time.Hour))
 	wantAlice(t, f, a)
 	// As if b's hash led to a's entry: b is still verified on its own.
-	f.fp.verified[f.fp.chainKey([]*x509.Certificate{b})] = f.fp.verified[f.fp.chainKey([]*x509.Certificate{a})]
+	ea, _ := f.fp.verified.Get(f.fp.chainKey([]*x509.Certificate{a}))
+	f.fp.verified.Add(f.fp.chainKey([]*x509.Certificate{b}), ea)
 	wantAlice(t, f, b)
 	if f.verifies != 2 {
 		t.Fatalf("%d verifications, want 2", f.verifies)

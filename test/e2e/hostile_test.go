@@ -18,11 +18,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/rest"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apis/rules/v1alpha1"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
@@ -51,17 +49,7 @@ func TestHostileTeamRules(t *testing.T) {
 	if err := stack.DeployApp(ctx, team); err != nil {
 		t.Fatal(err)
 	}
-	binding := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Namespace: team, Name: "dev-edit"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "edit"},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: dev}},
-	}
-	if _, err := stack.Client.RbacV1().RoleBindings(team).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	devCfg := rest.CopyConfig(stack.Admin)
-	devCfg.Impersonate = rest.ImpersonationConfig{UserName: dev}
-	devRules := dynamic.NewForConfigOrDie(devCfg).Resource(v1alpha1.Resource)
+	devRules := editor(ctx, t, team, dev)
 	admin := dynamic.NewForConfigOrDie(stack.Admin).Resource(v1alpha1.Resource)
 
 	good := v1alpha1.MetricRuleSpec{

@@ -71,17 +71,7 @@ func TestTeamRule(t *testing.T) {
 	admin := dynamic.NewForConfigOrDie(stack.Admin).Resource(v1alpha1.Resource)
 
 	// team-a's developer, with edit in team-a only.
-	binding := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Namespace: teamA, Name: "dev-edit"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "edit"},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: dev}},
-	}
-	if _, err := stack.Client.RbacV1().RoleBindings(teamA).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	devCfg := rest.CopyConfig(stack.Admin)
-	devCfg.Impersonate = rest.ImpersonationConfig{UserName: dev}
-	devRules := dynamic.NewForConfigOrDie(devCfg).Resource(v1alpha1.Resource)
+	devRules := editor(ctx, t, teamA, dev)
 
 	objs, err := stack.Render(ctx, "manifests/hpa/team-rule")
 	if err != nil {
@@ -202,6 +192,23 @@ func TestTeamRule(t *testing.T) {
 		t.Fatal(err)
 	}
 	runHPA(t, ctx, hpa, loadPath, 30, 3)
+}
+
+// editor gives user the edit role in namespace, and returns the
+// MetricRules as that user may write them.
+func editor(ctx context.Context, t *testing.T, namespace, user string) dynamic.NamespaceableResourceInterface {
+	t.Helper()
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: user + "-edit"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "edit"},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
+	}
+	if _, err := stack.Client.RbacV1().RoleBindings(namespace).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := rest.CopyConfig(stack.Admin)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user}
+	return dynamic.NewForConfigOrDie(cfg).Resource(v1alpha1.Resource)
 }
 
 // createRule creates the MetricRule namespace/name.

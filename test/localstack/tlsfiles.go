@@ -53,15 +53,7 @@ func GenerateTLSFiles(dir, name string) (TLSFiles, error) {
 
 // ClientTLSConfig trusts the CA and presents the client certificate.
 func (f TLSFiles) ClientTLSConfig() (*tls.Config, error) {
-	caPEM, err := os.ReadFile(f.CA)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", f.CA)
-	}
-	cert, err := tls.LoadX509KeyPair(f.ClientCert, f.ClientKey)
+	pool, cert, err := f.load(f.ClientCert, f.ClientKey)
 	if err != nil {
 		return nil, err
 	}
@@ -71,17 +63,23 @@ func (f TLSFiles) ClientTLSConfig() (*tls.Config, error) {
 // ServerTLSConfig serves the serving certificate and takes only clients
 // with a certificate of the CA.
 func (f TLSFiles) ServerTLSConfig() (*tls.Config, error) {
-	caPEM, err := os.ReadFile(f.CA)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", f.CA)
-	}
-	cert, err := tls.LoadX509KeyPair(f.ServerCert, f.ServerKey)
+	pool, cert, err := f.load(f.ServerCert, f.ServerKey)
 	if err != nil {
 		return nil, err
 	}
 	return &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}, nil
+}
+
+// load reads the CA as a pool, and a certificate and its key.
+func (f TLSFiles) load(certFile, keyFile string) (*x509.CertPool, tls.Certificate, error) {
+	caPEM, err := os.ReadFile(f.CA)
+	if err != nil {
+		return nil, tls.Certificate{}, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, tls.Certificate{}, fmt.Errorf("%s holds no PEM certificate", f.CA)
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	return pool, cert, err
 }
