@@ -22,6 +22,8 @@ var stack *localstack.Stack
 func TestMain(m *testing.M) {
 	os.Exit(localstack.Suite{
 		Name: "e2e",
+		// As make e2e runs it: the tests run side by side.
+		Parallel: 12, TestTimeout: 40 * time.Minute,
 		Options: localstack.StackOptions{
 			ClusterOptions: localstack.ClusterOptions{
 				HPASyncPeriod:          5 * time.Second,

@@ -48,7 +48,8 @@ var stack *localstack.Stack
 
 func TestMain(m *testing.M) {
 	os.Exit(localstack.Suite{
-		Name: "faults",
+		TestTimeout: 20 * time.Minute, // as make faults runs it
+		Name:        "faults",
 		Options: localstack.StackOptions{
 			ClusterOptions: localstack.ClusterOptions{HPASyncPeriod: hpaSyncEvery},
 			AdapterArgs: []string{

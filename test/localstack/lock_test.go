@@ -2,6 +2,7 @@ package localstack
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -56,3 +57,35 @@ func TestLockMachineRunsSuitesOneAtATime(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// A suite's -timeout and -parallel apply unless the command line gives
+// others; go test's own default -timeout (10m, which it passes to every
+// test binary) is not one.
+func TestSuiteTestFlags(t *testing.T) {
+	for _, name := range []string{"test.timeout", "test.parallel"} {
+		old := flag.Lookup(name).Value.String()
+		t.Cleanup(func() { _ = flag.Set(name, old) })
+	}
+	given := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	su := Suite{Name: "e2e", TestTimeout: 40 * time.Minute, Parallel: 12}
+	if err := su.testFlags(); err != nil {
+		t.Fatal(err)
+	}
+	if got := flag.Lookup("test.parallel").Value.String(); !given["test.parallel"] && got != "12" {
+		t.Errorf("-test.parallel = %s, want the suite's 12", got)
+	}
+	timeout := flag.Lookup("test.timeout").Value.String()
+	if timeout != "10m0s" && timeout != "40m0s" && !given["test.timeout"] {
+		t.Errorf("-test.timeout = %s", timeout)
+	}
+	if err := flag.Set("test.timeout", "10m0s"); err != nil {
+		t.Fatal(err)
+	}
+	if err := su.testFlags(); err != nil {
+		t.Fatal(err)
+	}
+	if got := flag.Lookup("test.timeout").Value.String(); got != "40m0s" {
+		t.Errorf("after go test's default 10m, -test.timeout = %s, want the suite's 40m", got)
+	}
+}

@@ -2,9 +2,11 @@ package localstack
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -20,6 +22,13 @@ type Suite struct {
 	Setup func(ctx context.Context, s *Stack) (cleanup func(), err error)
 	// Timeout bounds the start and Setup; 5 minutes if zero.
 	Timeout time.Duration
+	// TestTimeout and Parallel are the suite's own -timeout and
+	// -parallel, for a plain `go test ./...` (the Makefile's targets
+	// pass the same): its tests wait on HPAs, not on the CPU, so they run
+	// side by side, and the whole takes longer than go test's 10 minutes
+	// would allow one at a time. Flags given on the command line win.
+	TestTimeout time.Duration
+	Parallel    int
 }
 
 // Run is a TestMain: it skips the tests (or fails them, with RequireEnv
@@ -38,6 +47,10 @@ func (su Suite) Run(m *testing.M) (code int) {
 	}
 	root, err := RepoRoot()
 	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := su.testFlags(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -87,4 +100,44 @@ func (su Suite) Run(m *testing.M) (code int) {
 	}
 	fmt.Fprintf(os.Stderr, "local stack up in %s; logs in %s\n", time.Since(start).Round(100*time.Millisecond), opts.Dir)
 	return m.Run()
+}
+
+// testFlags sets -test.timeout and -test.parallel to the suite's, unless
+// the command line gives them: go test's alarm starts in m.Run, after. go
+// test passes its default -timeout (10m) to every test binary, so a
+// timeout of exactly 10m counts as not given.
+func (su Suite) testFlags() error {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	given := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) {
+		given[f.Name] = f.Name != "test.timeout" || f.Value.String() != (10*time.Minute).String()
+	})
+	for name, value := range map[string]string{
+		"test.timeout":  durationOrEmpty(su.TestTimeout),
+		"test.parallel": intOrEmpty(su.Parallel),
+	} {
+		if value == "" || given[name] {
+			continue
+		}
+		if err := flag.Set(name, value); err != nil {
+			return fmt.Errorf("%s: setting -%s=%s: %w", su.Name, name, value, err)
+		}
+	}
+	return nil
+}
+
+func durationOrEmpty(d time.Duration) string {
+	if d <= 0 {
+		return ""
+	}
+	return d.String()
+}
+
+func intOrEmpty(n int) string {
+	if n <= 0 {
+		return ""
+	}
+	return strconv.Itoa(n)
 }
