@@ -25,7 +25,6 @@ import (
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/externalmetrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metricrules"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
@@ -142,7 +141,7 @@ func (o *Options) checkMetricRules(w io.Writer, files []string, set *rules.Set) 
 	if len(objs) == 0 {
 		return false, false, nil
 	}
-	outcomes := metricrules.Compile(objs, o.MetricRulesNamespaceLabel, o.MetricRulesPerNamespace, metricrules.NewCache())
+	outcomes := metricrules.Compile(objs, o.MetricRulesNamespaceLabel, o.MetricRulesPerNamespace, teamBackends(set), metricrules.NewCache())
 	fmt.Fprintf(w, "\n%d MetricRules, confined to their namespace's series on the label %q:\n", len(outcomes), o.MetricRulesNamespaceLabel)
 	for _, oc := range outcomes {
 		name := rules.TeamSection + " " + oc.Object.Namespace + "/" + oc.Object.Name
@@ -203,18 +202,17 @@ func printSummary(w io.Writer, source string, set *rules.Set) {
 // checkDiscovery lists the rules' series once, as discovery does, and
 // prints what each rule serves. It reports whether a listing failed.
 func (o *Options) checkDiscovery(ctx context.Context, w io.Writer, set *rules.Set, mapper apimeta.RESTMapper) (bool, error) {
-	promCfg, err := o.PrometheusClientConfig()
+	stores, err := o.stores(set)
 	if err != nil {
 		return false, err
 	}
-	prom, err := promclient.New(promCfg)
-	if err != nil {
-		return false, err
-	}
-	custom := custommetrics.New(custommetrics.Config{Rules: set.Custom, Mapper: mapper, Querier: prom})
-	external := externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: prom})
-	c := &components{custom: custom, external: external}
-	disc := discovery.New(o.discoveryConfig(c.seriesQueries(set), prom))
+	c := &components{opts: o}
+	c.stores.Store(stores)
+	prom := stores.Store("").Client
+	custom := custommetrics.New(custommetrics.Config{Rules: set.Custom, Mapper: mapper, Querier: prom, Backends: c.querier})
+	external := externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: prom, Backends: c.querier})
+	c.custom, c.external = custom, external
+	disc := discovery.New(o.discoveryConfig(c.seriesQueries(set), prom, c.lister))
 	disc.Subscribe(custom.Update)
 	disc.Subscribe(external.Update)
 	for _, warning := range o.Warnings() {
@@ -222,7 +220,11 @@ func (o *Options) checkDiscovery(ctx context.Context, w io.Writer, set *rules.Se
 	}
 	start := time.Now()
 	r := disc.Relist(ctx)
-	fmt.Fprintf(w, "\nDiscovery at %s: %d seriesQueries, %d failed, %v\n", redactURL(o.PrometheusURL), len(r.Series)+len(missing(r)), len(r.Failed), time.Since(start).Round(time.Millisecond))
+	var at []string
+	for _, name := range stores.Names() {
+		at = append(at, name+" "+stores.Store(name).URL)
+	}
+	fmt.Fprintf(w, "\nDiscovery on %s: %d seriesQueries, %d failed, %v\n", strings.Join(at, ", "), len(r.Series)+len(missing(r)), len(r.Failed), time.Since(start).Round(time.Millisecond))
 
 	customServed, customOverlaps := custom.Served()
 	printRules(w, set.Custom, r, customServed, customOverlaps)
@@ -245,10 +247,10 @@ func (o *Options) checkDiscovery(ctx context.Context, w io.Writer, set *rules.Se
 // serves nothing.
 func printRules(w io.Writer, rs []*rules.Rule, r discovery.Result, served []catalog.Served, overlaps []catalog.Overlap) {
 	for _, rule := range rs {
-		fmt.Fprintf(w, "\n%s (seriesQuery %s)\n", rule, rule.SeriesQuery())
+		fmt.Fprintf(w, "\n%s (seriesQuery %s, backend %s)\n", rule, rule.SeriesQuery(), backendName(rule.Backend()))
 		ss := slices.DeleteFunc(slices.Clone(served), func(s catalog.Served) bool { return s.Rule != rule })
 		shadowed := slices.ContainsFunc(overlaps, func(ov catalog.Overlap) bool { return ov.Ignored.Rule == rule })
-		switch err := r.Failed[rule.SeriesQuery()]; {
+		switch err := r.Failed[rule.Listing()]; {
 		case err != nil:
 			fmt.Fprintf(w, "  listing failed: %v\n", err)
 		case rule.LeftOut() != nil:
@@ -256,9 +258,9 @@ func printRules(w io.Writer, rs []*rules.Rule, r discovery.Result, served []cata
 		case len(ss) == 0 && shadowed:
 			fmt.Fprintf(w, "  serves nothing: an earlier rule serves all its metrics (see Overlaps)\n")
 		case len(ss) == 0 && !rule.External():
-			fmt.Fprintf(w, "  serves nothing: %d series match its seriesQuery, none gives a metric name with a resource label\n", len(r.Series[rule.SeriesQuery()]))
+			fmt.Fprintf(w, "  serves nothing: %d series match its seriesQuery, none gives a metric name with a resource label\n", len(r.Series[rule.Listing()]))
 		case len(ss) == 0:
-			fmt.Fprintf(w, "  serves nothing: %d series match its seriesQuery\n", len(r.Series[rule.SeriesQuery()]))
+			fmt.Fprintf(w, "  serves nothing: %d series match its seriesQuery\n", len(r.Series[rule.Listing()]))
 		default:
 			for _, line := range perMetric(ss) {
 				fmt.Fprintf(w, "  %s\n", line)
@@ -266,6 +268,26 @@ func printRules(w io.Writer, rs []*rules.Rule, r discovery.Result, served []cata
 		}
 		fmt.Fprintf(w, "  no series: %s\n", noSeries(rule))
 	}
+}
+
+// teamBackends are the stores of a rules file that take MetricRules.
+func teamBackends(set *rules.Set) []string {
+	var out []string
+	for _, b := range set.Backends {
+		if b.Teams {
+			out = append(out, b.Name)
+		}
+	}
+	return out
+}
+
+// backendName names a store as the rules file does: "default" for the
+// flags'.
+func backendName(name string) string {
+	if name == "" {
+		return config.DefaultBackend
+	}
+	return name
 }
 
 // missing lists the failed queries that were never listed.

@@ -85,11 +85,11 @@ func TestCheckConfig(t *testing.T) {
 		t.Errorf("the pods overlap is printed %d times, want once:\n%s", n, out)
 	}
 	for _, want := range []string{
-		"rules[0] (seriesQuery app_requests_total{namespace!=\"\",pod!=\"\"})\n  requests-per-second: namespaces (cluster-scoped), pods\n",
-		"rules[2] (seriesQuery nothing_here_total{namespace!=\"\"})\n  serves nothing: 0 series match",
-		"externalRules[0] (seriesQuery app_requests_total{namespace!=\"\"})\n  external metrics: app_requests_per_second\n",
+		"rules[0] (seriesQuery app_requests_total{namespace!=\"\",pod!=\"\"}, backend default)\n  requests-per-second: namespaces (cluster-scoped), pods\n",
+		"rules[2] (seriesQuery nothing_here_total{namespace!=\"\"}, backend default)\n  serves nothing: 0 series match",
+		"externalRules[0] (seriesQuery app_requests_total{namespace!=\"\"}, backend default)\n  external metrics: app_requests_per_second\n",
 		"requests-per-second on pods: rules[0] series app_requests_total serves it, rules[1] series app_requests_total is ignored",
-		"rules[1] (seriesQuery app_requests_total{namespace!=\"\",pod!=\"\"})\n  serves nothing: an earlier rule serves all its metrics (see Overlaps)\n",
+		"rules[1] (seriesQuery app_requests_total{namespace!=\"\",pod!=\"\"}, backend default)\n  serves nothing: an earlier rule serves all its metrics (see Overlaps)\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)

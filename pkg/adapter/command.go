@@ -373,6 +373,11 @@ func (o *Options) compileRules(data []byte) (*rules.Set, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The file's stores are part of it: a store that cannot be built
+	// refuses the file (at start, or a reload keeps the rules served).
+	if _, err := o.stores(set); err != nil {
+		return nil, err
+	}
 	if !o.EnableExternalMetrics && len(set.External) > 0 {
 		klog.InfoS("Config warning", "warning", fmt.Sprintf("%s: externalRules are not served: --enable-external-metrics=false", source))
 	}

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
@@ -19,6 +20,7 @@ import (
 	"k8s.io/klog/v2"
 	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/backends"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/custommetrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/explain"
@@ -62,6 +64,34 @@ type components struct {
 	kube        kubernetes.Interface
 	// events records Events on MetricRules (nil without --metric-rules).
 	events record.EventBroadcaster
+	// stores are the stores the rules read, swapped with the rules file;
+	// prom is the default one's client; opts built them.
+	stores atomic.Pointer[backends.Set]
+	opts   *Options
+}
+
+// querier is the client of the store a rule names, as the rules file
+// now names it; nil for one it does not.
+func (c *components) querier(name string) promclient.Querier {
+	return c.stores.Load().Querier(name)
+}
+
+// lister is querier for discovery.
+func (c *components) lister(name string) discovery.SeriesLister {
+	if st := c.stores.Load().Store(name); st != nil {
+		return st.Client
+	}
+	return nil
+}
+
+// stores builds the stores of a rules file: the default one from the
+// flags, the named ones from the file's backends section.
+func (o *Options) stores(set *rules.Set) (*backends.Set, error) {
+	where := set.BackendWhere
+	if where == nil {
+		where = func(i int, field string) string { return fmt.Sprintf("backends[%d].%s", i, field) }
+	}
+	return backends.New(o.DefaultBackend(), set.Backends, where)
 }
 
 // ruleSources are the rules served: the rules file's, then the accepted
@@ -82,10 +112,23 @@ func (s *ruleSources) merged() *rules.Set {
 	}
 }
 
-// setFile serves a reloaded rules file, with the MetricRules.
+// teamBackends are the stores of the rules file now served that take
+// MetricRules.
+func (c *components) teamBackends() []string {
+	c.sources.mu.Lock()
+	defer c.sources.mu.Unlock()
+	return teamBackends(c.sources.file)
+}
+
+// setFile serves a reloaded rules file, with the MetricRules, and its
+// stores (compileRules built and checked them).
 func (c *components) setFile(ctx context.Context, set *rules.Set) {
 	c.sources.mu.Lock()
 	defer c.sources.mu.Unlock()
+	if stores, err := c.opts.stores(set); err == nil {
+		// The default store's client stays: the flags did not change.
+		c.stores.Store(stores)
+	}
 	c.sources.file = set
 	c.apply(ctx, c.sources.merged())
 }
@@ -117,7 +160,7 @@ func (c *components) observe(r discovery.Result) {
 // build creates the components for the compiled rules. Nothing runs until
 // the resolver and the discovery loop are started.
 func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components, error) {
-	c, err := o.clients(base)
+	c, err := o.clients(base, set)
 	if err != nil {
 		return nil, err
 	}
@@ -139,6 +182,7 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 			Rules:                      set.Custom,
 			Mapper:                     c.mapper,
 			Querier:                    c.prom,
+			Backends:                   c.querier,
 			Resolver:                   c.resolver,
 			MaxConcurrentObjectQueries: o.MaxConcurrentObjectQueries,
 			Upstream:                   c.upstreamList(upstream.CustomGroup),
@@ -147,10 +191,11 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 		c.apis = append(c.apis, "custom.metrics.k8s.io")
 	}
 	if served.external {
-		c.external = externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: c.prom, Upstream: c.upstreamList(upstream.ExternalGroup), Budgets: c.budgets})
+		c.external = externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: c.prom, Backends: c.querier,
+			Upstream: c.upstreamList(upstream.ExternalGroup), Budgets: c.budgets})
 		c.apis = append(c.apis, "external.metrics.k8s.io")
 	}
-	c.disc = discovery.New(o.discoveryConfig(c.seriesQueries(set), c.prom))
+	c.disc = discovery.New(o.discoveryConfig(c.seriesQueries(set), c.prom, c.lister))
 	if c.custom != nil {
 		c.disc.Subscribe(func(r discovery.Result) {
 			c.custom.Update(r)
@@ -171,13 +216,13 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 		c.events = record.NewBroadcaster(record.WithContext(context.Background()))
 		c.metricRules = metricrules.NewController(metricrules.ControllerConfig{
 			Client: c.dynamic, NamespaceLabel: o.MetricRulesNamespaceLabel, PerNamespace: o.MetricRulesPerNamespace,
-			Apply: c.setMetricRules, Budgets: c.budgets, LeaderElection: le,
+			Apply: c.setMetricRules, Budgets: c.budgets, LeaderElection: le, Backends: c.teamBackends,
 			Events: c.events.NewRecorder(scheme.Scheme, corev1.EventSource{Component: Name}),
 		})
 		c.disc.Subscribe(c.observe) // after the providers: their catalogs are this round's
 	}
 	if served.resource {
-		c.resource = resourcemetrics.New(resourcemetrics.Config{Rules: set.Resource, Querier: c.prom, Objects: c.resolver})
+		c.resource = resourcemetrics.New(resourcemetrics.Config{Rules: set.Resource, Querier: c.prom, Backends: c.querier, Objects: c.resolver})
 		c.apis = append(c.apis, "metrics.k8s.io")
 	}
 	return c, nil
@@ -215,15 +260,14 @@ func (o *Options) servedAPIs(set *rules.Set) apis {
 
 // clients builds the Prometheus client, the REST mapper and the resolver
 // over the Kubernetes clients.
-func (o *Options) clients(base *basecmd.AdapterBase) (*components, error) {
-	promCfg, err := o.PrometheusClientConfig()
+func (o *Options) clients(base *basecmd.AdapterBase, set *rules.Set) (*components, error) {
+	stores, err := o.stores(set)
 	if err != nil {
 		return nil, err
 	}
-	c := &components{}
-	if c.prom, err = promclient.New(promCfg); err != nil {
-		return nil, err
-	}
+	c := &components{opts: o}
+	c.stores.Store(stores)
+	c.prom = stores.Store("").Client
 	restCfg, err := base.ClientConfig()
 	if err != nil {
 		return nil, err
@@ -281,8 +325,9 @@ func (c *components) seriesQueries(set *rules.Set) discovery.Queries {
 }
 
 // discoveryConfig is discovery's configuration from the flags.
-func (o *Options) discoveryConfig(q discovery.Queries, lister discovery.SeriesLister) discovery.Config {
+func (o *Options) discoveryConfig(q discovery.Queries, lister discovery.SeriesLister, named func(string) discovery.SeriesLister) discovery.Config {
 	return discovery.Config{
+		Backends:    named,
 		Queries:     q.File,
 		TeamQueries: q.Team,
 		Team: discovery.TeamLimits{

@@ -156,7 +156,7 @@ func (o *Options) explain(ctx context.Context, w io.Writer, base *basecmd.Adapte
 		if err != nil {
 			return err
 		}
-		outcomes := metricrules.Compile(objs, o.MetricRulesNamespaceLabel, o.MetricRulesPerNamespace, metricrules.NewCache())
+		outcomes := metricrules.Compile(objs, o.MetricRulesNamespaceLabel, o.MetricRulesPerNamespace, teamBackends(set), metricrules.NewCache())
 		custom, external := metricrules.Accepted(outcomes)
 		c.setMetricRules(ctx, custom, external) // lists every rule's series
 	} else {

@@ -26,10 +26,10 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/backends"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/metricrules"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/upstream"
@@ -396,61 +396,28 @@ func parseHeader(h string) (string, string, error) {
 	return name, value, nil
 }
 
-// PrometheusClientConfig builds the promclient configuration.
+// PrometheusClientConfig builds the promclient configuration of the
+// default store (DefaultBackend), as every store's is built.
 func (o *Options) PrometheusClientConfig() (promclient.Config, error) {
-	var rt http.RoundTripper
-	switch {
-	case o.PrometheusAuthConfig != "" || o.PrometheusAuthInCluster:
-		var cfg *rest.Config
-		var err error
-		if o.PrometheusAuthInCluster {
-			cfg, err = rest.InClusterConfig()
-		} else {
-			rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: o.PrometheusAuthConfig}
-			cfg, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
-		}
-		if err != nil {
-			return promclient.Config{}, fmt.Errorf("loading Prometheus credentials: %w", err)
-		}
-		if rt, err = rest.TransportFor(cfg); err != nil {
-			return promclient.Config{}, fmt.Errorf("building Prometheus transport from kubeconfig: %w", err)
-		}
-	default:
-		hc := promconfig.HTTPClientConfig{
-			TLSConfig: promconfig.TLSConfig{
-				CAFile:             o.PrometheusCAFile,
-				CertFile:           o.PrometheusClientCertFile,
-				KeyFile:            o.PrometheusClientKeyFile,
-				InsecureSkipVerify: o.PrometheusInsecureSkipTLS,
-			},
-			FollowRedirects: true,
-			EnableHTTP2:     true,
-			// As the Kubernetes client and --prometheus-auth-config do:
-			// HTTP(S)_PROXY and NO_PROXY apply (never to loopback).
-			ProxyConfig: promconfig.ProxyConfig{ProxyFromEnvironment: true},
-		}
-		if o.PrometheusTokenFile != "" {
-			hc.Authorization = &promconfig.Authorization{Type: "Bearer", CredentialsFile: o.PrometheusTokenFile}
-		}
-		if err := hc.Validate(); err != nil {
-			return promclient.Config{}, fmt.Errorf("settings of the Prometheus client: %w", err)
-		}
-		var err error
-		if rt, err = promconfig.NewRoundTripperFromConfig(hc, "prometheus"); err != nil {
-			return promclient.Config{}, fmt.Errorf("building Prometheus transport: %w", err)
+	return backends.ClientConfig(o.DefaultBackend())
+}
+
+// DefaultBackend is the store of --prometheus-url and its flags, which a
+// rule without a backend reads.
+func (o *Options) DefaultBackend() config.Backend {
+	b := config.Backend{
+		Name: config.DefaultBackend, URL: o.PrometheusURL, Verb: o.PrometheusVerb, Timeout: model.Duration(o.PrometheusTimeout),
+		TLS: config.BackendTLS{CAFile: o.PrometheusCAFile, CertFile: o.PrometheusClientCertFile, KeyFile: o.PrometheusClientKeyFile,
+			InsecureSkipVerify: o.PrometheusInsecureSkipTLS},
+		Auth: config.BackendAuth{BearerTokenFile: o.PrometheusTokenFile, Kubeconfig: o.PrometheusAuthConfig, InCluster: o.PrometheusAuthInCluster},
+	}
+	for _, raw := range o.PrometheusHeaders {
+		if name, value, err := parseHeader(raw); err == nil {
+			if b.Headers == nil {
+				b.Headers = map[string]string{}
+			}
+			b.Headers[name] = value
 		}
 	}
-	headers, err := o.prometheusHeaders()
-	if err != nil {
-		return promclient.Config{}, err
-	}
-	if headers != nil {
-		rt = promconfig.NewHeadersRoundTripper(headers, rt)
-	}
-	return promclient.Config{
-		URL:          o.PrometheusURL,
-		RoundTripper: rt,
-		Method:       promclient.Method(strings.ToUpper(o.PrometheusVerb)),
-		Timeout:      o.PrometheusTimeout,
-	}, nil
+	return b
 }

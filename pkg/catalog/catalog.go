@@ -397,7 +397,7 @@ func (c *Catalog[K, E]) update(r discovery.Result) {
 	}
 	found := make([]metrics.RuleDiscovery, 0, len(c.rules))
 	for _, rule := range c.rules {
-		found = append(found, metrics.RuleDiscovery{Rule: rule.String(), Listed: r.Listed[rule.SeriesQuery()], Metrics: perRule[rule]})
+		found = append(found, metrics.RuleDiscovery{Rule: rule.String(), Backend: rule.Backend(), Listed: r.Listed[rule.Listing()], Metrics: perRule[rule]})
 	}
 	metrics.SetDiscovered(c.cfg.API, found)
 }

@@ -16,10 +16,13 @@
 //   - resourceRules (metrics.k8s.io): cpu and memory, each with
 //     containerQuery, nodeQuery, resources and containerLabel, and window.
 //
-// Two additions are optional: resources.aggregateFromPods lets a rule whose
-// series carry only pod and namespace labels serve objects that own or front
-// those pods (Deployments, Services, Ingresses, ...); emptyIsZero answers 0
-// instead of no value when Prometheus has no series (scale to zero).
+// Three additions are optional: resources.aggregateFromPods lets a rule
+// whose series carry only pod and namespace labels serve objects that own or
+// front those pods (Deployments, Services, Ingresses, ...); emptyIsZero
+// answers 0 instead of no value when Prometheus has no series (scale to
+// zero); backends name other stores than --prometheus-url (each a Backend,
+// with its BackendTLS, BackendAuth and BasicAuth), and a rule's backend the
+// one it reads.
 //
 // The package decodes: unknown keys are errors that name the file and line
 // and suggest the known key, and Where tells the file and line of any rule's
@@ -52,6 +55,69 @@ type Config struct {
 	// ExternalRules map Prometheus series to external metrics
 	// (external.metrics.k8s.io), which name no Kubernetes object.
 	ExternalRules []Rule `yaml:"externalRules,omitempty"`
+	// Backends are the stores rules read besides the default one
+	// (--prometheus-url and its flags): an extension to
+	// prometheus-adapter's format. A rule names its store (Rule.Backend).
+	Backends []Backend `yaml:"backends,omitempty"`
+}
+
+// DefaultBackend names the store of --prometheus-url and its flags, which
+// a rule without a backend reads.
+const DefaultBackend = "default"
+
+// Backend is one Prometheus-compatible store (Prometheus, Thanos, Cortex,
+// Mimir, VictoriaMetrics, a proxy in front of one): where it is, how the
+// adapter authenticates to it, and how it asks.
+type Backend struct {
+	// Name is what rules call it (backend: NAME): a DNS label, not
+	// "default".
+	Name string `yaml:"name"`
+	// URL is the base URL of its Prometheus HTTP API, e.g.
+	// http://cortex.monitoring:9009/prometheus.
+	URL string `yaml:"url"`
+	// Verb is GET or POST (the default).
+	Verb string `yaml:"verb,omitempty"`
+	// Timeout bounds each query (default: --prometheus-timeout).
+	Timeout model.Duration `yaml:"timeout,omitempty"`
+	// TLS verifies the store's certificate and presents a client one.
+	TLS BackendTLS `yaml:"tls,omitempty"`
+	// Auth is how the adapter authenticates: one of a bearer token file,
+	// basic auth, or a kubeconfig's credentials.
+	Auth BackendAuth `yaml:"auth,omitempty"`
+	// Headers are sent with every request (Name: value).
+	Headers map[string]string `yaml:"headers,omitempty"`
+	// Teams lets MetricRules name this backend (spec.backend). Their
+	// queries are confined to their namespace whatever the store.
+	Teams bool `yaml:"teams,omitempty"`
+}
+
+// BackendTLS is a store's TLS settings.
+type BackendTLS struct {
+	CAFile             string `yaml:"caFile,omitempty"`
+	CertFile           string `yaml:"certFile,omitempty"`
+	KeyFile            string `yaml:"keyFile,omitempty"`
+	InsecureSkipVerify bool   `yaml:"insecureSkipVerify,omitempty"`
+}
+
+// BackendAuth is how the adapter authenticates to a store: at most one of
+// a token, basic auth, and a kubeconfig or the pod's service account.
+type BackendAuth struct {
+	// BearerTokenFile holds a token, read again on every request.
+	BearerTokenFile string `yaml:"bearerTokenFile,omitempty"`
+	// BasicAuth is a user and the file of its password.
+	BasicAuth *BasicAuth `yaml:"basicAuth,omitempty"`
+	// Kubeconfig is a kubeconfig whose credentials and TLS settings are
+	// used (as --prometheus-auth-config).
+	Kubeconfig string `yaml:"kubeconfig,omitempty"`
+	// InCluster uses the pod's service account (as
+	// --prometheus-auth-incluster).
+	InCluster bool `yaml:"inCluster,omitempty"`
+}
+
+// BasicAuth is a user and the file that holds its password.
+type BasicAuth struct {
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"passwordFile"`
 }
 
 // Rule describes how a set of Prometheus series becomes custom metrics:
@@ -80,6 +146,9 @@ type Rule struct {
 	// serve pods: the HPA averages a Pods metric over them, and a made-up
 	// 0 would be a wrong number.
 	EmptyIsZero bool `yaml:"emptyIsZero,omitempty"`
+	// Backend names the store the rule reads (Config.Backends); empty is
+	// the default one.
+	Backend string `yaml:"backend,omitempty"`
 }
 
 // RegexFilter keeps (Is) or drops (IsNot) series whose name matches a
@@ -144,6 +213,8 @@ type ResourceRules struct {
 	// Window is the period CPU usage is averaged over, reported with every
 	// value. When unset it is the range of cpu.containerQuery ("[1m]").
 	Window model.Duration `yaml:"window,omitempty"`
+	// Backend names the store both queries read; empty is the default.
+	Backend string `yaml:"backend,omitempty"`
 }
 
 // ResourceRule reads one resource (CPU in cores, memory in bytes).

@@ -135,6 +135,7 @@ var configTypes = func() map[string]reflect.Type {
 		reflect.TypeFor[Config](), reflect.TypeFor[Rule](), reflect.TypeFor[RegexFilter](), reflect.TypeFor[ResourceMapping](),
 		reflect.TypeFor[GroupResource](), reflect.TypeFor[NameMapping](), reflect.TypeFor[LabelValueReplacement](),
 		reflect.TypeFor[ResourceRules](), reflect.TypeFor[ResourceRule](),
+		reflect.TypeFor[Backend](), reflect.TypeFor[BackendTLS](), reflect.TypeFor[BackendAuth](), reflect.TypeFor[BasicAuth](),
 	} {
 		out[t.String()] = t
 	}

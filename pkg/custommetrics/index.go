@@ -57,7 +57,7 @@ type indexer struct{ mapper apimeta.RESTMapper }
 
 func (x indexer) build(rs []*rules.Rule, round discovery.Result, idx *catalog.Index[metricKey, entry]) {
 	for _, r := range rs {
-		sets := round.Series[r.SeriesQuery()]
+		sets := round.Series[r.Listing()]
 		if ls, ok := r.Unlisted(); ok {
 			// emptyIsZero: served before its first series.
 			sets = append(slices.Clone(sets), ls)

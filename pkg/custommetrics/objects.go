@@ -41,7 +41,7 @@ func (p *Provider) queryObjects(ctx context.Context, r *request, namespace strin
 	matchers = append(matchers, r.matchers...)
 
 	q := r.query(matchers, []string{r.Value.label})
-	res, err := query.Run(ctx, p.prom, q)
+	res, err := query.Run(ctx, p.stores, q)
 	if err != nil {
 		return nil, err
 	}
@@ -116,7 +116,7 @@ func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, nam
 		promql.OneOf(r.Value.podLabel, podValues(r.Rule, pods)),
 	}
 	matchers = append(matchers, r.matchers...)
-	res, err := query.Run(ctx, p.prom, r.query(matchers, []string{r.Value.namespaceLabel}))
+	res, err := query.Run(ctx, p.stores, r.query(matchers, []string{r.Value.namespaceLabel}))
 	if err != nil {
 		return nil, err
 	}

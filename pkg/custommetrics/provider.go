@@ -66,9 +66,12 @@ type ObjectResolver interface {
 
 // Config holds a Provider's dependencies.
 type Config struct {
-	Rules    []*rules.Rule
-	Mapper   apimeta.RESTMapper
-	Querier  promclient.Querier
+	Rules   []*rules.Rule
+	Mapper  apimeta.RESTMapper
+	Querier promclient.Querier
+	// Backends returns the querier of a store a rule names (nil: no
+	// rule names one); Querier is the default store's.
+	Backends func(name string) promclient.Querier
 	Resolver ObjectResolver
 	// MaxConcurrentObjectQueries bounds the queries one selector request
 	// over pod-resolved objects runs at once.
@@ -86,7 +89,7 @@ type Config struct {
 type Provider struct {
 	catalog       *catalog.Catalog[metricKey, entry]
 	mapper        apimeta.RESTMapper
-	prom          promclient.Querier
+	stores        query.Stores
 	resolver      ObjectResolver
 	objectQueries int
 	resources     *resourceMemo
@@ -104,7 +107,7 @@ var _ provider.CustomMetricsProvider = (*Provider)(nil)
 func New(cfg Config) *Provider {
 	p := &Provider{
 		mapper:        cfg.Mapper,
-		prom:          cfg.Querier,
+		stores:        query.Stores{Default: cfg.Querier, Named: cfg.Backends},
 		resolver:      cfg.Resolver,
 		objectQueries: cfg.MaxConcurrentObjectQueries,
 		resources:     newResourceMemo(),

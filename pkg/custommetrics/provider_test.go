@@ -653,7 +653,7 @@ func TestPrometheusUnreachableIsUnavailable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.p.prom = client
+	f.p.stores.Default = client
 	_, err = f.p.GetMetricBySelector(context.Background(), "default", labels.SelectorFromSet(labels.Set{"app": "app"}), podsInfo("requests-per-second"), labels.Everything())
 	if !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("error = %v, want 503 saying connection refused", err)

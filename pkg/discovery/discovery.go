@@ -79,10 +79,10 @@ type Result struct {
 func (r Result) Pending(rs []*rules.Rule) error {
 	var pending []error
 	for _, rule := range rs {
-		if _, listed := r.Series[rule.SeriesQuery()]; listed {
+		if _, listed := r.Series[rule.Listing()]; listed {
 			continue
 		}
-		err := r.Failed[rule.SeriesQuery()]
+		err := r.Failed[rule.Listing()]
 		if err == nil {
 			err = errors.New("not listed yet")
 		}
@@ -106,9 +106,9 @@ func QueriesOf(rs []*rules.Rule) Queries {
 	q := Queries{Team: map[string][]string{}}
 	for _, r := range rs {
 		if ns := r.Namespace(); ns == "" {
-			q.File = append(q.File, r.SeriesQuery())
+			q.File = append(q.File, r.Listing())
 		} else {
-			q.Team[ns] = append(q.Team[ns], r.SeriesQuery())
+			q.Team[ns] = append(q.Team[ns], r.Listing())
 		}
 	}
 	return q.dedup()
@@ -164,7 +164,11 @@ type Config struct {
 	// within Team.
 	TeamQueries map[string][]string
 	Team        TeamLimits
-	Lister      SeriesLister
+	// Lister lists the series of the default store.
+	Lister SeriesLister
+	// Backends returns the lister of a named store (rules.ListingOf);
+	// nil when no rule names one.
+	Backends func(name string) SeriesLister
 	// Interval is how often the series are listed again.
 	Interval time.Duration
 	// MaxAge is how far back a listing looks for series; at least Interval.
@@ -183,6 +187,7 @@ type Config struct {
 // Discoverer lists series in rounds and passes each round's Result to its
 // subscribers.
 type Discoverer struct {
+	backends func(name string) SeriesLister
 	queries  Queries
 	team     TeamLimits
 	lister   SeriesLister
@@ -222,6 +227,7 @@ func New(cfg Config) *Discoverer {
 		last:       map[string][]model.LabelSet{},
 		lastListed: map[string]time.Time{},
 		team:       cfg.Team,
+		backends:   cfg.Backends,
 	}
 	d.queries = Queries{File: cfg.Queries, Team: cfg.TeamQueries}.dedup()
 	if d.interval <= 0 {
@@ -391,7 +397,7 @@ func (d *Discoverer) listEach(ctx context.Context, queries []string, parallel, l
 	}
 	for _, q := range queries {
 		g.Go(func() error {
-			sets, err := d.lister.Series(ctx, []string{q}, now.Add(-d.maxAge), now)
+			sets, err := d.series(ctx, []string{q}, now)
 			if err == nil && limit > 0 && len(sets) > limit {
 				metrics.ObserveSeriesDropped("over_limit", len(sets))
 				sets, err = nil, fmt.Errorf("%w: it lists more than %d series, the most a MetricRule's listing may (--metric-rules-max-series): narrow spec.seriesQuery", ErrTooManySeries, limit)
@@ -431,36 +437,67 @@ func (d *Discoverer) listNamespaces(ctx context.Context, groups map[string][]str
 		lctx = promclient.WithSeriesLimit(ctx, limit)
 	}
 	for _, ns := range slices.Sorted(maps.Keys(groups)) {
-		sels := groups[ns]
-		g.Go(func() error {
-			f, l := map[string]error{}, map[string][]model.LabelSet{}
-			sets, err := d.lister.Series(lctx, sels, now.Add(-d.maxAge), now)
-			switch {
-			case err == nil && limit > 0 && len(sets) > limit:
-				metrics.ObserveSeriesDropped("over_limit", len(sets))
-				err = fmt.Errorf("%w: the listing of namespace %s's MetricRules finds more than %d series, the most one namespace's may (--metric-rules-max-series): narrow spec.seriesQuery",
-					ErrTooManySeries, ns, limit)
-				for _, sel := range sels {
-					f[sel] = err
-				}
-			case err != nil && len(sels) > 1 && ctx.Err() == nil:
-				f, l = d.listEach(ctx, sels, 1, limit, now)
-			case err != nil:
-				for _, sel := range sels {
-					f[sel] = err
-				}
-			default:
-				f, l = attribute(validNames(sets), sels)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			maps.Copy(failed, f)
-			maps.Copy(listed, l)
-			return nil
-		})
+		// One listing per store the namespace's rules read.
+		byBackend := map[string][]string{}
+		for _, key := range groups[ns] {
+			backend, _ := rules.SplitListing(key)
+			byBackend[backend] = append(byBackend[backend], key)
+		}
+		for _, backend := range slices.Sorted(maps.Keys(byBackend)) {
+			g.Go(func() error {
+				f, l := d.listTogether(ctx, lctx, ns, byBackend[backend], limit, now)
+				mu.Lock()
+				defer mu.Unlock()
+				maps.Copy(failed, f)
+				maps.Copy(listed, l)
+				return nil
+			})
+		}
 	}
 	_ = g.Wait()
 	return failed, listed
+}
+
+// listTogether lists the selectors of one namespace on one store in one
+// listing (lctx carries its bound), and gives each the series it matches.
+func (d *Discoverer) listTogether(ctx, lctx context.Context, ns string, sels []string, limit int, now time.Time) (map[string]error, map[string][]model.LabelSet) {
+	sets, err := d.series(lctx, sels, now)
+	switch {
+	case err == nil && limit > 0 && len(sets) > limit:
+		metrics.ObserveSeriesDropped("over_limit", len(sets))
+		err = fmt.Errorf("%w: the listing of namespace %s's MetricRules finds more than %d series, the most one namespace's may (--metric-rules-max-series): narrow spec.seriesQuery",
+			ErrTooManySeries, ns, limit)
+	case err != nil && len(sels) > 1 && ctx.Err() == nil:
+		// One selector may make the listing fail: each alone.
+		return d.listEach(ctx, sels, 1, limit, now)
+	case err == nil:
+		return attribute(validNames(sets), sels)
+	}
+	failed := map[string]error{}
+	for _, sel := range sels {
+		failed[sel] = err
+	}
+	return failed, map[string][]model.LabelSet{}
+}
+
+// series lists the series of listing keys that are all on one store
+// (rules.ListingOf), through that store's lister.
+func (d *Discoverer) series(ctx context.Context, keys []string, now time.Time) ([]model.LabelSet, error) {
+	backend, _ := rules.SplitListing(keys[0])
+	lister := d.lister
+	if backend != "" {
+		if d.backends == nil {
+			return nil, fmt.Errorf("no store is named %q", backend)
+		}
+		if lister = d.backends(backend); lister == nil {
+			return nil, fmt.Errorf("no store is named %q", backend)
+		}
+	}
+	sels := make([]string, len(keys))
+	for i, k := range keys {
+		_, sels[i] = rules.SplitListing(k)
+	}
+	return lister.Series(ctx, sels, now.Add(-d.maxAge), now)
 }
 
 // attribute gives each selector the series of a joint listing it
@@ -469,7 +506,8 @@ func attribute(sets []model.LabelSet, sels []string) (map[string]error, map[stri
 	failed := map[string]error{}
 	listed := map[string][]model.LabelSet{}
 	for _, sel := range sels {
-		matches, err := promql.SelectorMatches(sel)
+		_, selector := rules.SplitListing(sel)
+		matches, err := promql.SelectorMatches(selector)
 		if err != nil {
 			failed[sel] = err
 			continue

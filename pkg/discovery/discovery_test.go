@@ -477,3 +477,28 @@ func TestANamespacesSelectorsAreListedTogether(t *testing.T) {
 		t.Errorf("three series of namespace t, two allowed: %v", r.Failed)
 	}
 }
+
+// A listing on a named store goes to that store's lister, the same
+// selector on the default store to the default one; a store nobody has
+// is a failed listing, not a panic.
+func TestListingsGoToTheirStore(t *testing.T) {
+	def, east := newLister(), newLister()
+	east.series["a"] = []model.LabelSet{{"__name__": "a_total", "pod": "east"}}
+	d := New(Config{Queries: []string{"a", rules.ListingOf("east", "a"), rules.ListingOf("north", "a")}, Lister: def,
+		Backends: func(name string) SeriesLister {
+			if name == "east" {
+				return east
+			}
+			return nil
+		}})
+	r := d.Relist(context.Background())
+	if got := r.Series[rules.ListingOf("east", "a")]; len(got) != 1 || got[0]["pod"] != "east" {
+		t.Errorf("the east listing: %v", got)
+	}
+	if got := r.Series["a"]; len(got) != 1 || got[0]["pod"] != "p" {
+		t.Errorf("the default listing: %v", got)
+	}
+	if err := r.Failed[rules.ListingOf("north", "a")]; err == nil || !strings.Contains(err.Error(), `no store is named "north"`) {
+		t.Errorf("a store nobody has: %v", err)
+	}
+}

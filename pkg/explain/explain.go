@@ -471,7 +471,11 @@ func (r *Report) Write(w io.Writer) error {
 		ew.printf("%s", list("          ", res.Names))
 	}
 	for i, q := range r.Queries {
-		ew.printf("Query %d:  %s, %s\n", i+1, q.Rule, q.Duration.Round(time.Microsecond))
+		store := ""
+		if q.Backend != "" {
+			store = ", on backend " + q.Backend
+		}
+		ew.printf("Query %d:  %s%s, %s\n", i+1, q.Rule, store, q.Duration.Round(time.Microsecond))
 		ew.printf("          %s\n", q.Expr)
 		switch {
 		case q.Err != nil:

@@ -49,6 +49,9 @@ type Config struct {
 	// Rules are the compiled externalRules.
 	Rules   []*rules.Rule
 	Querier promclient.Querier
+	// Backends returns the querier of a store a rule names (nil: no
+	// rule names one); Querier is the default store's.
+	Backends func(name string) promclient.Querier
 	// Upstream lists what other metrics servers of the group serve
 	// (package upstream), for discovery: listed after this adapter's own.
 	Upstream func() []metav1.APIResource
@@ -61,7 +64,7 @@ type Config struct {
 // Provider serves external metrics from Prometheus.
 type Provider struct {
 	*catalog.Catalog[string, entry]
-	prom     promclient.Querier
+	stores   query.Stores
 	upstream func() []metav1.APIResource
 	budgets  *query.Budgets
 	clock    clock.PassiveClock
@@ -76,7 +79,7 @@ func New(cfg Config) *Provider {
 		cfg.Clock = clock.RealClock{}
 	}
 	return &Provider{
-		prom:     cfg.Querier,
+		stores:   query.Stores{Default: cfg.Querier, Named: cfg.Backends},
 		upstream: cfg.Upstream,
 		budgets:  cfg.Budgets,
 		clock:    cfg.Clock,
@@ -104,7 +107,7 @@ type entry struct {
 // build maps the series each rule discovered to external metric names.
 func build(rs []*rules.Rule, round discovery.Result, idx *catalog.Index[string, entry]) {
 	for _, rule := range rs {
-		sets, listed := round.Series[rule.SeriesQuery()]
+		sets, listed := round.Series[rule.Listing()]
 		if ls, ok := rule.Unlisted(); ok {
 			// emptyIsZero: served before its first series.
 			sets, listed = append(slices.Clone(sets), ls), true
@@ -192,7 +195,7 @@ func (p *Provider) get(ctx context.Context, namespace string, metricSelector lab
 	}
 	matchers = append(matchers, selMatchers...)
 	q := query.Of(metrics.ExternalAPI, e.Rule, e.Series, matchers, nil, p.budgets, func() string { return "external metric " + name })
-	res, err := query.Run(ctx, p.prom, q)
+	res, err := query.Run(ctx, p.stores, q)
 	if err != nil {
 		return nil, err
 	}

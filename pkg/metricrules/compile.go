@@ -22,6 +22,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -40,6 +41,7 @@ func Config(spec v1alpha1.MetricRuleSpec) config.Rule {
 		MetricsQuery: spec.MetricsQuery,
 		Name:         config.NameMapping{Matches: spec.Name.Matches, As: spec.Name.As},
 		EmptyIsZero:  spec.EmptyIsZero,
+		Backend:      spec.Backend,
 		Resources: config.ResourceMapping{
 			Template:          spec.Resources.Template,
 			AggregateFromPods: spec.Resources.AggregateFromPods,
@@ -76,7 +78,7 @@ type Outcome struct {
 // in namespaceLabel. A namespace's rules are ordered by creation (then
 // name): beyond perNamespace (when positive), the newest are over the
 // limit. The outcomes are ordered by namespace, then that order.
-func Compile(objs []*v1alpha1.MetricRule, namespaceLabel string, perNamespace int, cache *Cache) []Outcome {
+func Compile(objs []*v1alpha1.MetricRule, namespaceLabel string, perNamespace int, backends []string, cache *Cache) []Outcome {
 	objs = slices.Clone(objs)
 	slices.SortFunc(objs, func(a, b *v1alpha1.MetricRule) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace),
@@ -92,7 +94,7 @@ func Compile(objs []*v1alpha1.MetricRule, namespaceLabel string, perNamespace in
 			out = append(out, Outcome{Object: o, OverLimit: true})
 			continue
 		}
-		r, err := cache.compile(o, i, namespaceLabel)
+		r, err := cache.compile(o, i, namespaceLabel, backends)
 		out = append(out, Outcome{Object: o, Rule: r, Err: err})
 		i++
 	}
@@ -111,22 +113,26 @@ type cached struct {
 	generation     int64
 	index          int
 	namespaceLabel string
-	rule           *rules.Rule
-	err            error
+	// backends are the stores MetricRules could name when it compiled.
+	backends string
+	rule     *rules.Rule
+	err      error
 }
 
 // NewCache returns an empty Cache.
 func NewCache() *Cache { return &Cache{entries: map[string]cached{}} }
 
-func (c *Cache) compile(o *v1alpha1.MetricRule, index int, namespaceLabel string) (*rules.Rule, error) {
+func (c *Cache) compile(o *v1alpha1.MetricRule, index int, namespaceLabel string, backends []string) (*rules.Rule, error) {
 	key := cacheKey(o)
-	if e, ok := c.entries[key]; ok && e.generation == o.Generation && e.index == index && e.namespaceLabel == namespaceLabel {
+	allowed := strings.Join(backends, ",")
+	if e, ok := c.entries[key]; ok && e.generation == o.Generation && e.index == index && e.namespaceLabel == namespaceLabel && e.backends == allowed {
 		return e.rule, e.err
 	}
 	r, err := compileWithin(c.timeout(), rules.TeamRule{
 		Namespace: o.Namespace, Name: o.Name, External: o.Spec.API == v1alpha1.External, Rule: Config(o.Spec), Index: index,
+		Backends: backends,
 	}, namespaceLabel)
-	c.entries[key] = cached{generation: o.Generation, index: index, namespaceLabel: namespaceLabel, rule: r, err: err}
+	c.entries[key] = cached{generation: o.Generation, index: index, namespaceLabel: namespaceLabel, backends: allowed, rule: r, err: err}
 	return r, err
 }
 

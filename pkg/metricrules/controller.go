@@ -43,6 +43,9 @@ type ControllerConfig struct {
 	Apply func(ctx context.Context, custom, external []*rules.Rule)
 	// Budgets bound the rules' queries; their failures become Events.
 	Budgets *query.Budgets
+	// Backends lists the stores MetricRules may name now (the rules
+	// file's backends with teams: true); nil: none.
+	Backends func() []string
 	// Events records Events on MetricRules (a failed query); nil: none.
 	Events record.EventRecorder
 	// LeaderElection elects the one replica that writes status; nil:
@@ -172,7 +175,11 @@ func (c *Controller) sync(ctx context.Context) {
 		objs = append(objs, mr)
 	}
 	c.cache.Retain(objs)
-	outcomes := Compile(objs, c.cfg.NamespaceLabel, c.cfg.PerNamespace, c.cache)
+	var backends []string
+	if c.cfg.Backends != nil {
+		backends = c.cfg.Backends()
+	}
+	outcomes := Compile(objs, c.cfg.NamespaceLabel, c.cfg.PerNamespace, backends, c.cache)
 	states := map[string]int{}
 	byKey := make(map[string]Outcome, len(outcomes))
 	byRule := map[string]*v1alpha1.MetricRule{}

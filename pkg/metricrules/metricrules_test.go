@@ -62,7 +62,7 @@ func TestCompile(t *testing.T) {
 		object("b", "only", 4*time.Second, spec("a_total", "a")),
 	}
 	cache := NewCache()
-	out := Compile(objs, "namespace", 2, cache)
+	out := Compile(objs, "namespace", 2, nil, cache)
 	got := make([]string, len(out))
 	for i, o := range out {
 		switch {
@@ -81,12 +81,12 @@ func TestCompile(t *testing.T) {
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("got %v, want %v", got, want)
 	}
-	again := Compile(objs, "namespace", 2, cache)
+	again := Compile(objs, "namespace", 2, nil, cache)
 	if again[0].Rule != out[0].Rule {
 		t.Error("an unchanged object was compiled again")
 	}
 	objs[1].Generation = 2
-	if changed := Compile(objs, "namespace", 2, cache); changed[0].Rule == out[0].Rule {
+	if changed := Compile(objs, "namespace", 2, nil, cache); changed[0].Rule == out[0].Rule {
 		t.Error("a new generation kept the old rule")
 	}
 }
@@ -96,7 +96,7 @@ func TestCompile(t *testing.T) {
 // overrules it.
 func TestStatus(t *testing.T) {
 	objs := []*v1alpha1.MetricRule{object("a", "mine", 0, spec("a_total", "a")), object("a", "late", time.Second, spec("b_total", "a"))}
-	out := Compile(objs, "namespace", 0, NewCache())
+	out := Compile(objs, "namespace", 0, nil, NewCache())
 	mine, late := out[0], out[1]
 
 	st := Status(mine, nil)
@@ -211,7 +211,7 @@ func TestControllerWritesStatusAndRecordsFailedQueries(t *testing.T) {
 		t.Errorf("status: %+v", st)
 	}
 
-	_, err = query.Run(ctx, failing{}, query.Query{Rule: "MetricRule team-a/rps", Namespace: "team-a", Budgets: budgets,
+	_, err = query.Run(ctx, query.Stores{Default: failing{}}, query.Query{Rule: "MetricRule team-a/rps", Namespace: "team-a", Budgets: budgets,
 		What: func() string { return "a" }, Render: func() (string, error) { return "up", nil }})
 	if err == nil {
 		t.Fatal("the failing query did not fail")

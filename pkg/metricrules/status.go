@@ -62,9 +62,9 @@ func Status(o Outcome, obs *Observation) v1alpha1.MetricRuleStatus {
 		set(v1alpha1.Serving, metav1.ConditionUnknown, "NotListedYet", "its series have not been listed yet")
 		return st
 	}
-	series, listed := obs.Round.Series[r.SeriesQuery()]
+	series, listed := obs.Round.Series[r.Listing()]
 	st.Series = int32(min(len(series), 1<<31-1))
-	if at, ok := obs.Round.Listed[r.SeriesQuery()]; ok {
+	if at, ok := obs.Round.Listed[r.Listing()]; ok {
 		t := seconds(at)
 		st.LastDiscoveryTime = &t
 	}
@@ -86,8 +86,8 @@ func Status(o Outcome, obs *Observation) v1alpha1.MetricRuleStatus {
 	slices.Sort(overruled)
 	overruled = slices.Compact(overruled)
 	switch {
-	case !listed && obs.Round.Failed[r.SeriesQuery()] != nil:
-		set(v1alpha1.Serving, metav1.ConditionFalse, "NotListed", "listing its series failed: "+obs.Round.Failed[r.SeriesQuery()].Error())
+	case !listed && obs.Round.Failed[r.Listing()] != nil:
+		set(v1alpha1.Serving, metav1.ConditionFalse, "NotListed", "listing its series failed: "+obs.Round.Failed[r.Listing()].Error())
 	case !listed:
 		set(v1alpha1.Serving, metav1.ConditionUnknown, "NotListedYet", "its series have not been listed yet")
 	case len(st.Metrics) > 0:

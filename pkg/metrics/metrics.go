@@ -51,12 +51,12 @@ var (
 		Namespace: Namespace,
 		Subsystem: "prometheus",
 		Name:      "query_duration_seconds",
-		Help: "Time taken by the Prometheus queries that answer API requests, by API, rule and outcome " +
-			"(ok, no-data, timeout, unavailable, bad-query, canceled).",
+		Help: "Time taken by the Prometheus queries that answer API requests, by API, rule, the store the rule reads (backend: default for --prometheus-url) " +
+			"and outcome (ok, no-data, timeout, unavailable, bad-query, canceled).",
 		// 1 ms to about 33 s.
 		Buckets:        basemetrics.ExponentialBuckets(0.001, 2, 16),
 		StabilityLevel: basemetrics.ALPHA,
-	}, []string{"api", "rule", "outcome"})
+	}, []string{"api", "rule", "backend", "outcome"})
 
 	discoveryDuration = basemetrics.NewHistogram(&basemetrics.HistogramOpts{
 		Namespace:      Namespace,
@@ -272,10 +272,19 @@ func Outcome(samples int, err error) string {
 	}
 }
 
-// ObserveQuery records a query run for rule of api, which started at start
-// and returned samples samples or err.
-func ObserveQuery(api, rule string, start time.Time, samples int, err error) {
-	queryDuration.WithLabelValues(api, rule, Outcome(samples, err)).Observe(time.Since(start).Seconds())
+// ObserveQuery records a query run for rule of api on backend ("" is the
+// default store), which started at start and returned samples samples or
+// err.
+func ObserveQuery(api, rule, backend string, start time.Time, samples int, err error) {
+	queryDuration.WithLabelValues(api, rule, backendLabel(backend), Outcome(samples, err)).Observe(time.Since(start).Seconds())
+}
+
+// backendLabel is a store's name as the backend label says it.
+func backendLabel(backend string) string {
+	if backend == "" {
+		return "default"
+	}
+	return backend
 }
 
 // ObserveZeroed records n values of rule answered 0 by its emptyIsZero.
@@ -302,6 +311,8 @@ func ObserveDiscovery(d time.Duration) { discoveryDuration.Observe(d.Seconds()) 
 // RuleDiscovery is what one discovery round found for one rule.
 type RuleDiscovery struct {
 	Rule string
+	// Backend is the store the rule reads ("": the default).
+	Backend string
 	// Listed is when its series were last listed successfully; zero if
 	// never.
 	Listed time.Time
@@ -314,19 +325,18 @@ type RuleDiscovery struct {
 func SetDiscovered(api string, rs []RuleDiscovery) {
 	discoveredMu.Lock()
 	defer discoveredMu.Unlock()
-	names := make([]string, 0, len(rs))
-	for _, r := range rs {
-		names = append(names, r.Rule)
-	}
-	for _, rule := range discoveredRules[api] {
-		discoveryLastSuccess.DeleteLabelValues(api, rule)
-		discoveredMetrics.DeleteLabelValues(api, rule)
-		if !slices.Contains(names, rule) {
-			// A rule a reload removed: its query series go too.
+	for _, old := range discoveredRules[api] {
+		discoveryLastSuccess.DeleteLabelValues(api, old.Rule)
+		discoveredMetrics.DeleteLabelValues(api, old.Rule)
+		if !slices.ContainsFunc(rs, func(r RuleDiscovery) bool { return r.Rule == old.Rule && r.Backend == old.Backend }) {
+			// A rule a reload removed, or moved to another store: its
+			// query series go too.
 			for _, o := range outcomes {
-				queryDuration.Delete(map[string]string{"api": api, "rule": rule, "outcome": o})
+				queryDuration.Delete(map[string]string{"api": api, "rule": old.Rule, "backend": backendLabel(old.Backend), "outcome": o})
 			}
-			zeroed.Delete(map[string]string{"api": api, "rule": rule})
+			if !slices.ContainsFunc(rs, func(r RuleDiscovery) bool { return r.Rule == old.Rule }) {
+				zeroed.Delete(map[string]string{"api": api, "rule": old.Rule})
+			}
 		}
 	}
 	for _, r := range rs {
@@ -335,12 +345,12 @@ func SetDiscovered(api string, rs []RuleDiscovery) {
 		}
 		discoveredMetrics.WithLabelValues(api, r.Rule).Set(float64(r.Metrics))
 	}
-	discoveredRules[api] = names
+	discoveredRules[api] = slices.Clone(rs)
 }
 
 var (
 	discoveredMu    sync.Mutex
-	discoveredRules = map[string][]string{}
+	discoveredRules = map[string][]RuleDiscovery{}
 )
 
 // SetLeftOut replaces the rules reported as left out.

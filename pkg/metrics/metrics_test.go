@@ -25,8 +25,8 @@ func TestMetricsFollowPrometheusConventions(t *testing.T) {
 	reg := basemetrics.NewKubeRegistry()
 	RegisterOn(reg, sizes{"pods": 3, "deployments.apps": 1})
 
-	ObserveQuery(CustomAPI, "rules[0]", time.Now(), 2, nil)
-	ObserveQuery(ExternalAPI, "externalRules[0]", time.Now(), 0, context.DeadlineExceeded)
+	ObserveQuery(CustomAPI, "rules[0]", "", time.Now(), 2, nil)
+	ObserveQuery(ExternalAPI, "externalRules[0]", "thanos", time.Now(), 0, context.DeadlineExceeded)
 	ObserveDiscovery(20 * time.Millisecond)
 	// fixed date: timestamps the gauges export as they are.
 	SetDiscovered(CustomAPI, []RuleDiscovery{{Rule: "rules[0]", Listed: time.Unix(100, 0), Metrics: 4}})
@@ -99,8 +99,8 @@ func TestSetDiscoveredForgetsQueriesOfRemovedRules(t *testing.T) {
 	reg := basemetrics.NewKubeRegistry()
 	RegisterOn(reg, nil)
 	SetDiscovered(CustomAPI, []RuleDiscovery{{Rule: "rules[0]"}, {Rule: "rules[1]"}})
-	ObserveQuery(CustomAPI, "rules[0]", time.Now(), 1, nil)
-	ObserveQuery(CustomAPI, "rules[1]", time.Now(), 0, nil)
+	ObserveQuery(CustomAPI, "rules[0]", "", time.Now(), 1, nil)
+	ObserveQuery(CustomAPI, "rules[1]", "", time.Now(), 0, nil)
 	SetDiscovered(CustomAPI, []RuleDiscovery{{Rule: "rules[0]"}})
 	mfs, err := reg.Gather()
 	if err != nil {

@@ -51,13 +51,13 @@ func TestBudgetsBoundConcurrentQueriesPerNamespace(t *testing.T) {
 	errs := make(chan error, 2)
 	for range 2 {
 		go func() {
-			_, err := Run(context.Background(), prom, teamQuery("team-a", budgets))
+			_, err := Run(context.Background(), Stores{Default: prom}, teamQuery("team-a", budgets))
 			errs <- err
 		}()
 	}
 	<-prom.started
 	<-prom.started
-	_, err := Run(context.Background(), prom, teamQuery("team-a", budgets))
+	_, err := Run(context.Background(), Stores{Default: prom}, teamQuery("team-a", budgets))
 	if !apierrors.IsTooManyRequests(err) || !strings.Contains(err.Error(), "--metric-rules-max-concurrent-queries") {
 		t.Fatalf("a third query of team-a: %v, want 429 naming the flag", err)
 	}
@@ -65,8 +65,14 @@ func TestBudgetsBoundConcurrentQueriesPerNamespace(t *testing.T) {
 		t.Errorf("failures reported: %q", f)
 	}
 	others := make(chan error, 2)
-	go func() { _, err := Run(context.Background(), prom, teamQuery("team-b", budgets)); others <- err }()
-	go func() { _, err := Run(context.Background(), prom, teamQuery("", budgets)); others <- err }()
+	go func() {
+		_, err := Run(context.Background(), Stores{Default: prom}, teamQuery("team-b", budgets))
+		others <- err
+	}()
+	go func() {
+		_, err := Run(context.Background(), Stores{Default: prom}, teamQuery("", budgets))
+		others <- err
+	}()
 	<-prom.started
 	<-prom.started
 	close(prom.release)
@@ -78,7 +84,7 @@ func TestBudgetsBoundConcurrentQueriesPerNamespace(t *testing.T) {
 			t.Errorf("another namespace's or the file's query: %v", err)
 		}
 	}
-	if _, err := Run(context.Background(), prom, teamQuery("team-a", budgets)); err != nil {
+	if _, err := Run(context.Background(), Stores{Default: prom}, teamQuery("team-a", budgets)); err != nil {
 		t.Errorf("after the others ended, team-a's budget is free again: %v", err)
 	}
 }
@@ -89,14 +95,14 @@ func TestBudgetsCutQueriesAtTheTimeout(t *testing.T) {
 	budgets := NewBudgets(0, 50*time.Millisecond)
 	failures := recordFailures(budgets)
 	prom := blocking{started: make(chan struct{}, 1), release: make(chan struct{})}
-	_, err := Run(context.Background(), prom, teamQuery("team-a", budgets))
+	_, err := Run(context.Background(), Stores{Default: prom}, teamQuery("team-a", budgets))
 	if !apierrors.IsTimeout(err) || !strings.Contains(err.Error(), "--metric-rules-query-timeout") {
 		t.Fatalf("got %v, want a 504 naming --metric-rules-query-timeout", err)
 	}
 	if f := failures(); len(f) != 1 || !strings.Contains(f[0], "MetricRule team-a/rps") {
 		t.Errorf("the timeout was not reported: %q", f)
 	}
-	if _, err := Run(context.Background(), failing{}, teamQuery("", budgets)); err == nil || len(failures()) != 1 {
+	if _, err := Run(context.Background(), Stores{Default: failing{}}, teamQuery("", budgets)); err == nil || len(failures()) != 1 {
 		t.Errorf("a rule of the file's failure was reported: %q", failures())
 	}
 }

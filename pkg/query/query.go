@@ -51,6 +51,28 @@ type Query struct {
 	// the file.
 	Namespace string
 	Budgets   *Budgets
+	// Backend names the store the rule reads ("": the default).
+	Backend string
+}
+
+// Stores are the stores queries run on: the default one, and the named
+// ones (nil when no rule names one).
+type Stores struct {
+	Default promclient.Querier
+	Named   func(name string) promclient.Querier
+}
+
+// For is the querier of the store named name ("" is the default).
+func (s Stores) For(name string) (promclient.Querier, error) {
+	if name == "" {
+		return s.Default, nil
+	}
+	if s.Named != nil {
+		if q := s.Named(name); q != nil {
+			return q, nil
+		}
+	}
+	return nil, fmt.Errorf("no store is named %q", name)
 }
 
 // Of is the query of a rule of the custom or the external metrics API
@@ -61,7 +83,7 @@ func Of(api string, r *rules.Rule, series string, matchers []promql.Matcher, gro
 	return Query{
 		API: api, Rule: r.String(), What: what, EmptyIsZero: r.EmptyIsZero(),
 		Render:    func() (string, error) { return r.Render(series, matchers, groupBy) },
-		Namespace: r.Namespace(), Budgets: budgets,
+		Namespace: r.Namespace(), Budgets: budgets, Backend: r.Backend(),
 	}
 }
 
@@ -76,7 +98,11 @@ type Result struct {
 // rule is a team's. Its errors are StatusErrors: a query that does not
 // render is a 500 naming the rule, one over its namespace's budget a 429,
 // a failed query what apistatus.Query says.
-func Run(ctx context.Context, prom promclient.Querier, q Query) (Result, error) {
+func Run(ctx context.Context, stores Stores, q Query) (Result, error) {
+	prom, err := stores.For(q.Backend)
+	if err != nil {
+		return Result{}, apierrors.NewInternalError(fmt.Errorf("%s: %w", q.Rule, err))
+	}
 	// A team's rule renders within its namespace's budget too: the render
 	// is bounded (rules.CompileTeam), and counted with its query.
 	ctx, done, err := q.Budgets.enter(ctx, q.Namespace)
@@ -97,14 +123,14 @@ func Run(ctx context.Context, prom promclient.Querier, q Query) (Result, error) 
 	if timedOut := done(); timedOut != nil && err != nil {
 		err = fmt.Errorf("%w: %w", timedOut, err)
 	}
-	metrics.ObserveQuery(q.API, q.Rule, start, len(vec), err)
-	trace.From(ctx).Queried(trace.Query{Rule: q.Rule, Expr: expr, Duration: took, Vector: vec, Err: err})
+	metrics.ObserveQuery(q.API, q.Rule, q.Backend, start, len(vec), err)
+	trace.From(ctx).Queried(trace.Query{Rule: q.Rule, Backend: q.Backend, Expr: expr, Duration: took, Vector: vec, Err: err})
 	if err != nil {
 		q.Budgets.fail(q.Namespace, q.Rule, err)
 		return Result{Expr: expr}, apistatus.Query(err, q.What(), q.Rule)
 	}
 	if klogV := klog.V(4); klogV.Enabled() {
-		klogV.InfoS("Query done", "api", q.API, "rule", q.Rule, "what", q.What(), "series", len(vec), "duration", took, "expr", expr)
+		klogV.InfoS("Query done", "api", q.API, "rule", q.Rule, "backend", q.Backend, "what", q.What(), "series", len(vec), "duration", took, "expr", expr)
 	}
 	return Result{Expr: expr, Vector: vec}, nil
 }

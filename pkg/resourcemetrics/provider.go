@@ -64,21 +64,24 @@ type Config struct {
 	// naming the missing section.
 	Rules   *rules.ResourceRules
 	Querier promclient.Querier
-	Objects ObjectLister
-	Clock   clock.PassiveClock
+	// Backends returns the querier of a store a rule names (nil: no
+	// rule names one); Querier is the default store's.
+	Backends func(name string) promclient.Querier
+	Objects  ObjectLister
+	Clock    clock.PassiveClock
 }
 
 // Provider reads pod and node usage from Prometheus.
 type Provider struct {
 	rules   atomic.Pointer[rules.ResourceRules]
-	prom    promclient.Querier
+	stores  query.Stores
 	objects ObjectLister
 	clock   clock.PassiveClock
 }
 
 // New returns a Provider.
 func New(cfg Config) *Provider {
-	p := &Provider{prom: cfg.Querier, objects: cfg.Objects, clock: cfg.Clock}
+	p := &Provider{stores: query.Stores{Default: cfg.Querier, Named: cfg.Backends}, objects: cfg.Objects, clock: cfg.Clock}
 	p.rules.Store(cfg.Rules)
 	if p.clock == nil {
 		p.clock = clock.RealClock{}
@@ -381,8 +384,9 @@ func (p *Provider) nodes(ctx context.Context, q *rules.ResourceQuery, names []st
 
 // query runs one resource's query of pods or nodes.
 func (p *Provider) query(ctx context.Context, q *rules.ResourceQuery, of string, render func() (string, error)) (query.Result, error) {
-	return query.Run(ctx, p.prom, query.Query{
+	return query.Run(ctx, p.stores, query.Query{
 		API: adaptermetrics.ResourceAPI, Rule: "resourceRules." + q.Name, What: func() string { return fmt.Sprintf("the %s of %s", q.Name, of) }, Render: render,
+		Backend: q.Backend,
 	})
 }
 

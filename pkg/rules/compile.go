@@ -25,6 +25,11 @@ type Set struct {
 	// Resource is the resourceRules section (metrics.k8s.io); nil when
 	// the file has none.
 	Resource *ResourceRules
+	// Backends are the file's stores as it writes them (package backends
+	// builds their clients), and BackendWhere names a field of one in
+	// errors ("file:line: backends[1].url").
+	Backends     []config.Backend
+	BackendWhere func(i int, field string) string
 }
 
 // Parse reads and compiles a rules file: config.Parse, then CompileSet.
@@ -44,7 +49,10 @@ func Parse(data []byte, source string) (*Set, error) {
 // serves.
 func CompileSet(cfg *config.Config) (*Set, error) {
 	c := &compiler{where: cfg.Where}
-	s := &Set{}
+	for _, b := range cfg.Backends {
+		c.backends = append(c.backends, b.Name)
+	}
+	s := &Set{Backends: cfg.Backends, BackendWhere: func(i int, field string) string { return cfg.Where("backends", i, field) }}
 	for i := range cfg.Rules {
 		s.Custom = append(s.Custom, c.rule("rules", i, cfg.Rules[i]))
 	}
@@ -80,6 +88,9 @@ type compiler struct {
 	// team is set for a team's rule: its templates are text with
 	// placeholders only (checkTeamTemplate).
 	team bool
+	// backends are the stores a rule may name (for a team's rule, those
+	// that take MetricRules).
+	backends []string
 }
 
 // problem is a problem with section[i].field ("file:line: path: msg"); i <
@@ -97,6 +108,7 @@ func (c *compiler) fail(section string, i int, field, format string, args ...any
 func (c *compiler) rule(section string, i int, cr config.Rule) *Rule {
 	r := &Rule{Index: i, name: fmt.Sprintf("%s[%d]", section, i), seriesQuery: cr.SeriesQuery,
 		namespaced: cr.Resources.IsNamespaced(), replacements: cr.LabelValueReplacements}
+	r.backend = c.backend(section, i, "backend", cr.Backend)
 	if strings.TrimSpace(cr.SeriesQuery) == "" {
 		c.fail(section, i, "seriesQuery", "is required (a series selector such as 'app_requests_total{namespace!=\"\",pod!=\"\"}')")
 	} else if err := promql.ParseSeriesSelector(cr.SeriesQuery); err != nil {
@@ -147,6 +159,22 @@ const (
 	MaxObjectName = 253
 	MaxLabelValue = 4096
 )
+
+// backend checks that a rule names a known store ("" or
+// config.DefaultBackend is the default), and returns its name.
+func (c *compiler) backend(section string, i int, field, name string) string {
+	switch {
+	case name == "" || name == config.DefaultBackend:
+		return ""
+	case slices.Contains(c.backends, name):
+		return name
+	case c.team:
+		c.fail(section, i, field, "%q does not take MetricRules: a MetricRule may name the rules file's backends with teams: true (%s)", name, strings.Join(c.backends, ", "))
+	default:
+		c.fail(section, i, field, "no backend is named %q (the rules file's backends: %s)", name, strings.Join(c.backends, ", "))
+	}
+	return ""
+}
 
 // namespaceLabel checks that a namespaced external rule has a label for
 // the namespace; without one it could only be served without its

@@ -7,6 +7,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 )
 
 // Compiling is validating: every problem a rules file can have is refused
@@ -299,5 +301,65 @@ func TestPromQLIsParsedAtLoad(t *testing.T) {
 		if _, err := Parse([]byte(tc.yaml), "cfg.yaml"); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want an error saying %q", tc.yaml, err, tc.want)
 		}
+	}
+}
+
+// A rule names a store of the file's backends (or none: the default);
+// another name is refused at its line. A team's rule may name only the
+// stores that take MetricRules. The listing of a rule on another store is
+// keyed apart from the same selector on the default one.
+func TestRulesNameTheirBackend(t *testing.T) {
+	const file = `backends:
+- name: thanos
+  url: http://thanos:9090
+externalRules:
+- seriesQuery: queue_depth
+  metricsQuery: sum(<<.Series>>)
+  backend: thanos
+- seriesQuery: queue_depth
+  metricsQuery: sum(<<.Series>>)
+- seriesQuery: queue_depth
+  metricsQuery: sum(<<.Series>>)
+  backend: default
+resourceRules:
+  backend: thanos
+  cpu:
+    containerQuery: sum(rate(c{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)
+    nodeQuery: sum(rate(c{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>)
+    resources: {overrides: {namespace: {resource: namespace}, pod: {resource: pod}, node: {resource: node}}}
+    containerLabel: container
+  memory:
+    containerQuery: sum(m{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+    nodeQuery: sum(m{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+    resources: {overrides: {namespace: {resource: namespace}, pod: {resource: pod}, node: {resource: node}}}
+    containerLabel: container
+`
+	set, err := Parse([]byte(file), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := set.External
+	if e[0].Backend() != "thanos" || e[1].Backend() != "" || e[2].Backend() != "" || set.Resource.CPU.Backend != "thanos" {
+		t.Errorf("backends: %q %q %q, resourceRules %q", e[0].Backend(), e[1].Backend(), e[2].Backend(), set.Resource.CPU.Backend)
+	}
+	if e[0].Listing() == e[1].Listing() || e[1].Listing() != "queue_depth" {
+		t.Errorf("listings %q and %q: the same selector on two stores must be listed apart", e[0].Listing(), e[1].Listing())
+	}
+	if b, sel := SplitListing(e[0].Listing()); b != "thanos" || sel != "queue_depth" {
+		t.Errorf("SplitListing(%q) = %q, %q", e[0].Listing(), b, sel)
+	}
+	_, err = Parse([]byte("externalRules:\n- seriesQuery: x\n  metricsQuery: sum(<<.Series>>)\n  backend: thanos\n"), "c.yaml")
+	if err == nil || !strings.Contains(err.Error(), `c.yaml:4: externalRules[0].backend: no backend is named "thanos"`) {
+		t.Errorf("an unknown backend: %v", err)
+	}
+
+	tr := TeamRule{Namespace: "t", Name: "r", External: true, Rule: config.Rule{SeriesQuery: "x", MetricsQuery: "sum(<<.Series>>)", Backend: "thanos"}}
+	if _, err := CompileTeam(tr, "namespace"); err == nil || !strings.Contains(err.Error(), `spec.backend: "thanos" does not take MetricRules`) {
+		t.Errorf("a team's rule on a store that takes none: %v", err)
+	}
+	tr.Backends = []string{"thanos"}
+	r, err := CompileTeam(tr, "namespace")
+	if err != nil || r.Backend() != "thanos" || r.Listing() != `@thanos x{namespace="t"}` {
+		t.Errorf("a team's rule on a store that takes MetricRules: %v, %v", r, err)
 	}
 }

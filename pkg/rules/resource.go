@@ -19,6 +19,8 @@ type ResourceRules struct {
 	// Window is the period CPU usage is averaged over: resourceRules.window,
 	// or the range of the CPU container query.
 	Window time.Duration
+	// Backend names the store both queries read ("": the default).
+	Backend string
 }
 
 // ResourceQuery is one compiled config.ResourceRule, with the labels its
@@ -26,6 +28,9 @@ type ResourceRules struct {
 type ResourceQuery struct {
 	// Name is "cpu" or "memory".
 	Name string
+	// Backend names the store it reads ("": the default): the
+	// resourceRules' backend.
+	Backend string
 	// PodLabel, NamespaceLabel, NodeLabel and ContainerLabel are the series
 	// labels holding those names.
 	PodLabel, NamespaceLabel, NodeLabel, ContainerLabel string
@@ -37,7 +42,13 @@ type ResourceQuery struct {
 // resourceRules compiles the resourceRules section.
 func (c *compiler) resourceRules(cr *config.ResourceRules) *ResourceRules {
 	const section = "resourceRules"
-	rr := &ResourceRules{CPU: c.resource("cpu", cr.CPU), Memory: c.resource("memory", cr.Memory), Window: time.Duration(cr.Window)}
+	rr := &ResourceRules{CPU: c.resource("cpu", cr.CPU), Memory: c.resource("memory", cr.Memory), Window: time.Duration(cr.Window),
+		Backend: c.backend(section, -1, "backend", cr.Backend)}
+	for _, q := range []*ResourceQuery{rr.CPU, rr.Memory} {
+		if q != nil {
+			q.Backend = rr.Backend
+		}
+	}
 	switch {
 	case cr.Window < 0:
 		c.fail(section, -1, "window", "must be positive, got %s", cr.Window)

@@ -60,6 +60,8 @@ type Rule struct {
 	owner *Owner
 	// external is set for a rule of the external metrics API.
 	external bool
+	// backend names the store the rule reads ("": the default).
+	backend string
 	// window is the longest range of the metricsQuery (nil: none), read
 	// at compile time from the query rendered with sample data: ranges
 	// are the template's, never the request's.
@@ -206,6 +208,34 @@ func (r *mapping) compileReverseTemplate() error {
 
 // SeriesQuery is the rule's series selector.
 func (r *Rule) SeriesQuery() string { return r.seriesQuery }
+
+// Backend names the store the rule reads: "" for the default one
+// (--prometheus-url), else a name of the rules file's backends.
+func (r *Rule) Backend() string { return r.backend }
+
+// Listing is what discovery lists for the rule and keys its series by:
+// its seriesQuery on its store (ListingOf).
+func (r *Rule) Listing() string { return ListingOf(r.backend, r.seriesQuery) }
+
+// ListingOf is a listing's key: the selector itself on the default store,
+// "@BACKEND SELECTOR" on another (a selector never starts with @, and a
+// backend's name holds no space).
+func ListingOf(backend, selector string) string {
+	if backend == "" {
+		return selector
+	}
+	return "@" + backend + " " + selector
+}
+
+// SplitListing reads a listing's key: its store ("" for the default) and
+// its selector.
+func SplitListing(key string) (backend, selector string) {
+	if !strings.HasPrefix(key, "@") {
+		return "", key
+	}
+	backend, selector, _ = strings.Cut(key[1:], " ")
+	return backend, selector
+}
 
 // MetricName returns the API metric name for a series name, or false when
 // the rule's filters or name.matches drop the series, or the name it makes

@@ -34,6 +34,9 @@ type TeamRule struct {
 	// Index orders the namespace's rules: the first of two rules naming
 	// one metric serves it.
 	Index int
+	// Backends are the stores MetricRules may name (the rules file's
+	// backends with teams: true).
+	Backends []string
 }
 
 // CompileTeam compiles a team's rule. namespaceLabel is the series label
@@ -45,7 +48,7 @@ type TeamRule struct {
 // when they name none). What cannot be confined, or compiled, is an error
 // naming the field of the rule object (spec.metricsQuery).
 func CompileTeam(t TeamRule, namespaceLabel string) (*Rule, error) {
-	c := &compiler{where: func(_ string, _ int, field string) string { return "spec." + field }, team: true}
+	c := &compiler{where: func(_ string, _ int, field string) string { return "spec." + field }, team: true, backends: t.Backends}
 	section := "rules"
 	if t.External {
 		section = "externalRules"

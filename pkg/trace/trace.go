@@ -34,7 +34,9 @@ type Resolution struct {
 
 // Query is one PromQL query and Prometheus' answer.
 type Query struct {
-	Rule     string
+	Rule string
+	// Backend is the store it ran on ("": the default).
+	Backend  string
 	Expr     string
 	Duration time.Duration
 	Vector   model.Vector

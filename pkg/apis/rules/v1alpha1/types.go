@@ -103,6 +103,13 @@ type MetricRuleSpec struct {
 	//
 	// +optional
 	EmptyIsZero bool `json:"emptyIsZero,omitempty"`
+	// Backend names the store the rule reads: one of the rules file's
+	// backends that takes MetricRules (teams: true). Empty is the default
+	// store. Its queries are confined to the namespace whatever the store.
+	//
+	// +kubebuilder:validation:MaxLength=63
+	// +optional
+	Backend string `json:"backend,omitempty"`
 }
 
 // RegexFilter keeps (is) or drops (isNot) series whose name matches a
