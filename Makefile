@@ -41,7 +41,7 @@ unit: ## Unit tests with the race detector
 	CGO_ENABLED=1 GOFLAGS= go test -race -count=1 ./pkg/... ./app/... ./cmd/... ./internal/... ./test/localstack/...
 
 .PHONY: integration
-integration: $(BIN)/prometheus ## The provider against a real Prometheus scraping real load-app processes
+integration: $(BIN)/prometheus $(BIN)/victoria-metrics ## The provider against real Prometheus servers scraping real load-app processes, and VictoriaMetrics
 	go test -count=1 -timeout 10m ./test/integration/...
 
 .PHONY: e2e
@@ -140,6 +140,22 @@ $(BIN)/prometheus: hack/tools/prometheus/go.mod hack/tools/prometheus/go.sum
 $(BIN)/prometheus-adapter: hack/tools/prometheus-adapter/go.mod hack/tools/prometheus-adapter/go.sum
 	@echo ">> building prometheus-adapter (first time: several minutes)"
 	cd hack/tools/prometheus-adapter && go build -ldflags "-s -w" -o $(BIN)/prometheus-adapter sigs.k8s.io/prometheus-adapter/cmd/adapter
+
+# The other stores the tests run (not the demo): VictoriaMetrics, whose
+# query length limit the integration suite meets, and Cortex, whose
+# tenants the e2e suite reads.
+.PHONY: tools-stores
+tools-stores: $(BIN)/victoria-metrics $(BIN)/cortex ## Build the other stores the tests run, from pinned modules
+
+$(BIN)/victoria-metrics: hack/tools/victoriametrics/go.mod hack/tools/victoriametrics/go.sum
+	@echo ">> building VictoriaMetrics (first time: about two minutes)"
+	cd hack/tools/victoriametrics && go build -ldflags "-s -w" -o $(BIN)/victoria-metrics github.com/VictoriaMetrics/VictoriaMetrics/app/victoria-metrics
+
+# Cortex is built as its own Makefile builds it: with netgo and slicelabels
+# (without slicelabels its ingester panics on the first push).
+$(BIN)/cortex: hack/tools/cortex/go.mod hack/tools/cortex/go.sum
+	@echo ">> building Cortex (first time: a quarter of an hour)"
+	cd hack/tools/cortex && go build -tags netgo,slicelabels -ldflags "-s -w" -o $(BIN)/cortex github.com/cortexproject/cortex/cmd/cortex
 
 # helm lints and renders manifests/helm/custom-metrics-adapter (make repo).
 $(BIN)/helm: hack/tools/helm/go.mod hack/tools/helm/go.sum

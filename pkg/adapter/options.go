@@ -56,6 +56,7 @@ type Options struct {
 	PrometheusHeaders          []string
 	PrometheusAuthConfig       string
 	PrometheusAuthInCluster    bool
+	PrometheusMaxQueryLength   int
 	MetricsRelistInterval      time.Duration
 	MetricsMaxAge              time.Duration
 	DiscoveryTimeout           time.Duration
@@ -150,6 +151,10 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 		"Extra HTTP header for every request to Prometheus, as Name=value (e.g. X-Scope-OrgID=team-a). Repeatable. Headers the client sets itself (Authorization: use --prometheus-token-file; Host, User-Agent, ...) are refused.")
 	prom.StringVar(&o.PrometheusAuthConfig, "prometheus-auth-config", o.PrometheusAuthConfig,
 		"kubeconfig whose credentials and TLS settings are used to reach Prometheus (prometheus-adapter compatible). Excludes the token, CA and client certificate flags.")
+	prom.IntVar(&o.PrometheusMaxQueryLength, "prometheus-max-query-length", o.PrometheusMaxQueryLength,
+		"The longest query the store takes, in bytes; 0: no limit. A query for many objects that is longer is sent in parts, each within it, "+
+			"with the same values (VictoriaMetrics refuses queries over its -search.maxQueryLen, 16384 by default; with --prometheus-verb=GET, "+
+			"proxies refuse URLs over about 8 KiB). A longer query that cannot be split is refused before it is sent.")
 	prom.BoolVar(&o.PrometheusAuthInCluster, "prometheus-auth-incluster", o.PrometheusAuthInCluster,
 		"Reach Prometheus with the pod's service account credentials (prometheus-adapter compatible). Excludes --prometheus-auth-config.")
 
@@ -260,6 +265,9 @@ func (o *Options) Validate() []error {
 	}
 	if o.MetricRules && !model.LegacyValidation.IsValidLabelName(o.MetricRulesNamespaceLabel) {
 		errs = append(errs, fmt.Errorf("--metric-rules-namespace-label %q is not a Prometheus label name", o.MetricRulesNamespaceLabel))
+	}
+	if o.PrometheusMaxQueryLength < 0 {
+		errs = append(errs, fmt.Errorf("--prometheus-max-query-length must not be negative, got %d", o.PrometheusMaxQueryLength))
 	}
 	if o.PrometheusTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--prometheus-timeout must be positive, got %v", o.PrometheusTimeout))
@@ -407,6 +415,7 @@ func (o *Options) PrometheusClientConfig() (promclient.Config, error) {
 func (o *Options) DefaultBackend() config.Backend {
 	b := config.Backend{
 		Name: config.DefaultBackend, URL: o.PrometheusURL, Verb: o.PrometheusVerb, Timeout: model.Duration(o.PrometheusTimeout),
+		MaxQueryLength: o.PrometheusMaxQueryLength,
 		TLS: config.BackendTLS{CAFile: o.PrometheusCAFile, CertFile: o.PrometheusClientCertFile, KeyFile: o.PrometheusClientKeyFile,
 			InsecureSkipVerify: o.PrometheusInsecureSkipTLS},
 		Auth: config.BackendAuth{BearerTokenFile: o.PrometheusTokenFile, Kubeconfig: o.PrometheusAuthConfig, InCluster: o.PrometheusAuthInCluster},

@@ -214,7 +214,10 @@ func ClientConfig(b config.Backend) (promclient.Config, error) {
 	if timeout < 0 {
 		return promclient.Config{}, fmt.Errorf("timeout must be positive, got %s", b.Timeout)
 	}
-	return promclient.Config{URL: b.URL, RoundTripper: rt, Method: promclient.Method(verb), Timeout: timeout}, nil
+	if b.MaxQueryLength < 0 {
+		return promclient.Config{}, fmt.Errorf("maxQueryLength must not be negative, got %d", b.MaxQueryLength)
+	}
+	return promclient.Config{URL: b.URL, RoundTripper: rt, Method: promclient.Method(verb), Timeout: timeout, MaxQueryLength: b.MaxQueryLength}, nil
 }
 
 // redact is u with any password replaced by "xxxxx".

@@ -79,6 +79,10 @@ type Backend struct {
 	Verb string `yaml:"verb,omitempty"`
 	// Timeout bounds each query (default: --prometheus-timeout).
 	Timeout model.Duration `yaml:"timeout,omitempty"`
+	// MaxQueryLength is the longest query the store takes, in bytes (0:
+	// no limit, the default; VictoriaMetrics' -search.maxQueryLen is 16384
+	// by default). A longer query of many objects is sent in parts.
+	MaxQueryLength int `yaml:"maxQueryLength,omitempty"`
 	// TLS verifies the store's certificate and presents a client one.
 	TLS BackendTLS `yaml:"tls,omitempty"`
 	// Auth is how the adapter authenticates: one of a bearer token file,

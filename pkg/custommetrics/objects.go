@@ -33,15 +33,20 @@ import (
 // rule's own sum would.
 func (p *Provider) queryObjects(ctx context.Context, r *request, namespace string, names []string) ([]custom_metrics.MetricValue, error) {
 	labelValues, byValue := r.Rule.LabelValues(names)
-	var matchers []promql.Matcher
-	if r.Value.namespaced {
-		matchers = append(matchers, promql.Equals(r.Value.namespaceLabel, r.Rule.ToLabelValue(namespace)))
+	// The query of objects [i, j): grouped by the objects' label, so the
+	// answer for many objects is that of their parts, which a store with
+	// a query length limit gets instead (query.RunInParts).
+	part := func(i, j int) query.Query {
+		var matchers []promql.Matcher
+		if r.Value.namespaced {
+			matchers = append(matchers, promql.Equals(r.Value.namespaceLabel, r.Rule.ToLabelValue(namespace)))
+		}
+		matchers = append(matchers, promql.OneOf(r.Value.label, labelValues[i:j]))
+		matchers = append(matchers, r.matchers...)
+		return r.query(matchers, []string{r.Value.label})
 	}
-	matchers = append(matchers, promql.OneOf(r.Value.label, labelValues))
-	matchers = append(matchers, r.matchers...)
-
-	q := r.query(matchers, []string{r.Value.label})
-	res, err := query.Run(ctx, p.stores, q)
+	q := part(0, len(labelValues))
+	res, err := query.RunInParts(ctx, p.stores, len(labelValues), part)
 	if err != nil {
 		return nil, err
 	}

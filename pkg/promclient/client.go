@@ -69,15 +69,23 @@ type Config struct {
 	// Timeout bounds every query, including waiting for a shared one.
 	// Series listings are bounded by their caller's context instead.
 	Timeout time.Duration
+	// MaxQueryLength is the longest query the store takes, in bytes (0:
+	// no limit); callers split or refuse longer ones (package query).
+	MaxQueryLength int
 }
 
 // Client implements Querier and SeriesLister over Prometheus' HTTP API.
 type Client struct {
-	client  api.Client
-	api     v1.API
-	timeout time.Duration
-	flight  singleflight.Group
+	client    api.Client
+	api       v1.API
+	timeout   time.Duration
+	maxLength int
+	flight    singleflight.Group
 }
+
+// MaxQueryLength is the longest query the store takes, in bytes; 0 for no
+// limit.
+func (c *Client) MaxQueryLength() int { return c.maxLength }
 
 var (
 	_ Querier      = (*Client)(nil)
@@ -114,7 +122,10 @@ func New(cfg Config) (*Client, error) {
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	return &Client{client: c, api: v1.NewAPI(c), timeout: timeout}, nil
+	if cfg.MaxQueryLength < 0 {
+		return nil, fmt.Errorf("the longest query must not be negative, got %d", cfg.MaxQueryLength)
+	}
+	return &Client{client: c, api: v1.NewAPI(c), timeout: timeout, maxLength: cfg.MaxQueryLength}, nil
 }
 
 // Query implements Querier. Concurrent calls with the same expr share one

@@ -5,8 +5,11 @@
 // failure into the status the API answers (package apistatus). The
 // custom, external and resource metrics providers all call Run with a
 // Query, and get its Result, so a query is measured, explained and mapped
-// the same way whichever API asks. Budgets bound what each namespace's
-// MetricRules may run at once, and for how long.
+// the same way whichever API asks. Stores are the stores a query may run
+// on (the default, and those a rules file names), and RunInParts sends a
+// query of many objects that is longer than its store takes as parts that
+// fit. Budgets bound what each namespace's MetricRules may run at once,
+// and for how long.
 //
 // It does not build PromQL (package rules renders it) and does not turn
 // samples into values (the providers and package values do).
@@ -112,10 +115,13 @@ func Run(ctx context.Context, stores Stores, q Query) (Result, error) {
 		return Result{}, err
 	}
 	expr, err := q.Render()
+	if err == nil {
+		err = fits(prom, expr)
+	}
 	if err != nil {
 		_ = done()
 		q.Budgets.fail(q.Namespace, q.Rule, err)
-		return Result{}, apierrors.NewInternalError(err)
+		return Result{}, apierrors.NewInternalError(fmt.Errorf("%s: %w", q.Rule, err))
 	}
 	start := time.Now()
 	vec, err := prom.Query(ctx, expr)
@@ -133,6 +139,83 @@ func Run(ctx context.Context, stores Stores, q Query) (Result, error) {
 		klogV.InfoS("Query done", "api", q.API, "rule", q.Rule, "backend", q.Backend, "what", q.What(), "series", len(vec), "duration", took, "expr", expr)
 	}
 	return Result{Expr: expr, Vector: vec}, nil
+}
+
+// maxQueryLength is the longest query prom's store takes (0: no limit).
+func maxQueryLength(prom promclient.Querier) int {
+	if l, ok := prom.(interface{ MaxQueryLength() int }); ok {
+		return l.MaxQueryLength()
+	}
+	return 0
+}
+
+// fits refuses, before it is sent, a query longer than its store takes.
+func fits(prom promclient.Querier, expr string) error {
+	if limit := maxQueryLength(prom); limit > 0 && len(expr) > limit {
+		return fmt.Errorf("its query is %d bytes, longer than the %d its store takes (maxQueryLength), and a query of this kind is not sent in parts", len(expr), limit)
+	}
+	return nil
+}
+
+// RunInParts runs the query of n objects, part(i, j) being the query of
+// objects [i, j): whole when it fits its store's longest query
+// (maxQueryLength), else in the fewest halvings that each fit, one after
+// another, their answers joined. It is for queries whose every answer
+// series is one object's (grouped by the object's label), so that the
+// parts' answers are the whole's.
+func RunInParts(ctx context.Context, stores Stores, n int, part func(i, j int) Query) (Result, error) {
+	whole := part(0, n)
+	prom, err := stores.For(whole.Backend)
+	if err != nil || maxQueryLength(prom) == 0 || n < 2 {
+		return Run(ctx, stores, whole)
+	}
+	limit := maxQueryLength(prom)
+	type span struct {
+		i, j int
+		expr string
+	}
+	var spans []span
+	var split func(i, j int) error
+	split = func(i, j int) error {
+		expr, err := part(i, j).Render()
+		switch {
+		case err != nil:
+			return err
+		case len(expr) <= limit:
+			spans = append(spans, span{i, j, expr})
+			return nil
+		case j-i == 1:
+			return fmt.Errorf("%s: %w", whole.Rule, fits(prom, expr))
+		}
+		mid := (i + j) / 2
+		if err := split(i, mid); err != nil {
+			return err
+		}
+		return split(mid, j)
+	}
+	if err := split(0, n); err != nil {
+		whole.Budgets.fail(whole.Namespace, whole.Rule, err)
+		return Result{}, apierrors.NewInternalError(err)
+	}
+	if len(spans) > 1 {
+		if v := klog.V(4); v.Enabled() {
+			v.InfoS("Query longer than its store takes: sent in parts", "rule", whole.Rule, "backend", whole.Backend, "parts", len(spans), "limit", limit)
+		}
+	}
+	var out Result
+	for _, sp := range spans {
+		q := part(sp.i, sp.j)
+		q.Render = func() (string, error) { return sp.expr, nil }
+		res, err := Run(ctx, stores, q)
+		if err != nil {
+			return res, err
+		}
+		if out.Expr == "" {
+			out.Expr = res.Expr
+		}
+		out.Vector = append(out.Vector, res.Vector...)
+	}
+	return out, nil
 }
 
 // Zeroed records that n values of what q asked for had no series and were

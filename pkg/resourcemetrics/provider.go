@@ -292,12 +292,17 @@ func podMetrics(pod *metav1.PartialObjectMetadata, containers []string, cpu, mem
 // namespaces and names, and returns the usage per container of the pods
 // asked for.
 func (p *Provider) containers(ctx context.Context, q *rules.ResourceQuery, namespaces, names []string) (map[containerKey]usage, error) {
-	matchers := []promql.Matcher{
-		promql.OneOf(q.NamespaceLabel, namespaces),
-		promql.OneOf(q.PodLabel, names),
-	}
 	groupBy := compactLabels(q.NamespaceLabel, q.PodLabel, q.ContainerLabel)
-	res, err := p.query(ctx, q, "pods", func() (string, error) { return q.RenderContainers(matchers, groupBy) })
+	// Grouped by pod and container, the answer for many pods is that of
+	// their parts, which a store with a query length limit gets instead.
+	part := func(i, j int) query.Query {
+		matchers := []promql.Matcher{
+			promql.OneOf(q.NamespaceLabel, namespaces),
+			promql.OneOf(q.PodLabel, names[i:j]),
+		}
+		return p.queryOf(q, "pods", func() (string, error) { return q.RenderContainers(matchers, groupBy) })
+	}
+	res, err := query.RunInParts(ctx, p.stores, len(names), part)
 	if err != nil {
 		return nil, err
 	}
@@ -364,8 +369,10 @@ func (p *Provider) NodeMetrics(ctx context.Context, nodes []*metav1.PartialObjec
 }
 
 func (p *Provider) nodes(ctx context.Context, q *rules.ResourceQuery, names []string) (map[string]usage, error) {
-	res, err := p.query(ctx, q, "nodes", func() (string, error) {
-		return q.RenderNodes([]promql.Matcher{promql.OneOf(q.NodeLabel, names)}, []string{q.NodeLabel})
+	res, err := query.RunInParts(ctx, p.stores, len(names), func(i, j int) query.Query {
+		return p.queryOf(q, "nodes", func() (string, error) {
+			return q.RenderNodes([]promql.Matcher{promql.OneOf(q.NodeLabel, names[i:j])}, []string{q.NodeLabel})
+		})
 	})
 	if err != nil {
 		return nil, err
@@ -382,12 +389,13 @@ func (p *Provider) nodes(ctx context.Context, q *rules.ResourceQuery, names []st
 	return out, nil
 }
 
-// query runs one resource's query of pods or nodes.
-func (p *Provider) query(ctx context.Context, q *rules.ResourceQuery, of string, render func() (string, error)) (query.Result, error) {
-	return query.Run(ctx, p.stores, query.Query{
+// queryOf is one resource's query of pods or nodes, grouped by each, so
+// that it runs in parts on a store with a query length limit.
+func (p *Provider) queryOf(q *rules.ResourceQuery, of string, render func() (string, error)) query.Query {
+	return query.Query{
 		API: adaptermetrics.ResourceAPI, Rule: "resourceRules." + q.Name, What: func() string { return fmt.Sprintf("the %s of %s", q.Name, of) }, Render: render,
 		Backend: q.Backend,
-	})
+	}
 }
 
 // cpuQuantity is CPU cores as a Quantity in nanocores, what metrics-server

@@ -63,11 +63,18 @@ func podMeta(name string) *metav1.PartialObjectMetadata {
 // test ends, its logs printed if it failed, and a folder for its files.
 func processGroup(t *testing.T) (*localstack.Group, string) {
 	t.Helper()
-	if why := localstack.MissingServers("prometheus"); why != "" {
+	return serversGroup(t, "prometheus")
+}
+
+// serversGroup is processGroup for tests that run other servers than
+// Prometheus (bin/<name>).
+func serversGroup(t *testing.T, servers ...string) (*localstack.Group, string) {
+	t.Helper()
+	if why := localstack.MissingServers(servers...); why != "" {
 		if os.Getenv(localstack.RequireEnv) != "" {
 			t.Fatal(why)
 		}
-		t.Skipf("%s; run 'make integration', which builds Prometheus first", why)
+		t.Skipf("%s; run 'make integration', which builds the servers first", why)
 	}
 	g := &localstack.Group{}
 	t.Cleanup(func() {

@@ -308,7 +308,11 @@ func Binary(name string) (string, error) {
 	}
 	p := filepath.Join(root, "bin", name)
 	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("%s not found: run 'make tools' first", p)
+		target := "tools"
+		if name == "victoria-metrics" || name == "cortex" {
+			target = "tools-stores"
+		}
+		return "", fmt.Errorf("%s not found: run 'make %s' first", p, target)
 	}
 	return p, nil
 }
