@@ -45,7 +45,7 @@ integration: $(BIN)/prometheus $(BIN)/victoria-metrics ## The provider against r
 	go test -count=1 -timeout 10m ./test/integration/...
 
 .PHONY: e2e
-e2e: tools build ## End-to-end: real control plane, HPA controller, Prometheus, adapter, app
+e2e: tools $(BIN)/cortex build ## End-to-end: real control plane, HPA controller, Prometheus, Cortex, adapter, app
 	@mkdir -p _output
 	go test -count=1 -timeout 40m -parallel 12 -v ./test/e2e/... 2>&1 | tee $(CURDIR)/_output/e2e.log
 

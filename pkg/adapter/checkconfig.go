@@ -19,6 +19,7 @@ import (
 	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/apis/rules/v1alpha1"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/backends"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/catalog"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/custommetrics"
@@ -212,7 +213,15 @@ func (o *Options) checkDiscovery(ctx context.Context, w io.Writer, set *rules.Se
 	custom := custommetrics.New(custommetrics.Config{Rules: set.Custom, Mapper: mapper, Querier: prom, Backends: c.querier})
 	external := externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: prom, Backends: c.querier})
 	c.custom, c.external = custom, external
-	disc := discovery.New(o.discoveryConfig(c.seriesQueries(set), prom, c.lister))
+	// check-config reads no namespaces: the series of a store with a
+	// tenant per namespace are not listed (the adapter lists each
+	// tenant's), and its rules say so.
+	queries := c.seriesQueries(set)
+	queries.File = slices.DeleteFunc(queries.File, func(key string) bool {
+		backend, _ := rules.SplitListing(key)
+		return stores.Store(backend).Tenancy != nil
+	})
+	disc := discovery.New(o.discoveryConfig(queries, prom, c.lister))
 	disc.Subscribe(custom.Update)
 	disc.Subscribe(external.Update)
 	for _, warning := range o.Warnings() {
@@ -227,9 +236,9 @@ func (o *Options) checkDiscovery(ctx context.Context, w io.Writer, set *rules.Se
 	fmt.Fprintf(w, "\nDiscovery on %s: %d seriesQueries, %d failed, %v\n", strings.Join(at, ", "), len(r.Series)+len(missing(r)), len(r.Failed), time.Since(start).Round(time.Millisecond))
 
 	customServed, customOverlaps := custom.Served()
-	printRules(w, set.Custom, r, customServed, customOverlaps)
+	printRules(w, stores, set.Custom, r, customServed, customOverlaps)
 	extServed, extOverlaps := external.Served()
-	printRules(w, set.External, r, extServed, extOverlaps)
+	printRules(w, stores, set.External, r, extServed, extOverlaps)
 	if overlaps := append(customOverlaps, extOverlaps...); len(overlaps) > 0 {
 		fmt.Fprintf(w, "\nOverlaps (the first rule in the file serves the metric):\n")
 		for _, ov := range overlaps {
@@ -245,12 +254,19 @@ func (o *Options) checkDiscovery(ctx context.Context, w io.Writer, set *rules.Se
 
 // printRules prints what each rule of one section serves, or why it
 // serves nothing.
-func printRules(w io.Writer, rs []*rules.Rule, r discovery.Result, served []catalog.Served, overlaps []catalog.Overlap) {
+func printRules(w io.Writer, stores *backends.Set, rs []*rules.Rule, r discovery.Result, served []catalog.Served, overlaps []catalog.Overlap) {
 	for _, rule := range rs {
-		fmt.Fprintf(w, "\n%s (seriesQuery %s, backend %s)\n", rule, rule.SeriesQuery(), backendName(rule.Backend()))
+		tenancy := stores.Store(rule.Backend()).Tenancy
+		tenant := ""
+		if tenancy != nil {
+			tenant = fmt.Sprintf(", tenant %s of the request's namespace, in %s", tenancy.Template(), tenancy.Carrier())
+		}
+		fmt.Fprintf(w, "\n%s (seriesQuery %s, backend %s%s)\n", rule, rule.SeriesQuery(), backendName(rule.Backend()), tenant)
 		ss := slices.DeleteFunc(slices.Clone(served), func(s catalog.Served) bool { return s.Rule != rule })
 		shadowed := slices.ContainsFunc(overlaps, func(ov catalog.Overlap) bool { return ov.Ignored.Rule == rule })
 		switch err := r.Failed[rule.Listing()]; {
+		case tenancy != nil:
+			fmt.Fprintf(w, "  not listed: its store has a tenant per namespace, and check-config reads no namespaces (the adapter lists each tenant's series)\n")
 		case err != nil:
 			fmt.Fprintf(w, "  listing failed: %v\n", err)
 		case rule.LeftOut() != nil:

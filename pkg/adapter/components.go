@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -67,7 +68,10 @@ type components struct {
 	// stores are the stores the rules read, swapped with the rules file;
 	// prom is the default one's client; opts built them.
 	stores atomic.Pointer[backends.Set]
-	opts   *Options
+	// tenants maps namespaces to their tenants on the stores with a
+	// tenant per namespace, from the resolver's namespace cache.
+	tenants *backends.Tenants
+	opts    *Options
 }
 
 // querier is the client of the store a rule names, as the rules file
@@ -183,6 +187,7 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 			Mapper:                     c.mapper,
 			Querier:                    c.prom,
 			Backends:                   c.querier,
+			Tenant:                     c.tenants.Of,
 			Resolver:                   c.resolver,
 			MaxConcurrentObjectQueries: o.MaxConcurrentObjectQueries,
 			Upstream:                   c.upstreamList(upstream.CustomGroup),
@@ -191,11 +196,13 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 		c.apis = append(c.apis, "custom.metrics.k8s.io")
 	}
 	if served.external {
-		c.external = externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: c.prom, Backends: c.querier,
+		c.external = externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: c.prom, Backends: c.querier, Tenant: c.tenants.Of,
 			Upstream: c.upstreamList(upstream.ExternalGroup), Budgets: c.budgets})
 		c.apis = append(c.apis, "external.metrics.k8s.io")
 	}
-	c.disc = discovery.New(o.discoveryConfig(c.seriesQueries(set), c.prom, c.lister))
+	dcfg := o.discoveryConfig(c.seriesQueries(set), c.prom, c.lister)
+	dcfg.Tenants, dcfg.TenantOf = c.tenants.All, c.tenants.Of
+	c.disc = discovery.New(dcfg)
 	if c.custom != nil {
 		c.disc.Subscribe(func(r discovery.Result) {
 			c.custom.Update(r)
@@ -222,7 +229,7 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 		c.disc.Subscribe(c.observe) // after the providers: their catalogs are this round's
 	}
 	if served.resource {
-		c.resource = resourcemetrics.New(resourcemetrics.Config{Rules: set.Resource, Querier: c.prom, Backends: c.querier, Objects: c.resolver})
+		c.resource = resourcemetrics.New(resourcemetrics.Config{Rules: set.Resource, Querier: c.prom, Backends: c.querier, Tenant: c.tenants.Of, Objects: c.resolver})
 		c.apis = append(c.apis, "metrics.k8s.io")
 	}
 	return c, nil
@@ -290,6 +297,27 @@ func (o *Options) clients(base *basecmd.AdapterBase, set *rules.Set) (*component
 		return nil, fmt.Errorf("the REST mapper (%T) cannot be refreshed: --discovery-interval would do nothing", c.mapper)
 	}
 	c.resolver = resolver.New(kube, meta, c.mapper)
+	c.tenants = &backends.Tenants{
+		Stores: c.stores.Load,
+		Namespace: func(ctx context.Context, name string) (backends.Namespace, error) {
+			m, err := c.resolver.GetMetadata(ctx, resolver.Namespaces, "", name)
+			if err != nil {
+				return backends.Namespace{}, err
+			}
+			return backends.Namespace{Name: m.Name, Labels: m.Labels, Annotations: m.Annotations}, nil
+		},
+		List: func(ctx context.Context) ([]backends.Namespace, error) {
+			ms, err := c.resolver.Metadata(ctx, resolver.Namespaces, "", labels.Everything())
+			if err != nil {
+				return nil, err
+			}
+			out := make([]backends.Namespace, len(ms))
+			for i, m := range ms {
+				out[i] = backends.Namespace{Name: m.Name, Labels: m.Labels, Annotations: m.Annotations}
+			}
+			return out, nil
+		},
+	}
 	if o.UpstreamsFile != "" {
 		specs, err := upstream.Load(o.UpstreamsFile)
 		if err != nil {

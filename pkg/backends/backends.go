@@ -5,6 +5,12 @@
 // headers, verb and timeout. A rule names its store; the request path asks
 // the Set for it by name.
 //
+// A store may take a tenant per namespace (its Tenancy: a header such as
+// Cortex's X-Scope-OrgID, or a query parameter such as prom-label-proxy's,
+// from a template over the Namespace's name, labels and annotations). Tenants
+// answers the tenant of a namespace on a store, and every tenant a store has
+// for discovery, bounded in count.
+//
 // It builds and checks clients; it sends nothing until a query does.
 package backends
 
@@ -36,6 +42,9 @@ type Store struct {
 	Client *promclient.Client
 	// Teams is set when MetricRules may name it.
 	Teams bool
+	// Tenancy is set when each request goes as the tenant of its
+	// namespace.
+	Tenancy *Tenancy
 }
 
 // Set is the stores, by name.
@@ -57,12 +66,20 @@ func New(def config.Backend, specs []config.Backend, where func(i int, field str
 			fail("", "%v", err)
 			return
 		}
+		var tenancy *Tenancy
+		if spec.Tenant != nil {
+			if tenancy, err = newTenancy(*spec.Tenant, spec.Headers); err != nil {
+				fail("tenant", "%v", err)
+				return
+			}
+			cfg.TenantHeader, cfg.TenantParam = tenancy.Header, tenancy.QueryParam
+		}
 		client, err := promclient.New(cfg)
 		if err != nil {
 			fail("url", "%v", err)
 			return
 		}
-		s.stores[spec.Name] = &Store{Name: spec.Name, URL: redact(spec.URL), Client: client, Teams: spec.Teams}
+		s.stores[spec.Name] = &Store{Name: spec.Name, URL: redact(spec.URL), Client: client, Teams: spec.Teams, Tenancy: tenancy}
 		s.names = append(s.names, spec.Name)
 	}
 	def.Name = config.DefaultBackend

@@ -102,6 +102,9 @@ type Index[K comparable, E any] struct {
 	// teamMetrics counts the metrics each team's rule serves; dropped,
 	// those it would serve past MaxTeamRuleMetrics.
 	teamMetrics, dropped map[*rules.Rule]int
+	// tenants holds, for each listing on a store with a tenant per
+	// namespace, the series names of each tenant (discovery.Result).
+	tenants map[string]map[string][]string
 }
 
 // MaxTeamRuleMetrics is how many metrics one team's rule (a MetricRule)
@@ -253,6 +256,11 @@ type Config[K comparable, E any] struct {
 	// NotFound is the 404 for a metric no rule serves; why, when not
 	// empty, says which rule left out would have served it.
 	NotFound func(k K, why string) error
+	// TenantOf is the tenant of namespace ns on the store named backend
+	// (backends.Tenants.Of; has is false for a store without tenants). A
+	// rule of the file on a store with tenants serves a metric in the
+	// namespaces whose tenant has its series. Nil: no store has tenants.
+	TenantOf func(ctx context.Context, backend, ns string) (tenant string, has bool, err error)
 }
 
 // Catalog holds the rules of one API and the Index of their last
@@ -349,7 +357,7 @@ func (c *Catalog[K, E]) Index() *Index[K, E] { return c.index.Load() }
 func (c *Catalog[K, E]) update(r discovery.Result) {
 	idx := &Index[K, E]{entries: map[scoped[K]]Entry[E]{}, scopes: map[K][]string{}, refused: map[K]error{},
 		pendingIn: map[string]error{}, built: r.Time, describe: c.cfg.Describe,
-		teamMetrics: map[*rules.Rule]int{}, dropped: map[*rules.Rule]int{}}
+		teamMetrics: map[*rules.Rule]int{}, dropped: map[*rules.Rule]int{}, tenants: r.Tenants}
 	c.cfg.Build(c.rules, r, idx)
 	// A rule of the file serves its metrics in every namespace: a team's
 	// rule naming one of them is overruled, and told so (an Overlap).
@@ -425,6 +433,9 @@ func (c *Catalog[K, E]) Lookup(ctx context.Context, k K, ns string, check func(E
 				return Entry[E]{}, err // nothing of e is traced
 			}
 		}
+		if err := c.inTenant(ctx, idx, k, e, ns); err != nil {
+			return Entry[E]{}, err
+		}
 		trace.From(ctx).Rule(e.Rule.String(), e.Series)
 		return e, nil
 	}
@@ -439,6 +450,35 @@ func (c *Catalog[K, E]) Lookup(ctx context.Context, k K, ns string, check func(E
 	// Whether another namespace's rule objects serve k is theirs to know:
 	// the answer is the one for a metric nobody serves.
 	return Entry[E]{}, c.cfg.NotFound(k, "")
+}
+
+// inTenant checks that e, a rule of the file on a store with a tenant per
+// namespace, has its series in the tenant of namespace ns: a metric that
+// exists in one tenant is served in its namespaces only, and elsewhere is
+// the 404 of a metric nobody serves. A namespace without a tenant is
+// refused (backends.Tenants.Of says why). Requests in no namespace are
+// checked by their query, one per tenant of their objects.
+func (c *Catalog[K, E]) inTenant(ctx context.Context, idx *Index[K, E], k K, e Entry[E], ns string) error {
+	byTenant, ok := idx.tenants[e.Rule.Listing()]
+	if !ok || ns == "" || e.Rule.Namespace() != "" || c.cfg.TenantOf == nil {
+		return nil
+	}
+	tenant, has, err := c.cfg.TenantOf(ctx, e.Rule.Backend(), ns)
+	switch {
+	case err != nil:
+		return err
+	case !has:
+		return nil
+	}
+	names, listed := byTenant[tenant]
+	if !listed {
+		return apierrors.NewServiceUnavailable(fmt.Sprintf("%s: tenant %s of namespace %s was not in the last round of series listings on backend %s "+
+			"(a tenant new since then, or one past the backend's tenant.maxTenants)", c.cfg.Name(k), tenant, ns, e.Rule.Backend()))
+	}
+	if _, found := slices.BinarySearch(names, e.Series); !found {
+		return c.cfg.NotFound(k, "")
+	}
+	return nil
 }
 
 // Serves reports whether a request for k in namespace ns is this

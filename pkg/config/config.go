@@ -21,8 +21,9 @@
 // front those pods (Deployments, Services, Ingresses, ...); emptyIsZero
 // answers 0 instead of no value when Prometheus has no series (scale to
 // zero); backends name other stores than --prometheus-url (each a Backend,
-// with its BackendTLS, BackendAuth and BasicAuth), and a rule's backend the
-// one it reads.
+// with its BackendTLS, BackendAuth and BasicAuth, and a BackendTenant when
+// a store takes a tenant per namespace), and a rule's backend the one it
+// reads.
 //
 // The package decodes: unknown keys are errors that name the file and line
 // and suggest the known key, and Where tells the file and line of any rule's
@@ -93,7 +94,33 @@ type Backend struct {
 	// Teams lets MetricRules name this backend (spec.backend). Their
 	// queries are confined to their namespace whatever the store.
 	Teams bool `yaml:"teams,omitempty"`
+	// Tenant, when set, sends every query and listing as the tenant of
+	// the request's namespace (a tenant per namespace).
+	Tenant *BackendTenant `yaml:"tenant,omitempty"`
 }
+
+// BackendTenant sets a store's tenant from the request's namespace: in a
+// header (Cortex's and Mimir's X-Scope-OrgID) or a query parameter
+// (prom-label-proxy's enforced label), exactly one of the two.
+type BackendTenant struct {
+	// Header carries the tenant, e.g. X-Scope-OrgID.
+	Header string `yaml:"header,omitempty"`
+	// QueryParam carries it as a URL parameter, e.g. namespace for a
+	// prom-label-proxy run with -label=namespace.
+	QueryParam string `yaml:"queryParam,omitempty"`
+	// Template renders the tenant from the namespace, with << >> as
+	// delimiters: <<.Name>> (the default), <<index .Labels "KEY">>,
+	// <<index .Annotations "KEY">>. What renders empty has no tenant, and
+	// its requests are refused.
+	Template string `yaml:"template,omitempty"`
+	// MaxTenants bounds the tenants discovery lists each round (one
+	// listing per tenant per seriesQuery); DefaultMaxTenants when 0.
+	MaxTenants int `yaml:"maxTenants,omitempty"`
+}
+
+// DefaultMaxTenants is how many tenants of one store discovery lists per
+// round unless tenant.maxTenants says otherwise.
+const DefaultMaxTenants = 1000
 
 // BackendTLS is a store's TLS settings.
 type BackendTLS struct {

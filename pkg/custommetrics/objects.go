@@ -33,20 +33,25 @@ import (
 // rule's own sum would.
 func (p *Provider) queryObjects(ctx context.Context, r *request, namespace string, names []string) ([]custom_metrics.MetricValue, error) {
 	labelValues, byValue := r.Rule.LabelValues(names)
-	// The query of objects [i, j): grouped by the objects' label, so the
-	// answer for many objects is that of their parts, which a store with
-	// a query length limit gets instead (query.RunInParts).
-	part := func(i, j int) query.Query {
+	// Grouped by the objects' label, the answer for many objects is that
+	// of their parts: a store with a tenant per namespace gets one query
+	// per tenant, one with a query length limit queries that fit
+	// (query.RunMany).
+	m := query.Many{N: len(labelValues), Query: func(ids []int) query.Query {
 		var matchers []promql.Matcher
 		if r.Value.namespaced {
 			matchers = append(matchers, promql.Equals(r.Value.namespaceLabel, r.Rule.ToLabelValue(namespace)))
 		}
-		matchers = append(matchers, promql.OneOf(r.Value.label, labelValues[i:j]))
+		matchers = append(matchers, promql.OneOf(r.Value.label, query.Pick(labelValues, ids)))
 		matchers = append(matchers, r.matchers...)
-		return r.query(matchers, []string{r.Value.label})
+		return r.query(matchers, []string{r.Value.label}).In(namespace)
+	}}
+	if r.info.GroupResource == rules.Namespaces {
+		// Each namespace is read as its own tenant.
+		m.NamespaceOf = func(i int) string { return names[i] }
 	}
-	q := part(0, len(labelValues))
-	res, err := query.RunInParts(ctx, p.stores, len(labelValues), part)
+	q := m.Query(nil)
+	res, err := query.RunMany(ctx, p.stores, m)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +126,7 @@ func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, nam
 		promql.OneOf(r.Value.podLabel, podValues(r.Rule, pods)),
 	}
 	matchers = append(matchers, r.matchers...)
-	res, err := query.Run(ctx, p.stores, r.query(matchers, []string{r.Value.namespaceLabel}))
+	res, err := query.Run(ctx, p.stores, r.query(matchers, []string{r.Value.namespaceLabel}).In(namespace))
 	if err != nil {
 		return nil, err
 	}

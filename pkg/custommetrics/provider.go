@@ -72,6 +72,9 @@ type Config struct {
 	// Backends returns the querier of a store a rule names (nil: no
 	// rule names one); Querier is the default store's.
 	Backends func(name string) promclient.Querier
+	// Tenant is the tenant of a namespace on a store with a tenant per
+	// namespace (backends.Tenants.Of); nil when no store has tenants.
+	Tenant   func(ctx context.Context, backend, ns string) (tenant string, has bool, err error)
 	Resolver ObjectResolver
 	// MaxConcurrentObjectQueries bounds the queries one selector request
 	// over pod-resolved objects runs at once.
@@ -107,7 +110,7 @@ var _ provider.CustomMetricsProvider = (*Provider)(nil)
 func New(cfg Config) *Provider {
 	p := &Provider{
 		mapper:        cfg.Mapper,
-		stores:        query.Stores{Default: cfg.Querier, Named: cfg.Backends},
+		stores:        query.Stores{Default: cfg.Querier, Named: cfg.Backends, Tenant: cfg.Tenant},
 		resolver:      cfg.Resolver,
 		objectQueries: cfg.MaxConcurrentObjectQueries,
 		resources:     newResourceMemo(),
@@ -132,6 +135,7 @@ func New(cfg Config) *Provider {
 		NotFound: func(k metricKey, why string) error {
 			return apistatus.NotFound(provider.NewMetricNotFoundError(k.resource, k.metric), why)
 		},
+		TenantOf: cfg.Tenant,
 	})
 	return p
 }

@@ -69,6 +69,11 @@ type Result struct {
 	// Listed holds, for each query in Series, when its last successful
 	// listing started.
 	Listed map[string]time.Time
+	// Tenants holds, for each query of the rules file on a store with a
+	// tenant per namespace, the names of the series each tenant's last
+	// listing found, sorted (Series holds them all): a metric is served
+	// in the namespaces of the tenants that have it.
+	Tenants map[string]map[string][]string
 	// Time is when the round started.
 	Time time.Time
 }
@@ -169,6 +174,14 @@ type Config struct {
 	// Backends returns the lister of a named store (rules.ListingOf);
 	// nil when no rule names one.
 	Backends func(name string) SeriesLister
+	// Tenants lists the tenants of a store with a tenant per namespace
+	// (backends.Tenants.All; has is false for a store without), at most
+	// its bound: the rules file's selectors on such a store are listed
+	// once per tenant per round, together, as that tenant. TenantOf is
+	// the tenant of one namespace (backends.Tenants.Of), as which its
+	// MetricRules' selectors are listed. Nil: no store has tenants.
+	Tenants  func(ctx context.Context, backend string) (tenants []string, has bool, err error)
+	TenantOf func(ctx context.Context, backend, ns string) (tenant string, has bool, err error)
 	// Interval is how often the series are listed again.
 	Interval time.Duration
 	// MaxAge is how far back a listing looks for series; at least Interval.
@@ -188,6 +201,8 @@ type Config struct {
 // subscribers.
 type Discoverer struct {
 	backends func(name string) SeriesLister
+	tenants  func(ctx context.Context, backend string) ([]string, bool, error)
+	tenantOf func(ctx context.Context, backend, ns string) (string, bool, error)
 	queries  Queries
 	team     TeamLimits
 	lister   SeriesLister
@@ -207,6 +222,9 @@ type Discoverer struct {
 	last        map[string][]model.LabelSet
 	lastListed  map[string]time.Time
 	lastFailed  map[string]error
+	// lastTenants is, for each query listed per tenant, the series names
+	// of each tenant in its last successful listing.
+	lastTenants map[string]map[string][]string
 	rounds      int
 	// ready is set once every query was listed: from then on, Ready
 	// stays nil (later failures, and queries a reload adds, keep the
@@ -218,16 +236,19 @@ type Discoverer struct {
 // New returns a Discoverer; call Run to start it.
 func New(cfg Config) *Discoverer {
 	d := &Discoverer{
-		lister:     cfg.Lister,
-		interval:   cfg.Interval,
-		maxAge:     cfg.MaxAge,
-		timeout:    cfg.Timeout,
-		parallel:   cfg.MaxConcurrentListings,
-		clock:      cfg.Clock,
-		last:       map[string][]model.LabelSet{},
-		lastListed: map[string]time.Time{},
-		team:       cfg.Team,
-		backends:   cfg.Backends,
+		lister:      cfg.Lister,
+		interval:    cfg.Interval,
+		maxAge:      cfg.MaxAge,
+		timeout:     cfg.Timeout,
+		parallel:    cfg.MaxConcurrentListings,
+		clock:       cfg.Clock,
+		last:        map[string][]model.LabelSet{},
+		lastListed:  map[string]time.Time{},
+		team:        cfg.Team,
+		backends:    cfg.Backends,
+		tenants:     cfg.Tenants,
+		tenantOf:    cfg.TenantOf,
+		lastTenants: map[string]map[string][]string{},
 	}
 	d.queries = Queries{File: cfg.Queries, Team: cfg.TeamQueries}.dedup()
 	if d.interval <= 0 {
@@ -303,6 +324,7 @@ func (d *Discoverer) Reconfigure(ctx context.Context, queries Queries, apply fun
 		if !slices.Contains(all, q) {
 			delete(d.last, q)
 			delete(d.lastListed, q)
+			delete(d.lastTenants, q)
 		}
 	}
 	d.mu.Unlock()
@@ -322,6 +344,7 @@ func (d *Discoverer) list(ctx context.Context) Result {
 	// The file's selectors and the teams' side by side, each set within
 	// its own slots and deadline.
 	failed, listed := map[string]error{}, map[string][]model.LabelSet{}
+	var tenantNames map[string]map[string][]string
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	keep := func(f map[string]error, l map[string][]model.LabelSet) {
@@ -333,7 +356,12 @@ func (d *Discoverer) list(ctx context.Context) Result {
 	wg.Go(func() {
 		fctx, cancel := context.WithTimeout(ctx, d.timeout)
 		defer cancel()
-		keep(d.listEach(fctx, queries.File, d.parallel, 0, now))
+		plain, byTenant := d.tenantQueries(fctx, queries.File)
+		var f map[string]error
+		var l map[string][]model.LabelSet
+		f, l, tenantNames = d.listTenants(fctx, byTenant, now)
+		keep(f, l)
+		keep(d.listEach(fctx, plain, d.parallel, 0, now))
 	})
 	wg.Go(func() {
 		tctx, cancel := context.WithTimeout(ctx, d.team.Timeout)
@@ -348,6 +376,7 @@ func (d *Discoverer) list(ctx context.Context) Result {
 		d.last[q] = sets
 		d.lastListed[q] = now
 	}
+	maps.Copy(d.lastTenants, tenantNames)
 	series := make(map[string][]model.LabelSet, len(d.last))
 	for q, sets := range d.last {
 		series[q] = sets
@@ -357,7 +386,7 @@ func (d *Discoverer) list(ctx context.Context) Result {
 	if len(d.missingLocked()) == 0 {
 		d.ready = true
 	}
-	r := Result{Series: series, Failed: failed, Listed: maps.Clone(d.lastListed), Time: now}
+	r := Result{Series: series, Failed: failed, Listed: maps.Clone(d.lastListed), Tenants: maps.Clone(d.lastTenants), Time: now}
 	d.mu.Unlock()
 
 	if fileFailed := only(failed, queries.File); len(fileFailed) > 0 {
@@ -459,8 +488,23 @@ func (d *Discoverer) listNamespaces(ctx context.Context, groups map[string][]str
 }
 
 // listTogether lists the selectors of one namespace on one store in one
-// listing (lctx carries its bound), and gives each the series it matches.
+// listing (lctx carries its bound), as the namespace's tenant on a store
+// with tenants, and gives each the series it matches.
 func (d *Discoverer) listTogether(ctx, lctx context.Context, ns string, sels []string, limit int, now time.Time) (map[string]error, map[string][]model.LabelSet) {
+	if d.tenantOf != nil {
+		backend, _ := rules.SplitListing(sels[0])
+		tenant, has, err := d.tenantOf(ctx, backend, ns)
+		if err != nil {
+			failed := map[string]error{}
+			for _, sel := range sels {
+				failed[sel] = err
+			}
+			return failed, map[string][]model.LabelSet{}
+		}
+		if has {
+			ctx, lctx = promclient.WithTenant(ctx, tenant), promclient.WithTenant(lctx, tenant)
+		}
+	}
 	sets, err := d.series(lctx, sels, now)
 	switch {
 	case err == nil && limit > 0 && len(sets) > limit:
@@ -478,6 +522,138 @@ func (d *Discoverer) listTogether(ctx, lctx context.Context, ns string, sels []s
 		failed[sel] = err
 	}
 	return failed, map[string][]model.LabelSet{}
+}
+
+// tenantQueries splits the rules file's queries into those on stores
+// without tenants (plain) and those on stores with a tenant per
+// namespace, by store and tenant: each tenant's are listed together.
+func (d *Discoverer) tenantQueries(ctx context.Context, queries []string) (plain []string, byTenant []tenantListing) {
+	if d.tenants == nil {
+		return queries, nil
+	}
+	onStore := map[string][]string{}
+	var stores []string
+	for _, q := range queries {
+		backend, _ := rules.SplitListing(q)
+		if _, seen := onStore[backend]; !seen {
+			stores = append(stores, backend)
+		}
+		onStore[backend] = append(onStore[backend], q)
+	}
+	for _, backend := range stores {
+		tenants, has, err := d.tenants(ctx, backend)
+		if !has {
+			plain = append(plain, onStore[backend]...)
+			continue
+		}
+		switch {
+		case err != nil && len(tenants) == 0:
+			byTenant = append(byTenant, tenantListing{backend: backend, queries: onStore[backend], err: err})
+			continue
+		case err != nil:
+			// Past the store's bound: the first tenants are listed,
+			// and the log says which bound.
+			klog.ErrorS(err, "Listing the series of some tenants only", "backend", backend, "listed", len(tenants))
+		}
+		byTenant = append(byTenant, tenantListing{backend: backend, queries: onStore[backend], tenants: tenants})
+	}
+	return plain, byTenant
+}
+
+// tenantListing is the rules file's queries on one store with tenants,
+// and its tenants (or why they are not known).
+type tenantListing struct {
+	backend string
+	queries []string
+	tenants []string
+	err     error
+}
+
+// listTenants lists, for each store with tenants, each tenant's queries
+// together, as that tenant (at most d.parallel listings at once): each
+// query gets the series of every tenant, and the names of each tenant's.
+// A query whose listing fails for one tenant fails, and keeps its last
+// listing.
+func (d *Discoverer) listTenants(ctx context.Context, listings []tenantListing, now time.Time) (map[string]error, map[string][]model.LabelSet, map[string]map[string][]string) {
+	failed := map[string]error{}
+	listed := map[string][]model.LabelSet{}
+	names := map[string]map[string][]string{}
+	if len(listings) == 0 {
+		return failed, listed, names
+	}
+	var mu sync.Mutex
+	var g errgroup.Group
+	g.SetLimit(d.parallel)
+	for _, l := range listings {
+		if l.err != nil {
+			for _, q := range l.queries {
+				failed[q] = l.err
+			}
+			continue
+		}
+		for _, q := range l.queries {
+			listed[q], names[q] = []model.LabelSet{}, map[string][]string{}
+		}
+		for _, tenant := range l.tenants {
+			g.Go(func() error {
+				sets, err := d.series(promclient.WithTenant(ctx, tenant), l.queries, now)
+				var f map[string]error
+				var mine map[string][]model.LabelSet
+				if err != nil {
+					f = map[string]error{}
+					for _, q := range l.queries {
+						f[q] = fmt.Errorf("tenant %s: %w", tenant, err)
+					}
+				} else {
+					f, mine = attribute(validNames(sets), l.queries)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				for q, err := range f {
+					if _, dup := failed[q]; !dup {
+						failed[q] = err
+					}
+				}
+				for q, sets := range mine {
+					listed[q] = append(listed[q], sets...)
+					names[q][tenant] = seriesNames(sets)
+				}
+				return nil
+			})
+		}
+	}
+	_ = g.Wait()
+	for q := range failed {
+		delete(listed, q)
+		delete(names, q)
+	}
+	for q, sets := range listed {
+		listed[q] = dedupSets(sets)
+	}
+	return failed, listed, names
+}
+
+// seriesNames is the distinct names of sets, sorted.
+func seriesNames(sets []model.LabelSet) []string {
+	var out []string
+	for _, ls := range sets {
+		out = append(out, string(ls[model.MetricNameLabel]))
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// dedupSets drops label sets listed twice (by two tenants).
+func dedupSets(sets []model.LabelSet) []model.LabelSet {
+	seen := make(map[model.Fingerprint]bool, len(sets))
+	out := sets[:0]
+	for _, ls := range sets {
+		if fp := ls.Fingerprint(); !seen[fp] {
+			seen[fp] = true
+			out = append(out, ls)
+		}
+	}
+	return out
 }
 
 // series lists the series of listing keys that are all on one store

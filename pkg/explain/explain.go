@@ -475,6 +475,9 @@ func (r *Report) Write(w io.Writer) error {
 		if q.Backend != "" {
 			store = ", on backend " + q.Backend
 		}
+		if q.Tenant != "" {
+			store += ", as tenant " + q.Tenant
+		}
 		ew.printf("Query %d:  %s%s, %s\n", i+1, q.Rule, store, q.Duration.Round(time.Microsecond))
 		ew.printf("          %s\n", q.Expr)
 		switch {

@@ -52,6 +52,9 @@ type Config struct {
 	// Backends returns the querier of a store a rule names (nil: no
 	// rule names one); Querier is the default store's.
 	Backends func(name string) promclient.Querier
+	// Tenant is the tenant of a namespace on a store with a tenant per
+	// namespace (backends.Tenants.Of); nil when no store has tenants.
+	Tenant func(ctx context.Context, backend, ns string) (tenant string, has bool, err error)
 	// Upstream lists what other metrics servers of the group serve
 	// (package upstream), for discovery: listed after this adapter's own.
 	Upstream func() []metav1.APIResource
@@ -79,7 +82,7 @@ func New(cfg Config) *Provider {
 		cfg.Clock = clock.RealClock{}
 	}
 	return &Provider{
-		stores:   query.Stores{Default: cfg.Querier, Named: cfg.Backends},
+		stores:   query.Stores{Default: cfg.Querier, Named: cfg.Backends, Tenant: cfg.Tenant},
 		upstream: cfg.Upstream,
 		budgets:  cfg.Budgets,
 		clock:    cfg.Clock,
@@ -94,6 +97,7 @@ func New(cfg Config) *Provider {
 				return catalog.Served{Source: e.Source, Metric: name}
 			},
 			NotFound: notFound,
+			TenantOf: cfg.Tenant,
 		}),
 	}
 }
@@ -194,7 +198,7 @@ func (p *Provider) get(ctx context.Context, namespace string, metricSelector lab
 		matchers = append(matchers, promql.Equals(e.Value.namespaceLabel, e.Rule.ToLabelValue(namespace)))
 	}
 	matchers = append(matchers, selMatchers...)
-	q := query.Of(metrics.ExternalAPI, e.Rule, e.Series, matchers, nil, p.budgets, func() string { return "external metric " + name })
+	q := query.Of(metrics.ExternalAPI, e.Rule, e.Series, matchers, nil, p.budgets, func() string { return "external metric " + name }).In(namespace)
 	res, err := query.Run(ctx, p.stores, q)
 	if err != nil {
 		return nil, err

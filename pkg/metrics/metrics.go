@@ -205,7 +205,32 @@ var (
 		StabilityLevel: basemetrics.ALPHA,
 	}, []string{"namespace"})
 
+	tenantQueries = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
+		Namespace:      Namespace,
+		Subsystem:      "prometheus",
+		Name:           "tenant_queries_total",
+		Help:           "Queries sent as the tenant of the request's namespace to a backend with a tenant per namespace, by backend, tenant and outcome (as query_duration_seconds).",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"backend", "tenant", "outcome"})
+
+	tenantRefused = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
+		Namespace:      Namespace,
+		Subsystem:      "prometheus",
+		Name:           "tenant_refused_total",
+		Help:           "Requests refused, before anything was sent, because their namespace has no tenant (or an invalid one) on a backend with a tenant per namespace, by backend.",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"backend"})
+
+	discoveryTenants = basemetrics.NewGaugeVec(&basemetrics.GaugeOpts{
+		Namespace:      Namespace,
+		Subsystem:      "discovery",
+		Name:           "tenants",
+		Help:           "Tenants of a backend with a tenant per namespace in the last round of series listings, by backend and state: listed, or over_limit (past its tenant.maxTenants, not listed).",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"backend", "state"})
+
 	all = []basemetrics.Registerable{
+		tenantQueries, tenantRefused, discoveryTenants,
 		queryDuration, discoveryDuration, discoveryLastSuccess, discoveredMetrics,
 		reloadSuccessful, reloadLastSuccess, reloads, resolvedObjects, rulesLeftOut, zeroed,
 		forwarded, forwardDuration, upstreamDiscovered, teamQueriesLimited, teamRules, teamCompileTimeouts, seriesDropped, statusWriter, statusWrites,
@@ -277,6 +302,24 @@ func Outcome(samples int, err error) string {
 // err.
 func ObserveQuery(api, rule, backend string, start time.Time, samples int, err error) {
 	queryDuration.WithLabelValues(api, rule, backendLabel(backend), Outcome(samples, err)).Observe(time.Since(start).Seconds())
+}
+
+// ObserveTenantQuery records a query sent as tenant to backend.
+func ObserveTenantQuery(backend, tenant string, samples int, err error) {
+	tenantQueries.WithLabelValues(backendLabel(backend), tenant, Outcome(samples, err)).Inc()
+}
+
+// ObserveTenantRefused records a request refused for want of a tenant on
+// backend.
+func ObserveTenantRefused(backend string) {
+	tenantRefused.WithLabelValues(backendLabel(backend)).Inc()
+}
+
+// SetDiscoveryTenants records how many tenants of backend the last round
+// listed, and how many it left out past the backend's bound.
+func SetDiscoveryTenants(backend string, listed, overLimit int) {
+	discoveryTenants.WithLabelValues(backendLabel(backend), "listed").Set(float64(listed))
+	discoveryTenants.WithLabelValues(backendLabel(backend), "over_limit").Set(float64(overLimit))
 }
 
 // backendLabel is a store's name as the backend label says it.

@@ -72,6 +72,10 @@ type Config struct {
 	// MaxQueryLength is the longest query the store takes, in bytes (0:
 	// no limit); callers split or refuse longer ones (package query).
 	MaxQueryLength int
+	// TenantHeader or TenantParam (at most one), when set, carry the
+	// tenant of each request (WithTenant) in that header or URL
+	// parameter; a request without a tenant is refused before it is sent.
+	TenantHeader, TenantParam string
 }
 
 // Client implements Querier and SeriesLister over Prometheus' HTTP API.
@@ -108,6 +112,13 @@ func New(cfg Config) (*Client, error) {
 	if rt == nil {
 		rt = http.DefaultTransport
 	}
+	switch {
+	case cfg.TenantHeader != "" && cfg.TenantParam != "":
+		return nil, errors.New("a tenant goes in a header or a URL parameter, not both")
+	case cfg.TenantHeader != "" || cfg.TenantParam != "":
+		// Innermost: the URL parameter joins those GET moves into the URL.
+		rt = tenantRoundTripper{next: rt, header: cfg.TenantHeader, param: cfg.TenantParam}
+	}
 	if cfg.Method == MethodGET {
 		rt = getRoundTripper{next: rt}
 	} else if cfg.Method != MethodPOST && cfg.Method != "" {
@@ -135,14 +146,19 @@ func (c *Client) Query(ctx context.Context, expr string) (model.Vector, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 
-	ch := c.flight.DoChan(expr, func() (any, error) {
+	// Requests share an answer only within one tenant.
+	key := expr
+	if tenant := TenantFrom(ctx); tenant != "" {
+		key = tenant + "\x00" + expr
+	}
+	ch := c.flight.DoChan(key, func() (any, error) {
 		// The shared request must not die with the first caller's context,
 		// only with its own deadline.
 		qctx, qcancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
 		defer qcancel()
 		start := time.Now()
 		vec, warnings, err := c.query(qctx, expr)
-		klog.V(4).InfoS("Prometheus query done", "expr", expr, "duration", time.Since(start), "err", err)
+		klog.V(4).InfoS("Prometheus query done", "expr", expr, "tenant", TenantFrom(ctx), "duration", time.Since(start), "err", err)
 		if len(warnings) > 0 {
 			klog.V(2).InfoS("Prometheus query returned warnings", "expr", ShortQuery(expr), "warnings", warnings)
 		}

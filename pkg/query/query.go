@@ -6,9 +6,9 @@
 // custom, external and resource metrics providers all call Run with a
 // Query, and get its Result, so a query is measured, explained and mapped
 // the same way whichever API asks. Stores are the stores a query may run
-// on (the default, and those a rules file names), and RunInParts sends a
-// query of many objects that is longer than its store takes as parts that
-// fit. Budgets bound what each namespace's MetricRules may run at once,
+// on (the default, and those a rules file names), and RunMany sends a
+// query of many objects in parts: one per tenant on a store with a tenant
+// per namespace, and parts that fit on a store with a query length limit. Budgets bound what each namespace's MetricRules may run at once,
 // and for how long.
 //
 // It does not build PromQL (package rules renders it) and does not turn
@@ -56,6 +56,15 @@ type Query struct {
 	Budgets   *Budgets
 	// Backend names the store the rule reads ("": the default).
 	Backend string
+	// RequestNamespace is the namespace the request is about ("" for
+	// what is in none: nodes, namespaces): on a store with a tenant per
+	// namespace, the query runs as its tenant.
+	RequestNamespace string
+
+	// tenant, when pinned, is the tenant RunMany resolved for the
+	// part's objects.
+	tenant string
+	pinned bool
 }
 
 // Stores are the stores queries run on: the default one, and the named
@@ -63,6 +72,19 @@ type Query struct {
 type Stores struct {
 	Default promclient.Querier
 	Named   func(name string) promclient.Querier
+	// Tenant is the tenant of namespace ns on the store named backend
+	// (backends.Tenants.Of); has is false for a store without tenants.
+	// Nil: no store has tenants.
+	Tenant func(ctx context.Context, backend, ns string) (tenant string, has bool, err error)
+}
+
+// tenantOf is the tenant q runs as: "" on a store without tenants.
+func (s Stores) tenantOf(ctx context.Context, q Query) (string, error) {
+	if q.pinned || s.Tenant == nil {
+		return q.tenant, nil
+	}
+	tenant, _, err := s.Tenant(ctx, q.Backend, q.RequestNamespace)
+	return tenant, err
 }
 
 // For is the querier of the store named name ("" is the default).
@@ -90,6 +112,12 @@ func Of(api string, r *rules.Rule, series string, matchers []promql.Matcher, gro
 	}
 }
 
+// In is q for a request about namespace ns (Query.RequestNamespace).
+func (q Query) In(ns string) Query {
+	q.RequestNamespace = ns
+	return q
+}
+
 // Result is what Prometheus answered.
 type Result struct {
 	// Expr is the PromQL that ran.
@@ -105,6 +133,16 @@ func Run(ctx context.Context, stores Stores, q Query) (Result, error) {
 	prom, err := stores.For(q.Backend)
 	if err != nil {
 		return Result{}, apierrors.NewInternalError(fmt.Errorf("%s: %w", q.Rule, err))
+	}
+	// The tenant first: a namespace without one is refused before
+	// anything is rendered or sent.
+	tenant, err := stores.tenantOf(ctx, q)
+	if err != nil {
+		trace.From(ctx).Queried(trace.Query{Rule: q.Rule, Backend: q.Backend, Err: err})
+		return Result{}, err
+	}
+	if tenant != "" {
+		ctx = promclient.WithTenant(ctx, tenant)
 	}
 	// A team's rule renders within its namespace's budget too: the render
 	// is bounded (rules.CompileTeam), and counted with its query.
@@ -130,13 +168,16 @@ func Run(ctx context.Context, stores Stores, q Query) (Result, error) {
 		err = fmt.Errorf("%w: %w", timedOut, err)
 	}
 	metrics.ObserveQuery(q.API, q.Rule, q.Backend, start, len(vec), err)
-	trace.From(ctx).Queried(trace.Query{Rule: q.Rule, Backend: q.Backend, Expr: expr, Duration: took, Vector: vec, Err: err})
+	if tenant != "" {
+		metrics.ObserveTenantQuery(q.Backend, tenant, len(vec), err)
+	}
+	trace.From(ctx).Queried(trace.Query{Rule: q.Rule, Backend: q.Backend, Tenant: tenant, Expr: expr, Duration: took, Vector: vec, Err: err})
 	if err != nil {
 		q.Budgets.fail(q.Namespace, q.Rule, err)
 		return Result{Expr: expr}, apistatus.Query(err, q.What(), q.Rule)
 	}
 	if klogV := klog.V(4); klogV.Enabled() {
-		klogV.InfoS("Query done", "api", q.API, "rule", q.Rule, "backend", q.Backend, "what", q.What(), "series", len(vec), "duration", took, "expr", expr)
+		klogV.InfoS("Query done", "api", q.API, "rule", q.Rule, "backend", q.Backend, "tenant", tenant, "what", q.What(), "series", len(vec), "duration", took, "expr", expr)
 	}
 	return Result{Expr: expr, Vector: vec}, nil
 }
@@ -157,55 +198,106 @@ func fits(prom promclient.Querier, expr string) error {
 	return nil
 }
 
-// RunInParts runs the query of n objects, part(i, j) being the query of
-// objects [i, j): whole when it fits its store's longest query
-// (maxQueryLength), else in the fewest halvings that each fit, one after
-// another, their answers joined. It is for queries whose every answer
-// series is one object's (grouped by the object's label), so that the
-// parts' answers are the whole's.
-func RunInParts(ctx context.Context, stores Stores, n int, part func(i, j int) Query) (Result, error) {
-	whole := part(0, n)
+// Many is the query of many objects, each of whose answer series is one
+// object's (it is grouped by the object), so that the answers of queries
+// of its parts, joined, are its own.
+type Many struct {
+	// N is how many objects there are.
+	N int
+	// NamespaceOf is object i's namespace, as whose tenant it is read on
+	// a store with a tenant per namespace; nil when every object is in the
+	// query's RequestNamespace.
+	NamespaceOf func(i int) string
+	// Query is the query of the objects ids, ascending indexes in [0, N);
+	// nil ids are all of them (see Pick).
+	Query func(ids []int) Query
+}
+
+// Pick is the values of the objects ids (Many.Query): values itself for
+// nil ids, all of them.
+func Pick[T any](values []T, ids []int) []T {
+	if ids == nil {
+		return values
+	}
+	out := make([]T, len(ids))
+	for k, i := range ids {
+		out[k] = values[i]
+	}
+	return out
+}
+
+// RunMany runs the query of many objects: whole when it can, else in
+// parts run one after another, their answers joined. On a store with a
+// tenant per namespace, the objects go in one query per tenant, as that
+// tenant; a namespace without a tenant refuses the whole request before
+// anything is sent. On a store with a query length limit
+// (maxQueryLength), a query longer than it goes as the fewest halvings
+// that each fit; one object's query alone too long refuses the request
+// before anything is sent.
+func RunMany(ctx context.Context, stores Stores, m Many) (Result, error) {
+	whole := m.Query(nil)
 	prom, err := stores.For(whole.Backend)
-	if err != nil || maxQueryLength(prom) == 0 || n < 2 {
-		return Run(ctx, stores, whole)
+	if err != nil {
+		return Run(ctx, stores, whole) // the error, counted and traced
+	}
+	groups, err := byTenant(ctx, stores, m, whole)
+	if err != nil {
+		return Result{}, err
 	}
 	limit := maxQueryLength(prom)
+	if groups == nil && (limit == 0 || m.N < 2) {
+		return Run(ctx, stores, whole)
+	}
+	if groups == nil {
+		groups = []tenantGroup{{pinned: false}}
+	}
 	type span struct {
-		i, j int
-		expr string
+		ids    []int
+		expr   string
+		tenant string
+		pinned bool
 	}
 	var spans []span
-	var split func(i, j int) error
-	split = func(i, j int) error {
-		expr, err := part(i, j).Render()
+	var split func(g tenantGroup, ids []int) error
+	split = func(g tenantGroup, ids []int) error {
+		expr, err := m.Query(ids).Render()
 		switch {
 		case err != nil:
 			return err
-		case len(expr) <= limit:
-			spans = append(spans, span{i, j, expr})
+		case limit == 0 || len(expr) <= limit:
+			spans = append(spans, span{ids, expr, g.tenant, g.pinned})
 			return nil
-		case j-i == 1:
+		case len(ids) == 1 || ids == nil && m.N == 1:
 			return fmt.Errorf("%s: %w", whole.Rule, fits(prom, expr))
 		}
-		mid := (i + j) / 2
-		if err := split(i, mid); err != nil {
+		if ids == nil {
+			ids = make([]int, m.N)
+			for i := range ids {
+				ids[i] = i
+			}
+		}
+		mid := len(ids) / 2
+		if err := split(g, ids[:mid:mid]); err != nil {
 			return err
 		}
-		return split(mid, j)
+		return split(g, ids[mid:])
 	}
-	if err := split(0, n); err != nil {
-		whole.Budgets.fail(whole.Namespace, whole.Rule, err)
-		return Result{}, apierrors.NewInternalError(err)
+	for _, g := range groups {
+		if err := split(g, g.ids); err != nil {
+			whole.Budgets.fail(whole.Namespace, whole.Rule, err)
+			return Result{}, apierrors.NewInternalError(err)
+		}
 	}
-	if len(spans) > 1 {
+	if len(spans) > len(groups) {
 		if v := klog.V(4); v.Enabled() {
 			v.InfoS("Query longer than its store takes: sent in parts", "rule", whole.Rule, "backend", whole.Backend, "parts", len(spans), "limit", limit)
 		}
 	}
 	var out Result
 	for _, sp := range spans {
-		q := part(sp.i, sp.j)
+		q := m.Query(sp.ids)
 		q.Render = func() (string, error) { return sp.expr, nil }
+		q.tenant, q.pinned = sp.tenant, sp.pinned
 		res, err := Run(ctx, stores, q)
 		if err != nil {
 			return res, err
@@ -216,6 +308,52 @@ func RunInParts(ctx context.Context, stores Stores, n int, part func(i, j int) Q
 		out.Vector = append(out.Vector, res.Vector...)
 	}
 	return out, nil
+}
+
+// tenantGroup is the objects read as one tenant (nil ids: all of them).
+type tenantGroup struct {
+	ids    []int
+	tenant string
+	pinned bool
+}
+
+// byTenant groups m's objects by the tenant of their namespace, in the
+// order of the tenants' first objects; nil when the store has no tenants
+// or the objects are all in the query's namespace (Run resolves its
+// tenant).
+func byTenant(ctx context.Context, stores Stores, m Many, whole Query) ([]tenantGroup, error) {
+	if m.NamespaceOf == nil || stores.Tenant == nil || m.N == 0 {
+		return nil, nil
+	}
+	tenantOf := map[string]string{}
+	index := map[string]int{}
+	var groups []tenantGroup
+	for i := range m.N {
+		ns := m.NamespaceOf(i)
+		tenant, seen := tenantOf[ns]
+		if !seen {
+			t, has, err := stores.Tenant(ctx, whole.Backend, ns)
+			if err != nil {
+				trace.From(ctx).Queried(trace.Query{Rule: whole.Rule, Backend: whole.Backend, Err: err})
+				return nil, err
+			}
+			if !has {
+				return nil, nil
+			}
+			tenant, tenantOf[ns] = t, t
+		}
+		k, ok := index[tenant]
+		if !ok {
+			k = len(groups)
+			index[tenant] = k
+			groups = append(groups, tenantGroup{tenant: tenant, pinned: true})
+		}
+		groups[k].ids = append(groups[k].ids, i)
+	}
+	if len(groups) == 1 {
+		groups[0].ids = nil // all of them
+	}
+	return groups, nil
 }
 
 // Zeroed records that n values of what q asked for had no series and were

@@ -10,24 +10,28 @@ import (
 
 	"github.com/prometheus/common/model"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promql"
 )
 
 // limitedStore answers m{o=~"..."} with one sample per object it names,
 // and, as VictoriaMetrics does, refuses a query longer than its limit.
 type limitedStore struct {
-	limit int
-	sent  []string
+	limit   int
+	sent    []string
+	tenants []string // the tenant each was sent as
 }
 
 func (s *limitedStore) MaxQueryLength() int { return s.limit }
 
 var objectsOf = regexp.MustCompile(`o=~?"([^"]*)"`)
 
-func (s *limitedStore) Query(_ context.Context, expr string) (model.Vector, error) {
+func (s *limitedStore) Query(ctx context.Context, expr string) (model.Vector, error) {
 	s.sent = append(s.sent, expr)
+	s.tenants = append(s.tenants, promclient.TenantFrom(ctx))
 	if s.limit > 0 && len(expr) > s.limit {
 		return nil, fmt.Errorf("too long query; got %d bytes; mustn't exceed -search.maxQueryLen=%d bytes", len(expr), s.limit)
 	}
@@ -42,12 +46,12 @@ func (s *limitedStore) Query(_ context.Context, expr string) (model.Vector, erro
 	return out, nil
 }
 
-func objectsQuery(objects []string) func(i, j int) Query {
-	return func(i, j int) Query {
+func objectsQuery(objects []string) Many {
+	return Many{N: len(objects), Query: func(ids []int) Query {
 		return Query{API: "custom", Rule: "rules[0]", What: func() string { return "m" }, Render: func() (string, error) {
-			return "sum by (o) (m{" + promql.Join([]promql.Matcher{promql.OneOf("o", objects[i:j])}) + "})", nil
+			return "sum by (o) (m{" + promql.Join([]promql.Matcher{promql.OneOf("o", Pick(objects, ids))}) + "})", nil
 		}}
-	}
+	}}
 }
 
 func answered(v model.Vector) []string {
@@ -59,12 +63,12 @@ func answered(v model.Vector) []string {
 	return out
 }
 
-func TestRunInParts(t *testing.T) {
+func TestRunMany(t *testing.T) {
 	objects := make([]string, 1000)
 	for i := range objects {
 		objects[i] = fmt.Sprintf("pod-%04d", i)
 	}
-	whole, _ := objectsQuery(objects)(0, len(objects)).Render()
+	whole, _ := objectsQuery(objects).Query(nil).Render()
 
 	for _, tc := range []struct {
 		name      string
@@ -78,7 +82,7 @@ func TestRunInParts(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			store := &limitedStore{limit: tc.limit}
-			res, err := RunInParts(context.Background(), Stores{Default: store}, len(objects), objectsQuery(objects))
+			res, err := RunMany(context.Background(), Stores{Default: store}, objectsQuery(objects))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -104,11 +108,11 @@ func TestRunInParts(t *testing.T) {
 // the store takes (a label value of many KiB) is refused before anything
 // is sent, as a 500 naming the rule, rather than hammering the store with
 // halvings or sending what it refuses.
-func TestRunInPartsRefusesWhatCannotFit(t *testing.T) {
+func TestRunManyRefusesWhatCannotFit(t *testing.T) {
 	huge := strings.Repeat("x", 4096)
 	objects := []string{"a", huge, "b"}
 	store := &limitedStore{limit: 1024}
-	_, err := RunInParts(context.Background(), Stores{Default: store}, len(objects), objectsQuery(objects))
+	_, err := RunMany(context.Background(), Stores{Default: store}, objectsQuery(objects))
 	if !apierrors.IsInternalError(err) || !strings.Contains(err.Error(), "rules[0]") || !strings.Contains(err.Error(), "maxQueryLength") {
 		t.Fatalf("err = %v, want a 500 naming the rule and maxQueryLength", err)
 	}
@@ -117,8 +121,88 @@ func TestRunInPartsRefusesWhatCannotFit(t *testing.T) {
 	}
 	// A query that is not sent in parts is refused whole too.
 	store.sent = nil
-	_, err = Run(context.Background(), Stores{Default: store}, objectsQuery(objects)(0, len(objects)))
+	_, err = Run(context.Background(), Stores{Default: store}, objectsQuery(objects).Query(nil))
 	if !apierrors.IsInternalError(err) || len(store.sent) != 0 {
 		t.Fatalf("err = %v, sent %d: want a 500 and nothing sent", err, len(store.sent))
+	}
+}
+
+// tenantsOf is a store with a tenant per namespace: a* namespaces are
+// team-a's, b* team-b's; others have none (refused, as backends.Tenants
+// refuses them).
+func tenantsOf(_ context.Context, backend, ns string) (string, bool, error) {
+	if backend != "cortex" {
+		return "", false, nil
+	}
+	switch {
+	case strings.HasPrefix(ns, "a"):
+		return "team-a", true, nil
+	case strings.HasPrefix(ns, "b"):
+		return "team-b", true, nil
+	}
+	return "", true, apierrors.NewForbidden(corev1.Resource("namespaces"), ns, fmt.Errorf("namespace %s has no tenant", ns))
+}
+
+// tenantObjects is a query about objects, each its own namespace, on the
+// store "cortex", whose tenants are tenantsOf's.
+func tenantObjects(objects []string) (*limitedStore, Stores, Many) {
+	store := &limitedStore{}
+	stores := Stores{Named: func(string) promclient.Querier { return store }, Tenant: tenantsOf}
+	m := objectsQuery(objects)
+	m.NamespaceOf = func(i int) string { return objects[i] }
+	query := m.Query
+	m.Query = func(ids []int) Query { q := query(ids); q.Backend = "cortex"; return q }
+	return store, stores, m
+}
+
+// On a store with a tenant per namespace, objects of several namespaces
+// (the namespaces themselves, kubectl top's pods) go in one query per
+// tenant, each sent as its tenant and naming its objects only; a query
+// about one namespace goes as its tenant.
+func TestRunManyOneQueryPerTenant(t *testing.T) {
+	objects := []string{"a1", "b1", "a2", "b2", "a3"}
+	store, stores, m := tenantObjects(objects)
+	res, err := RunMany(context.Background(), stores, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := answered(res.Vector); !slices.Equal(got, []string{"a1", "a2", "a3", "b1", "b2"}) {
+		t.Fatalf("answered %v", got)
+	}
+	want := map[string]string{"team-a": `o=~"a1|a2|a3"`, "team-b": `o=~"b1|b2"`}
+	if len(store.sent) != 2 {
+		t.Fatalf("sent %q, want one query per tenant", store.sent)
+	}
+	for i, expr := range store.sent {
+		if w, ok := want[store.tenants[i]]; !ok || !strings.Contains(expr, w) {
+			t.Errorf("sent %s as tenant %q, want %s", expr, store.tenants[i], w)
+		}
+	}
+
+	// One query about one namespace runs as its tenant.
+	store.sent, store.tenants = nil, nil
+	if _, err := Run(context.Background(), stores, m.Query([]int{1}).In("b1")); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(store.tenants, []string{"team-b"}) {
+		t.Fatalf("sent as %q, want team-b", store.tenants)
+	}
+}
+
+// The attack: a namespace with no tenant (none of its own, or one that
+// would read another's) asks, alone or among others: the request is
+// refused with the reason, and nothing is sent at all, as no tenant or as
+// the others'.
+func TestRunManyRefusesANamespaceWithoutTenant(t *testing.T) {
+	objects := []string{"a1", "b1", "c1"}
+	store, stores, m := tenantObjects(objects)
+	if _, err := RunMany(context.Background(), stores, m); !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "c1 has no tenant") {
+		t.Fatalf("err = %v, want 403 naming c1", err)
+	}
+	if _, err := Run(context.Background(), stores, m.Query(nil).In("c1")); !apierrors.IsForbidden(err) {
+		t.Fatalf("err = %v, want 403", err)
+	}
+	if len(store.sent) != 0 {
+		t.Fatalf("sent %q, want nothing", store.sent)
 	}
 }

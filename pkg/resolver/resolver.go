@@ -36,8 +36,9 @@ import (
 
 // The resources the resolver watches as metadata, with their versions.
 var (
-	PodsGVR  = corev1.SchemeGroupVersion.WithResource("pods")
-	NodesGVR = corev1.SchemeGroupVersion.WithResource("nodes")
+	PodsGVR       = corev1.SchemeGroupVersion.WithResource("pods")
+	NodesGVR      = corev1.SchemeGroupVersion.WithResource("nodes")
+	NamespacesGVR = corev1.SchemeGroupVersion.WithResource("namespaces")
 )
 
 // Watch names what a cache holds: a resource, and a field selector on it.
@@ -59,7 +60,10 @@ func (w Watch) String() string {
 var (
 	RunningPods = Watch{GVR: PodsGVR, FieldSelector: "status.phase=" + string(corev1.PodRunning)}
 	Nodes       = Watch{GVR: NodesGVR}
-	allPods     = Watch{GVR: PodsGVR}
+	// Namespaces keeps each namespace's labels and annotations, which a
+	// store's tenant template reads.
+	Namespaces = Watch{GVR: NamespacesGVR}
+	allPods    = Watch{GVR: PodsGVR}
 )
 
 // ErrMapping wraps failures of the REST mapper other than "no such

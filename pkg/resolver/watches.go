@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -142,7 +144,11 @@ func (r *Resolver) newWatch(key Watch) (*watch, error) {
 	} else {
 		tweak := func(o *metav1.ListOptions) { o.FieldSelector = key.FieldSelector }
 		w.inf = metadatainformer.NewFilteredMetadataInformer(r.meta, key.GVR, metav1.NamespaceAll, 0, byNamespace, tweak).Informer()
-		if err := w.inf.SetTransform(stripMetadata); err != nil {
+		strip := stripMetadata
+		if key.GVR == NamespacesGVR {
+			strip = stripNamespace
+		}
+		if err := w.inf.SetTransform(strip); err != nil {
 			return nil, err
 		}
 	}
@@ -359,6 +365,27 @@ func (r *Resolver) CacheSizes() map[string]int {
 		out[name] = len(inf.GetStore().ListKeys())
 	}
 	return out
+}
+
+// stripNamespace is stripMetadata keeping a namespace's annotations too,
+// which a store's tenant template may read (kubectl's copy of the last
+// applied object left out).
+func stripNamespace(obj any) (any, error) {
+	m, ok := obj.(*metav1.PartialObjectMetadata)
+	if !ok {
+		return obj, nil
+	}
+	out, _ := stripMetadata(obj)
+	if len(m.Annotations) > 0 {
+		a := make(map[string]string, len(m.Annotations))
+		for k, v := range m.Annotations {
+			if k != corev1.LastAppliedConfigAnnotation {
+				a[k] = v
+			}
+		}
+		out.(*metav1.PartialObjectMetadata).Annotations = a
+	}
+	return out, nil
 }
 
 // stripMetadata keeps what lookups need of a cached object's metadata:

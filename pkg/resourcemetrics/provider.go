@@ -67,8 +67,11 @@ type Config struct {
 	// Backends returns the querier of a store a rule names (nil: no
 	// rule names one); Querier is the default store's.
 	Backends func(name string) promclient.Querier
-	Objects  ObjectLister
-	Clock    clock.PassiveClock
+	// Tenant is the tenant of a namespace on a store with a tenant per
+	// namespace (backends.Tenants.Of); nil when no store has tenants.
+	Tenant  func(ctx context.Context, backend, ns string) (tenant string, has bool, err error)
+	Objects ObjectLister
+	Clock   clock.PassiveClock
 }
 
 // Provider reads pod and node usage from Prometheus.
@@ -81,7 +84,7 @@ type Provider struct {
 
 // New returns a Provider.
 func New(cfg Config) *Provider {
-	p := &Provider{stores: query.Stores{Default: cfg.Querier, Named: cfg.Backends}, objects: cfg.Objects, clock: cfg.Clock}
+	p := &Provider{stores: query.Stores{Default: cfg.Querier, Named: cfg.Backends, Tenant: cfg.Tenant}, objects: cfg.Objects, clock: cfg.Clock}
 	p.rules.Store(cfg.Rules)
 	if p.clock == nil {
 		p.clock = clock.RealClock{}
@@ -200,15 +203,8 @@ func (p *Provider) PodMetrics(ctx context.Context, pods []*metav1.PartialObjectM
 		return nil, nil
 	}
 	trace.From(ctx).Rule("resourceRules (cpu and memory)", "")
-	var namespaces, names []string
-	for _, pod := range pods {
-		namespaces = append(namespaces, pod.Namespace)
-		names = append(names, pod.Name)
-	}
-	slices.Sort(namespaces)
-	namespaces = slices.Compact(namespaces)
 	cpu, mem, err := both(ctx, rs, func(ctx context.Context, q *rules.ResourceQuery) (map[containerKey]usage, error) {
-		return p.containers(ctx, q, namespaces, names)
+		return p.containers(ctx, q, pods)
 	})
 	if err != nil {
 		return nil, err
@@ -291,18 +287,36 @@ func podMetrics(pod *metav1.PartialObjectMetadata, containers []string, cpu, mem
 // containers runs one resource's container query for pods of the given
 // namespaces and names, and returns the usage per container of the pods
 // asked for.
-func (p *Provider) containers(ctx context.Context, q *rules.ResourceQuery, namespaces, names []string) (map[containerKey]usage, error) {
+func (p *Provider) containers(ctx context.Context, q *rules.ResourceQuery, pods []*metav1.PartialObjectMetadata) (map[containerKey]usage, error) {
 	groupBy := compactLabels(q.NamespaceLabel, q.PodLabel, q.ContainerLabel)
 	// Grouped by pod and container, the answer for many pods is that of
-	// their parts, which a store with a query length limit gets instead.
-	part := func(i, j int) query.Query {
-		matchers := []promql.Matcher{
-			promql.OneOf(q.NamespaceLabel, namespaces),
-			promql.OneOf(q.PodLabel, names[i:j]),
-		}
-		return p.queryOf(q, "pods", func() (string, error) { return q.RenderContainers(matchers, groupBy) })
+	// their parts: a store with a tenant per namespace gets one query per
+	// tenant, one with a query length limit queries that fit.
+	namespaces, names := make([]string, len(pods)), make([]string, len(pods))
+	for i, pod := range pods {
+		namespaces[i], names[i] = pod.Namespace, pod.Name
 	}
-	res, err := query.RunInParts(ctx, p.stores, len(names), part)
+	distinct := func(nss []string) []string {
+		nss = slices.Clone(nss)
+		slices.Sort(nss)
+		return slices.Compact(nss)
+	}
+	all := distinct(namespaces)
+	res, err := query.RunMany(ctx, p.stores, query.Many{
+		N:           len(pods),
+		NamespaceOf: func(i int) string { return pods[i].Namespace },
+		Query: func(ids []int) query.Query {
+			nss := all
+			if ids != nil {
+				nss = distinct(query.Pick(namespaces, ids))
+			}
+			matchers := []promql.Matcher{
+				promql.OneOf(q.NamespaceLabel, nss),
+				promql.OneOf(q.PodLabel, query.Pick(names, ids)),
+			}
+			return p.queryOf(q, "pods", func() (string, error) { return q.RenderContainers(matchers, groupBy) })
+		},
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -369,11 +383,13 @@ func (p *Provider) NodeMetrics(ctx context.Context, nodes []*metav1.PartialObjec
 }
 
 func (p *Provider) nodes(ctx context.Context, q *rules.ResourceQuery, names []string) (map[string]usage, error) {
-	res, err := query.RunInParts(ctx, p.stores, len(names), func(i, j int) query.Query {
+	// Nodes are in no namespace: on a store with a tenant per namespace,
+	// they are read as the tenant its template gives without one.
+	res, err := query.RunMany(ctx, p.stores, query.Many{N: len(names), Query: func(ids []int) query.Query {
 		return p.queryOf(q, "nodes", func() (string, error) {
-			return q.RenderNodes([]promql.Matcher{promql.OneOf(q.NodeLabel, names[i:j])}, []string{q.NodeLabel})
+			return q.RenderNodes([]promql.Matcher{promql.OneOf(q.NodeLabel, query.Pick(names, ids))}, []string{q.NodeLabel})
 		})
-	})
+	}})
 	if err != nil {
 		return nil, err
 	}

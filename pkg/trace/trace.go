@@ -35,8 +35,10 @@ type Resolution struct {
 // Query is one PromQL query and Prometheus' answer.
 type Query struct {
 	Rule string
-	// Backend is the store it ran on ("": the default).
+	// Backend is the store it ran on ("": the default); Tenant, the
+	// tenant it ran as, on a store with a tenant per namespace.
 	Backend  string
+	Tenant   string
 	Expr     string
 	Duration time.Duration
 	Vector   model.Vector

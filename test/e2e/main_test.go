@@ -33,6 +33,10 @@ func TestMain(m *testing.M) {
 			// to it what its rules do not serve (TestUpstreamForwarding).
 			Upstream:    true,
 			MetricRules: true,
+			// Cortex, each of two namespaces its own tenant
+			// (TestTenantPerNamespaceOnCortex).
+			CortexTenants: map[string]string{"team-a": "tenant-a", "team-b": "tenant-b"},
+			ExtraRules:    []map[string]any{tenantRule},
 		},
 		Setup: func(_ context.Context, s *localstack.Stack) (func(), error) {
 			stack = s

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -64,7 +65,23 @@ type StackOptions struct {
 	// MetricRules installs the MetricRule CRD and RBAC
 	// (manifests/metric-rules) and runs the adapter with --metric-rules.
 	MetricRules bool
+	// CortexTenants, when set, runs Cortex (bin/cortex) beside Prometheus,
+	// which writes to it with one remote_write per tenant (the key), each
+	// keeping the series whose namespace label matches its regular
+	// expression (the value). The adapter's rules file gets a backend
+	// named cortex, whose tenant is the namespace's label "tenant".
+	CortexTenants map[string]string
+	// ExtraRules are added to the rules file's rules (custom metrics).
+	ExtraRules []map[string]any
 }
+
+// CortexBackend names the Cortex of StackOptions.CortexTenants in the
+// adapter's rules file; CortexTenantLabel is the namespace label its
+// tenant is read from.
+const (
+	CortexBackend     = "cortex"
+	CortexTenantLabel = "tenant"
+)
 
 // Stack is a control plane plus the process kubelet, Prometheus and the
 // adapter registered as the custom metrics APIService.
@@ -73,6 +90,8 @@ type Stack struct {
 	Root       string
 	Kubelet    *Kubelet
 	Prometheus *Prometheus
+	// Cortex runs with StackOptions.CortexTenants.
+	Cortex     *Cortex
 	Adapter    *Process
 	AdapterURL string
 	// AdapterBinary is the adapter built for this stack.
@@ -185,6 +204,12 @@ func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 		s.step("local ingress serving every Ingress, its request counter on %s", s.Ingress.MetricsAddr)
 	}
 
+	if len(opts.CortexTenants) > 0 {
+		if s.Cortex, err = StartCortex(ctx, s.Procs, opts.Dir, "cortex"); err != nil {
+			return nil, err
+		}
+		s.step("Cortex ready on %s (one process, a tenant per X-Scope-OrgID)", s.Cortex.URL)
+	}
 	promCfg, err := s.prometheusConfig(opts)
 	if err != nil {
 		return nil, err
@@ -456,6 +481,20 @@ func (s *Stack) prometheusConfig(opts StackOptions) (string, error) {
 		kept = append(kept, job)
 	}
 	cfg["scrape_configs"] = kept
+	if s.Cortex != nil {
+		var writes []any
+		for _, tenant := range slices.Sorted(maps.Keys(opts.CortexTenants)) {
+			writes = append(writes, map[string]any{
+				"url":          s.Cortex.URL + "/api/v1/push",
+				"headers":      map[string]any{"X-Scope-OrgID": tenant},
+				"queue_config": map[string]any{"batch_send_deadline": "1s"},
+				"write_relabel_configs": []any{map[string]any{
+					"source_labels": []any{"namespace"}, "regex": opts.CortexTenants[tenant], "action": "keep",
+				}},
+			})
+		}
+		cfg["remote_write"] = writes
+	}
 	out, err := yaml.Marshal(cfg)
 	return string(out), err
 }
@@ -468,7 +507,7 @@ const LocalResourceRules = "hack/local/resource-rules.yaml"
 // adapterConfig writes the rules the local stack's adapter runs:
 // manifests/adapter/config.yaml with its resourceRules replaced by those
 // of LocalResourceRules.
-func (s *Stack) adapterConfig(dir string) (string, error) {
+func (s *Stack) adapterConfig(dir string, extraRules []map[string]any) (string, error) {
 	var cfg, local map[string]any
 	for path, dst := range map[string]*map[string]any{"manifests/adapter/config.yaml": &cfg, LocalResourceRules: &local} {
 		raw, err := os.ReadFile(filepath.Join(s.Root, path))
@@ -483,6 +522,16 @@ func (s *Stack) adapterConfig(dir string) (string, error) {
 		return "", fmt.Errorf("%s has no resourceRules", LocalResourceRules)
 	}
 	cfg["resourceRules"] = local["resourceRules"]
+	if s.Cortex != nil {
+		cfg["backends"] = []any{map[string]any{
+			"name": CortexBackend, "url": s.Cortex.URL + "/prometheus",
+			"tenant": map[string]any{"header": "X-Scope-OrgID", "template": `<<index .Labels "` + CortexTenantLabel + `">>`},
+		}}
+	}
+	for _, r := range extraRules {
+		rs, _ := cfg["rules"].([]any)
+		cfg["rules"] = append(rs, r)
+	}
 	out, err := yaml.Marshal(cfg)
 	if err != nil {
 		return "", err
@@ -602,7 +651,7 @@ func (s *Stack) RunAdapter(ctx context.Context, name, config string, extra ...st
 }
 
 func (s *Stack) startAdapter(ctx context.Context, opts StackOptions) error {
-	configPath, err := s.adapterConfig(opts.Dir)
+	configPath, err := s.adapterConfig(opts.Dir, opts.ExtraRules)
 	if err != nil {
 		return err
 	}

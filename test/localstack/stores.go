@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -79,4 +80,104 @@ func post(ctx context.Context, url string, body []byte) error {
 		return fmt.Errorf("POST %s: %s: %s", url, resp.Status, b)
 	}
 	return nil
+}
+
+// Cortex is a running Cortex (bin/cortex, built from its module by 'make
+// tools-stores') as one process: -target=all, blocks on the filesystem,
+// in-memory rings, each request's tenant in X-Scope-OrgID (auth_enabled).
+type Cortex struct {
+	// URL is its HTTP address; its Prometheus API is under /prometheus,
+	// its remote-write endpoint /api/v1/push.
+	URL  string
+	Proc *Process
+}
+
+// StartCortex starts Cortex on 127.0.0.1 (free HTTP and gRPC ports) with
+// its files under dir/name, and waits until it is ready.
+func StartCortex(ctx context.Context, g *Group, dir, name string) (*Cortex, error) {
+	bin, err := Binary("cortex")
+	if err != nil {
+		return nil, err
+	}
+	httpPort, err := FreePort("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	grpcPort, err := FreePort("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	home := filepath.Join(dir, name)
+	for _, d := range []string{"rules", "alerts", "rules-tmp"} {
+		if err := os.MkdirAll(filepath.Join(home, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	ring := "    kvstore: {store: inmemory}\n    instance_addr: 127.0.0.1\n"
+	cfg := fmt.Sprintf(`auth_enabled: true
+target: all
+server:
+  http_listen_address: 127.0.0.1
+  http_listen_port: %d
+  grpc_listen_address: 127.0.0.1
+  grpc_listen_port: %d
+  log_level: warn
+distributor:
+  shard_by_all_labels: true
+  ring:
+%s
+ingester:
+  lifecycler:
+    address: 127.0.0.1
+    min_ready_duration: 0s
+    final_sleep: 0s
+    num_tokens: 128
+    ring:
+      kvstore: {store: inmemory}
+      replication_factor: 1
+blocks_storage:
+  backend: filesystem
+  tsdb: {dir: %[4]s/tsdb}
+  bucket_store: {sync_dir: %[4]s/tsdb-sync}
+  filesystem: {dir: %[4]s/blocks}
+compactor:
+  data_dir: %[4]s/compactor
+  sharding_ring:
+%[3]s
+store_gateway:
+  sharding_ring:
+%[3]s
+querier:
+  active_query_tracker_dir: %[4]s/active-query-tracker
+frontend_worker:
+  match_max_concurrent: true
+ruler:
+  rule_path: %[4]s/rules-tmp
+  ring:
+%[3]s
+ruler_storage:
+  backend: local
+  local: {directory: %[4]s/rules}
+alertmanager:
+  external_url: http://127.0.0.1/alertmanager
+  sharding_ring:
+%[3]s
+alertmanager_storage:
+  backend: local
+  local: {path: %[4]s/alerts}
+`, httpPort, grpcPort, ring, home)
+	file := filepath.Join(home, "cortex.yaml")
+	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := Start(dir, name, bin, []string{"-config.file=" + file})
+	if err != nil {
+		return nil, err
+	}
+	g.Add(p)
+	url := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort))
+	if err := WaitHTTP(ctx, nil, url+"/ready", 2*time.Minute, p); err != nil {
+		return nil, fmt.Errorf("cortex not ready: %w", err)
+	}
+	return &Cortex{URL: url, Proc: p}, nil
 }

@@ -37,7 +37,11 @@ type Suite struct {
 // tests, writes the servers' last log lines when something failed, stops
 // everything, and keeps the run folder of failed runs only.
 func (su Suite) Run(m *testing.M) (code int) {
-	if why := MissingServers("etcd", "kube-apiserver", "kube-controller-manager", "prometheus", "kubectl"); why != "" {
+	servers := []string{"etcd", "kube-apiserver", "kube-controller-manager", "prometheus", "kubectl"}
+	if len(su.Options.CortexTenants) > 0 {
+		servers = append(servers, "cortex")
+	}
+	if why := MissingServers(servers...); why != "" {
 		if os.Getenv(RequireEnv) != "" {
 			fmt.Fprintf(os.Stderr, "%s: %s\n", su.Name, why)
 			return 1
