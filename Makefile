@@ -41,7 +41,7 @@ unit: ## Unit tests with the race detector
 	CGO_ENABLED=1 GOFLAGS= go test -race -count=1 ./pkg/... ./app/... ./cmd/... ./internal/... ./test/localstack/...
 
 .PHONY: integration
-integration: $(BIN)/prometheus $(BIN)/victoria-metrics ## The provider against real Prometheus servers scraping real load-app processes, and VictoriaMetrics
+integration: $(BIN)/prometheus $(BIN)/victoria-metrics $(BIN)/prom-label-proxy ## The provider against real Prometheus servers scraping real load-app processes, VictoriaMetrics and prom-label-proxy
 	go test -count=1 -timeout 10m ./test/integration/...
 
 .PHONY: e2e
@@ -143,13 +143,19 @@ $(BIN)/prometheus-adapter: hack/tools/prometheus-adapter/go.mod hack/tools/prome
 
 # The other stores the tests run (not the demo): VictoriaMetrics, whose
 # query length limit the integration suite meets, and Cortex, whose
-# tenants the e2e suite reads.
+# tenants the e2e suite reads; and prom-label-proxy in front of Prometheus.
 .PHONY: tools-stores
-tools-stores: $(BIN)/victoria-metrics $(BIN)/cortex ## Build the other stores the tests run, from pinned modules
+tools-stores: $(BIN)/victoria-metrics $(BIN)/cortex $(BIN)/prom-label-proxy ## Build the other stores the tests run (and prom-label-proxy), from pinned modules
 
 $(BIN)/victoria-metrics: hack/tools/victoriametrics/go.mod hack/tools/victoriametrics/go.sum
 	@echo ">> building VictoriaMetrics (first time: about two minutes)"
 	cd hack/tools/victoriametrics && go build -ldflags "-s -w" -o $(BIN)/victoria-metrics github.com/VictoriaMetrics/VictoriaMetrics/app/victoria-metrics
+
+# prom-label-proxy pins every query to one namespace, as OpenShift runs it
+# in front of its querier; the integration suite reads Prometheus through it.
+$(BIN)/prom-label-proxy: hack/tools/prom-label-proxy/go.mod hack/tools/prom-label-proxy/go.sum
+	@echo ">> building prom-label-proxy (first time: about a minute)"
+	cd hack/tools/prom-label-proxy && go build -ldflags "-s -w" -o $(BIN)/prom-label-proxy github.com/prometheus-community/prom-label-proxy
 
 # Cortex is built as its own Makefile builds it: with netgo and slicelabels
 # (without slicelabels its ingester panics on the first push).

@@ -309,7 +309,7 @@ func Binary(name string) (string, error) {
 	p := filepath.Join(root, "bin", name)
 	if _, err := os.Stat(p); err != nil {
 		target := "tools"
-		if name == "victoria-metrics" || name == "cortex" {
+		if name == "victoria-metrics" || name == "cortex" || name == "prom-label-proxy" {
 			target = "tools-stores"
 		}
 		return "", fmt.Errorf("%s not found: run 'make %s' first", p, target)

@@ -181,3 +181,44 @@ alertmanager_storage:
 	}
 	return &Cortex{URL: url, Proc: p}, nil
 }
+
+// PromLabelProxy is a running prom-label-proxy (bin/prom-label-proxy, built
+// from its module by 'make tools-stores') in front of a Prometheus server:
+// every query and series listing it passes on is pinned to the value of
+// one label that the request's query parameter (named like the label)
+// gives, as OpenShift runs it in front of its querier.
+type PromLabelProxy struct {
+	URL  string
+	Proc *Process
+}
+
+// StartPromLabelProxy starts prom-label-proxy on 127.0.0.1 in front of
+// upstream, enforcing label (taken from the query parameter of the same
+// name; a query naming another value of it is refused, not rewritten), and
+// waits until it passes a query on.
+func StartPromLabelProxy(ctx context.Context, g *Group, dir, name, upstream, label string) (*PromLabelProxy, error) {
+	bin, err := Binary("prom-label-proxy")
+	if err != nil {
+		return nil, err
+	}
+	port, err := FreePort("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	p, err := Start(dir, name, bin, []string{
+		"-insecure-listen-address=" + addr,
+		"-upstream=" + upstream,
+		"-label=" + label,
+		"-error-on-replace",
+	})
+	if err != nil {
+		return nil, err
+	}
+	g.Add(p)
+	url := "http://" + addr
+	if err := WaitHTTP(ctx, nil, url+"/api/v1/query?query=vector(1)&"+label+"=probe", 60*time.Second, p); err != nil {
+		return nil, fmt.Errorf("prom-label-proxy not ready: %w", err)
+	}
+	return &PromLabelProxy{URL: url, Proc: p}, nil
+}

@@ -1,0 +1,172 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/loadgen"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/backends"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/externalmetrics"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
+)
+
+// TestPromLabelProxyPinsEachNamespace: a real prom-label-proxy enforcing
+// namespace in front of a real Prometheus that scrapes an app in shop and
+// one in other is a backend whose tenant is the request's namespace, sent
+// as prom-label-proxy's query parameter. A rule whose PromQL reads every
+// namespace (it leaves out <<.LabelMatchers>>) gets, for shop, shop's rate
+// only, and for other, other's; a rule whose PromQL names another
+// namespace is refused by the proxy and served as an error, never as the
+// other namespace's number; discovery lists each namespace's series as
+// that namespace, so a namespace with no series has no metric.
+func TestPromLabelProxyPinsEachNamespace(t *testing.T) {
+	g, dir := serversGroup(t, "prometheus", "prom-label-proxy")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	appBin, err := localstack.Build(ctx, dir, "./app", "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	offered := map[string]float64{"shop": 20, "other": 5}
+	targets := ""
+	for ns := range offered {
+		app, err := localstack.StartApp(ctx, g, dir, "app-"+ns, appBin, "127.0.0.1", "--default-cpu=1ms")
+		if err != nil {
+			t.Fatal(err)
+		}
+		targets += fmt.Sprintf("  - targets: [%q]\n    labels: {namespace: %s, pod: app-%s}\n", strings.TrimPrefix(app.URL, "http://"), ns, ns)
+		go func() {
+			_ = loadgen.Run(ctx, loadgen.Config{Targets: func() []string { return []string{app.URL} }, Path: "/",
+				Rate: loadgen.Constant(offered[ns]), Duration: 3 * time.Minute}, &loadgen.Stats{})
+		}()
+	}
+	prom, err := localstack.StartPrometheus(ctx, g, filepath.Join(dir, "prometheus"), `global:
+  scrape_interval: 1s
+scrape_configs:
+- job_name: app
+  static_configs:
+`+targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := localstack.StartPromLabelProxy(ctx, g, dir, "prom-label-proxy", prom.URL, "namespace")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	set, err := rules.Parse([]byte(fmt.Sprintf(`backends:
+- name: pinned
+  url: %s
+  tenant: {queryParam: namespace}
+externalRules:
+- seriesQuery: 'app_requests_total{namespace!=""}'
+  backend: pinned
+  resources: {overrides: {namespace: {resource: namespace}}}
+  name: {matches: ^app_requests_total$, as: every_namespace_rps}
+  metricsQuery: sum(rate(<<.Series>>{endpoint="/"}[10s]))
+- seriesQuery: 'app_requests_total{namespace!=""}'
+  backend: pinned
+  resources: {overrides: {namespace: {resource: namespace}}}
+  name: {matches: ^app_requests_total$, as: others_rps}
+  metricsQuery: sum(rate(<<.Series>>{namespace="other",endpoint="/"}[10s]))
+`, proxy.URL)), "labelproxy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stores, err := backends.New(config.Backend{URL: "http://127.0.0.1:1", Timeout: 5e9}, set.Backends, set.BackendWhere)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The cluster's namespaces: empty has no series anywhere.
+	namespaces := []backends.Namespace{{Name: "shop"}, {Name: "other"}, {Name: "empty"}}
+	tenants := &backends.Tenants{
+		Stores: func() *backends.Set { return stores },
+		Namespace: func(_ context.Context, name string) (backends.Namespace, error) {
+			for _, ns := range namespaces {
+				if ns.Name == name {
+					return ns, nil
+				}
+			}
+			return backends.Namespace{}, apierrors.NewNotFound(corev1.Resource("namespaces"), name)
+		},
+		List: func(context.Context) ([]backends.Namespace, error) { return namespaces, nil },
+	}
+	named := func(name string) promclient.Querier { return stores.Querier(name) }
+	ep := externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: stores.Querier(""), Backends: named, Tenant: tenants.Of})
+	disc := discovery.New(discovery.Config{Queries: discovery.QueriesOf(set.External).File, Lister: stores.Store("").Client, Interval: time.Second,
+		Backends: func(name string) discovery.SeriesLister { return stores.Store(name).Client },
+		Tenants:  tenants.All, TenantOf: tenants.Of})
+	disc.Subscribe(ep.Update)
+	dctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go disc.Run(dctx)
+
+	get := func(ns, metric string) (float64, error) {
+		list, err := ep.GetExternalMetric(ctx, ns, labels.Everything(), provider.ExternalMetricInfo{Metric: metric})
+		if err != nil {
+			return 0, err
+		}
+		if len(list.Items) != 1 {
+			return 0, fmt.Errorf("%d values", len(list.Items))
+		}
+		return list.Items[0].Value.AsApproximateFloat64(), nil
+	}
+	direct, err := promclient.New(promclient.Config{URL: prom.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var shop, other, all float64
+	var lastErr error
+	if err := wait.PollUntilContextTimeout(ctx, time.Second, 90*time.Second, false, func(context.Context) (bool, error) {
+		if shop, lastErr = get("shop", "every_namespace_rps"); lastErr != nil {
+			return false, nil
+		}
+		if other, lastErr = get("other", "every_namespace_rps"); lastErr != nil {
+			return false, nil
+		}
+		v, err := direct.Query(ctx, `sum(rate(app_requests_total{endpoint="/"}[10s]))`)
+		if lastErr = err; err != nil || len(v) != 1 {
+			return false, nil
+		}
+		all = float64(v[0].Value)
+		return within(shop, offered["shop"]) && within(other, offered["other"]) && within(all, offered["shop"]+offered["other"]), nil
+	}); err != nil {
+		t.Fatalf("every_namespace_rps: shop %.1f (want %v), other %.1f (want %v); the same PromQL on Prometheus itself %.1f (want %v): %v",
+			shop, offered["shop"], other, offered["other"], all, offered["shop"]+offered["other"], lastErr)
+	}
+	t.Logf("one PromQL over every namespace: %.1f req/s on Prometheus itself; through prom-label-proxy as shop %.1f, as other %.1f", all, shop, other)
+
+	// The rule naming another namespace: the proxy refuses it (it would
+	// not replace a matcher the query gives), and the adapter serves the
+	// error, not other's rate.
+	if v, err := get("shop", "others_rps"); err == nil || !strings.Contains(err.Error(), "namespace") {
+		t.Errorf("others_rps as shop: %.1f, %v; want an error from the proxy, not another namespace's number", v, err)
+	} else {
+		t.Logf("others_rps as shop: %v", err)
+	}
+	if v, err := get("other", "others_rps"); err != nil || !within(v, offered["other"]) {
+		t.Errorf("others_rps as other (its own namespace): %.1f, %v; want about %v", v, err, offered["other"])
+	}
+	// empty's listing (as empty) has no series: no metric there. A
+	// namespace the cluster does not have is a 404 before anything is sent.
+	if _, err := get("empty", "every_namespace_rps"); !apierrors.IsNotFound(err) {
+		t.Errorf("every_namespace_rps in empty, whose tenant has no series: %v, want 404", err)
+	}
+	if _, err := get("ghost", "every_namespace_rps"); !apierrors.IsNotFound(err) {
+		t.Errorf("every_namespace_rps in a namespace that does not exist: %v, want 404", err)
+	}
+}
