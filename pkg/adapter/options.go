@@ -57,6 +57,7 @@ type Options struct {
 	PrometheusAuthConfig       string
 	PrometheusAuthInCluster    bool
 	PrometheusMaxQueryLength   int
+	PrometheusOnWarning        string
 	MetricsRelistInterval      time.Duration
 	MetricsMaxAge              time.Duration
 	DiscoveryTimeout           time.Duration
@@ -103,6 +104,7 @@ func NewOptions() *Options {
 		PrometheusURL:              "http://prometheus.monitoring.svc:9090",
 		PrometheusVerb:             http.MethodPost,
 		PrometheusTimeout:          5 * time.Second,
+		PrometheusOnWarning:        string(promclient.RefuseWarnings),
 		MetricsRelistInterval:      time.Minute,
 		DiscoveryTimeout:           30 * time.Second,
 		MaxConcurrentObjectQueries: 8,
@@ -155,6 +157,10 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 		"The longest query the store takes, in bytes; 0: no limit. A query for many objects that is longer is sent in parts, each within it, "+
 			"with the same values (VictoriaMetrics refuses queries over its -search.maxQueryLen, 16384 by default; with --prometheus-verb=GET, "+
 			"proxies refuse URLs over about 8 KiB). A longer query that cannot be split is refused before it is sent.")
+	prom.StringVar(&o.PrometheusOnWarning, "prometheus-on-warning", o.PrometheusOnWarning,
+		"What to do with an answer that carries warnings or is flagged partial (Thanos' and Cortex's or Mimir's partial answers, VictoriaMetrics' isPartial, "+
+			"PromQL warnings): refuse (503 naming the warning: a sum over part of the data under-scales) or serve. Info-level annotations are always served. "+
+			"Either way they are counted (custom_metrics_adapter_prometheus_answer_annotations_total) and explain shows them.")
 	prom.BoolVar(&o.PrometheusAuthInCluster, "prometheus-auth-incluster", o.PrometheusAuthInCluster,
 		"Reach Prometheus with the pod's service account credentials (prometheus-adapter compatible). Excludes --prometheus-auth-config.")
 
@@ -268,6 +274,9 @@ func (o *Options) Validate() []error {
 	}
 	if o.PrometheusMaxQueryLength < 0 {
 		errs = append(errs, fmt.Errorf("--prometheus-max-query-length must not be negative, got %d", o.PrometheusMaxQueryLength))
+	}
+	if w := promclient.OnWarning(o.PrometheusOnWarning); w != promclient.RefuseWarnings && w != promclient.ServeWarnings {
+		errs = append(errs, fmt.Errorf("--prometheus-on-warning must be %s or %s, got %q", promclient.RefuseWarnings, promclient.ServeWarnings, o.PrometheusOnWarning))
 	}
 	if o.PrometheusTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--prometheus-timeout must be positive, got %v", o.PrometheusTimeout))
@@ -415,7 +424,7 @@ func (o *Options) PrometheusClientConfig() (promclient.Config, error) {
 func (o *Options) DefaultBackend() config.Backend {
 	b := config.Backend{
 		Name: config.DefaultBackend, URL: o.PrometheusURL, Verb: o.PrometheusVerb, Timeout: model.Duration(o.PrometheusTimeout),
-		MaxQueryLength: o.PrometheusMaxQueryLength,
+		MaxQueryLength: o.PrometheusMaxQueryLength, OnWarning: o.PrometheusOnWarning,
 		TLS: config.BackendTLS{CAFile: o.PrometheusCAFile, CertFile: o.PrometheusClientCertFile, KeyFile: o.PrometheusClientKeyFile,
 			InsecureSkipVerify: o.PrometheusInsecureSkipTLS},
 		Auth: config.BackendAuth{BearerTokenFile: o.PrometheusTokenFile, Kubeconfig: o.PrometheusAuthConfig, InCluster: o.PrometheusAuthInCluster},

@@ -234,7 +234,14 @@ func ClientConfig(b config.Backend) (promclient.Config, error) {
 	if b.MaxQueryLength < 0 {
 		return promclient.Config{}, fmt.Errorf("maxQueryLength must not be negative, got %d", b.MaxQueryLength)
 	}
-	return promclient.Config{URL: b.URL, RoundTripper: rt, Method: promclient.Method(verb), Timeout: timeout, MaxQueryLength: b.MaxQueryLength}, nil
+	onWarning := promclient.OnWarning(b.OnWarning)
+	switch onWarning {
+	case "", promclient.RefuseWarnings, promclient.ServeWarnings:
+	default:
+		return promclient.Config{}, fmt.Errorf("onWarning must be %s (the default) or %s, got %q", promclient.RefuseWarnings, promclient.ServeWarnings, b.OnWarning)
+	}
+	return promclient.Config{URL: b.URL, RoundTripper: rt, Method: promclient.Method(verb), Timeout: timeout, MaxQueryLength: b.MaxQueryLength,
+		OnWarning: onWarning}, nil
 }
 
 // redact is u with any password replaced by "xxxxx".

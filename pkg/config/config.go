@@ -97,6 +97,12 @@ type Backend struct {
 	// Tenant, when set, sends every query and listing as the tenant of
 	// the request's namespace (a tenant per namespace).
 	Tenant *BackendTenant `yaml:"tenant,omitempty"`
+	// OnWarning is what to do with an answer that carries warnings or is
+	// flagged partial (Thanos' and Cortex's or Mimir's partial answers,
+	// VictoriaMetrics' isPartial, Prometheus' PromQL warnings): refuse
+	// (the default: 503 naming the warning, as a sum over part of the
+	// data under-scales) or serve. Info-level annotations are served.
+	OnWarning string `yaml:"onWarning,omitempty"`
 }
 
 // BackendTenant sets a store's tenant from the request's namespace: in a

@@ -496,6 +496,9 @@ func (r *Report) Write(w io.Writer) error {
 					age(r.At, s.Timestamp))
 			}
 		}
+		if q.Annotations != "" {
+			ew.printf("  Annotations: %s\n", q.Annotations)
+		}
 		if q.Zeroed > 0 {
 			ew.printf("  emptyIsZero: %d values without series answered 0\n", q.Zeroed)
 		}

@@ -14,6 +14,7 @@
 package metrics
 
 import (
+	"errors"
 	"slices"
 	"sync"
 	"time"
@@ -42,6 +43,9 @@ const (
 	OutcomeUnavailable = "unavailable"
 	OutcomeBadQuery    = "bad-query"
 	OutcomeCanceled    = "canceled"
+	// OutcomeWarnings is an answer refused for its warnings (a backend's
+	// onWarning: refuse).
+	OutcomeWarnings = "warnings"
 )
 
 var outcomes = []string{OutcomeOK, OutcomeNoData, OutcomeTimeout, OutcomeUnavailable, OutcomeBadQuery, OutcomeCanceled}
@@ -213,6 +217,14 @@ var (
 		StabilityLevel: basemetrics.ALPHA,
 	}, []string{"backend", "tenant", "outcome"})
 
+	answerAnnotations = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
+		Namespace:      Namespace,
+		Subsystem:      "prometheus",
+		Name:           "answer_annotations_total",
+		Help:           "Answers that carried warnings, a partial flag or infos, by backend, kind (warning, partial, info) and outcome (served, refused: a backend's onWarning refuses answers with warnings or flagged partial).",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"backend", "kind", "outcome"})
+
 	tenantRefused = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
 		Namespace:      Namespace,
 		Subsystem:      "prometheus",
@@ -230,7 +242,7 @@ var (
 	}, []string{"backend", "state"})
 
 	all = []basemetrics.Registerable{
-		tenantQueries, tenantRefused, discoveryTenants,
+		tenantQueries, tenantRefused, discoveryTenants, answerAnnotations,
 		queryDuration, discoveryDuration, discoveryLastSuccess, discoveredMetrics,
 		reloadSuccessful, reloadLastSuccess, reloads, resolvedObjects, rulesLeftOut, zeroed,
 		forwarded, forwardDuration, upstreamDiscovered, teamQueriesLimited, teamRules, teamCompileTimeouts, seriesDropped, statusWriter, statusWrites,
@@ -285,6 +297,10 @@ func Outcome(samples int, err error) string {
 		}
 		return OutcomeOK
 	}
+	var warned *promclient.WarningsError
+	if errors.As(err, &warned) {
+		return OutcomeWarnings
+	}
 	switch promclient.Classify(err) {
 	case promclient.Canceled:
 		return OutcomeCanceled
@@ -307,6 +323,29 @@ func ObserveQuery(api, rule, backend string, start time.Time, samples int, err e
 // ObserveTenantQuery records a query sent as tenant to backend.
 func ObserveTenantQuery(backend, tenant string, samples int, err error) {
 	tenantQueries.WithLabelValues(backendLabel(backend), tenant, Outcome(samples, err)).Inc()
+}
+
+// ObserveAnnotations records what a store said about an answer beside its
+// values, by backend, kind (warning, partial, info) and whether the answer
+// was served or refused for it (err).
+func ObserveAnnotations(backend string, ann promclient.Annotations, err error) {
+	if ann.Empty() {
+		return
+	}
+	outcome := "served"
+	if err != nil {
+		outcome = "refused"
+	}
+	b := backendLabel(backend)
+	if len(ann.Warnings) > 0 {
+		answerAnnotations.WithLabelValues(b, "warning", outcome).Inc()
+	}
+	if ann.Partial {
+		answerAnnotations.WithLabelValues(b, "partial", outcome).Inc()
+	}
+	if len(ann.Infos) > 0 {
+		answerAnnotations.WithLabelValues(b, "info", outcome).Inc()
+	}
 }
 
 // ObserveTenantRefused records a request refused for want of a tenant on

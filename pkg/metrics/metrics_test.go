@@ -13,6 +13,8 @@ import (
 
 	basemetrics "k8s.io/component-base/metrics"
 	cbtestutil "k8s.io/component-base/metrics/testutil"
+
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
 )
 
 type sizes map[string]int
@@ -144,5 +146,34 @@ func TestOutcome(t *testing.T) {
 		if got := Outcome(tc.samples, tc.err); got != tc.want {
 			t.Errorf("Outcome(%d, %v) = %s, want %s", tc.samples, tc.err, got, tc.want)
 		}
+	}
+}
+
+// An answer's annotations are counted by kind and by whether the answer
+// was served or refused for them; a refused one is the warnings outcome of
+// its query, not "unavailable".
+func TestObserveAnnotations(t *testing.T) {
+	reg := basemetrics.NewKubeRegistry()
+	RegisterOn(reg, nil)
+	doubtful := promclient.Annotations{Warnings: []string{"No StoreAPIs matched for this query"}, Partial: true}
+	refused := &promclient.QueryError{Expr: "sum(x)", Err: &promclient.WarningsError{Annotations: doubtful}}
+	ObserveAnnotations("thanos", doubtful, refused)
+	ObserveAnnotations("thanos", doubtful, nil)
+	ObserveAnnotations("", promclient.Annotations{Infos: []string{"PromQL info: metric might not be a counter"}}, nil)
+	ObserveAnnotations("", promclient.Annotations{}, nil)
+	want := `
+# HELP custom_metrics_adapter_prometheus_answer_annotations_total [ALPHA] Answers that carried warnings, a partial flag or infos, by backend, kind (warning, partial, info) and outcome (served, refused: a backend's onWarning refuses answers with warnings or flagged partial).
+# TYPE custom_metrics_adapter_prometheus_answer_annotations_total counter
+custom_metrics_adapter_prometheus_answer_annotations_total{backend="default",kind="info",outcome="served"} 1
+custom_metrics_adapter_prometheus_answer_annotations_total{backend="thanos",kind="partial",outcome="refused"} 1
+custom_metrics_adapter_prometheus_answer_annotations_total{backend="thanos",kind="partial",outcome="served"} 1
+custom_metrics_adapter_prometheus_answer_annotations_total{backend="thanos",kind="warning",outcome="refused"} 1
+custom_metrics_adapter_prometheus_answer_annotations_total{backend="thanos",kind="warning",outcome="served"} 1
+`
+	if err := cbtestutil.GatherAndCompare(reg, strings.NewReader(want), "custom_metrics_adapter_prometheus_answer_annotations_total"); err != nil {
+		t.Error(err)
+	}
+	if got := Outcome(0, refused); got != OutcomeWarnings {
+		t.Errorf("outcome of a refused answer: %s, want %s", got, OutcomeWarnings)
 	}
 }

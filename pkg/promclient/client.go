@@ -6,6 +6,11 @@
 // answer read within a bound.
 //
 // A failure is a QueryError naming the query, and Classify tells its Kind.
+// The Client is an AnnotatedQuerier too: it returns what the store said
+// beside the values (Annotations: warnings, infos, a partial flag), and by
+// default (OnWarning) refuses an answer with warnings or flagged partial
+// as a WarningsError. Requests carry the tenant of WithTenant when the
+// store takes one.
 //
 // It returns errors that keep their cause (context.DeadlineExceeded,
 // *v1.Error with Prometheus' error type, transport errors) so callers can
@@ -76,6 +81,9 @@ type Config struct {
 	// tenant of each request (WithTenant) in that header or URL
 	// parameter; a request without a tenant is refused before it is sent.
 	TenantHeader, TenantParam string
+	// OnWarning is what to do with an answer that carries warnings or is
+	// flagged partial: RefuseWarnings (the default, "") or ServeWarnings.
+	OnWarning OnWarning
 }
 
 // Client implements Querier and SeriesLister over Prometheus' HTTP API.
@@ -84,6 +92,7 @@ type Client struct {
 	api       v1.API
 	timeout   time.Duration
 	maxLength int
+	onWarning OnWarning
 	flight    singleflight.Group
 }
 
@@ -92,8 +101,8 @@ type Client struct {
 func (c *Client) MaxQueryLength() int { return c.maxLength }
 
 var (
-	_ Querier      = (*Client)(nil)
-	_ SeriesLister = (*Client)(nil)
+	_ AnnotatedQuerier = (*Client)(nil)
+	_ SeriesLister     = (*Client)(nil)
 )
 
 // New returns a Client for cfg.
@@ -136,13 +145,35 @@ func New(cfg Config) (*Client, error) {
 	if cfg.MaxQueryLength < 0 {
 		return nil, fmt.Errorf("the longest query must not be negative, got %d", cfg.MaxQueryLength)
 	}
-	return &Client{client: c, api: v1.NewAPI(c), timeout: timeout, maxLength: cfg.MaxQueryLength}, nil
+	onWarning := cfg.OnWarning
+	switch onWarning {
+	case "":
+		onWarning = RefuseWarnings
+	case RefuseWarnings, ServeWarnings:
+	default:
+		return nil, fmt.Errorf("onWarning %q: must be %s or %s", cfg.OnWarning, RefuseWarnings, ServeWarnings)
+	}
+	return &Client{client: c, api: v1.NewAPI(c), timeout: timeout, maxLength: cfg.MaxQueryLength, onWarning: onWarning}, nil
 }
 
-// Query implements Querier. Concurrent calls with the same expr share one
-// request to Prometheus; each caller still waits no longer than its own
-// context and the client's timeout allow.
+// Query implements Querier: QueryAnnotated without the annotations.
 func (c *Client) Query(ctx context.Context, expr string) (model.Vector, error) {
+	vec, _, err := c.QueryAnnotated(ctx, expr)
+	return vec, err
+}
+
+// answer is one query's values and what the store said beside them.
+type answer struct {
+	vec model.Vector
+	ann Annotations
+}
+
+// QueryAnnotated implements AnnotatedQuerier. Concurrent calls with the
+// same expr (and tenant) share one request to Prometheus; each caller still
+// waits no longer than its own context and the client's timeout allow. An
+// answer with warnings or flagged partial is a WarningsError unless the
+// client serves such answers (OnWarning).
+func (c *Client) QueryAnnotated(ctx context.Context, expr string) (model.Vector, Annotations, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 
@@ -157,50 +188,54 @@ func (c *Client) Query(ctx context.Context, expr string) (model.Vector, error) {
 		qctx, qcancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
 		defer qcancel()
 		start := time.Now()
-		vec, warnings, err := c.query(qctx, expr)
+		vec, ann, err := c.query(qctx, expr)
 		klog.V(4).InfoS("Prometheus query done", "expr", expr, "tenant", TenantFrom(ctx), "duration", time.Since(start), "err", err)
-		if len(warnings) > 0 {
-			klog.V(2).InfoS("Prometheus query returned warnings", "expr", ShortQuery(expr), "warnings", warnings)
+		if !ann.Empty() {
+			klog.V(2).InfoS("Prometheus answer carries annotations", "expr", ShortQuery(expr), "tenant", TenantFrom(ctx), "annotations", ann.String())
 		}
-		return vec, err
+		return answer{vec, ann}, err
 	})
 	select {
 	case r := <-ch:
+		a, _ := r.Val.(answer)
 		if r.Err != nil {
-			return nil, &QueryError{Expr: expr, Err: normalize(r.Err)}
+			return nil, a.ann, &QueryError{Expr: expr, Err: normalize(r.Err)}
 		}
-		return r.Val.(model.Vector), nil
+		if a.ann.Doubtful() && c.onWarning != ServeWarnings {
+			return nil, a.ann, &QueryError{Expr: expr, Err: &WarningsError{Annotations: a.ann}}
+		}
+		return a.vec, a.ann, nil
 	case <-ctx.Done():
-		return nil, &QueryError{Expr: expr, Err: ctx.Err()}
+		return nil, Annotations{}, &QueryError{Expr: expr, Err: ctx.Err()}
 	}
 }
 
 // query POSTs an instant query at Prometheus' current time and decodes
 // the answer with decodeQuery.
-func (c *Client) query(ctx context.Context, expr string) (model.Vector, []string, error) {
+func (c *Client) query(ctx context.Context, expr string) (model.Vector, Annotations, error) {
 	u := c.client.URL("/api/v1/query", nil)
 	body := url.Values{"query": {expr}}.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), strings.NewReader(body))
 	if err != nil {
-		return nil, nil, err
+		return nil, Annotations{}, err
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	resp, data, err := c.client.Do(ctx, req)
 	if err != nil {
-		return nil, nil, err
+		return nil, Annotations{}, err
 	}
-	vec, warnings, err := decodeQuery(data)
+	vec, ann, err := decodeQuery(data)
 	var apiErr *v1.Error
 	switch {
 	case resp.StatusCode/100 == 2:
-		return vec, warnings, err
+		return vec, ann, err
 	case errors.As(err, &apiErr) && apiErr.Type != v1.ErrBadResponse:
 		// Prometheus' own error answer, with its type and message.
-		return nil, warnings, err
+		return nil, ann, err
 	case resp.StatusCode/100 == 5:
-		return nil, warnings, &v1.Error{Type: v1.ErrServer, Msg: fmt.Sprintf("server error: %d", resp.StatusCode), Detail: string(data)}
+		return nil, ann, &v1.Error{Type: v1.ErrServer, Msg: fmt.Sprintf("server error: %d", resp.StatusCode), Detail: string(data)}
 	default:
-		return nil, warnings, &v1.Error{Type: v1.ErrClient, Msg: fmt.Sprintf("client error: %d", resp.StatusCode), Detail: string(data)}
+		return nil, ann, &v1.Error{Type: v1.ErrClient, Msg: fmt.Sprintf("client error: %d", resp.StatusCode), Detail: string(data)}
 	}
 }
 

@@ -14,7 +14,9 @@ import (
 
 // decodeQuery parses the body of a /api/v1/query answer whose result must
 // be an instant vector: {"status":"success","data":{"resultType":"vector",
-// "result":[{"metric":{...},"value":[ts,"v"]},...]},"warnings":[...]}.
+// "result":[{"metric":{...},"value":[ts,"v"]},...]},"warnings":[...],
+// "infos":[...]}, and VictoriaMetrics' "isPartial":true, into its
+// Annotations.
 //
 // It is a small hand-written parser for this one shape, because a vector
 // of thousands of samples is the adapter's hot path, and client_golang's
@@ -22,16 +24,16 @@ import (
 // took a third of the adapter's CPU at 200 samples per answer. It accepts
 // what encoding/json accepts for this shape, ignores unknown keys, and
 // returns a *v1.Error of type bad_response for anything else.
-func decodeQuery(body []byte) (model.Vector, []string, error) {
+func decodeQuery(body []byte) (model.Vector, Annotations, error) {
 	d := decoder{buf: body}
 	var (
 		status, errorType, errMsg, resultType string
 		vec                                   model.Vector
 		haveResult                            bool
-		warnings                              []string
+		ann                                   Annotations
 	)
 	err := d.object(func(key []byte) error {
-		switch fieldName(key, "status", "errorType", "error", "warnings", "data") {
+		switch name := fieldName(key, "status", "errorType", "error", "warnings", "infos", "isPartial", "data"); name {
 		case "status":
 			s, err := d.string()
 			status = s
@@ -44,12 +46,17 @@ func decodeQuery(body []byte) (model.Vector, []string, error) {
 			s, err := d.string()
 			errMsg = s
 			return err
-		case "warnings":
+		case "warnings", "infos":
+			info := name == "infos"
 			return d.array(func() error {
 				s, err := d.string()
-				warnings = append(warnings, s)
+				ann.add(s, info)
 				return err
 			})
+		case "isPartial":
+			b, err := d.boolean()
+			ann.Partial = ann.Partial || b
+			return err
 		case "data":
 			return d.object(func(key []byte) error {
 				switch fieldName(key, "resultType", "result") {
@@ -80,22 +87,22 @@ func decodeQuery(body []byte) (model.Vector, []string, error) {
 		}
 	}
 	if err != nil {
-		return nil, nil, &v1.Error{Type: v1.ErrBadResponse, Msg: err.Error()}
+		return nil, Annotations{}, &v1.Error{Type: v1.ErrBadResponse, Msg: err.Error()}
 	}
 	switch {
 	case status == "error":
-		return nil, warnings, &v1.Error{Type: v1.ErrorType(errorType), Msg: errMsg}
+		return nil, ann, &v1.Error{Type: v1.ErrorType(errorType), Msg: errMsg}
 	case status != "success":
-		return nil, warnings, &v1.Error{Type: v1.ErrBadResponse, Msg: fmt.Sprintf("answer with status %q", status)}
+		return nil, ann, &v1.Error{Type: v1.ErrBadResponse, Msg: fmt.Sprintf("answer with status %q", status)}
 	case resultType != "vector":
-		return nil, warnings, &v1.Error{Type: v1.ErrBadResponse, Msg: fmt.Sprintf("query returned a %s, not an instant vector", resultType)}
+		return nil, ann, &v1.Error{Type: v1.ErrBadResponse, Msg: fmt.Sprintf("query returned a %s, not an instant vector", resultType)}
 	case !haveResult:
-		return nil, warnings, &v1.Error{Type: v1.ErrBadResponse, Msg: "answer without a result"}
+		return nil, ann, &v1.Error{Type: v1.ErrBadResponse, Msg: "answer without a result"}
 	}
 	if vec == nil {
 		vec = model.Vector{}
 	}
-	return vec, warnings, nil
+	return vec, ann, nil
 }
 
 // fieldName returns the name in names that key matches as encoding/json
@@ -232,6 +239,18 @@ func (d *decoder) array(elem func() error) error {
 			return d.errorf("want ',' or ']' in an array")
 		}
 	}
+}
+
+// boolean decodes true, false or null (false).
+func (d *decoder) boolean() (bool, error) {
+	d.space()
+	for _, lit := range []string{"true", "false", "null"} {
+		if len(d.buf)-d.i >= len(lit) && string(d.buf[d.i:d.i+len(lit)]) == lit {
+			d.i += len(lit)
+			return lit == "true", nil
+		}
+	}
+	return false, d.errorf("want true or false")
 }
 
 func (d *decoder) null() error {

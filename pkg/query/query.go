@@ -162,16 +162,18 @@ func Run(ctx context.Context, stores Stores, q Query) (Result, error) {
 		return Result{}, apierrors.NewInternalError(fmt.Errorf("%s: %w", q.Rule, err))
 	}
 	start := time.Now()
-	vec, err := prom.Query(ctx, expr)
+	vec, ann, err := query(ctx, prom, expr)
 	took := time.Since(start)
 	if timedOut := done(); timedOut != nil && err != nil {
 		err = fmt.Errorf("%w: %w", timedOut, err)
 	}
 	metrics.ObserveQuery(q.API, q.Rule, q.Backend, start, len(vec), err)
+	metrics.ObserveAnnotations(q.Backend, ann, err)
 	if tenant != "" {
 		metrics.ObserveTenantQuery(q.Backend, tenant, len(vec), err)
 	}
-	trace.From(ctx).Queried(trace.Query{Rule: q.Rule, Backend: q.Backend, Tenant: tenant, Expr: expr, Duration: took, Vector: vec, Err: err})
+	trace.From(ctx).Queried(trace.Query{Rule: q.Rule, Backend: q.Backend, Tenant: tenant, Expr: expr, Duration: took, Vector: vec, Err: err,
+		Annotations: ann.String()})
 	if err != nil {
 		q.Budgets.fail(q.Namespace, q.Rule, err)
 		return Result{Expr: expr}, apistatus.Query(err, q.What(), q.Rule)
@@ -180,6 +182,16 @@ func Run(ctx context.Context, stores Stores, q Query) (Result, error) {
 		klogV.InfoS("Query done", "api", q.API, "rule", q.Rule, "backend", q.Backend, "tenant", tenant, "what", q.What(), "series", len(vec), "duration", took, "expr", expr)
 	}
 	return Result{Expr: expr, Vector: vec}, nil
+}
+
+// query runs expr on prom, with what the store said beside the values
+// when prom tells it (promclient.AnnotatedQuerier).
+func query(ctx context.Context, prom promclient.Querier, expr string) (model.Vector, promclient.Annotations, error) {
+	if aq, ok := prom.(promclient.AnnotatedQuerier); ok {
+		return aq.QueryAnnotated(ctx, expr)
+	}
+	vec, err := prom.Query(ctx, expr)
+	return vec, promclient.Annotations{}, err
 }
 
 // maxQueryLength is the longest query prom's store takes (0: no limit).

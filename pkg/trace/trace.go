@@ -46,6 +46,9 @@ type Query struct {
 	// Zeroed is how many values the rule's emptyIsZero answered 0 for
 	// want of series.
 	Zeroed int
+	// Annotations are the store's warnings, partial flag and infos on
+	// the answer, in a line ("" when it said nothing).
+	Annotations string
 }
 
 type traceKey struct{}

@@ -4,23 +4,17 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/internal/loadgen"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/backends"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/config"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/discovery"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/externalmetrics"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
-	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
 )
 
@@ -37,29 +31,9 @@ func TestPromLabelProxyPinsEachNamespace(t *testing.T) {
 	g, dir := serversGroup(t, "prometheus", "prom-label-proxy")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	appBin, err := localstack.Build(ctx, dir, "./app", "app")
-	if err != nil {
-		t.Fatal(err)
-	}
 	offered := map[string]float64{"shop": 20, "other": 5}
-	targets := ""
-	for ns := range offered {
-		app, err := localstack.StartApp(ctx, g, dir, "app-"+ns, appBin, "127.0.0.1", "--default-cpu=1ms")
-		if err != nil {
-			t.Fatal(err)
-		}
-		targets += fmt.Sprintf("  - targets: [%q]\n    labels: {namespace: %s, pod: app-%s}\n", strings.TrimPrefix(app.URL, "http://"), ns, ns)
-		go func() {
-			_ = loadgen.Run(ctx, loadgen.Config{Targets: func() []string { return []string{app.URL} }, Path: "/",
-				Rate: loadgen.Constant(offered[ns]), Duration: 3 * time.Minute}, &loadgen.Stats{})
-		}()
-	}
-	prom, err := localstack.StartPrometheus(ctx, g, filepath.Join(dir, "prometheus"), `global:
-  scrape_interval: 1s
-scrape_configs:
-- job_name: app
-  static_configs:
-`+targets)
+	targets := loadedApps(ctx, t, g, dir, offered)
+	prom, err := localstack.StartPrometheus(ctx, g, filepath.Join(dir, "prometheus"), scrapeConfig(targets["shop"], targets["other"]))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +42,18 @@ scrape_configs:
 		t.Fatal(err)
 	}
 
-	set, err := rules.Parse([]byte(fmt.Sprintf(`backends:
+	// The cluster's namespaces: empty has no series anywhere.
+	namespaces := []backends.Namespace{{Name: "shop"}, {Name: "other"}, {Name: "empty"}}
+	tenants := &backends.Tenants{
+		Namespace: func(_ context.Context, name string) (backends.Namespace, error) {
+			if i := slices.IndexFunc(namespaces, func(ns backends.Namespace) bool { return ns.Name == name }); i >= 0 {
+				return namespaces[i], nil
+			}
+			return backends.Namespace{}, apierrors.NewNotFound(corev1.Resource("namespaces"), name)
+		},
+		List: func(context.Context) ([]backends.Namespace, error) { return namespaces, nil },
+	}
+	p := serveExternal(ctx, t, fmt.Sprintf(`backends:
 - name: pinned
   url: %s
   tenant: {queryParam: namespace}
@@ -83,48 +68,8 @@ externalRules:
   resources: {overrides: {namespace: {resource: namespace}}}
   name: {matches: ^app_requests_total$, as: others_rps}
   metricsQuery: sum(rate(<<.Series>>{namespace="other",endpoint="/"}[10s]))
-`, proxy.URL)), "labelproxy.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stores, err := backends.New(config.Backend{URL: "http://127.0.0.1:1", Timeout: 5e9}, set.Backends, set.BackendWhere)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The cluster's namespaces: empty has no series anywhere.
-	namespaces := []backends.Namespace{{Name: "shop"}, {Name: "other"}, {Name: "empty"}}
-	tenants := &backends.Tenants{
-		Stores: func() *backends.Set { return stores },
-		Namespace: func(_ context.Context, name string) (backends.Namespace, error) {
-			for _, ns := range namespaces {
-				if ns.Name == name {
-					return ns, nil
-				}
-			}
-			return backends.Namespace{}, apierrors.NewNotFound(corev1.Resource("namespaces"), name)
-		},
-		List: func(context.Context) ([]backends.Namespace, error) { return namespaces, nil },
-	}
-	named := func(name string) promclient.Querier { return stores.Querier(name) }
-	ep := externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: stores.Querier(""), Backends: named, Tenant: tenants.Of})
-	disc := discovery.New(discovery.Config{Queries: discovery.QueriesOf(set.External).File, Lister: stores.Store("").Client, Interval: time.Second,
-		Backends: func(name string) discovery.SeriesLister { return stores.Store(name).Client },
-		Tenants:  tenants.All, TenantOf: tenants.Of})
-	disc.Subscribe(ep.Update)
-	dctx, stop := context.WithCancel(ctx)
-	defer stop()
-	go disc.Run(dctx)
+`, proxy.URL), tenants)
 
-	get := func(ns, metric string) (float64, error) {
-		list, err := ep.GetExternalMetric(ctx, ns, labels.Everything(), provider.ExternalMetricInfo{Metric: metric})
-		if err != nil {
-			return 0, err
-		}
-		if len(list.Items) != 1 {
-			return 0, fmt.Errorf("%d values", len(list.Items))
-		}
-		return list.Items[0].Value.AsApproximateFloat64(), nil
-	}
 	direct, err := promclient.New(promclient.Config{URL: prom.URL})
 	if err != nil {
 		t.Fatal(err)
@@ -132,10 +77,10 @@ externalRules:
 	var shop, other, all float64
 	var lastErr error
 	if err := wait.PollUntilContextTimeout(ctx, time.Second, 90*time.Second, false, func(context.Context) (bool, error) {
-		if shop, lastErr = get("shop", "every_namespace_rps"); lastErr != nil {
+		if shop, _, lastErr = p.get(ctx, "shop", "every_namespace_rps"); lastErr != nil {
 			return false, nil
 		}
-		if other, lastErr = get("other", "every_namespace_rps"); lastErr != nil {
+		if other, _, lastErr = p.get(ctx, "other", "every_namespace_rps"); lastErr != nil {
 			return false, nil
 		}
 		v, err := direct.Query(ctx, `sum(rate(app_requests_total{endpoint="/"}[10s]))`)
@@ -153,20 +98,20 @@ externalRules:
 	// The rule naming another namespace: the proxy refuses it (it would
 	// not replace a matcher the query gives), and the adapter serves the
 	// error, not other's rate.
-	if v, err := get("shop", "others_rps"); err == nil || !strings.Contains(err.Error(), "namespace") {
+	if v, _, err := p.get(ctx, "shop", "others_rps"); err == nil || !strings.Contains(err.Error(), "namespace") {
 		t.Errorf("others_rps as shop: %.1f, %v; want an error from the proxy, not another namespace's number", v, err)
 	} else {
 		t.Logf("others_rps as shop: %v", err)
 	}
-	if v, err := get("other", "others_rps"); err != nil || !within(v, offered["other"]) {
+	if v, _, err := p.get(ctx, "other", "others_rps"); err != nil || !within(v, offered["other"]) {
 		t.Errorf("others_rps as other (its own namespace): %.1f, %v; want about %v", v, err, offered["other"])
 	}
 	// empty's listing (as empty) has no series: no metric there. A
 	// namespace the cluster does not have is a 404 before anything is sent.
-	if _, err := get("empty", "every_namespace_rps"); !apierrors.IsNotFound(err) {
+	if _, _, err := p.get(ctx, "empty", "every_namespace_rps"); !apierrors.IsNotFound(err) {
 		t.Errorf("every_namespace_rps in empty, whose tenant has no series: %v, want 404", err)
 	}
-	if _, err := get("ghost", "every_namespace_rps"); !apierrors.IsNotFound(err) {
+	if _, _, err := p.get(ctx, "ghost", "every_namespace_rps"); !apierrors.IsNotFound(err) {
 		t.Errorf("every_namespace_rps in a namespace that does not exist: %v, want 404", err)
 	}
 }

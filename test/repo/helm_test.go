@@ -739,3 +739,47 @@ func TestChartExistingRules(t *testing.T) {
 		t.Errorf("config volume %s does not mount my-rules", got)
 	}
 }
+
+// TestChartBackends: rules.backends becomes the rules file's backends
+// section as given, beside the built-in rules, and a rule naming one of
+// them compiles (the adapter's own parser and compiler); a backend without
+// a url is refused by the chart's schema.
+func TestChartBackends(t *testing.T) {
+	const text = `rules:
+  backends:
+  - name: mimir
+    url: http://mimir-query-frontend.mimir:8080/prometheus
+    tenant: {header: X-Scope-OrgID, template: '<<index .Labels "tenant">>'}
+    onWarning: refuse
+  - name: victoria
+    url: http://victoria-metrics.monitoring:8428
+    maxQueryLength: 16384
+  external:
+  - seriesQuery: 'queue_depth{namespace!=""}'
+    backend: mimir
+    resources: {overrides: {namespace: {resource: namespace}}}
+    metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>})
+`
+	values := filepath.Join(t.TempDir(), "backends.yaml")
+	if err := os.WriteFile(values, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var given map[string]any
+	if err := yaml.Unmarshal([]byte(text), &given); err != nil {
+		t.Fatal(err)
+	}
+	cfg := renderedConfig(t, renderChart(t, "--values", values))
+	backends, _ := cfg["backends"].([]any)
+	if len(backends) != 2 {
+		t.Fatalf("backends: %v, want the two of the values", cfg["backends"])
+	}
+	for _, d := range diffValues("backends", cfg["backends"], given["rules"].(map[string]any)["backends"]) {
+		t.Error(d)
+	}
+	if _, ok := cfg["rules"]; !ok {
+		t.Error("the built-in rules are gone with rules.backends set")
+	}
+	if err := renderChartError(t, "--set", "rules.backends[0].name=nowhere"); err == nil || !strings.Contains(err.Error(), "url") {
+		t.Errorf("a backend without url: %v, want the schema to refuse it", err)
+	}
+}

@@ -98,7 +98,7 @@ resourceRules.
 {{- define "custom-metrics-adapter.config" -}}
 {{- $r := .Values.rules }}
 {{- $builtIn := .Files.Get "files/config.yaml" }}
-{{- if and $r.default (not $r.custom) (not $r.external) (not $r.resource) }}
+{{- if and $r.default (not $r.custom) (not $r.external) (not $r.resource) (not $r.backends) }}
 {{- $builtIn }}
 {{- else }}
 {{- $cfg := dict }}
@@ -106,13 +106,14 @@ resourceRules.
 {{- $cfg = $builtIn | fromYaml }}
 {{- end }}
 {{- $out := dict }}
+{{- if $r.backends }}{{ $_ := set $out "backends" $r.backends }}{{ end }}
 {{- $rules := concat ($cfg.rules | default list) ($r.custom | default list) }}
 {{- if $rules }}{{ $_ := set $out "rules" $rules }}{{ end }}
 {{- $external := concat ($cfg.externalRules | default list) ($r.external | default list) }}
 {{- if $external }}{{ $_ := set $out "externalRules" $external }}{{ end }}
 {{- $resource := $r.resource | default $cfg.resourceRules }}
 {{- if $resource }}{{ $_ := set $out "resourceRules" $resource }}{{ end }}
-{{- if not $out }}
+{{- if not (omit $out "backends") }}
 {{- fail "rules: no rules at all: set rules.default, rules.custom, rules.external or rules.resource, or rules.existing" }}
 {{- end }}
 {{- toYaml $out }}
