@@ -51,7 +51,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/procfs"
 	"google.golang.org/protobuf/encoding/protowire"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -669,7 +668,7 @@ type side struct {
 // run runs the clients for the side's duration, each request from req(i),
 // and checks every answer holds want items.
 func (b *bench) run(ctx context.Context, req func(context.Context, int) (*http.Request, error), item []byte, want int) side {
-	adapter0, prom0, self0 := b.cpuSeconds(), cpuSeconds(b.s.Prometheus.Proc.PID()), cpuSeconds(os.Getpid())
+	adapter0, prom0, self0 := b.cpuSeconds(), localstack.CPUSeconds(b.s.Prometheus.Proc.PID()), localstack.CPUSeconds(os.Getpid())
 	var errs, wrong atomic.Int64
 	res := b.load(ctx, func(ctx context.Context, i int) error {
 		r, err := req(ctx, i)
@@ -681,8 +680,8 @@ func (b *bench) run(ctx context.Context, req func(context.Context, int) (*http.R
 	return side{
 		result:     res,
 		adapterCPU: b.cpuSeconds() - adapter0,
-		promCPU:    cpuSeconds(b.s.Prometheus.Proc.PID()) - prom0,
-		clientCPU:  cpuSeconds(os.Getpid()) - self0,
+		promCPU:    localstack.CPUSeconds(b.s.Prometheus.Proc.PID()) - prom0,
+		clientCPU:  localstack.CPUSeconds(os.Getpid()) - self0,
 		errs:       errs.Load(), wrong: wrong.Load(),
 	}
 }
@@ -866,19 +865,11 @@ func (b *bench) fetchProfile(ctx context.Context, path, file string) error {
 // stacks, what a container's memory limit cannot reclaim, unlike the
 // binary's own pages).
 func (b *bench) rss() int64 {
-	p, err := procfs.NewProc(b.pid)
-	if err != nil {
-		return 0
-	}
-	// VmRSS and RssAnon from /proc/<pid>/status, in bytes. The peaks are
-	// the highest values sampled here, not the kernel's VmHWM.
-	st, err := p.NewStatus()
-	if err != nil {
-		return 0
-	}
-	rss := int64(st.VmRSS)
+	// The peaks are the highest values sampled here, not the kernel's
+	// VmHWM.
+	rss, anon := localstack.Memory(b.pid)
 	raise(&b.peakRSS, rss)
-	raise(&b.peakAnon, int64(st.RssAnon))
+	raise(&b.peakAnon, anon)
 	return rss
 }
 
@@ -893,22 +884,7 @@ func raise(peak *atomic.Int64, v int64) {
 }
 
 // cpuSeconds is the adapter's user and system CPU time so far.
-func (b *bench) cpuSeconds() float64 { return cpuSeconds(b.pid) }
-
-// cpuSeconds is a process' user and system CPU time so far.
-func cpuSeconds(pid int) float64 {
-	p, err := procfs.NewProc(pid)
-	if err != nil {
-		return 0
-	}
-	// utime + stime from /proc/<pid>/stat, clock ticks turned into seconds
-	// at USER_HZ (100 on Linux).
-	st, err := p.Stat()
-	if err != nil {
-		return 0
-	}
-	return st.CPUTime()
-}
+func (b *bench) cpuSeconds() float64 { return localstack.CPUSeconds(b.pid) }
 
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
 

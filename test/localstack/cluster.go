@@ -34,6 +34,9 @@ type ClusterOptions struct {
 	// Controllers are kube-controller-manager's --controllers; nil runs
 	// DefaultControllers.
 	Controllers []string
+	// ControllerManagerArgs are extra kube-controller-manager flags
+	// (--kube-api-qps=..., for benchmarks).
+	ControllerManagerArgs []string
 }
 
 // DefaultControllers are the controllers the HPA demo needs.
@@ -55,8 +58,11 @@ type Cluster struct {
 	Admin           *rest.Config
 	Client          kubernetes.Interface
 	Procs           *Group
-	progress        io.Writer
-	started         time.Time
+	// ControllerManagerURL is kube-controller-manager's secure port
+	// (https://127.0.0.1:PORT), whose /metrics the admin credentials read.
+	ControllerManagerURL string
+	progress             io.Writer
+	started              time.Time
 }
 
 // StartCluster generates PKI and starts etcd, kube-apiserver (with the
@@ -199,7 +205,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	kcm, err := Start(opts.Dir, "kube-controller-manager", kcmBin, []string{
+	kcm, err := Start(opts.Dir, "kube-controller-manager", kcmBin, append([]string{
 		"--kubeconfig=" + kcmKubeconfig,
 		"--authentication-kubeconfig=" + kcmKubeconfig, "--authorization-kubeconfig=" + kcmKubeconfig,
 		"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(kcmPort), "--leader-elect=false",
@@ -211,7 +217,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 		// which RBAC does not let read deployments/scale.
 		"--use-service-account-credentials=true",
 		"--v=2",
-	})
+	}, opts.ControllerManagerArgs...))
 	if err != nil {
 		return nil, err
 	}
@@ -220,6 +226,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	if err := WaitHTTP(ctx, insecure, "https://127.0.0.1:"+strconv.Itoa(kcmPort)+"/healthz", 60*time.Second, kcm); err != nil {
 		return nil, fmt.Errorf("kube-controller-manager: %w", err)
 	}
+	c.ControllerManagerURL = "https://127.0.0.1:" + strconv.Itoa(kcmPort)
 	c.step("kube-controller-manager healthy")
 	ok = true
 	return c, nil
