@@ -298,15 +298,8 @@ func createPods(ctx context.Context, s *localstack.Stack, sizes []int) error {
 	total := 0
 	for _, n := range sizes {
 		ns := namespaceFor(n)
-		if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		if err := localstack.CreateNamespace(ctx, client, ns); err != nil {
 			return err
-		}
-		// Pod admission needs the namespace's default ServiceAccount.
-		if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-			_, err := client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
-			return err == nil, nil
-		}); err != nil {
-			return fmt.Errorf("no default ServiceAccount in %s: %w", ns, err)
 		}
 		work := make(chan int)
 		var firstErr error

@@ -192,6 +192,7 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 			MaxConcurrentObjectQueries: o.MaxConcurrentObjectQueries,
 			Upstream:                   c.upstreamList(upstream.CustomGroup),
 			Budgets:                    c.budgets,
+			SharedQueryMaxAge:          o.SharedQueryMaxAge,
 		})
 		c.apis = append(c.apis, "custom.metrics.k8s.io")
 	}

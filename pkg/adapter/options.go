@@ -62,6 +62,7 @@ type Options struct {
 	MetricsMaxAge              time.Duration
 	DiscoveryTimeout           time.Duration
 	MaxConcurrentObjectQueries int
+	SharedQueryMaxAge          time.Duration
 	EnableCustomMetrics        bool
 	EnableExternalMetrics      bool
 	EnableResourceMetrics      bool
@@ -184,6 +185,11 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 		"Deadline for one round of series listings, and so for each listing: the distinct seriesQuery selectors are listed side by side (four at a time), and one that fails keeps the series of its last good listing. Listing series is slower than a query on large Prometheus servers.")
 	rules.IntVar(&o.MaxConcurrentObjectQueries, "max-concurrent-object-queries", o.MaxConcurrentObjectQueries,
 		"For a label-selector request over objects served through their pods (e.g. deployments.apps/*), how many objects are queried at once.")
+	rules.DurationVar(&o.SharedQueryMaxAge, "shared-query-max-age", o.SharedQueryMaxAge,
+		"When positive, the requests about one custom metrics rule of the rules file, one namespace and one metric selector (every HPA of a namespace on requests-per-second) "+
+			"are answered from one query covering every object asked for recently, refreshed in the background every half of this age; no answer is older than it "+
+			"(past it a request queries Prometheus itself). Only rules whose value for an object comes from that object's series alone share (checked with Prometheus' parser: "+
+			"not topk, a ratio to a total, scalar()). 0 (the default): every request queries. See docs/performance.md, \"A fleet of HPAs\".")
 	rules.BoolVar(&o.MetricRules, "metric-rules", o.MetricRules,
 		"Serve the MetricRule objects (rules.custom-metrics-adapter.io/v1alpha1; install manifests/metric-rules) teams write in their namespaces, after the rules file's rules: "+
 			"each serves its metrics in its own namespace only, and every selector of its PromQL is rewritten to read that namespace's series only. "+
@@ -313,6 +319,9 @@ func (o *Options) Validate() []error {
 		if o.UpstreamTimeout <= 0 || o.UpstreamDiscoveryInterval <= 0 {
 			errs = append(errs, fmt.Errorf("--upstream-timeout and --upstream-discovery-interval must be positive, got %v and %v", o.UpstreamTimeout, o.UpstreamDiscoveryInterval))
 		}
+	}
+	if o.SharedQueryMaxAge < 0 {
+		errs = append(errs, fmt.Errorf("--shared-query-max-age must not be negative, got %v", o.SharedQueryMaxAge))
 	}
 	if o.MaxConcurrentObjectQueries < 1 {
 		errs = append(errs, fmt.Errorf("--max-concurrent-object-queries must be at least 1, got %d", o.MaxConcurrentObjectQueries))

@@ -37,21 +37,24 @@ func (p *Provider) queryObjects(ctx context.Context, r *request, namespace strin
 	// of their parts: a store with a tenant per namespace gets one query
 	// per tenant, one with a query length limit queries that fit
 	// (query.RunMany).
-	m := query.Many{N: len(labelValues), Query: func(ids []int) query.Query {
-		var matchers []promql.Matcher
-		if r.Value.namespaced {
-			matchers = append(matchers, promql.Equals(r.Value.namespaceLabel, r.Rule.ToLabelValue(namespace)))
-		}
-		matchers = append(matchers, promql.OneOf(r.Value.label, query.Pick(labelValues, ids)))
-		matchers = append(matchers, r.matchers...)
-		return r.query(matchers, []string{r.Value.label}).In(namespace)
-	}}
+	many := func(values []string) query.Many {
+		return query.Many{N: len(values), Query: func(ids []int) query.Query {
+			var matchers []promql.Matcher
+			if r.Value.namespaced {
+				matchers = append(matchers, promql.Equals(r.Value.namespaceLabel, r.Rule.ToLabelValue(namespace)))
+			}
+			matchers = append(matchers, promql.OneOf(r.Value.label, query.Pick(values, ids)))
+			matchers = append(matchers, r.matchers...)
+			return r.query(matchers, []string{r.Value.label}).In(namespace)
+		}}
+	}
+	m := many(labelValues)
 	if r.info.GroupResource == rules.Namespaces {
 		// Each namespace is read as its own tenant.
 		m.NamespaceOf = func(i int) string { return names[i] }
 	}
 	q := m.Query(nil)
-	res, err := query.RunMany(ctx, p.stores, m)
+	res, err := p.run(ctx, r, namespace, m, many, labelValues)
 	if err != nil {
 		return nil, err
 	}
@@ -108,6 +111,28 @@ func (p *Provider) queryObjects(ctx context.Context, r *request, namespace strin
 	return out, nil
 }
 
+// run runs m, a query about the objects whose label has one of values:
+// from the query shared by the requests about the same rule, namespace and
+// metric selector when queries are shared and the rule can share, else
+// alone. many builds the query for other values. A team's rule, whose
+// queries its namespace's budget bounds, and the namespaces resource (a
+// tenant each) are not shared.
+func (p *Provider) run(ctx context.Context, r *request, namespace string, m query.Many, many func([]string) query.Many, values []string) (query.Result, error) {
+	if p.sharing != nil && r.Rule.Namespace() == "" && r.info.GroupResource != rules.Namespaces {
+		shape := query.Shape{
+			Key:   fmt.Sprintf("%p\x00%s\x00%s\x00%s\x00%s", r.Rule, r.Series, namespace, r.Value.label, promql.Join(r.matchers)),
+			Rule:  r.Rule.String(),
+			Label: r.Value.label,
+			Query: many,
+		}
+		s, ok, err := p.sharing.Answer(ctx, shape, values)
+		if ok || err != nil {
+			return s.Result, err
+		}
+	}
+	return query.RunMany(ctx, p.stores, m)
+}
+
 // objectViaPods serves one object by querying its pods' series, grouped by
 // namespace, so the rule's own aggregation (sum, avg, max...) applies
 // across the object's pods. Series the query leaves apart are added up.
@@ -121,12 +146,14 @@ func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, nam
 		klog.V(2).InfoS("Object has no pods", "resource", r.info.GroupResource.String(), "object", klog.KRef(namespace, name), "metric", r.info.Metric)
 		return nil, notFoundBecause(r.info, name, "it selects no pods")
 	}
-	matchers := []promql.Matcher{
-		promql.Equals(r.Value.namespaceLabel, r.Rule.ToLabelValue(namespace)),
-		promql.OneOf(r.Value.podLabel, podValues(r.Rule, pods)),
+	matchers := func(pods []string) []promql.Matcher {
+		ms := []promql.Matcher{
+			promql.Equals(r.Value.namespaceLabel, r.Rule.ToLabelValue(namespace)),
+			promql.OneOf(r.Value.podLabel, pods),
+		}
+		return append(ms, r.matchers...)
 	}
-	matchers = append(matchers, r.matchers...)
-	res, err := query.Run(ctx, p.stores, r.query(matchers, []string{r.Value.namespaceLabel}).In(namespace))
+	res, aggregation, err := p.viaPods(ctx, r, namespace, podValues(r.Rule, pods), matchers)
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +174,16 @@ func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, nam
 			klog.V(2).InfoS("A series of the object's pods is not a finite number", "rule", r.Rule.String(), "object", klog.KRef(namespace, name), "series", s.Metric.String(), "value", s.Value)
 			return nil, notFoundBecause(r.info, name, fmt.Sprintf("a series of its pods is %v", s.Value))
 		}
-		sum += v
+		switch {
+		case n == 0:
+			sum = v
+		case aggregation == "min":
+			sum = min(sum, v)
+		case aggregation == "max":
+			sum = max(sum, v)
+		default:
+			sum += v
+		}
 		ts = max(ts, s.Timestamp)
 		n++
 	}
@@ -160,6 +196,35 @@ func (p *Provider) objectViaPods(ctx context.Context, r *request, namespace, nam
 	}
 	v := r.value(namespace, name, ts, r.Rule.WindowSeconds(), q)
 	return &v, nil
+}
+
+// viaPods runs the query of an object's pods, whose label values are pods:
+// grouped by namespace alone, or, when queries are shared and the rule can
+// share, from the query of every pod asked for recently, grouped by
+// namespace and pod, with the aggregation that combines a pod set's series
+// (the rule's outermost: sum, min, max; count adds up). matchers are the
+// query's for a set of pods.
+func (p *Provider) viaPods(ctx context.Context, r *request, namespace string, pods []string, matchers func([]string) []promql.Matcher) (query.Result, string, error) {
+	if p.sharing != nil && r.Rule.Namespace() == "" {
+		byPod := []string{r.Value.namespaceLabel, r.Value.podLabel}
+		shape := query.Shape{
+			Key:   fmt.Sprintf("%p\x00%s\x00%s\x00pods\x00%s", r.Rule, r.Series, namespace, promql.Join(r.matchers)),
+			Rule:  r.Rule.String(),
+			Label: r.Value.podLabel,
+			Query: func(values []string) query.Many {
+				return query.Many{N: len(values), Query: func(ids []int) query.Query {
+					return r.query(matchers(query.Pick(values, ids)), byPod).In(namespace)
+				}}
+			},
+			Combined: true,
+		}
+		s, ok, err := p.sharing.Answer(ctx, shape, pods)
+		if ok || err != nil {
+			return s.Result, s.Aggregation, err
+		}
+	}
+	res, err := query.Run(ctx, p.stores, r.query(matchers(pods), []string{r.Value.namespaceLabel}).In(namespace))
+	return res, "", err
 }
 
 // query is the request's query for matchers, grouped by groupBy.

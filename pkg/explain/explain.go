@@ -326,6 +326,9 @@ type Report struct {
 	Series   string
 	Resolved []trace.Resolution
 	Queries  []trace.Query
+	// NotShared says why the request's query was not shared with other
+	// requests, when queries are shared (--shared-query-max-age).
+	NotShared string
 	// Code is the HTTP status the API answers with; Err its error.
 	Code int
 	Err  error
@@ -365,6 +368,7 @@ func Run(ctx context.Context, p Providers, req Request) *Report {
 	}
 	rep.At = time.Now()
 	rep.Rule, rep.Series, rep.Resolved, rep.Queries = t.Snapshot()
+	rep.NotShared = t.WhyNotShared()
 	rep.Code = http.StatusOK
 	if err != nil {
 		// What the API server writes for this error.
@@ -478,7 +482,12 @@ func (r *Report) Write(w io.Writer) error {
 		if q.Tenant != "" {
 			store += ", as tenant " + q.Tenant
 		}
-		ew.printf("Query %d:  %s%s, %s\n", i+1, q.Rule, store, q.Duration.Round(time.Microsecond))
+		if q.Shared {
+			ew.printf("Query %d:  %s%s, shared: its answer for every object of this rule and namespace asked for recently, %s old\n",
+				i+1, q.Rule, store, q.Age.Round(time.Millisecond))
+		} else {
+			ew.printf("Query %d:  %s%s, %s\n", i+1, q.Rule, store, q.Duration.Round(time.Microsecond))
+		}
 		ew.printf("          %s\n", q.Expr)
 		switch {
 		case q.Err != nil:
@@ -502,6 +511,9 @@ func (r *Report) Write(w io.Writer) error {
 		if q.Zeroed > 0 {
 			ew.printf("  emptyIsZero: %d values without series answered 0\n", q.Zeroed)
 		}
+	}
+	if r.NotShared != "" {
+		ew.printf("Shared:   no: %s\n", r.NotShared)
 	}
 	if r.Err != nil {
 		ew.printf("Answer:   HTTP %d %s: %v\n", r.Code, http.StatusText(r.Code), r.Err)

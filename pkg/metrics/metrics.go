@@ -217,6 +217,39 @@ var (
 		StabilityLevel: basemetrics.ALPHA,
 	}, []string{"backend", "tenant", "outcome"})
 
+	sharedAnswers = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
+		Namespace:      Namespace,
+		Subsystem:      "shared_query",
+		Name:           "answers_total",
+		Help:           "Answers served from a query shared by the requests about one rule, namespace and metric selector (--shared-query-max-age), by rule and source (answer: its last answer; query: it had to run first).",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"rule", "source"})
+
+	sharedAge = basemetrics.NewHistogramVec(&basemetrics.HistogramOpts{
+		Namespace:      Namespace,
+		Subsystem:      "shared_query",
+		Name:           "answer_age_seconds",
+		Help:           "Age of the shared answers served (since their query was sent), by rule.",
+		Buckets:        []float64{0.5, 1, 2.5, 5, 7.5, 10, 15, 20, 30, 45, 60},
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"rule"})
+
+	sharedRefreshes = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
+		Namespace:      Namespace,
+		Subsystem:      "shared_query",
+		Name:           "runs_total",
+		Help:           "Runs of shared queries (in the background, or for requests they did not cover), by rule and result.",
+		StabilityLevel: basemetrics.ALPHA,
+	}, []string{"rule", "result"})
+
+	sharedQueries = basemetrics.NewGauge(&basemetrics.GaugeOpts{
+		Namespace:      Namespace,
+		Subsystem:      "shared_query",
+		Name:           "queries",
+		Help:           "Shared queries kept (one per rule, namespace and metric selector asked for recently).",
+		StabilityLevel: basemetrics.ALPHA,
+	})
+
 	answerAnnotations = basemetrics.NewCounterVec(&basemetrics.CounterOpts{
 		Namespace:      Namespace,
 		Subsystem:      "prometheus",
@@ -243,6 +276,7 @@ var (
 
 	all = []basemetrics.Registerable{
 		tenantQueries, tenantRefused, discoveryTenants, answerAnnotations,
+		sharedAnswers, sharedAge, sharedRefreshes, sharedQueries,
 		queryDuration, discoveryDuration, discoveryLastSuccess, discoveredMetrics,
 		reloadSuccessful, reloadLastSuccess, reloads, resolvedObjects, rulesLeftOut, zeroed,
 		forwarded, forwardDuration, upstreamDiscovered, teamQueriesLimited, teamRules, teamCompileTimeouts, seriesDropped, statusWriter, statusWrites,
@@ -347,6 +381,35 @@ func ObserveAnnotations(backend string, ann promclient.Annotations, err error) {
 		answerAnnotations.WithLabelValues(b, "info", outcome).Inc()
 	}
 }
+
+// Where a shared answer came from (ObserveShared).
+const (
+	// SharedFromAnswer is an answer taken from the shared query's last
+	// answer.
+	SharedFromAnswer = "answer"
+	// SharedFromQuery is an answer that needed the shared query to run
+	// (objects not covered yet, or an answer older than the bound).
+	SharedFromQuery = "query"
+)
+
+// ObserveShared records an answer of rule served from a shared query
+// (source: SharedFromAnswer or SharedFromQuery), age old.
+func ObserveShared(rule, source string, age time.Duration) {
+	sharedAnswers.WithLabelValues(rule, source).Inc()
+	sharedAge.WithLabelValues(rule).Observe(age.Seconds())
+}
+
+// ObserveSharedRefresh records a run of a shared query of rule.
+func ObserveSharedRefresh(rule string, err error) {
+	result := "success"
+	if err != nil {
+		result = "failure"
+	}
+	sharedRefreshes.WithLabelValues(rule, result).Inc()
+}
+
+// SetSharedQueries records how many shared queries are kept.
+func SetSharedQueries(n int) { sharedQueries.Set(float64(n)) }
 
 // ObserveTenantRefused records a request refused for want of a tenant on
 // backend.

@@ -8,8 +8,11 @@
 // the same way whichever API asks. Stores are the stores a query may run
 // on (the default, and those a rules file names), and RunMany sends a
 // query of many objects in parts: one per tenant on a store with a tenant
-// per namespace, and parts that fit on a store with a query length limit. Budgets bound what each namespace's MetricRules may run at once,
-// and for how long.
+// per namespace, and parts that fit on a store with a query length limit.
+// Budgets bound what each namespace's MetricRules may run at once, and for
+// how long. Sharing answers the requests about one Shape (a rule's query
+// in one namespace, over objects) from one query covering them all,
+// refreshed in the background, each Shared answer bounded in age.
 //
 // It does not build PromQL (package rules renders it) and does not turn
 // samples into values (the providers and package values do).

@@ -23,6 +23,8 @@ type Trace struct {
 	series   string
 	resolved []Resolution
 	queries  []Query
+	// notShared says why the request's query was not shared.
+	notShared string
 }
 
 // Resolution is one lookup of objects in the informer caches.
@@ -49,6 +51,10 @@ type Query struct {
 	// Annotations are the store's warnings, partial flag and infos on
 	// the answer, in a line ("" when it said nothing).
 	Annotations string
+	// Shared is an answer taken from a query shared by the requests
+	// about the same rule and namespace (query.Sharing), Age old.
+	Shared bool
+	Age    time.Duration
 }
 
 type traceKey struct{}
@@ -110,6 +116,24 @@ func (t *Trace) Zeroed(rule string, n int) {
 			return
 		}
 	}
+}
+
+// NotShared records why the request's query could not be shared with
+// other requests (query.Sharing).
+func (t *Trace) NotShared(why string) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.notShared = why
+}
+
+// WhyNotShared is what NotShared recorded.
+func (t *Trace) WhyNotShared() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.notShared
 }
 
 // Snapshot copies what was recorded.
