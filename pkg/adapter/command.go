@@ -176,8 +176,8 @@ func (o *Options) Run(ctx context.Context, base *basecmd.AdapterBase, set *rules
 	defer stopBG()
 	c.resolver.Start(bg)
 	go c.disc.Run(bg)
-	if c.custom != nil {
-		go c.custom.RunSharedQueries(bg, 4)
+	if c.sharing != nil {
+		go c.sharing.Run(bg, 4)
 	}
 	if !c.ups.Empty() {
 		go c.ups.Run(bg)

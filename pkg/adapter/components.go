@@ -61,8 +61,11 @@ type components struct {
 	sources     ruleSources
 	metricRules *metricrules.Controller
 	budgets     *query.Budgets
-	dynamic     dynamic.Interface
-	kube        kubernetes.Interface
+	// sharing shares queries across requests (--shared-query-max-age);
+	// nil when off.
+	sharing *query.Sharing
+	dynamic dynamic.Interface
+	kube    kubernetes.Interface
 	// events records Events on MetricRules (nil without --metric-rules).
 	events record.EventBroadcaster
 	// stores are the stores the rules read, swapped with the rules file;
@@ -181,6 +184,9 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 	if served == (apis{}) && c.ups.Empty() {
 		return nil, fmt.Errorf("no metrics API to serve: every API whose section the rules file has is turned off (--enable-custom-metrics, --enable-external-metrics, --enable-resource-metrics)")
 	}
+	if o.SharedQueryMaxAge > 0 {
+		c.sharing = query.NewSharing(query.Stores{Default: c.prom, Named: c.querier, Tenant: c.tenants.Of}, o.SharedQueryMaxAge)
+	}
 	if served.custom {
 		c.custom = custommetrics.New(custommetrics.Config{
 			Rules:                      set.Custom,
@@ -192,13 +198,13 @@ func (o *Options) build(base *basecmd.AdapterBase, set *rules.Set) (*components,
 			MaxConcurrentObjectQueries: o.MaxConcurrentObjectQueries,
 			Upstream:                   c.upstreamList(upstream.CustomGroup),
 			Budgets:                    c.budgets,
-			SharedQueryMaxAge:          o.SharedQueryMaxAge,
+			Sharing:                    c.sharing,
 		})
 		c.apis = append(c.apis, "custom.metrics.k8s.io")
 	}
 	if served.external {
 		c.external = externalmetrics.New(externalmetrics.Config{Rules: set.External, Querier: c.prom, Backends: c.querier, Tenant: c.tenants.Of,
-			Upstream: c.upstreamList(upstream.ExternalGroup), Budgets: c.budgets})
+			Upstream: c.upstreamList(upstream.ExternalGroup), Budgets: c.budgets, Sharing: c.sharing})
 		c.apis = append(c.apis, "external.metrics.k8s.io")
 	}
 	dcfg := o.discoveryConfig(c.seriesQueries(set), c.prom, c.lister)
@@ -387,6 +393,10 @@ func (c *components) apply(ctx context.Context, set *rules.Set) {
 		}
 		if c.external != nil {
 			c.external.SetRules(set.External, r)
+		}
+		if c.sharing != nil {
+			// The old rules' shared queries go with them.
+			c.sharing.Reset()
 		}
 		if c.metricRules != nil {
 			c.observe(r)

@@ -86,11 +86,11 @@ type Config struct {
 	Budgets *query.Budgets
 	// Clock stamps the values emptyIsZero makes; the real clock if nil.
 	Clock clock.PassiveClock
-	// SharedQueryMaxAge, when positive, shares the queries of the rules
-	// file's rules that compute each object's value from its own series
-	// across the requests about one rule and namespace (query.Sharing):
-	// no answer is older than it.
-	SharedQueryMaxAge time.Duration
+	// Sharing, when not nil, shares the queries of the rules file's rules
+	// that compute each object's value from its own series across the
+	// requests about one rule and namespace (its owner resets it when the
+	// rules change).
+	Sharing *query.Sharing
 }
 
 // Provider serves custom metrics from Prometheus.
@@ -128,9 +128,7 @@ func New(cfg Config) *Provider {
 	if p.clock == nil {
 		p.clock = clock.RealClock{}
 	}
-	if cfg.SharedQueryMaxAge > 0 {
-		p.sharing = query.NewSharing(p.stores, cfg.SharedQueryMaxAge)
-	}
+	p.sharing = cfg.Sharing
 	if p.objectQueries <= 0 {
 		p.objectQueries = 8
 	}
@@ -162,18 +160,6 @@ func (p *Provider) Update(r discovery.Result) {
 func (p *Provider) SetRules(rs []*rules.Rule, r discovery.Result) {
 	p.catalog.SetRules(rs, r)
 	p.resources.reset()
-	if p.sharing != nil {
-		p.sharing.Reset()
-	}
-}
-
-// RunSharedQueries refreshes the shared queries in the background until
-// ctx ends (SharedQueryMaxAge), at most parallel at once; it returns at
-// once when they are off.
-func (p *Provider) RunSharedQueries(ctx context.Context, parallel int) {
-	if p.sharing != nil {
-		p.sharing.Run(ctx, parallel)
-	}
 }
 
 // Discovered reports whether a discovery round has been received.

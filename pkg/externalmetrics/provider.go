@@ -62,6 +62,10 @@ type Config struct {
 	Budgets *query.Budgets
 	// Clock stamps the values emptyIsZero makes; the real clock if nil.
 	Clock clock.PassiveClock
+	// Sharing, when not nil, shares the queries of the rules file's rules
+	// across the requests about one rule and namespace whose metric
+	// selectors name one object each (app=NAME).
+	Sharing *query.Sharing
 }
 
 // Provider serves external metrics from Prometheus.
@@ -71,6 +75,7 @@ type Provider struct {
 	upstream func() []metav1.APIResource
 	budgets  *query.Budgets
 	clock    clock.PassiveClock
+	sharing  *query.Sharing
 }
 
 var _ provider.ExternalMetricsProvider = (*Provider)(nil)
@@ -86,6 +91,7 @@ func New(cfg Config) *Provider {
 		upstream: cfg.Upstream,
 		budgets:  cfg.Budgets,
 		clock:    cfg.Clock,
+		sharing:  cfg.Sharing,
 		Catalog: catalog.New(catalog.Config[string, entry]{
 			API:     metrics.ExternalAPI,
 			Section: "externalRules",
@@ -199,7 +205,7 @@ func (p *Provider) get(ctx context.Context, namespace string, metricSelector lab
 	}
 	matchers = append(matchers, selMatchers...)
 	q := query.Of(metrics.ExternalAPI, e.Rule, e.Series, matchers, nil, p.budgets, func() string { return "external metric " + name }).In(namespace)
-	res, err := query.Run(ctx, p.stores, q)
+	res, err := p.run(ctx, e, namespace, name, selMatchers, q)
 	if err != nil {
 		return nil, err
 	}
@@ -212,6 +218,70 @@ func (p *Provider) get(ctx context.Context, namespace string, metricSelector lab
 		}}}, nil
 	}
 	return externalValues(name, res, e.Rule.WindowSeconds())
+}
+
+// run runs q, the query of rule e for a metric selector of matchers sel
+// in namespace: shared with the requests about the same rule and
+// namespace whose selectors name another object by the same label, when
+// queries are shared, the selector is one label=value and the rule can
+// share (its query, grouped by that label, answers each object as its own
+// query does: promql.GroupByObjects, promql.PerObject), else alone.
+func (p *Provider) run(ctx context.Context, e catalog.Entry[entry], namespace, name string, sel []promql.Matcher, q query.Query) (query.Result, error) {
+	if p.sharing == nil || e.Rule.Namespace() != "" || len(sel) != 1 || sel[0].Op != promql.Equal {
+		return query.Run(ctx, p.stores, q)
+	}
+	label, value := sel[0].Name, sel[0].Value
+	if label == e.Value.namespaceLabel {
+		return query.Run(ctx, p.stores, q)
+	}
+	shape := query.Shape{
+		Key:   fmt.Sprintf("%p\x00%s\x00%s\x00%s", e.Rule, e.Series, namespace, label),
+		Rule:  e.Rule.String(),
+		Label: label,
+		Query: func(values []string) query.Many {
+			return query.Many{N: len(values), Query: func(ids []int) query.Query {
+				var ms []promql.Matcher
+				if e.Value.namespaceLabel != "" {
+					ms = append(ms, promql.Equals(e.Value.namespaceLabel, e.Rule.ToLabelValue(namespace)))
+				}
+				ms = append(ms, promql.OneOf(label, query.Pick(values, ids)))
+				sq := query.Of(metrics.ExternalAPI, e.Rule, e.Series, ms, nil, p.budgets, func() string { return "external metric " + name }).In(namespace)
+				render := sq.Render
+				sq.Render = func() (string, error) {
+					expr, err := render()
+					if err != nil {
+						return "", err
+					}
+					expr, _, err = promql.GroupByObjects(expr, label)
+					return expr, err
+				}
+				return sq
+			}}
+		},
+	}
+	s, ok, err := p.sharing.Answer(ctx, shape, []string{value})
+	if err != nil || !ok {
+		if err == nil {
+			return query.Run(ctx, p.stores, q)
+		}
+		return query.Result{}, err
+	}
+	// The shared query groups by label; where the request's own query
+	// does not, its answer has no such label.
+	expr, err := q.Render()
+	if err != nil {
+		return query.Result{}, err
+	}
+	if _, keeps, err := promql.GroupByObjects(expr, label); err == nil && !keeps {
+		vec := make(model.Vector, 0, len(s.Vector))
+		for _, smp := range s.Vector {
+			m := smp.Metric.Clone()
+			delete(m, model.LabelName(label))
+			vec = append(vec, &model.Sample{Metric: m, Value: smp.Value, Timestamp: smp.Timestamp})
+		}
+		s.Vector = vec
+	}
+	return s.Result, nil
 }
 
 // externalValues is one value per series, with its labels, sorted by

@@ -170,3 +170,93 @@ func OutermostAggregation(expr string) string {
 		return ""
 	}
 }
+
+// GroupByObjects rewrites expr, a query whose every selector names one
+// object by label (an external metric's selector, app="a"), so that it
+// answers for many objects at once: every aggregation groups by label too
+// and every on() matching matches on it. The value for one object is then
+// the series of that object (what the query restricted to that object's
+// series gives), when PerObject holds for the result. keeps reports
+// whether expr's own answer carries label (else a shared answer's series
+// should have it removed).
+func GroupByObjects(expr, label string) (rewritten string, keeps bool, err error) {
+	e, err := parse.ParseExpr(expr)
+	if err != nil {
+		return "", false, err
+	}
+	keeps = carries(e, label)
+	err = parser.Walk(rewriter{label}, e, nil)
+	if err != nil {
+		return "", false, err
+	}
+	return e.String(), keeps, nil
+}
+
+// rewriter adds label to aggregations' groups and on() matchings.
+type rewriter struct{ label string }
+
+func (r rewriter) Visit(node parser.Node, _ []parser.Node) (parser.Visitor, error) {
+	switch n := node.(type) {
+	case *parser.AggregateExpr:
+		has := slices.Contains(n.Grouping, r.label)
+		switch {
+		case n.Without && has:
+			return nil, fmt.Errorf("%s without (%s) aggregates over the objects", n.Op, r.label)
+		case !n.Without && !has:
+			n.Grouping = append(n.Grouping, r.label)
+		}
+	case *parser.BinaryExpr:
+		if vm := n.VectorMatching; vm != nil && vm.On && !slices.Contains(vm.MatchingLabels, r.label) {
+			vm.MatchingLabels = append(vm.MatchingLabels, r.label)
+		}
+	}
+	return r, nil
+}
+
+// carries reports whether the series e answers with have label, as far as
+// the expression tells (a selector that names it, functions that keep it,
+// aggregations that group by it).
+func carries(node parser.Node, label string) bool {
+	switch n := node.(type) {
+	case *parser.VectorSelector:
+		for _, m := range n.LabelMatchers {
+			if m.Name == label && (m.Type == labels.MatchEqual || m.Type == labels.MatchRegexp) && !m.Matches("") {
+				return true
+			}
+		}
+		return false
+	case *parser.MatrixSelector:
+		return carries(n.VectorSelector, label)
+	case *parser.SubqueryExpr:
+		return carries(n.Expr, label)
+	case *parser.ParenExpr:
+		return carries(n.Expr, label)
+	case *parser.StepInvariantExpr:
+		return carries(n.Expr, label)
+	case *parser.UnaryExpr:
+		return carries(n.Expr, label)
+	case *parser.Call:
+		for _, a := range n.Args {
+			if !constant(a) {
+				return carries(a, label)
+			}
+		}
+		return false
+	case *parser.AggregateExpr:
+		if n.Without {
+			return !slices.Contains(n.Grouping, label) && carries(n.Expr, label)
+		}
+		return slices.Contains(n.Grouping, label)
+	case *parser.BinaryExpr:
+		switch {
+		case constant(n.LHS):
+			return carries(n.RHS, label)
+		case n.VectorMatching != nil && n.VectorMatching.Card == parser.CardOneToMany:
+			return carries(n.RHS, label)
+		default:
+			return carries(n.LHS, label)
+		}
+	default:
+		return false
+	}
+}

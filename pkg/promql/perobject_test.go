@@ -67,3 +67,38 @@ func TestOutermostAggregation(t *testing.T) {
 		}
 	}
 }
+
+// An external metric's query for one object (app="a") is rewritten to
+// answer for several: aggregations group by the object label, on()
+// matchings match on it; the rewritten query is per object, and says
+// whether the original answer carried the label.
+func TestGroupByObjects(t *testing.T) {
+	for _, tc := range []struct {
+		expr, want string
+		keeps      bool
+		perObject  bool
+	}{
+		{`sum(rate(x{namespace="shop",app="probe"}[1m]))`, `sum by (app) (rate(x{app="probe",namespace="shop"}[1m]))`, false, true},
+		{`sum by (queue) (x{app="probe"})`, `sum by (queue, app) (x{app="probe"})`, false, true},
+		{`rate(x{app="probe"}[1m])`, `rate(x{app="probe"}[1m])`, true, true},
+		{`sum(a{app="probe"}) / on () sum(b{app="probe"})`, `sum by (app) (a{app="probe"}) / on (app) sum by (app) (b{app="probe"})`, false, true},
+		{`topk(1, x{app="probe"})`, `topk by (app) (1, x{app="probe"})`, false, true},
+		{`scalar(sum(x{app="probe"}))`, ``, false, false},
+		{`sum(x{app="probe"}) / sum(x{namespace="shop"})`, ``, false, false},
+	} {
+		got, keeps, err := GroupByObjects(tc.expr, "app")
+		if err != nil {
+			t.Errorf("%s: %v", tc.expr, err)
+			continue
+		}
+		if tc.want != "" && (got != tc.want || keeps != tc.keeps) {
+			t.Errorf("%s: %s (keeps %v), want %s (keeps %v)", tc.expr, got, keeps, tc.want, tc.keeps)
+		}
+		if err := PerObject(got, "app", "probe"); (err == nil) != tc.perObject {
+			t.Errorf("%s rewritten %s: per object: %v, want %v", tc.expr, got, err, tc.perObject)
+		}
+	}
+	if _, _, err := GroupByObjects(`sum without (app) (x{app="probe"})`, "app"); err == nil {
+		t.Error("without (app) rewritten")
+	}
+}
