@@ -201,6 +201,10 @@ image-app: ## Build the load app image (needs Docker)
 bench: tools build ## The adapter next to raw Prometheus at 100, 1,000 and 10,000 pods (BENCH_ARGS=...; results in docs/performance.md)
 	go run ./hack/bench -pods=100,1000,10000 -duration=10s $(BENCH_ARGS)
 
+.PHONY: bench-fleet
+bench-fleet: tools build ## HPAs at 100, 1,000 and 2,000 on the real HPA controller, shared queries off and on (BENCH_FLEET_ARGS=...; results in docs/performance.md; about 40 minutes)
+	go run ./hack/benchfleet -hpas=100,1000,2000 $(BENCH_FLEET_ARGS)
+
 .PHONY: bench-quick
 bench-quick: tools build ## The same at 100 and 1,000 pods, a few seconds per row (under 3 minutes)
 	go run ./hack/bench -pods=100,1000 -duration=4s $(BENCH_ARGS)
