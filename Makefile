@@ -38,7 +38,7 @@ build: ## Build the adapter, the load app and the load generator into bin/ (as t
 
 .PHONY: unit
 unit: ## Unit tests with the race detector
-	CGO_ENABLED=1 GOFLAGS= go test -race -count=1 ./pkg/... ./app/... ./cmd/... ./internal/... ./test/localstack/...
+	CGO_ENABLED=1 GOFLAGS= go test -race -count=1 ./pkg/... ./app/... ./cmd/... ./internal/... ./hack/... ./test/localstack/...
 
 .PHONY: integration
 integration: $(BIN)/prometheus $(BIN)/victoria-metrics $(BIN)/prom-label-proxy ## The provider against real Prometheus servers scraping real load-app processes, VictoriaMetrics and prom-label-proxy

@@ -144,6 +144,11 @@ func run() error {
 		}
 	}
 	fmt.Printf("\n%s", table(rows))
+	files, err := writePlots(rows, o.dir)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("plots: %s\n", strings.Join(files, ", "))
 	return nil
 }
 
