@@ -256,11 +256,11 @@ func run() error {
 			if err != nil {
 				return fmt.Errorf("%d pods, %s: %w", n, sel.name, err)
 			}
-			fmt.Println(r.line())
+			fmt.Println(r.line(fl))
 			rows = append(rows, r)
 		}
 	}
-	fmt.Printf("\n%s\n%s\n", table(rows), floorLine(fl))
+	fmt.Printf("\n%s\n%s\n", table(rows, fl), floorLine(fl))
 	fmt.Printf("adapter RSS when ready: %s, after the run: %s (peak %s; peak of its anonymous part, RssAnon: %s)\n",
 		mib(readyRSS), mib(b.rss()), mib(b.peakRSS.Load()), mib(b.peakAnon.Load()))
 	return nil
@@ -883,13 +883,27 @@ func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
 
-func (r row) line() string {
+// stackLimit is the row's CPU per request against the limit of the
+// serving stack: what the floor costs per request (adapter and clients)
+// plus what raw Prometheus spends on the query, divided by what a request
+// costs on the adapter side (the adapter, its Prometheus and the clients).
+// 1 would be a provider that adds nothing to the stack and the query.
+func (r row) stackLimit(fl side) float64 {
+	limit := perRequest(fl.adapterCPU, fl.n) + perRequest(fl.clientCPU, fl.n) + perRequest(r.raw.promCPU, r.raw.n)
+	cost := perRequest(r.adapter.adapterCPU, r.adapter.n) + perRequest(r.adapter.promCPU, r.adapter.n) + perRequest(r.adapter.clientCPU, r.adapter.n)
+	if cost == 0 {
+		return 0
+	}
+	return limit / cost
+}
+
+func (r row) line(fl side) string {
 	a, w := r.adapter, r.raw
-	return fmt.Sprintf("%6d pods, %-26s adapter %7.1f req/s (p50 %s, p90 %s, p99 %s)  raw %7.1f req/s (p50 %s, p90 %s, p99 %s)  ratio %.2f  RSS %s\n"+
+	return fmt.Sprintf("%6d pods, %-26s adapter %7.1f req/s (p50 %s, p90 %s, p99 %s)  raw %7.1f req/s (p50 %s, p90 %s, p99 %s)  ratio %.2f  of the stack's limit %.2f  RSS %s\n"+
 		"%40s CPU s: adapter side: adapter %.1f, Prometheus %.1f, clients %.1f; raw side: Prometheus %.1f, clients %.1f\n"+
 		"%40s CPU ms per request: adapter side: adapter %.3f, Prometheus %.3f, clients %.3f; raw side: Prometheus %.3f, clients %.3f",
 		r.pods, r.selection, a.rate(), ms(a.p50), ms(a.p90), ms(a.p99),
-		w.rate(), ms(w.p50), ms(w.p90), ms(w.p99), a.rate()/w.rate(), mib(r.rss),
+		w.rate(), ms(w.p50), ms(w.p90), ms(w.p99), a.rate()/w.rate(), r.stackLimit(fl), mib(r.rss),
 		"", a.adapterCPU, a.promCPU, a.clientCPU, w.promCPU, w.clientCPU,
 		"", perRequest(a.adapterCPU, a.n), perRequest(a.promCPU, a.n), perRequest(a.clientCPU, a.n),
 		perRequest(w.promCPU, w.n), perRequest(w.clientCPU, w.n))
@@ -898,14 +912,14 @@ func (r row) line() string {
 // perRequest is CPU seconds spread over n requests, in milliseconds.
 func perRequest(seconds float64, n int) float64 { return 1000 * seconds / float64(max(n, 1)) }
 
-func table(rows []row) string {
+func table(rows []row, fl side) string {
 	var b strings.Builder
-	b.WriteString("| pods in namespace | selection | adapter req/s | adapter p50 | adapter p99 | raw req/s | raw p50 | raw p99 | ratio | adapter RSS | adapter CPU s |\n")
-	b.WriteString("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	b.WriteString("| pods in namespace | selection | adapter req/s | adapter p50 | adapter p99 | raw req/s | raw p50 | raw p99 | ratio | of the stack's limit | adapter RSS | adapter CPU s |\n")
+	b.WriteString("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %.0f | %s | %s | %.2f | %s | %.1f |\n",
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %.0f | %s | %s | %.2f | %.2f | %s | %.1f |\n",
 			thousands(r.pods), r.selection, r.adapter.rate(), ms(r.adapter.p50), ms(r.adapter.p99),
-			r.raw.rate(), ms(r.raw.p50), ms(r.raw.p99), r.adapter.rate()/r.raw.rate(), mib(r.rss), r.adapter.adapterCPU)
+			r.raw.rate(), ms(r.raw.p50), ms(r.raw.p99), r.adapter.rate()/r.raw.rate(), r.stackLimit(fl), mib(r.rss), r.adapter.adapterCPU)
 	}
 	return b.String()
 }

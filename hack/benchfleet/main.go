@@ -346,9 +346,11 @@ func measure(ctx context.Context, o options, n int, mode string) (row, error) {
 		adapterCPU: adapterCPU / elapsed.Seconds(), promCPU: promCPU / elapsed.Seconds(), computeMeanByType: map[string]time.Duration{}}
 	const hpaMetric = "horizontal_pod_autoscaler_controller_"
 	r.syncs, r.syncMean = histogramDelta(kcm0, kcm1, hpaMetric+"reconciliation_duration_seconds", nil)
-	r.syncErrors = r.syncs - counterDelta(kcm0, kcm1, hpaMetric+"reconciliations_total", map[string]string{"error": "none"})
+	// The counters and the histograms are read in one scrape but moved one
+	// after the other: a sync between the two can make a difference of 1.
+	r.syncErrors = max(0, r.syncs-counterDelta(kcm0, kcm1, hpaMetric+"reconciliations_total", map[string]string{"error": "none"}))
 	r.computations, r.computeMean = histogramDelta(kcm0, kcm1, hpaMetric+"metric_computation_duration_seconds", nil)
-	r.compFails = r.computations - counterDelta(kcm0, kcm1, hpaMetric+"metric_computation_total", map[string]string{"error": "none"})
+	r.compFails = max(0, r.computations-counterDelta(kcm0, kcm1, hpaMetric+"metric_computation_total", map[string]string{"error": "none"}))
 	for _, kind := range []string{"Pods", "Object", "External"} {
 		_, r.computeMeanByType[kind] = histogramDelta(kcm0, kcm1, hpaMetric+"metric_computation_duration_seconds", map[string]string{"metric_type": kind})
 	}
