@@ -64,10 +64,13 @@ func ensureApp(t *testing.T) {
 			if err != nil {
 				return false, nil
 			}
-			return slices.ContainsFunc(rl.APIResources, func(r metav1.APIResource) bool { return r.Name == "pods/requests-per-second" }), nil
+			// packets-per-second: the upstream prometheus-adapter serves
+			// pods/requests-per-second too, and lists it before this
+			// adapter's discovery has seen the app's series.
+			return slices.ContainsFunc(rl.APIResources, func(r metav1.APIResource) bool { return r.Name == "pods/packets-per-second" }), nil
 		})
 		if appErr != nil {
-			appErr = fmt.Errorf("the adapter never listed pods/requests-per-second: %w", appErr)
+			appErr = fmt.Errorf("the adapter never listed pods/packets-per-second: %w", appErr)
 		}
 	})
 	if appErr != nil {
