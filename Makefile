@@ -90,6 +90,7 @@ fuzz: ## Fuzz selector -> PromQL, the namespace confinement of PromQL, the check
 	go test -run '^$$' -fuzz FuzzFromSelector -fuzztime 1000000x ./pkg/promql
 	go test -run '^$$' -fuzz FuzzIsolation -fuzztime 1000000x ./pkg/promql
 	go test -run '^$$' -fuzz FuzzTeamTemplate -fuzztime 1000000x ./pkg/rules
+	go test -run '^$$' -fuzz FuzzTeamResourceTemplate -fuzztime 1000000x ./pkg/rules
 	go test -run '^$$' -fuzz FuzzDecodeQuery -fuzztime 1000000x ./pkg/promclient
 
 .PHONY: generate

@@ -42,7 +42,7 @@ func TestRouterOursFirst(t *testing.T) {
 	}
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		names, discovery := map[string][]string{
-			"/apis/custom.metrics.k8s.io/v1beta2":   {"pods/requests-per-second", "pods/upstream-rps", "pods/team-rps"},
+			"/apis/custom.metrics.k8s.io/v1beta2":   {"pods/requests-per-second", "pods/upstream-rps", "pods/team-rps", "namespaces/team-rps"},
 			"/apis/external.metrics.k8s.io/v1beta1": {"queue_depth"},
 		}[r.URL.Path]
 		if !discovery {
@@ -100,6 +100,8 @@ func TestRouterOursFirst(t *testing.T) {
 		{"nobody serves it: answered here", "GET", cm + "/namespaces/default/pods/*/nobody-serves-it", "here"},
 		{"another namespace's rule does not take the upstream's metric", "GET", cm + "/namespaces/team-a/pods/*/team-rps", "upstream:" + cm + "/namespaces/team-a/pods/*/team-rps"},
 		{"the team's own namespace is served by its rule", "GET", cm + "/namespaces/team-b/pods/*/team-rps", "here"},
+		{"a namespace's own metric, another namespace's rule: the upstream's", "GET", cm + "/namespaces/team-a/metrics/team-rps", "upstream:" + cm + "/namespaces/team-a/metrics/team-rps"},
+		{"a namespace's own metric, served by the rule of the namespace named", "GET", cm + "/namespaces/team-b/metrics/team-rps", "here"},
 		{"an encoded slash is forwarded as the separator it was parsed as", "GET", cm + "/namespaces/default/pods%2F%2A/upstream-rps", "upstream:" + cm + "/namespaces/default/pods/*/upstream-rps"},
 		{"a group not served here", "GET", "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/queue_depth", "upstream:/apis/external.metrics.k8s.io/v1beta1/namespaces/default/queue_depth"},
 		{"the whole group", "GET", "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/anything", "upstream:/apis/external.metrics.k8s.io/v1beta1/namespaces/default/anything"},

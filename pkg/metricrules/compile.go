@@ -105,8 +105,6 @@ func Compile(objs []*v1alpha1.MetricRule, namespaceLabel string, perNamespace in
 // unchanged object keeps its rule (and the series discovered for it).
 type Cache struct {
 	entries map[string]cached
-	// compileTimeout replaces CompileTimeout (tests).
-	compileTimeout time.Duration
 }
 
 type cached struct {
@@ -128,10 +126,11 @@ func (c *Cache) compile(o *v1alpha1.MetricRule, index int, namespaceLabel string
 	if e, ok := c.entries[key]; ok && e.generation == o.Generation && e.index == index && e.namespaceLabel == namespaceLabel && e.backends == allowed {
 		return e.rule, e.err
 	}
-	r, err := compileWithin(c.timeout(), rules.TeamRule{
+	tr := rules.TeamRule{
 		Namespace: o.Namespace, Name: o.Name, External: o.Spec.API == v1alpha1.External, Rule: Config(o.Spec), Index: index,
 		Backends: backends,
-	}, namespaceLabel)
+	}
+	r, err := compileWithin(CompileTimeout, o.Namespace, func() (*rules.Rule, error) { return rules.CompileTeam(tr, namespaceLabel) })
 	c.entries[key] = cached{generation: o.Generation, index: index, namespaceLabel: namespaceLabel, backends: allowed, rule: r, err: err}
 	return r, err
 }
@@ -143,24 +142,17 @@ func (c *Cache) compile(o *v1alpha1.MetricRule, index int, namespaceLabel string
 // one rule from stalling the others should any of that ever change.
 const CompileTimeout = time.Second
 
-func (c *Cache) timeout() time.Duration {
-	if c.compileTimeout > 0 {
-		return c.compileTimeout
-	}
-	return CompileTimeout
-}
-
-// compileWithin compiles a team's rule off the caller's goroutine: past
-// timeout the rule is refused, and the compilation left behind ends on
-// its own (its result is dropped).
-func compileWithin(timeout time.Duration, tr rules.TeamRule, namespaceLabel string) (*rules.Rule, error) {
+// compileWithin runs compile, a rule object of namespace's compilation,
+// off the caller's goroutine: past timeout the rule is refused, and the
+// compilation left behind ends on its own (its result is dropped).
+func compileWithin(timeout time.Duration, namespace string, compile func() (*rules.Rule, error)) (*rules.Rule, error) {
 	type result struct {
 		rule *rules.Rule
 		err  error
 	}
 	done := make(chan result, 1)
 	go func() {
-		r, err := rules.CompileTeam(tr, namespaceLabel)
+		r, err := compile()
 		done <- result{r, err}
 	}()
 	t := time.NewTimer(timeout)
@@ -169,7 +161,7 @@ func compileWithin(timeout time.Duration, tr rules.TeamRule, namespaceLabel stri
 	case res := <-done:
 		return res.rule, res.err
 	case <-t.C:
-		metrics.ObserveCompileTimeout(tr.Namespace)
+		metrics.ObserveCompileTimeout(namespace)
 		return nil, fmt.Errorf("compiling took longer than %s: simplify spec.metricsQuery, spec.name and spec.seriesFilters", timeout)
 	}
 }

@@ -3,10 +3,12 @@ package metricrules
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/common/model"
 
@@ -230,4 +232,39 @@ type failing struct{}
 
 func (failing) Query(context.Context, string) (model.Vector, error) {
 	return nil, errors.New("no Prometheus")
+}
+
+// A compilation that outlives its deadline is refused while it still runs
+// (it returns only once released, after the refusal), and ends on its own.
+func TestACompilationPastItsDeadlineIsRefused(t *testing.T) {
+	release, finished := make(chan struct{}), make(chan struct{})
+	r, err := compileWithin(50*time.Millisecond, "team-a", func() (*rules.Rule, error) {
+		defer close(finished)
+		<-release
+		return &rules.Rule{}, nil
+	})
+	if r != nil || err == nil || !strings.Contains(err.Error(), "longer than 50ms") {
+		t.Fatalf("a compilation that never ends: %v, %v; want it refused past its deadline", r, err)
+	}
+	close(release)
+	<-finished
+
+	want := &rules.Rule{}
+	if r, err := compileWithin(time.Minute, "team-a", func() (*rules.Rule, error) { return want, nil }); r != want || err != nil {
+		t.Errorf("a compilation within its deadline: %v, %v; want its rule", r, err)
+	}
+}
+
+// A status quotes at most MaxMessage bytes of a message, on a UTF-8
+// boundary, and says how long the whole was.
+func TestStatusMessagesAreExcerpts(t *testing.T) {
+	short := "no series"
+	if got := message(short); got != short {
+		t.Errorf("a short message became %q", got)
+	}
+	long := strings.Repeat("é", MaxMessage) // 2 bytes each
+	got := message(long)
+	if len(got) > MaxMessage+32 || !strings.HasSuffix(got, fmt.Sprintf("... (%d bytes)", len(long))) || !utf8.ValidString(got) {
+		t.Errorf("a %d-byte message became %d bytes: %q...", len(long), len(got), got[:40])
+	}
 }

@@ -182,7 +182,7 @@ func Run(ctx context.Context, stores Stores, q Query) (Result, error) {
 		return Result{Expr: expr}, apistatus.Query(err, q.What(), q.Rule)
 	}
 	if klogV := klog.V(4); klogV.Enabled() {
-		klogV.InfoS("Query done", "api", q.API, "rule", q.Rule, "backend", q.Backend, "tenant", tenant, "what", q.What(), "series", len(vec), "duration", took, "expr", expr)
+		klogV.InfoS("Query done", "api", q.API, "rule", q.Rule, "backend", q.Backend, "tenant", tenant, "what", q.What(), "series", len(vec), "duration", took, "expr", promql.Short(expr))
 	}
 	return Result{Expr: expr, Vector: vec}, nil
 }

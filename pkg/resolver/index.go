@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/lru"
 )
 
 // labelIndex is the name of the informer index from a label to the
@@ -136,9 +137,13 @@ type selectionCache struct {
 	// last bump, or base for a namespace not in gens.
 	seq, base uint64
 	gens      map[string]uint64
-	entries   map[selectionKey]selectionEntry
-	// size is the number of names the entries hold.
-	size int
+	// entries maps a selectionKey to its selectionEntry; the least
+	// recently used goes first, past either bound.
+	entries *lru.Cache
+	// size is the number of names the entries hold, cachedIn the number
+	// of entries per namespace.
+	size     int
+	cachedIn map[string]int
 }
 
 type selectionKey struct{ namespace, selector string }
@@ -148,8 +153,8 @@ type selectionEntry struct {
 	names []string
 }
 
-// Bounds of the cache; past either, it starts over. An answer larger than
-// maxCachedNames is computed every time. Past maxGenerations namespaces
+// Bounds of the cache; past either, the least recently used answers go.
+// An answer larger than maxCachedNames is computed every time. Past maxGenerations namespaces
 // with a generation, those without a cached answer are forgotten
 // (forget).
 const (
@@ -159,7 +164,19 @@ const (
 )
 
 func newSelectionCache() *selectionCache {
-	return &selectionCache{gens: map[string]uint64{}, entries: map[selectionKey]selectionEntry{}}
+	c := &selectionCache{gens: map[string]uint64{}, cachedIn: map[string]int{}}
+	c.entries = lru.NewWithEvictionFunc(maxSelections, c.evicted)
+	return c
+}
+
+// evicted keeps size and cachedIn as the entries go; the cache calls it
+// with c.mu held (every call into entries is).
+func (c *selectionCache) evicted(key lru.Key, value any) {
+	k, e := key.(selectionKey), value.(selectionEntry)
+	c.size -= len(e.names)
+	if c.cachedIn[k.namespace]--; c.cachedIn[k.namespace] <= 0 {
+		delete(c.cachedIn, k.namespace)
+	}
 }
 
 // indexFunc is the label index's function: it bumps the generation of the
@@ -206,12 +223,8 @@ func (c *selectionCache) bump(namespace string) {
 // generation an answer being computed for them read, so such an answer is
 // stored as stale. Call it with c.mu held.
 func (c *selectionCache) forget() {
-	cached := make(map[string]bool, len(c.entries))
-	for k := range c.entries {
-		cached[k.namespace] = true
-	}
 	for ns := range c.gens {
-		if !cached[ns] {
+		if c.cachedIn[ns] == 0 {
 			delete(c.gens, ns)
 		}
 	}
@@ -236,9 +249,9 @@ func (c *selectionCache) names(namespace string, sel labels.Selector, compute fu
 	key := selectionKey{namespace, sel.String()}
 	c.mu.Lock()
 	gen := c.gen(namespace)
-	e, ok := c.entries[key]
+	v, ok := c.entries.Get(key)
 	c.mu.Unlock()
-	if ok && e.gen == gen {
+	if e, _ := v.(selectionEntry); ok && e.gen == gen {
 		return e.names, nil
 	}
 	names, err := compute()
@@ -246,16 +259,13 @@ func (c *selectionCache) names(namespace string, sel labels.Selector, compute fu
 		return names, err
 	}
 	c.mu.Lock()
-	if old, ok := c.entries[key]; ok {
-		c.size -= len(old.names)
-		delete(c.entries, key)
+	c.entries.Remove(key)
+	for c.size+len(names) > maxCachedNames && c.entries.Len() > 0 {
+		c.entries.RemoveOldest()
 	}
-	if len(c.entries) >= maxSelections || c.size+len(names) > maxCachedNames {
-		clear(c.entries)
-		c.size = 0
-	}
-	c.entries[key] = selectionEntry{gen: gen, names: names}
+	c.entries.Add(key, selectionEntry{gen: gen, names: names}) // past maxSelections, the oldest goes
 	c.size += len(names)
+	c.cachedIn[namespace]++
 	c.mu.Unlock()
 	return names, nil
 }

@@ -370,14 +370,42 @@ func TestCacheIsBoundedByNames(t *testing.T) {
 			t.Fatalf("%d names, want 300", len(got))
 		}
 		c.mu.Lock()
-		size, n := c.size, 0
-		for _, e := range c.entries {
-			n += len(e.names)
-		}
+		size, n := c.size, 300*c.entries.Len()
 		c.mu.Unlock()
 		if size != n || size > maxCachedNames {
 			t.Fatalf("after %d selectors: size %d, entries hold %d names, bound %d", i+1, size, n, maxCachedNames)
 		}
+	}
+}
+
+// Past its bound the cache drops its least recently used answers, not
+// everything: an answer every HPA keeps asking for stays.
+func TestCacheDropsTheLeastRecentlyUsed(t *testing.T) {
+	c := newSelectionCache()
+	computed := map[string]int{}
+	ask := func(sel string) {
+		t.Helper()
+		s := mustParse(t, sel)
+		if _, err := c.names("shop", s, func() ([]string, error) { computed[sel]++; return []string{"p"}, nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ask("app=hot")
+	for i := range maxSelections + 100 {
+		ask(fmt.Sprintf("app=cold-%d", i))
+		ask("app=hot")
+	}
+	if computed["app=hot"] != 1 {
+		t.Errorf("the answer asked for all along was computed %d times, want once", computed["app=hot"])
+	}
+	ask("app=cold-0")
+	if computed["app=cold-0"] != 2 {
+		t.Errorf("the least recently used answer was computed %d times, want twice (dropped, then asked again)", computed["app=cold-0"])
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n := c.entries.Len(); n != maxSelections || c.size != n || c.cachedIn["shop"] != n {
+		t.Errorf("%d entries, size %d, %d counted in shop; want %d each", n, c.size, c.cachedIn["shop"], maxSelections)
 	}
 }
 

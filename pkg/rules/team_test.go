@@ -250,6 +250,45 @@ func FuzzTeamTemplate(f *testing.F) {
 	})
 }
 
+// FuzzTeamResourceTemplate: a resources.template the team check accepts
+// holds text and actions only, and renders into at most its own length
+// plus a resource name per placeholder.
+func FuzzTeamResourceTemplate(f *testing.F) {
+	for _, seed := range []string{
+		`<<.Resource>>`,
+		`kube_<<.Group>>_<<.Resource>>`,
+		`<<range 10000000>><<end>>x`,
+		`<<with .Resource>><<.>><<end>>`,
+		`<<printf "%0100000000d" 1>>`,
+	} {
+		f.Add(seed)
+	}
+	data := ResourceTemplateData{Group: "apps", Resource: "deployment"}
+	f.Fuzz(func(t *testing.T, text string) {
+		if len(text) > 8192 {
+			return
+		}
+		tmpl, err := newTemplate("resources.template", text)
+		if err != nil || checkTeamTemplate(tmpl, resourcePlaceholders, false) != nil {
+			return
+		}
+		for _, node := range tmpl.Root.Nodes {
+			switch node.(type) {
+			case *parse.TextNode, *parse.ActionNode:
+			default:
+				t.Fatalf("accepted a template with a %T: %q", node, text)
+			}
+		}
+		out, err := render(tmpl, data, MaxRender)
+		if err != nil {
+			return
+		}
+		if len(out) > len(text)+MaxTeamPlaceholders*len("deployment") {
+			t.Fatalf("a %d-byte accepted template rendered %d bytes", len(text), len(out))
+		}
+	})
+}
+
 // What a team's rule multiplies is bounded: replacements that could make
 // a name gigabytes long, and a name.as of many references, are refused;
 // a metric name longer than a resource name may be is not served.

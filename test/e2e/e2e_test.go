@@ -15,9 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
@@ -34,9 +31,13 @@ const (
 	ns       = "default"
 	app      = "app"
 	loadPath = localstack.LoadPath
-	// tolerance for served rates against offered ones: scrape timing inside
-	// the rules' 1m window.
+	// tolerance for served rates against delivered ones: scrape timing
+	// inside the rules' 1m window.
 	tolerance = 0.2
+	// farShort: a delivered load below this share of the offered one is a
+	// shortfall of the load (the machine too busy to deliver it), reported
+	// as such by the checks that need the load they offer.
+	farShort = 0.5
 )
 
 var (
@@ -82,6 +83,23 @@ func ensureApp(t *testing.T) {
 // ready replicas.
 func waitReady(ctx context.Context, namespace string, n int32, timeout time.Duration) error {
 	return stack.WaitReady(ctx, namespace, app, n, timeout)
+}
+
+// runAdapter starts one more adapter (stack.RunAdapter) for the test, and
+// stops it when the test ends.
+func runAdapter(ctx context.Context, t *testing.T, name, config string, extra ...string) *localstack.AdapterProcess {
+	t.Helper()
+	a, err := stack.RunAdapter(ctx, name, config, extra...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stack.Procs.Remove(a.Process)
+		if err := a.Stop(10 * time.Second); err != nil {
+			t.Error(err)
+		}
+	})
+	return a
 }
 
 // startLoad requests path at rate req/s through the namespace's Ingress
@@ -323,22 +341,11 @@ func podRequestCounts(ctx context.Context, namespace string) (map[string]float64
 		return nil, err
 	}
 	out := map[string]float64{}
-	client := &http.Client{Timeout: 5 * time.Second}
 	for _, p := range pods.Items {
 		if p.Status.PodIP == "" || p.DeletionTimestamp != nil {
 			continue
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(p.Status.PodIP, "8080")+"/metrics", nil)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return nil, fmt.Errorf("pod %s: %w", p.Name, err)
-		}
-		parser := expfmt.NewTextParser(model.UTF8Validation)
-		mfs, err := parser.TextToMetricFamilies(resp.Body)
-		_ = resp.Body.Close()
+		mfs, err := stack.Metrics(ctx, "http://"+net.JoinHostPort(p.Status.PodIP, "8080"))
 		if err != nil {
 			return nil, fmt.Errorf("pod %s: %w", p.Name, err)
 		}
@@ -349,6 +356,58 @@ func podRequestCounts(ctx context.Context, namespace string) (map[string]float64
 		out[p.Name] = n
 	}
 	return out, nil
+}
+
+// deliveredLoad measures the load the app pods of a namespace actually
+// served, as TestServedValuesMatchTheDeliveredLoad does: each pod's own
+// count (podRequestCounts), read at every call, the delivered rate being
+// the difference across the rules' minute.
+type deliveredLoad struct {
+	namespace string
+	history   []podCounts
+}
+
+// podCounts is one reading of every pod's count.
+type podCounts struct {
+	at     time.Time
+	served map[string]float64
+}
+
+// measure reads the pods' counts now and returns the rate the namespace's
+// pods served together since the latest earlier reading at least a minute
+// old: called at each poll, its readings cover the rules' [1m]. Until it
+// has been called over a minute, it returns an error saying so.
+func (d *deliveredLoad) measure(ctx context.Context) (float64, error) {
+	counts, err := podRequestCounts(ctx, d.namespace)
+	if err != nil {
+		return 0, err
+	}
+	now := podCounts{at: time.Now(), served: counts}
+	d.history = append(d.history, now)
+	then := -1
+	for i := range d.history {
+		if now.at.Sub(d.history[i].at) >= time.Minute {
+			then = i
+		}
+	}
+	if then < 0 {
+		return 0, fmt.Errorf("less than a minute of load measured in %s yet", d.namespace)
+	}
+	d.history = d.history[then:]
+	total := 0.0
+	for pod, n := range now.served {
+		total += n - d.history[0].served[pod]
+	}
+	return total / now.at.Sub(d.history[0].at).Seconds(), nil
+}
+
+// shortfall says, when delivered is far below offered (under farShort of
+// it), that the namespace's load fell short: "" otherwise.
+func shortfall(namespace string, delivered, offered float64) string {
+	if delivered >= farShort*offered {
+		return ""
+	}
+	return fmt.Sprintf("delivered load %.1f short of offered %.0f req/s in %s over the last minute", delivered, offered, namespace)
 }
 
 // TestManifestsPassServerSideDryRun applies every kustomization under

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -131,13 +132,34 @@ func TestTeamRule(t *testing.T) {
 		t.Errorf("a rule with info(): %+v, want Accepted False, Invalid, naming spec.metricsQuery", st.Conditions)
 	}
 
-	// 20 req/s to team-a, 2 to team-b: team-b's rules answer about 2, team-a's
-	// metric about 20; team-a's metric is not served in team-b.
-	_, stopA := startLoad(t, teamA, loadPath, 20)
-	_, stopB := startLoad(t, teamB, loadPath, 2)
-	var a, b, bExternal float64
+	// 20 req/s offered to team-a, 2 to team-b: team-b's rules answer about
+	// what team-b's pods delivered, team-a's metric about what team-a's
+	// delivered (the bounds, 3/4 and 1/2, are those of the offered 20 and
+	// 2); team-a's metric is not served in team-b.
+	const offeredA, offeredB = 20.0, 2.0
+	_, stopA := startLoad(t, teamA, loadPath, offeredA)
+	_, stopB := startLoad(t, teamB, loadPath, offeredB)
+	loadA, loadB := &deliveredLoad{namespace: teamA}, &deliveredLoad{namespace: teamB}
+	var a, b, bExternal, deliveredA, deliveredB float64
 	var lastErr error
+	served := func() bool { return a > 0.75*deliveredA && b > 0.5*deliveredB && bExternal > 0.5*deliveredB }
+	short := func() string {
+		var s []string
+		for _, m := range []string{shortfall(teamA, deliveredA, offeredA), shortfall(teamB, deliveredB, offeredB)} {
+			if m != "" {
+				s = append(s, m)
+			}
+		}
+		return strings.Join(s, "; ")
+	}
 	err = wait.PollUntilContextTimeout(ctx, 2*time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		// Both namespaces read at every poll, so that both cover the minute.
+		var errA, errB error
+		deliveredA, errA = loadA.measure(ctx)
+		deliveredB, errB = loadB.measure(ctx)
+		if lastErr = errors.Join(errA, errB); lastErr != nil {
+			return false, nil
+		}
 		if a, lastErr = podsSum(ctx, teamA, "team-requests-per-second"); lastErr != nil {
 			return false, nil
 		}
@@ -147,16 +169,28 @@ func TestTeamRule(t *testing.T) {
 		if bExternal, lastErr = externalSum(ctx, teamB, "stolen_requests_per_second"); lastErr != nil {
 			return false, nil
 		}
-		return a > 15 && b > 1 && bExternal > 1, nil
+		return served() && short() == "", nil
 	})
 	stopA()
 	stopB()
 	if err != nil {
-		t.Fatalf("team-a's metric %.1f (want about 20), team-b's %.1f and %.1f (want about 2); last error: %v", a, b, bExternal, lastErr)
+		note := ""
+		if sh := short(); sh != "" {
+			note = " (" + sh + ")"
+		}
+		switch {
+		case lastErr != nil:
+			t.Fatalf("team-a's metric %.1f, team-b's %.1f and %.1f, delivered %.1f and %.1f req/s%s; last error: %v", a, b, bExternal, deliveredA, deliveredB, note, lastErr)
+		case served():
+			t.Fatalf("%s: team-a's metric %.1f, team-b's %.1f and %.1f are the load delivered, a shortfall of the load, not a wrong value", short(), a, b, bExternal)
+		default:
+			t.Fatalf("served value wrong: team-a's metric %.1f (want above 3/4 of the %.1f req/s team-a's pods delivered over the last minute), team-b's %.1f and %.1f (want above half the %.1f team-b's delivered)%s",
+				a, deliveredA, b, bExternal, deliveredB, note)
+		}
 	}
-	t.Logf("team-a's metric %.1f req/s; team-b's rules that ask for team-a's series: %.1f and %.1f req/s", a, b, bExternal)
+	t.Logf("team-a's metric %.1f req/s (its pods delivered %.1f); team-b's rules that ask for team-a's series: %.1f and %.1f req/s (team-b's pods delivered %.1f)", a, deliveredA, b, bExternal, deliveredB)
 	if b > 5 || bExternal > 5 {
-		t.Errorf("team-b's rules read team-a's series: %.1f and %.1f req/s, against team-b's own 2 and team-a's 20", b, bExternal)
+		t.Errorf("team-b's rules read team-a's series: %.1f and %.1f req/s, against team-b's own %.1f and team-a's %.1f delivered", b, bExternal, deliveredB, deliveredA)
 	}
 	code, body := rawGet(ctx, "/apis/custom.metrics.k8s.io/v1beta2/namespaces/"+teamB+"/pods/*/team-requests-per-second")
 	if code != 404 || strings.Contains(body, "team-a") || strings.Contains(body, "MetricRule") {

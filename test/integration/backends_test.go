@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -28,7 +29,7 @@ func TestTwoNamedBackends(t *testing.T) {
 	defer cancel()
 	// Each server's app is in namespace shop.
 	offered := map[string]float64{"east": 20, "west": 5}
-	targets := loadedApps(ctx, t, g, dir, offered)
+	targets, load := loadedApps(ctx, t, g, dir, offered)
 	urls := map[string]string{}
 	proms := map[string]*localstack.Prometheus{}
 	for name := range offered {
@@ -70,15 +71,20 @@ externalRules:
 	var east, west float64
 	var lastErr error
 	if err := wait.PollUntilContextTimeout(ctx, time.Second, 90*time.Second, false, func(context.Context) (bool, error) {
+		r, err := load.measure(ctx)
+		if lastErr = err; err != nil {
+			return false, nil
+		}
 		if east, _, lastErr = p.get(ctx, "shop", "east_rps"); lastErr != nil {
 			return false, nil
 		}
 		if west, _, lastErr = p.get(ctx, "shop", "west_rps"); lastErr != nil {
 			return false, nil
 		}
-		return within(east, offered["east"]) && within(west, offered["west"]), nil
+		lastErr = errors.Join(r.check("east_rps (from the east store)", east, "east"), r.check("west_rps (from the west store)", west, "west"))
+		return lastErr == nil, nil
 	}); err != nil {
-		t.Fatalf("east_rps %.1f (want %v, from the east store), west_rps %.1f (want %v, from the west store): %v", east, offered["east"], west, offered["west"], lastErr)
+		t.Fatalf("east_rps %.1f from the east store, west_rps %.1f from the west store, against the load each store's app delivered: %v", east, west, lastErr)
 	}
 	t.Logf("east_rps %.1f from %s, west_rps %.1f from %s", east, urls["east"], west, urls["west"])
 
@@ -91,10 +97,13 @@ externalRules:
 	if _, _, err := p.get(ctx, "shop", "west_rps"); !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), strings.TrimPrefix(urls["west"], "http://")) {
 		t.Errorf("west_rps with its store stopped: %v, want 503 naming %s", err, urls["west"])
 	}
-	if v, _, err := p.get(ctx, "shop", "east_rps"); err != nil || !within(v, offered["east"]) {
-		t.Errorf("east_rps with the west store stopped: %.1f, %v; want about %v", v, err, offered["east"])
+	r, err := load.measure(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _, err := p.get(ctx, "shop", "east_rps"); err != nil {
+		t.Errorf("east_rps with the west store stopped: %v; want the load east's app delivered", err)
+	} else if err := r.check("east_rps with the west store stopped", v, "east"); err != nil {
+		t.Error(err)
 	}
 }
-
-// within reports whether got is within tolerance of want.
-func within(got, want float64) bool { return got >= want*(1-tolerance) && got <= want*(1+tolerance) }

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -32,7 +33,7 @@ func TestPromLabelProxyPinsEachNamespace(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	offered := map[string]float64{"shop": 20, "other": 5}
-	targets := loadedApps(ctx, t, g, dir, offered)
+	targets, load := loadedApps(ctx, t, g, dir, offered)
 	prom, err := localstack.StartPrometheus(ctx, g, filepath.Join(dir, "prometheus"), scrapeConfig(targets["shop"], targets["other"]))
 	if err != nil {
 		t.Fatal(err)
@@ -77,6 +78,10 @@ externalRules:
 	var shop, other, all float64
 	var lastErr error
 	if err := wait.PollUntilContextTimeout(ctx, time.Second, 90*time.Second, false, func(context.Context) (bool, error) {
+		r, err := load.measure(ctx)
+		if lastErr = err; err != nil {
+			return false, nil
+		}
 		if shop, _, lastErr = p.get(ctx, "shop", "every_namespace_rps"); lastErr != nil {
 			return false, nil
 		}
@@ -84,14 +89,20 @@ externalRules:
 			return false, nil
 		}
 		v, err := direct.Query(ctx, `sum(rate(app_requests_total{endpoint="/"}[10s]))`)
-		if lastErr = err; err != nil || len(v) != 1 {
+		if lastErr = err; err != nil {
+			return false, nil
+		}
+		if len(v) != 1 {
+			lastErr = fmt.Errorf("the same PromQL on Prometheus itself: %d values", len(v))
 			return false, nil
 		}
 		all = float64(v[0].Value)
-		return within(shop, offered["shop"]) && within(other, offered["other"]) && within(all, offered["shop"]+offered["other"]), nil
+		lastErr = errors.Join(r.check("every_namespace_rps as shop", shop, "shop"), r.check("every_namespace_rps as other", other, "other"),
+			r.check("the same PromQL on Prometheus itself", all, "shop", "other"))
+		return lastErr == nil, nil
 	}); err != nil {
-		t.Fatalf("every_namespace_rps: shop %.1f (want %v), other %.1f (want %v); the same PromQL on Prometheus itself %.1f (want %v): %v",
-			shop, offered["shop"], other, offered["other"], all, offered["shop"]+offered["other"], lastErr)
+		t.Fatalf("every_namespace_rps: shop %.1f, other %.1f; the same PromQL on Prometheus itself %.1f; against the load each namespace's app delivered: %v",
+			shop, other, all, lastErr)
 	}
 	t.Logf("one PromQL over every namespace: %.1f req/s on Prometheus itself; through prom-label-proxy as shop %.1f, as other %.1f", all, shop, other)
 
@@ -103,8 +114,14 @@ externalRules:
 	} else {
 		t.Logf("others_rps as shop: %v", err)
 	}
-	if v, _, err := p.get(ctx, "other", "others_rps"); err != nil || !within(v, offered["other"]) {
-		t.Errorf("others_rps as other (its own namespace): %.1f, %v; want about %v", v, err, offered["other"])
+	r, err := load.measure(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _, err := p.get(ctx, "other", "others_rps"); err != nil {
+		t.Errorf("others_rps as other (its own namespace): %v; want the load other's app delivered", err)
+	} else if err := r.check("others_rps as other (its own namespace)", v, "other"); err != nil {
+		t.Error(err)
 	}
 	// empty's listing (as empty) has no series: no metric there. A
 	// namespace the cluster does not have is a 404 before anything is sent.

@@ -7,6 +7,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -42,8 +43,9 @@ import (
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
 )
 
-// tolerance is how far a served rate may be from the offered rate. The
-// generator paces by schedule; the rest is scrape timing inside a 10s window.
+// tolerance is how far a served rate may be from the rate the apps
+// delivered (deliveredLoad, by their own counters): scrape timing inside a
+// 10s window.
 const tolerance = 0.15
 
 var (
@@ -156,7 +158,13 @@ scrape_configs:
 	go disc.Run(dctx)
 
 	// Offer 20 req/s to app-a and 10 req/s to app-b; app-c stays idle.
+	// Served values are judged against what each app delivered.
 	offered := map[string]float64{"app-a": 20, "app-b": 10, "app-c": 0}
+	urls := map[string]string{}
+	for name, a := range apps {
+		urls[name] = a.URL
+	}
+	load := newDeliveredLoad(urls, offered, 10*time.Second)
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	var stats [2]loadgen.Stats
@@ -175,17 +183,22 @@ scrape_configs:
 	sel := labels.SelectorFromSet(labels.Set{"app": "app"})
 	podsInfo := provider.CustomMetricInfo{GroupResource: rules.Pods, Namespaced: true, Metric: "requests-per-second"}
 	var list *custom_metrics.MetricValueList
-	var lastErr error
+	var reading *loadReading
+	var lastErr, problem error
 	err = wait.PollUntilContextTimeout(ctx, time.Second, 90*time.Second, false, func(ctx context.Context) (bool, error) {
+		if reading, lastErr = load.measure(ctx); lastErr != nil {
+			return false, nil
+		}
 		list, lastErr = p.GetMetricBySelector(ctx, "default", sel, podsInfo, labels.Everything())
 		if lastErr != nil {
 			return false, nil
 		}
-		return ratesWithin(list, offered, tolerance) == nil, nil
+		problem = ratesMatch(list, reading)
+		return problem == nil, nil
 	})
 	if err != nil {
-		t.Fatalf("pods metric never matched the offered rates: last error %v, last problem %v (load %s / %s)",
-			lastErr, ratesWithin(list, offered, tolerance), stats[0].String(), stats[1].String())
+		t.Fatalf("pods metric never matched the delivered load: last error %v, last problem %v (load %s / %s)",
+			lastErr, problem, stats[0].String(), stats[1].String())
 	}
 	t.Logf("pods/requests-per-second: %s", describe(list))
 	for _, v := range list.Items {
@@ -197,7 +210,11 @@ scrape_configs:
 		}
 	}
 
-	total := offered["app-a"] + offered["app-b"]
+	// The objects' and the namespace's values: the load all the pods
+	// delivered together.
+	if reading, err = load.measure(ctx); err != nil {
+		t.Fatal(err)
+	}
 	objects := []struct {
 		info provider.CustomMetricInfo
 		name types.NamespacedName
@@ -213,9 +230,9 @@ scrape_configs:
 			continue
 		}
 		got := v.Value.AsApproximateFloat64()
-		t.Logf("%s %s: %s = %.3f (offered %.0f)", o.info.GroupResource, o.name, o.info.Metric, got, total)
-		if math.Abs(got-total) > tolerance*total {
-			t.Errorf("%s %s: %s = %.3f, want %.0f ±%.0f%%", o.info.GroupResource, o.name, o.info.Metric, got, total, tolerance*100)
+		t.Logf("%s %s: %s = %.3f (%s)", o.info.GroupResource, o.name, o.info.Metric, got, reading.describe(pods...))
+		if err := reading.check(fmt.Sprintf("%s %s: %s", o.info.GroupResource, o.name, o.info.Metric), got, pods...); err != nil {
+			t.Error(err)
 		}
 	}
 
@@ -234,10 +251,12 @@ scrape_configs:
 	ext, err := ep.GetExternalMetric(ctx, "default", containerApp, provider.ExternalMetricInfo{Metric: "app_requests_per_second"})
 	if err != nil {
 		t.Errorf("external app_requests_per_second: %v", err)
-	} else if len(ext.Items) != 1 || math.Abs(ext.Items[0].Value.AsApproximateFloat64()-total) > tolerance*total {
-		t.Errorf("external app_requests_per_second = %+v, want one value of %.0f ±%.0f%%", ext.Items, total, tolerance*100)
+	} else if len(ext.Items) != 1 {
+		t.Errorf("external app_requests_per_second = %+v, want one value", ext.Items)
+	} else if err := reading.check("external app_requests_per_second{container=app}", ext.Items[0].Value.AsApproximateFloat64(), pods...); err != nil {
+		t.Error(err)
 	} else {
-		t.Logf("external app_requests_per_second{container=app} in default: %s (offered %.0f)", ext.Items[0].Value.String(), total)
+		t.Logf("external app_requests_per_second{container=app} in default: %s (%s)", ext.Items[0].Value.String(), reading.describe(pods...))
 	}
 	if ext, err := ep.GetExternalMetric(ctx, "other", labels.Everything(), provider.ExternalMetricInfo{Metric: "app_requests_per_second"}); err != nil || len(ext.Items) != 0 {
 		t.Errorf("external metric in a namespace without the app = %+v, %v; want no values", ext, err)
@@ -311,9 +330,10 @@ scrape_configs:
 	}
 }
 
-// ratesWithin checks that every pod in offered is served with its offered
-// rate (within tol, or below 0.5 for idle pods).
-func ratesWithin(list *custom_metrics.MetricValueList, offered map[string]float64, tol float64) error {
+// ratesMatch checks that every pod of the reading is served with the rate
+// it delivered (reading.check: within tolerance, or 0.5 req/s for the idle
+// pod).
+func ratesMatch(list *custom_metrics.MetricValueList, reading *loadReading) error {
 	if list == nil {
 		return fmt.Errorf("no list")
 	}
@@ -321,19 +341,13 @@ func ratesWithin(list *custom_metrics.MetricValueList, offered map[string]float6
 	for _, v := range list.Items {
 		got[v.DescribedObject.Name] = v.Value.AsApproximateFloat64()
 	}
-	for pod, want := range offered {
+	for _, pod := range slices.Sorted(maps.Keys(reading.offered)) {
 		g, ok := got[pod]
 		if !ok {
 			return fmt.Errorf("%s missing from %s", pod, describe(list))
 		}
-		if want == 0 {
-			if g > 0.5 {
-				return fmt.Errorf("%s: %.3f, want ~0", pod, g)
-			}
-			continue
-		}
-		if math.Abs(g-want) > tol*want {
-			return fmt.Errorf("%s: %.3f, want %.0f ±%.0f%%", pod, g, want, tol*100)
+		if err := reading.check("pod "+pod, g, pod); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -26,7 +26,7 @@ func TestPrometheusWarningsAndInfos(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	const offered = 10
-	targets := loadedApps(ctx, t, g, dir, map[string]float64{"shop": offered})
+	targets, load := loadedApps(ctx, t, g, dir, map[string]float64{"shop": offered})
 	prom, err := localstack.StartPrometheus(ctx, g, filepath.Join(dir, "prometheus"), scrapeConfig(targets["shop"]))
 	if err != nil {
 		t.Fatal(err)
@@ -64,10 +64,17 @@ externalRules:
 	var ann string
 	var lastErr error
 	if err := wait.PollUntilContextTimeout(ctx, time.Second, 90*time.Second, false, func(context.Context) (bool, error) {
-		lenient, ann, lastErr = p.get(ctx, "shop", "lenient_rps")
-		return lastErr == nil && within(lenient, offered), nil
+		r, err := load.measure(ctx)
+		if lastErr = err; err != nil {
+			return false, nil
+		}
+		if lenient, ann, lastErr = p.get(ctx, "shop", "lenient_rps"); lastErr != nil {
+			return false, nil
+		}
+		lastErr = r.check("lenient_rps (onWarning: serve)", lenient, "shop")
+		return lastErr == nil, nil
 	}); err != nil {
-		t.Fatalf("lenient_rps (onWarning: serve) = %.1f, want about %d: %v", lenient, offered, lastErr)
+		t.Fatalf("lenient_rps (onWarning: serve) = %.1f, against the load shop's app delivered: %v", lenient, lastErr)
 	}
 	const warning = "quantile value should be between 0 and 1"
 	if !strings.Contains(ann, warning) {
