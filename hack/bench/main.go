@@ -263,6 +263,11 @@ func run() error {
 	fmt.Printf("\n%s\n%s\n", table(rows, fl), floorLine(fl))
 	fmt.Printf("adapter RSS when ready: %s, after the run: %s (peak %s; peak of its anonymous part, RssAnon: %s)\n",
 		mib(readyRSS), mib(b.rss()), mib(b.peakRSS.Load()), mib(b.peakAnon.Load()))
+	file, err := writePlot(rows, fl, dir)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("plot: %s\n", file)
 	return nil
 }
 
@@ -634,7 +639,8 @@ func (b *bench) queryOf(ctx context.Context, namespace, selector string, want in
 }
 
 type row struct {
-	pods         int
+	// pods is the namespace's size, want the pods in each answer.
+	pods, want   int
 	selection    string
 	adapter, raw side
 	rss          int64
@@ -686,7 +692,7 @@ func (b *bench) measure(ctx context.Context, n int, sel selection, byNamespaceSe
 	for i, s := range sel.selectors {
 		queries[i] = byNamespaceSelector[ns+"/"+s]
 	}
-	r := row{pods: n, selection: sel.name}
+	r := row{pods: n, want: sel.want, selection: sel.name}
 	profileDone := b.profile(ctx, fmt.Sprintf("%d-%s", n, strings.ReplaceAll(sel.name, " ", "-")))
 	r.adapter = b.run(ctx, func(ctx context.Context, i int) (*http.Request, error) {
 		return b.adapterRequest(ctx, ns, sel.selectors[i%len(sel.selectors)])
@@ -829,28 +835,7 @@ func (b *bench) heapProfile(ctx context.Context, name string) error {
 // fetchProfile saves what the adapter's path answers (as an admin) to file
 // in the profiles folder.
 func (b *bench) fetchProfile(ctx context.Context, path, file string) error {
-	admin, err := b.s.HTTPClient("admin")
-	if err != nil {
-		return err
-	}
-	admin.Timeout = b.o.duration + 30*time.Second
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.s.AdapterURL+path, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := admin.Do(req)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %d %s", path, resp.StatusCode, truncate(data))
-	}
-	return os.WriteFile(filepath.Join(b.o.profiles, file), data, 0o644)
+	return b.s.SaveAdapterDebug(ctx, path, filepath.Join(b.o.profiles, file), b.o.duration+30*time.Second)
 }
 
 // rss is the adapter's resident memory now, in bytes; it also tracks the

@@ -90,6 +90,8 @@ type options struct {
 	kcmQPS       float64
 	adapterArgs  []string
 	dir          string
+	// profiles is where each row's adapter CPU profile goes ("": none).
+	profiles string
 }
 
 func run() error {
@@ -102,8 +104,14 @@ func run() error {
 	var args stringList
 	flag.Var(&args, "adapter-arg", "An extra adapter flag (repeatable).")
 	dirFlag := flag.String("dir", "", "Run folder (default run/bench-fleet in the repository).")
+	profiles := flag.String("profiles", "", "Folder for the adapter's CPU profile over each row's window (go tool pprof reads them).")
 	flag.Parse()
-	o := options{perNamespace: *perNamespace, podsPerHPA: *podsPerHPA, window: *window, kcmQPS: *kcmQPS, adapterArgs: args}
+	o := options{perNamespace: *perNamespace, podsPerHPA: *podsPerHPA, window: *window, kcmQPS: *kcmQPS, adapterArgs: args, profiles: *profiles}
+	if o.profiles != "" {
+		if err := os.MkdirAll(o.profiles, 0o755); err != nil {
+			return err
+		}
+	}
 	for _, m := range strings.Split(*shared, ",") {
 		m = strings.TrimSpace(m)
 		if d, err := time.ParseDuration(m); m != "off" && (err != nil || d < time.Second) {
@@ -315,12 +323,16 @@ func measure(ctx context.Context, o options, n int, mode string) (row, error) {
 	adapterPID, promPID := s.Adapter.PID(), s.Prometheus.Proc.PID()
 	adapterCPU0, promCPU0 := localstack.CPUSeconds(adapterPID), localstack.CPUSeconds(promPID)
 	t0 := time.Now()
+	profiled := profile(ctx, s, o, fmt.Sprintf("%d-shared-%s.cpu.pprof", n, mode))
 	select {
 	case <-time.After(o.window):
 	case <-ctx.Done():
 		return row{}, ctx.Err()
 	}
 	elapsed := time.Since(t0)
+	if err := <-profiled; err != nil {
+		return row{}, fmt.Errorf("the adapter's CPU profile: %w", err)
+	}
 	adapterCPU, promCPU := localstack.CPUSeconds(adapterPID)-adapterCPU0, localstack.CPUSeconds(promPID)-promCPU0
 	end := time.Now()
 	ages := w.ages(end, f)
@@ -828,4 +840,20 @@ func promAt(ctx context.Context, base, expr string, at time.Time) (map[string]fl
 		out[r.Metric["pod"]] = v
 	}
 	return out, nil
+}
+
+// profile saves the adapter's CPU profile over the window (less a second)
+// as file in the profiles folder, when that folder is set; the channel
+// reports the outcome once the profile is written.
+func profile(ctx context.Context, s *localstack.Stack, o options, file string) <-chan error {
+	done := make(chan error, 1)
+	if o.profiles == "" {
+		done <- nil
+		return done
+	}
+	seconds := max(1, int((o.window-time.Second)/time.Second))
+	go func() {
+		done <- s.SaveAdapterDebug(ctx, fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), filepath.Join(o.profiles, file), time.Duration(seconds)*time.Second+30*time.Second)
+	}()
+	return done
 }

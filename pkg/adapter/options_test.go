@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -282,5 +283,24 @@ func TestAcceptsPrometheusAdapterFlags(t *testing.T) {
 				t.Errorf("--%s = %q after parsing %q", name, f.Value.String(), a)
 			}
 		}
+	}
+}
+
+// The API server's "yes" to a request is kept as long as kube-apiserver
+// keeps its webhook's (an HPA asks the same question every 15 s); a "no"
+// only as long as the library's default.
+func TestAuthorizationCacheDefaults(t *testing.T) {
+	cmd := NewCommand(context.Background())
+	for flag, want := range map[string]string{
+		"authorization-webhook-cache-authorized-ttl":   AuthorizedCacheTTL.String(),
+		"authorization-webhook-cache-unauthorized-ttl": "10s",
+	} {
+		f := cmd.Flags().Lookup(flag)
+		if f == nil || f.DefValue != want {
+			t.Errorf("--%s: %+v, want the default %s", flag, f, want)
+		}
+	}
+	if AuthorizedCacheTTL < 2*15*time.Second {
+		t.Errorf("AuthorizedCacheTTL %s: an HPA syncing every 15 s would miss the cache", AuthorizedCacheTTL)
 	}
 }

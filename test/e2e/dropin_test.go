@@ -36,18 +36,9 @@ func TestPrometheusAdapterConfigIsServedInFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := stack.RunAdapter(ctx, "adapter-pa-config", cfg,
+	a := runAdapter(ctx, t, "adapter-pa-config", cfg,
 		"--metrics-relist-interval=5s", "--metrics-max-age=30s", "--prometheus-verb=GET",
 		"--prometheus-header=X-Scope-OrgID=e2e", "--disable-http2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		stack.Procs.Remove(a.Process)
-		if err := a.Stop(10 * time.Second); err != nil {
-			t.Error(err)
-		}
-	})
 	get := func(ctx context.Context, path string, into any) error {
 		code, body, err := stack.Get(ctx, "admin", a.URL+path, nil)
 		if err != nil {

@@ -180,14 +180,7 @@ func TestForwardedRequestsCarryNoCredential(t *testing.T) {
 	if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a, err := stack.RunAdapter(ctx, "adapter-hostile-upstream", stack.AdapterRules(), "--upstreams="+file, "--upstream-discovery-interval=1s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		stack.Procs.Remove(a.Process)
-		_ = a.Stop(10 * time.Second)
-	}()
+	a := runAdapter(ctx, t, "adapter-hostile-upstream", stack.AdapterRules(), "--upstreams="+file, "--upstream-discovery-interval=1s")
 
 	path := "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/hostile-metric"
 	if err := wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -329,14 +322,7 @@ func TestOneReplicaWritesMetricRuleStatus(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	second, err := stack.RunAdapter(ctx, "adapter-second-writer", stack.AdapterRules(), "--metric-rules")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		stack.Procs.Remove(second.Process)
-		_ = second.Stop(10 * time.Second)
-	}()
+	second := runAdapter(ctx, t, "adapter-second-writer", stack.AdapterRules(), "--metric-rules")
 	// A rule created once both replicas serve MetricRules.
 	if err := wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
 		mfs, err := stack.Metrics(ctx, second.URL)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"slices"
 	"time"
 
@@ -42,6 +43,33 @@ func (s *Stack) Get(ctx context.Context, user, url string, header http.Header) (
 	defer func() { _ = resp.Body.Close() }()
 	body, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, body, err
+}
+
+// SaveAdapterDebug saves what the stack's adapter answers an admin's GET of
+// path (a /debug/pprof profile) into file, waiting for it up to timeout.
+func (s *Stack) SaveAdapterDebug(ctx context.Context, path, file string, timeout time.Duration) error {
+	admin, err := s.HTTPClient("admin")
+	if err != nil {
+		return err
+	}
+	admin.Timeout = timeout
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.AdapterURL+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := admin.Do(req)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %d %.200s", path, resp.StatusCode, data)
+	}
+	return os.WriteFile(file, data, 0o644)
 }
 
 // Metrics scrapes the /metrics of the server at baseURL (an adapter of the
