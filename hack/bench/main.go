@@ -248,6 +248,7 @@ func run() error {
 		return err
 	}
 	fmt.Println(floorLine(fl))
+	fmt.Println(idleLine(fl))
 
 	var rows []row
 	for _, n := range o.sizes {
@@ -260,7 +261,7 @@ func run() error {
 			rows = append(rows, r)
 		}
 	}
-	fmt.Printf("\n%s\n%s\n", table(rows, fl), floorLine(fl))
+	fmt.Printf("\n%s\n%s\n%s\n", table(rows, fl), floorLine(fl), idleLine(fl))
 	fmt.Printf("adapter RSS when ready: %s, after the run: %s (peak %s; peak of its anonymous part, RssAnon: %s)\n",
 		mib(readyRSS), mib(b.rss()), mib(b.peakRSS.Load()), mib(b.peakAnon.Load()))
 	file, err := writePlot(rows, fl, dir)
@@ -714,19 +715,46 @@ func (b *bench) measure(ctx context.Context, n int, sel selection, byNamespaceSe
 // floorSelector matches none of the bench's pods.
 const floorSelector = "app=none"
 
-// floor measures the adapter answering floorSelector in namespace: empty
-// answers, no Prometheus query.
-func (b *bench) floor(ctx context.Context, namespace string) (side, error) {
-	f := b.run(ctx, func(ctx context.Context, _ int) (*http.Request, error) {
-		return b.adapterRequest(ctx, namespace, floorSelector)
-	}, adapterItem, 0)
-	if f.errs+f.wrong > 0 {
-		return f, fmt.Errorf("floor: %d errors, %d answers that were not empty", f.errs, f.wrong)
-	}
-	return f, nil
+// floor is the floor side, and what the adapter and Prometheus spend with
+// no request at all (CPU seconds per second, over idleWindow): Prometheus
+// scrapes, evaluates and compacts, the adapter lists series and watches,
+// whatever the requests. The ratio against the stack's limit counts CPU
+// net of it, so that a side is not charged for background work by how few
+// requests it served meanwhile.
+type floor struct {
+	side
+	idleAdapter, idleProm float64
 }
 
-func floorLine(f side) string {
+// idleWindow is how long the idle CPU is measured.
+const idleWindow = 10 * time.Second
+
+// floor measures the idle CPU, then the adapter answering floorSelector in
+// namespace: empty answers, no Prometheus query.
+func (b *bench) floor(ctx context.Context, namespace string) (floor, error) {
+	adapter0, prom0, t0 := b.cpuSeconds(), localstack.CPUSeconds(b.s.Prometheus.Proc.PID()), time.Now()
+	select {
+	case <-time.After(idleWindow):
+	case <-ctx.Done():
+		return floor{}, ctx.Err()
+	}
+	elapsed := time.Since(t0).Seconds()
+	fl := floor{idleAdapter: (b.cpuSeconds() - adapter0) / elapsed, idleProm: (localstack.CPUSeconds(b.s.Prometheus.Proc.PID()) - prom0) / elapsed}
+	fl.side = b.run(ctx, func(ctx context.Context, _ int) (*http.Request, error) {
+		return b.adapterRequest(ctx, namespace, floorSelector)
+	}, adapterItem, 0)
+	if fl.errs+fl.wrong > 0 {
+		return fl, fmt.Errorf("floor: %d errors, %d answers that were not empty", fl.errs, fl.wrong)
+	}
+	return fl, nil
+}
+
+func idleLine(f floor) string {
+	return fmt.Sprintf("idle (no request, %s): adapter %.1f %% of a core, Prometheus %.1f %%; the ratio against the stack's limit counts CPU net of it",
+		idleWindow, 100*f.idleAdapter, 100*f.idleProm)
+}
+
+func floorLine(f floor) string {
 	return fmt.Sprintf("floor: no pod selected, no Prometheus query: adapter %7.1f req/s (p50 %s, p99 %s); CPU ms per request: adapter %.3f, clients %.3f",
 		f.rate(), ms(f.p50), ms(f.p99), perRequest(f.adapterCPU, f.n), perRequest(f.clientCPU, f.n))
 }
@@ -872,17 +900,21 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float
 // serving stack: what the floor costs per request (adapter and clients)
 // plus what raw Prometheus spends on the query, divided by what a request
 // costs on the adapter side (the adapter, its Prometheus and the clients).
-// 1 would be a provider that adds nothing to the stack and the query.
-func (r row) stackLimit(fl side) float64 {
-	limit := perRequest(fl.adapterCPU, fl.n) + perRequest(fl.clientCPU, fl.n) + perRequest(r.raw.promCPU, r.raw.n)
-	cost := perRequest(r.adapter.adapterCPU, r.adapter.n) + perRequest(r.adapter.promCPU, r.adapter.n) + perRequest(r.adapter.clientCPU, r.adapter.n)
+// 1 would be a provider that adds nothing to the stack and the query. The
+// adapter's and Prometheus' CPU count net of what they spend idle.
+func (r row) stackLimit(fl floor) float64 {
+	net := func(cpu, idle float64, s side) float64 { return max(0, cpu-idle*s.seconds) }
+	limit := perRequest(net(fl.adapterCPU, fl.idleAdapter, fl.side), fl.n) + perRequest(fl.clientCPU, fl.n) +
+		perRequest(net(r.raw.promCPU, fl.idleProm, r.raw), r.raw.n)
+	cost := perRequest(net(r.adapter.adapterCPU, fl.idleAdapter, r.adapter), r.adapter.n) +
+		perRequest(net(r.adapter.promCPU, fl.idleProm, r.adapter), r.adapter.n) + perRequest(r.adapter.clientCPU, r.adapter.n)
 	if cost == 0 {
 		return 0
 	}
 	return limit / cost
 }
 
-func (r row) line(fl side) string {
+func (r row) line(fl floor) string {
 	a, w := r.adapter, r.raw
 	return fmt.Sprintf("%6d pods, %-26s adapter %7.1f req/s (p50 %s, p90 %s, p99 %s)  raw %7.1f req/s (p50 %s, p90 %s, p99 %s)  ratio %.2f  of the stack's limit %.2f  RSS %s\n"+
 		"%40s CPU s: adapter side: adapter %.1f, Prometheus %.1f, clients %.1f; raw side: Prometheus %.1f, clients %.1f\n"+
@@ -897,7 +929,7 @@ func (r row) line(fl side) string {
 // perRequest is CPU seconds spread over n requests, in milliseconds.
 func perRequest(seconds float64, n int) float64 { return 1000 * seconds / float64(max(n, 1)) }
 
-func table(rows []row, fl side) string {
+func table(rows []row, fl floor) string {
 	var b strings.Builder
 	b.WriteString("| pods in namespace | selection | adapter req/s | adapter p50 | adapter p99 | raw req/s | raw p50 | raw p99 | ratio | of the stack's limit | adapter RSS | adapter CPU s |\n")
 	b.WriteString("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")

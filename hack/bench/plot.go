@@ -19,7 +19,7 @@ const stackLimitGoal = 0.85
 // Prometheus' and its CPU per request against the limit of the stack, as
 // two bars, with the goal as a line, into bench-ratios.svg in dir, and
 // returns its path.
-func writePlot(rows []row, fl side, dir string) (string, error) {
+func writePlot(rows []row, fl floor, dir string) (string, error) {
 	p := plot.New()
 	p.Title.Text = "The adapter against raw Prometheus, per answer size"
 	p.Y.Label.Text = "ratio (higher is better)"

@@ -189,7 +189,7 @@ func (c *Client) QueryAnnotated(ctx context.Context, expr string) (model.Vector,
 		defer qcancel()
 		start := time.Now()
 		vec, ann, err := c.query(qctx, expr)
-		klog.V(4).InfoS("Prometheus query done", "expr", expr, "tenant", TenantFrom(ctx), "duration", time.Since(start), "err", err)
+		klog.V(4).InfoS("Prometheus query done", "expr", ShortQuery(expr), "tenant", TenantFrom(ctx), "duration", time.Since(start), "err", err)
 		if !ann.Empty() {
 			klog.V(2).InfoS("Prometheus answer carries annotations", "expr", ShortQuery(expr), "tenant", TenantFrom(ctx), "annotations", ann.String())
 		}
