@@ -21,7 +21,10 @@
 // FailedGet* events, the age of each HPA's status.currentMetrics at the end
 // (the time since its value last changed, from a watch), the adapter's and
 // Prometheus' CPU and the adapter's RSS, and Prometheus' queries per
-// second. Everything listens on 127.0.0.1 and is stopped by PID at the end
+// second. Before it creates the HPAs (-floor, on by default), it measures
+// the floor at the fleet's rate: the adapter answering as many requests a
+// second as the HPAs will send, each an empty answer through the API
+// server with no Prometheus query, for -window. Everything listens on 127.0.0.1 and is stopped by PID at the end
 // of each row.
 package main
 
@@ -62,6 +65,9 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
+	cmv1beta2 "k8s.io/metrics/pkg/apis/custom_metrics/v1beta2"
+	cmscheme "k8s.io/metrics/pkg/client/custom_metrics/scheme"
+
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
 )
 
@@ -92,6 +98,9 @@ type options struct {
 	dir          string
 	// profiles is where each row's adapter CPU profile goes ("": none).
 	profiles string
+	// floor measures, before the HPAs, the adapter answering empty
+	// answers at the fleet's request rate.
+	floor bool
 }
 
 func run() error {
@@ -105,8 +114,10 @@ func run() error {
 	flag.Var(&args, "adapter-arg", "An extra adapter flag (repeatable).")
 	dirFlag := flag.String("dir", "", "Run folder (default run/bench-fleet in the repository).")
 	profiles := flag.String("profiles", "", "Folder for the adapter's CPU profile over each row's window (go tool pprof reads them).")
+	floorFlag := flag.Bool("floor", true, "Before the HPAs, measure the adapter answering as many requests a second as the fleet will send (one per HPA per sync period), each an empty answer "+
+		"(a selector of no pod: no Prometheus query) through the API server, for -window: what the serving stack costs at that rate.")
 	flag.Parse()
-	o := options{perNamespace: *perNamespace, podsPerHPA: *podsPerHPA, window: *window, kcmQPS: *kcmQPS, adapterArgs: args, profiles: *profiles}
+	o := options{perNamespace: *perNamespace, podsPerHPA: *podsPerHPA, window: *window, kcmQPS: *kcmQPS, adapterArgs: args, profiles: *profiles, floor: *floorFlag}
 	if o.profiles != "" {
 		if err := os.MkdirAll(o.profiles, 0o755); err != nil {
 			return err
@@ -238,6 +249,9 @@ type row struct {
 	promBound float64
 	window    time.Duration
 	setup     time.Duration
+	// floor is the adapter's CPU for empty answers at the fleet's rate
+	// (zero when not measured).
+	floor floorResult
 }
 
 func measure(ctx context.Context, o options, n int, mode string) (row, error) {
@@ -294,8 +308,20 @@ func measure(ctx context.Context, o options, n int, mode string) (row, error) {
 	if err := create(ctx, client, f, o.podsPerHPA); err != nil {
 		return row{}, err
 	}
+	fmt.Printf("   %d Deployments and %d pods created in %s\n", n, n*o.podsPerHPA, time.Since(start).Round(time.Second))
+	var fl floorResult
+	if o.floor {
+		if fl, err = floor(ctx, s, f, o, n, mode); err != nil {
+			return row{}, fmt.Errorf("the floor: %w", err)
+		}
+		fmt.Println("   " + fl.line())
+	}
+	start = time.Now()
+	if err := each(f, func(h hpaRef) error { return createHPA(ctx, client, h, o.podsPerHPA) }); err != nil {
+		return row{}, err
+	}
 	setup := time.Since(start)
-	fmt.Printf("   %d Deployments, %d pods and %d HPAs created in %s\n", n, n*o.podsPerHPA, n, setup.Round(time.Second))
+	fmt.Printf("   %d HPAs created in %s\n", n, setup.Round(time.Second))
 
 	w := watchHPAs(ctx, client)
 	defer w.stop()
@@ -354,15 +380,17 @@ func measure(ctx context.Context, o options, n int, mode string) (row, error) {
 		return row{}, err
 	}
 
-	r := row{hpas: n, shared: mode, checked: checked, differed: differed, window: elapsed, setup: setup, failedGetEvents: events, adapterRSS: rss,
+	r := row{hpas: n, shared: mode, floor: fl, checked: checked, differed: differed, window: elapsed, setup: setup, failedGetEvents: events, adapterRSS: rss,
 		adapterCPU: adapterCPU / elapsed.Seconds(), promCPU: promCPU / elapsed.Seconds(), computeMeanByType: map[string]time.Duration{}}
 	const hpaMetric = "horizontal_pod_autoscaler_controller_"
 	r.syncs, r.syncMean = histogramDelta(kcm0, kcm1, hpaMetric+"reconciliation_duration_seconds", nil)
-	// The counters and the histograms are read in one scrape but moved one
-	// after the other: a sync between the two can make a difference of 1.
-	r.syncErrors = max(0, r.syncs-counterDelta(kcm0, kcm1, hpaMetric+"reconciliations_total", map[string]string{"error": "none"}))
+	// Failures are counted from the counters alone (error other than
+	// none): the counters and the histograms are read in one scrape but
+	// moved one after the other, so that the histogram's count less the
+	// counter's successes can count a sync in flight as failed.
+	r.syncErrors = counterDelta(kcm0, kcm1, hpaMetric+"reconciliations_total", map[string]string{"error": "!none"})
 	r.computations, r.computeMean = histogramDelta(kcm0, kcm1, hpaMetric+"metric_computation_duration_seconds", nil)
-	r.compFails = max(0, r.computations-counterDelta(kcm0, kcm1, hpaMetric+"metric_computation_total", map[string]string{"error": "none"}))
+	r.compFails = counterDelta(kcm0, kcm1, hpaMetric+"metric_computation_total", map[string]string{"error": "!none"})
 	for _, kind := range []string{"Pods", "Object", "External"} {
 		_, r.computeMeanByType[kind] = histogramDelta(kcm0, kcm1, hpaMetric+"metric_computation_duration_seconds", map[string]string{"metric_type": kind})
 	}
@@ -370,9 +398,9 @@ func measure(ctx context.Context, o options, n int, mode string) (row, error) {
 	r.neverRead = n - len(ages)
 	if mode != "off" {
 		// One query per rule (Pods, Deployments through their pods,
-		// external) and namespace every half of the bound.
+		// external) and namespace every third of the bound.
 		d, _ := time.ParseDuration(mode)
-		r.promBound = float64(3*len(f.namespaces)) / (d / 2).Seconds()
+		r.promBound = float64(3*len(f.namespaces)) / (d / 3).Seconds()
 	}
 	slices.Sort(ages)
 	if len(ages) > 0 {
@@ -389,13 +417,19 @@ func create(ctx context.Context, client kubernetes.Interface, f fleet, podsPerHP
 			return err
 		}
 	}
+	return each(f, func(h hpaRef) error { return createApp(ctx, client, h, podsPerHPA) })
+}
+
+// each runs do for every HPA of f, 32 at a time, and returns an error of
+// one that failed.
+func each(f fleet, do func(hpaRef) error) error {
 	work := make(chan hpaRef)
 	errs := make(chan error, 1)
 	var wg sync.WaitGroup
 	for range 32 {
 		wg.Go(func() {
 			for h := range work {
-				if err := createOne(ctx, client, h, podsPerHPA); err != nil {
+				if err := do(h); err != nil {
 					select {
 					case errs <- fmt.Errorf("%s/%s: %w", h.namespace, h.name, err):
 					default:
@@ -417,7 +451,9 @@ func create(ctx context.Context, client kubernetes.Interface, f fleet, podsPerHP
 	}
 }
 
-func createOne(ctx context.Context, client kubernetes.Interface, h hpaRef, podsPerHPA int) error {
+// createApp creates h's Deployment and its pods, their status Running
+// and Ready.
+func createApp(ctx context.Context, client kubernetes.Interface, h hpaRef, podsPerHPA int) error {
 	labels := map[string]string{"app": h.name}
 	replicas := int32(podsPerHPA)
 	d := &appsv1.Deployment{
@@ -450,6 +486,12 @@ func createOne(ctx context.Context, client kubernetes.Interface, h hpaRef, podsP
 			return err
 		}
 	}
+	return nil
+}
+
+// createHPA creates h's HPA, which scales its Deployment.
+func createHPA(ctx context.Context, client kubernetes.Interface, h hpaRef, podsPerHPA int) error {
+	labels := map[string]string{"app": h.name}
 	one, maxReplicas := int32(1), int32(4*podsPerHPA)
 	metric := autoscalingv2.MetricSpec{Type: h.kind}
 	perPod := resource.MustParse("1")
@@ -603,11 +645,16 @@ func scrape(ctx context.Context, cfg *rest.Config, url string) (map[string]*dto.
 	return p.TextToMetricFamilies(resp.Body)
 }
 
-// matches reports whether m has every label of want.
+// matches reports whether m has every label of want, with its value or,
+// for a value "!v", with any value but v.
 func matches(m *dto.Metric, want map[string]string) bool {
 	n := 0
 	for _, l := range m.GetLabel() {
-		if v, ok := want[l.GetName()]; ok && v == l.GetValue() {
+		v, ok := want[l.GetName()]
+		if !ok {
+			continue
+		}
+		if not, neg := strings.CutPrefix(v, "!"); neg && not != l.GetValue() || !neg && v == l.GetValue() {
 			n++
 		}
 	}
@@ -657,7 +704,23 @@ func (r row) line() string {
 		r.hpas, r.shared, r.syncs/r.window.Seconds(), r.syncErrors, per(r.syncMean), r.computations, r.compFails, r.failedGetEvents, per(r.computeMean),
 		per(r.computeMeanByType["Pods"]), per(r.computeMeanByType["Object"]), per(r.computeMeanByType["External"]),
 		r.ageP50.Round(time.Second), r.ageP99.Round(time.Second), r.ageMax.Round(time.Second), r.neverRead,
-		100*r.adapterCPU, float64(r.adapterRSS)/(1<<20), r.promQPS, 100*r.promCPU, r.checked, r.differed, 100*r.share(), r.bound())
+		100*r.adapterCPU, float64(r.adapterRSS)/(1<<20), r.promQPS, 100*r.promCPU, r.checked, r.differed, 100*r.share(), r.bound()) + r.floorNote()
+}
+
+// floorNote compares the adapter's CPU with the floor's, when measured.
+func (r row) floorNote() string {
+	if r.floor.window == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; the floor at the same rate (%s): the adapter %.1f %% of a core, %.2f of the row's", r.floor.line(), 100*r.floor.adapterCPU, r.floor.adapterCPU/r.adapterCPU)
+}
+
+// adapterCell is the table's adapter CPU, and the floor's beside it.
+func (r row) adapterCell() string {
+	if r.floor.window == 0 {
+		return fmt.Sprintf("%.1f %%", 100*r.adapterCPU)
+	}
+	return fmt.Sprintf("%.1f %% (%.1f %%)", 100*r.adapterCPU, 100*r.floor.adapterCPU)
 }
 
 // share is the part of the HPA controller's mean sync its metric
@@ -679,13 +742,13 @@ func (r row) bound() string {
 
 func table(rows []row) string {
 	var b strings.Builder
-	b.WriteString("| HPAs | shared queries | syncs/s | sync mean | metric mean (share of sync) | failed computations | FailedGet* events | metric age p50 / p99 / max | adapter CPU (one core) | adapter RSS | Prometheus queries/s | Prometheus CPU | values differing |\n")
+	b.WriteString("| HPAs | shared queries | syncs/s | sync mean | metric mean (share of sync) | failed computations | FailedGet* events | metric age p50 / p99 / max | adapter CPU of one core (floor at the same rate) | adapter RSS | Prometheus queries/s | Prometheus CPU | values differing |\n")
 	b.WriteString("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %d | %s | %.1f | %.1f ms | %.1f ms (%.0f %%) | %.0f of %.0f | %d | %s / %s / %s | %.1f %% | %.0f MiB | %.1f | %.1f %% | %d of %d |\n",
+		fmt.Fprintf(&b, "| %d | %s | %.1f | %.1f ms | %.1f ms (%.0f %%) | %.0f of %.0f | %d | %s / %s / %s | %s | %.0f MiB | %.1f | %.1f %% | %d of %d |\n",
 			r.hpas, r.shared, r.syncs/r.window.Seconds(), float64(r.syncMean)/float64(time.Millisecond), float64(r.computeMean)/float64(time.Millisecond), 100*r.share(),
 			r.compFails, r.computations, r.failedGetEvents, r.ageP50.Round(time.Second), r.ageP99.Round(time.Second), r.ageMax.Round(time.Second),
-			100*r.adapterCPU, float64(r.adapterRSS)/(1<<20), r.promQPS, 100*r.promCPU, r.differed, r.checked)
+			r.adapterCell(), float64(r.adapterRSS)/(1<<20), r.promQPS, 100*r.promCPU, r.differed, r.checked)
 	}
 	return b.String()
 }
@@ -856,4 +919,136 @@ func profile(ctx context.Context, s *localstack.Stack, o options, file string) <
 		done <- s.SaveAdapterDebug(ctx, fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), filepath.Join(o.profiles, file), time.Duration(seconds)*time.Second+30*time.Second)
 	}()
 	return done
+}
+
+// floorResult is what the adapter spent answering empty answers at a
+// fleet's request rate.
+type floorResult struct {
+	rate       float64 // requests a second asked for
+	served     int     // requests answered, empty, in the window
+	failed     int     // requests that failed or were not empty
+	adapterCPU float64 // share of one core
+	window     time.Duration
+}
+
+func (f floorResult) line() string {
+	return fmt.Sprintf("floor: %.1f empty answers/s asked, %.1f/s served (%d failed): adapter %.1f %% of a core",
+		f.rate, float64(f.served)/f.window.Seconds(), f.failed, 100*f.adapterCPU)
+}
+
+// floorSelector selects none of the fleet's pods: the adapter answers
+// empty without a Prometheus query.
+const floorSelector = "app=none"
+
+// floor sends, through the API server, as many requests a second as n HPAs
+// send (one per sync period each) for a Pods metric of no pod, from five
+// clients (the HPA controller's workers), for the window, and measures
+// the adapter's CPU: the serving stack at the fleet's rate, with the same
+// objects cached and series listed.
+func floor(ctx context.Context, s *localstack.Stack, f fleet, o options, n int, mode string) (floorResult, error) {
+	rt, err := rest.TransportFor(s.Admin)
+	if err != nil {
+		return floorResult{}, err
+	}
+	hc := &http.Client{Transport: rt, Timeout: 30 * time.Second}
+	decoder := cmscheme.Codecs.UniversalDeserializer()
+	ask := func(ctx context.Context, ns string) error {
+		u := s.Admin.Host + "/apis/custom.metrics.k8s.io/v1beta2/namespaces/" + ns + "/pods/*/requests-per-second?labelSelector=" + url.QueryEscape(floorSelector)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return err
+		}
+		// As the HPA controller asks.
+		req.Header.Set("Accept", "application/vnd.kubernetes.protobuf, */*")
+		resp, err := hc.Do(req)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = resp.Body.Close() }()
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+		}
+		obj, _, err := decoder.Decode(body, nil, nil)
+		if err != nil {
+			return err
+		}
+		list, ok := obj.(*cmv1beta2.MetricValueList)
+		if !ok {
+			return fmt.Errorf("want a MetricValueList, got %T", obj)
+		}
+		if len(list.Items) != 0 {
+			return fmt.Errorf("want no value for selector %s, got %d", floorSelector, len(list.Items))
+		}
+		return nil
+	}
+	// Until the adapter serves the metric in every namespace.
+	var last error
+	if err := wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		for _, ns := range f.namespaces {
+			if last = ask(ctx, ns); last != nil {
+				return false, nil
+			}
+		}
+		return true, nil
+	}); err != nil {
+		if last == nil {
+			last = err
+		}
+		return floorResult{}, fmt.Errorf("the adapter did not serve every namespace within 3 minutes: %w", last)
+	}
+	res := floorResult{rate: float64(n) / syncPeriod.Seconds()}
+	work := make(chan string, n)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Go(func() {
+			for ns := range work {
+				err := ask(ctx, ns)
+				mu.Lock()
+				if err != nil {
+					res.failed++
+				} else {
+					res.served++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	pid := s.Adapter.PID()
+	cpu0, t0 := localstack.CPUSeconds(pid), time.Now()
+	profiled := profile(ctx, s, o, fmt.Sprintf("%d-shared-%s-floor.cpu.pprof", n, mode))
+	tick := time.NewTicker(time.Duration(float64(time.Second) / res.rate))
+	end := time.After(o.window)
+	for i, done := 0, false; !done; i++ {
+		select {
+		case <-tick.C:
+			select {
+			case work <- f.namespaces[i%len(f.namespaces)]:
+			default: // the clients are behind: a request not sent is not served
+			}
+		case <-end:
+			done = true
+		case <-ctx.Done():
+			done = true
+		}
+	}
+	tick.Stop()
+	close(work)
+	wg.Wait()
+	res.window = time.Since(t0)
+	res.adapterCPU = (localstack.CPUSeconds(pid) - cpu0) / res.window.Seconds()
+	if err := <-profiled; err != nil {
+		return res, fmt.Errorf("the adapter's CPU profile: %w", err)
+	}
+	if ctx.Err() != nil {
+		return res, ctx.Err()
+	}
+	if res.failed > 0 {
+		return res, fmt.Errorf("%d of %d floor requests failed", res.failed, res.failed+res.served)
+	}
+	return res, nil
 }

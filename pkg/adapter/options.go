@@ -187,7 +187,7 @@ func (o *Options) AddFlags(prom, rules, general *pflag.FlagSet) {
 		"For a label-selector request over objects served through their pods (e.g. deployments.apps/*), how many objects are queried at once.")
 	rules.DurationVar(&o.SharedQueryMaxAge, "shared-query-max-age", o.SharedQueryMaxAge,
 		"When positive, the requests about one custom or external metrics rule of the rules file in one namespace (every HPA of a namespace on requests-per-second; External HPAs whose selectors are one label=value each) "+
-			"are answered from one query covering every object asked for recently, refreshed in the background every half of this age; no answer is older than it "+
+			"are answered from one query covering every object asked for recently, refreshed in the background every third of this age (an HPA syncing every 15 s reads a new answer at each sync up to 45s); no answer is older than it "+
 			"(past it a request queries Prometheus itself). Only rules whose value for an object comes from that object's series alone share (checked with Prometheus' parser: "+
 			"not topk, a ratio to a total, scalar()). 0 (the default): every request queries. See docs/performance.md, \"A fleet of HPAs\".")
 	rules.BoolVar(&o.MetricRules, "metric-rules", o.MetricRules,

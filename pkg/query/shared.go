@@ -254,16 +254,23 @@ func (s *Sharing) refresh(ctx context.Context, key string) error {
 	return nil
 }
 
+// refreshAfter is the age at which Run refreshes a shared answer: a third
+// of MaxAge, so that requests find one younger than MaxAge, and an HPA
+// syncing every 15 s reads a new answer at each sync when MaxAge is at
+// most 45 s (at half of 30 s, a refresh every 15 to 19 s, two syncs in a
+// row could read the same answer, and the HPA's metric stood still for
+// up to 41 s in make bench-fleet).
+func (s *Sharing) refreshAfter() time.Duration { return s.MaxAge / 3 }
+
 // forgetAfter is how long an object stays in its shape's query without
 // being asked for: four times MaxAge (an HPA asks every 15 s).
 func (s *Sharing) forgetAfter() time.Duration { return 4 * s.MaxAge }
 
-// Run refreshes every shape's answer when it is half MaxAge old, so that
-// requests find one younger than MaxAge, and forgets shapes nobody asked
-// for within four times MaxAge, until ctx ends. At most parallel refreshes
-// run at once.
+// Run refreshes every shape's answer when it is a third of MaxAge old (see
+// refreshAfter), and forgets shapes nobody asked for within four times
+// MaxAge, until ctx ends. At most parallel refreshes run at once.
 func (s *Sharing) Run(ctx context.Context, parallel int) {
-	tick := time.NewTicker(max(s.MaxAge/8, 100*time.Millisecond))
+	tick := time.NewTicker(max(s.refreshAfter()/4, 100*time.Millisecond))
 	defer tick.Stop()
 	sem := make(chan struct{}, max(parallel, 1))
 	var wg sync.WaitGroup
@@ -287,7 +294,7 @@ func (s *Sharing) Run(ctx context.Context, parallel int) {
 			switch {
 			case now.Sub(last) > s.forgetAfter():
 				delete(s.groups, key)
-			case now.Sub(g.at) >= s.MaxAge/2:
+			case now.Sub(g.at) >= s.refreshAfter():
 				due = append(due, key)
 			}
 		}
