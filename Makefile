@@ -55,7 +55,7 @@ faults: tools build ## Fault suite on the real stack: Prometheus paused and kill
 	go test -count=1 -timeout 20m -v ./test/faults/... 2>&1 | tee $(CURDIR)/_output/faults.log
 
 .PHONY: repo
-repo: shellcheck kubectl $(BIN)/helm ## Repository checks: manifests, kustomizations and the Helm chart, shellcheck, Dockerfile build stages
+repo: shellcheck kubectl $(BIN)/helm $(BIN)/promtool ## Repository checks: manifests, kustomizations and the Helm chart, the alerts (promtool), shellcheck, Dockerfile build stages
 	go test -count=1 ./test/repo/...
 
 .PHONY: test
@@ -70,11 +70,15 @@ verify: verify-fmt lint verify-generated verify-structured-logging ## Formatting
 	@go mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 
 .PHONY: verify-generated
-verify-generated: ## Fail if pkg/resourcemetrics/openapi, the MetricRule deepcopy and CRD (and the chart's copy) are not what hack/ generates
+verify-generated: ## Fail if pkg/resourcemetrics/openapi, the MetricRule deepcopy and CRD (and the chart's copy) and the Grafana dashboard are not what hack/ generates
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	hack/openapi-gen.sh "$$tmp"; \
 	diff -u pkg/resourcemetrics/openapi/zz_generated.openapi.go "$$tmp/zz_generated.openapi.go" || \
 		{ echo "pkg/resourcemetrics/openapi/zz_generated.openapi.go is not what hack/openapi-gen.sh generates: run make generate"; exit 1; }; \
+	go run ./hack/dashboard -out "$$tmp/dash"; \
+	for f in manifests/monitoring/dashboard.json manifests/helm/custom-metrics-adapter/files/dashboard.json; do \
+		diff -u "$$f" "$$tmp/dash/$$f" || { echo "$$f is not what hack/dashboard generates: run make generate"; exit 1; }; \
+	done; \
 	hack/crd-gen.sh "$$tmp/obj" "$$tmp/crd"; \
 	for f in pkg/apis/rules/v1alpha1/zz_generated.deepcopy.go:obj/zz_generated.deepcopy.go manifests/metric-rules/crd.yaml:crd/crd.yaml \
 		manifests/helm/custom-metrics-adapter/files/metricrules-crd.yaml:crd/crd.yaml; do \
@@ -94,10 +98,11 @@ fuzz: ## Fuzz selector -> PromQL, the namespace confinement of PromQL, the check
 	go test -run '^$$' -fuzz FuzzDecodeQuery -fuzztime 1000000x ./pkg/promclient
 
 .PHONY: generate
-generate: ## Regenerate the OpenAPI definitions of metrics.k8s.io (pkg/resourcemetrics/openapi), the MetricRule deepcopy functions and CRD
+generate: ## Regenerate the OpenAPI definitions of metrics.k8s.io (pkg/resourcemetrics/openapi), the MetricRule deepcopy functions and CRD, and the Grafana dashboard
 	hack/openapi-gen.sh
 	hack/crd-gen.sh
 	cp manifests/metric-rules/crd.yaml manifests/helm/custom-metrics-adapter/files/metricrules-crd.yaml
+	go run ./hack/dashboard
 
 .PHONY: vet
 vet: ## go vet
@@ -108,7 +113,9 @@ verify-fmt: ## Fail on unformatted Go files
 	@files=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$files" ]; then echo "gofmt needed:"; echo "$$files"; exit 1; fi
 
 .PHONY: tools
-tools: $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/etcd $(BIN)/prometheus $(BIN)/prometheus-adapter $(BIN)/helm kubectl ## Build the servers the local stack runs and helm, from pinned modules
+TOOLS := $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/etcd $(BIN)/prometheus $(BIN)/prometheus-adapter $(BIN)/helm
+tools: kubectl ## Build the servers the local stack runs and helm, from pinned modules (one after the other, saying which of how many)
+	@hack/build-tools.sh $(TOOLS)
 
 $(BIN)/kube-apiserver $(BIN)/kube-controller-manager &: hack/tools/k8s/go.mod hack/tools/k8s/go.sum
 	@echo ">> building kube-apiserver and kube-controller-manager v$(KUBE_VERSION) (first time: several minutes)"
@@ -136,6 +143,12 @@ $(BIN)/prometheus: hack/tools/prometheus/go.mod hack/tools/prometheus/go.sum
 	@echo ">> building prometheus (first time: several minutes)"
 	cd hack/tools/prometheus && go build -ldflags "-s -w" -o $(BIN)/prometheus github.com/prometheus/prometheus/cmd/prometheus
 
+# promtool checks and unit-tests the alerts (manifests/monitoring), from the
+# same pinned module.
+$(BIN)/promtool: hack/tools/prometheus/go.mod hack/tools/prometheus/go.sum
+	@echo ">> building promtool (first time: a few minutes)"
+	cd hack/tools/prometheus && go build -ldflags "-s -w" -o $(BIN)/promtool github.com/prometheus/prometheus/cmd/promtool
+
 # prometheus-adapter runs in the local stack as another metrics server
 # behind this adapter (--upstreams), as in a migration.
 $(BIN)/prometheus-adapter: hack/tools/prometheus-adapter/go.mod hack/tools/prometheus-adapter/go.sum
@@ -146,7 +159,8 @@ $(BIN)/prometheus-adapter: hack/tools/prometheus-adapter/go.mod hack/tools/prome
 # query length limit the integration suite meets, and Cortex, whose
 # tenants the e2e suite reads; and prom-label-proxy in front of Prometheus.
 .PHONY: tools-stores
-tools-stores: $(BIN)/victoria-metrics $(BIN)/cortex $(BIN)/prom-label-proxy ## Build the other stores the tests run (and prom-label-proxy), from pinned modules
+tools-stores: ## Build the other stores the tests run (and prom-label-proxy), from pinned modules
+	@hack/build-tools.sh $(BIN)/victoria-metrics $(BIN)/cortex $(BIN)/prom-label-proxy
 
 $(BIN)/victoria-metrics: hack/tools/victoriametrics/go.mod hack/tools/victoriametrics/go.sum
 	@echo ">> building VictoriaMetrics (first time: about two minutes)"

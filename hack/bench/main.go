@@ -192,6 +192,8 @@ func run() error {
 			Controllers: []string{"serviceaccount-controller", "serviceaccount-token-controller"},
 		},
 		NoKubelet: true,
+		// Prometheus scraping the adapter would count in its CPU.
+		NoAdapterScrape: true,
 		ExtraScrapeConfigs: []map[string]any{{
 			"job_name": "bench-pods", "honor_labels": true,
 			"static_configs": []any{map[string]any{"targets": []any{ln.Addr().String()}}},

@@ -95,6 +95,7 @@ type options struct {
 	window       time.Duration
 	kcmQPS       float64
 	adapterArgs  []string
+	adapterEnv   []string
 	dir          string
 	// profiles is where each row's adapter CPU profile goes ("": none).
 	profiles string
@@ -110,14 +111,15 @@ func run() error {
 	window := flag.Duration("window", 2*time.Minute, "How long each row is measured, after a warm-up of two sync periods.")
 	kcmQPS := flag.Float64("kcm-qps", 0, "kube-controller-manager's --kube-api-qps (its burst 1.5 times that); 0 keeps its default (20 QPS, burst 30), which each of the HPA controller's clients is limited to.")
 	shared := flag.String("shared", "off,30s", "Shared queries, comma-separated: off, or a --shared-query-max-age (30s); each size runs once per setting.")
-	var args stringList
+	var args, env stringList
 	flag.Var(&args, "adapter-arg", "An extra adapter flag (repeatable).")
+	flag.Var(&env, "adapter-env", "An environment variable of the adapter, NAME=value (repeatable), e.g. GOMAXPROCS=1.")
 	dirFlag := flag.String("dir", "", "Run folder (default run/bench-fleet in the repository).")
 	profiles := flag.String("profiles", "", "Folder for the adapter's CPU profile over each row's window (go tool pprof reads them).")
 	floorFlag := flag.Bool("floor", true, "Before the HPAs, measure the adapter answering as many requests a second as the fleet will send (one per HPA per sync period), each an empty answer "+
 		"(a selector of no pod: no Prometheus query) through the API server, for -window: what the serving stack costs at that rate.")
 	flag.Parse()
-	o := options{perNamespace: *perNamespace, podsPerHPA: *podsPerHPA, window: *window, kcmQPS: *kcmQPS, adapterArgs: args, profiles: *profiles, floor: *floorFlag}
+	o := options{perNamespace: *perNamespace, podsPerHPA: *podsPerHPA, window: *window, kcmQPS: *kcmQPS, adapterArgs: args, adapterEnv: env, profiles: *profiles, floor: *floorFlag}
 	if o.profiles != "" {
 		if err := os.MkdirAll(o.profiles, 0o755); err != nil {
 			return err
@@ -283,8 +285,11 @@ func measure(ctx context.Context, o options, n int, mode string) (row, error) {
 			Controllers:           []string{"horizontal-pod-autoscaler-controller", "serviceaccount-controller", "serviceaccount-token-controller"},
 			ControllerManagerArgs: kcmArgs,
 		},
-		NoKubelet:   true,
-		AdapterArgs: args,
+		NoKubelet: true,
+		// Prometheus scraping the adapter would count in its CPU.
+		NoAdapterScrape: true,
+		AdapterArgs:     args,
+		AdapterEnv:      o.adapterEnv,
 		ExtraScrapeConfigs: []map[string]any{{
 			"job_name": "fleet-pods", "honor_labels": true,
 			"static_configs": []any{map[string]any{"targets": []any{ln.Addr().String()}}},

@@ -309,8 +309,11 @@ func Binary(name string) (string, error) {
 	p := filepath.Join(root, "bin", name)
 	if _, err := os.Stat(p); err != nil {
 		target := "tools"
-		if name == "victoria-metrics" || name == "cortex" || name == "prom-label-proxy" {
+		switch name {
+		case "victoria-metrics", "cortex", "prom-label-proxy":
 			target = "tools-stores"
+		case "promtool":
+			target = "repo"
 		}
 		return "", fmt.Errorf("%s not found: run 'make %s' first", p, target)
 	}

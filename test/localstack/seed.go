@@ -3,6 +3,7 @@ package localstack
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
@@ -227,6 +228,12 @@ func currentOf(m autoscalingv2.MetricStatus) string {
 	switch {
 	case c.AverageUtilization != nil:
 		return fmt.Sprintf("%d%%", *c.AverageUtilization)
+	case c.AverageValue != nil && (c.AverageValue.MilliValue() == math.MinInt64 || c.AverageValue.MilliValue() == math.MaxInt64):
+		// At zero replicas the HPA controller divides an External or
+		// Object metric's total by 0 pods for an AverageValue target, and
+		// writes what the float-to-int conversion leaves: on amd64
+		// -9223372036854775808m, shown as -9223372036854776.
+		return "none: 0 pods to average over"
 	case c.AverageValue != nil:
 		return humanQuantity(c.AverageValue) + " avg"
 	case c.Value != nil:

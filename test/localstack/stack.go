@@ -56,6 +56,10 @@ type StackOptions struct {
 	// ExtraScrapeConfigs are added to the manifests' Prometheus scrape
 	// configs.
 	ExtraScrapeConfigs []map[string]any
+	// NoAdapterScrape leaves out the manifests' scrape of the adapter's
+	// own /metrics (AdapterScrapeJob), for benchmarks that count the
+	// adapter's CPU.
+	NoAdapterScrape bool
 	// QueryLog, when set, is where Prometheus logs every query it runs
 	// (query_log_file).
 	QueryLog string
@@ -428,6 +432,10 @@ func (s *Stack) applyManifests(ctx context.Context, dir string, keep func(*unstr
 	return s.Apply(ctx, kept)
 }
 
+// AdapterScrapeJob is the job of manifests/prometheus/prometheus.yml that
+// scrapes the adapter's own /metrics.
+const AdapterScrapeJob = "custom-metrics-adapter"
+
 // prometheusConfig takes the manifests' prometheus.yml and points its pod
 // discovery at the local API server, authenticated as the manifests'
 // prometheus ServiceAccount.
@@ -461,6 +469,20 @@ func (s *Stack) prometheusConfig(opts StackOptions) (string, error) {
 			// The process kubelet serves no /metrics/cadvisor; the local
 			// stack's resource rules read the pods' process metrics.
 			continue
+		}
+		if job["job_name"] == AdapterScrapeJob && opts.NoAdapterScrape {
+			continue
+		}
+		if job["job_name"] == AdapterScrapeJob {
+			// The adapter's serving certificate is the stack's, and
+			// Prometheus authenticates with its client certificate.
+			delete(job, "authorization")
+			job["tls_config"] = map[string]any{
+				"ca_file":     s.PKI.Path("ca.crt"),
+				"server_name": AdapterServiceDNS,
+				"cert_file":   s.PKI.Path("prometheus-client.crt"),
+				"key_file":    s.PKI.Path("prometheus-client.key"),
+			}
 		}
 		kept = append(kept, job)
 		for _, sd := range sds {
