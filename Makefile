@@ -200,11 +200,11 @@ help: ## List targets
 
 .PHONY: demo
 demo: tools build ## The local demo (DEMO_ARGS=--quick for a short run that exits)
-	go run ./hack/localdemo $(DEMO_ARGS)
+	go run ./hack/demo $(DEMO_ARGS)
 
 .PHONY: kind-demo
-kind-demo: ## The demo on a kind cluster (needs Docker and kind)
-	hack/kind-demo.sh
+kind-demo: ## The demo on a kind cluster, with the same driver (needs Docker, kind and Go; DEMO_ARGS=--quick as for make demo)
+	DEMO_ARGS="$(DEMO_ARGS)" hack/kind-demo.sh
 
 .PHONY: image-adapter image-app
 image-adapter: ## Build the adapter image (needs Docker)

@@ -43,6 +43,9 @@ func run(args []string) error {
 	inflight := fs.Int("max-in-flight", 256, "Most requests outstanding at once; beyond it requests are dropped and counted.")
 	timeout := fs.Duration("timeout", 5*time.Second, "Timeout of each request.")
 	report := fs.Duration("report", 5*time.Second, "How often to print progress (0: only at the end).")
+	host := fs.String("host", "", "Host header of every request: picks the Ingress of that host behind an ingress controller (default: the target's host).")
+	delay := fs.Duration("delay", 0, "Send nothing for this long first; it counts in --duration.")
+	ramp := fs.Duration("ramp", 0, "After --delay, raise the rate linearly from 0 to --rate over this long, then hold it; it counts in --duration.")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -55,6 +58,10 @@ func run(args []string) error {
 		return fmt.Errorf("--duration must be in (0, 24h], got %v", *duration)
 	case !strings.HasPrefix(*path, "/"):
 		return fmt.Errorf("--path must start with /, got %q", *path)
+	case *delay < 0 || *ramp < 0 || *delay+*ramp > *duration:
+		return fmt.Errorf("--delay (%v) and --ramp (%v) must not be negative, and fit in --duration (%v)", *delay, *ramp, *duration)
+	case strings.ContainsAny(*host, "/ \t\r\n"):
+		return fmt.Errorf("--host must be a host name, got %q", *host)
 	}
 	for _, t := range ts {
 		if !strings.HasPrefix(t, "http://") && !strings.HasPrefix(t, "https://") {
@@ -79,11 +86,12 @@ func run(args []string) error {
 			}
 		}()
 	}
-	fmt.Printf("sending %.1f req/s to %s%s for %s\n", *rate, ts.String(), *path, *duration)
+	fmt.Printf("sending %.1f req/s to %s%s for %s (idle %s, ramp %s)\n", *rate, ts.String(), *path, *duration, *delay, *ramp)
 	err := loadgen.Run(ctx, loadgen.Config{
 		Targets:     func() []string { return ts },
 		Path:        *path,
-		Rate:        loadgen.Constant(*rate),
+		Host:        *host,
+		Rate:        loadgen.Ramp(*delay, *ramp, *rate),
 		Duration:    *duration,
 		MaxInFlight: *inflight,
 		Timeout:     *timeout,

@@ -153,15 +153,8 @@ func run() error {
 		}
 	}
 
-	root, err := localstack.RepoRoot()
+	dir, err := localstack.FreshRunDir(*dirFlag, "bench")
 	if err != nil {
-		return err
-	}
-	dir := *dirFlag
-	if dir == "" {
-		dir = filepath.Join(root, "run", "bench")
-	}
-	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

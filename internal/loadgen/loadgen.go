@@ -41,6 +41,9 @@ type Config struct {
 	Timeout time.Duration
 	// Client sends the requests; nil means a client made for the run.
 	Client *http.Client
+	// Host, when set, is every request's Host header: it picks the
+	// Ingress of that host behind an ingress controller that serves many.
+	Host string
 }
 
 // Stats counts what a run did. The fields are updated atomically while
@@ -61,6 +64,20 @@ func (s *Stats) String() string {
 // Constant returns a Rate function with a fixed rate.
 func Constant(perSecond float64) func(time.Duration) float64 {
 	return func(time.Duration) float64 { return perSecond }
+}
+
+// Ramp returns a Rate function that sends nothing for delay, then rises
+// linearly from 0 to perSecond over ramp, and holds it.
+func Ramp(delay, ramp time.Duration, perSecond float64) func(time.Duration) float64 {
+	return func(t time.Duration) float64 {
+		switch {
+		case t < delay:
+			return 0
+		case t < delay+ramp:
+			return perSecond * float64(t-delay) / float64(ramp)
+		}
+		return perSecond
+	}
 }
 
 // Run sends load until cfg.Duration has passed or ctx is done, waits for
@@ -141,7 +158,7 @@ func Run(ctx context.Context, cfg Config, stats *Stats) error {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if get(ctx, client, url, cfg.Timeout) {
+			if get(ctx, client, url, cfg.Host, cfg.Timeout) {
 				stats.OK.Add(1)
 			} else {
 				stats.Failed.Add(1)
@@ -150,7 +167,7 @@ func Run(ctx context.Context, cfg Config, stats *Stats) error {
 	}
 }
 
-func get(ctx context.Context, client *http.Client, url string, timeout time.Duration) bool {
+func get(ctx context.Context, client *http.Client, url, host string, timeout time.Duration) bool {
 	// The run's end must not cut requests already sent short of their own
 	// timeout, or the last second's requests would count as failures.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
@@ -158,6 +175,9 @@ func get(ctx context.Context, client *http.Client, url string, timeout time.Dura
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
 	if err != nil {
 		return false
+	}
+	if host != "" {
+		req.Host = host
 	}
 	resp, err := client.Do(req)
 	if err != nil {

@@ -198,3 +198,42 @@ func TestRunFollowsARampFromZero(t *testing.T) {
 		}
 	})
 }
+
+// Ramp sends nothing for its delay, rises linearly, then holds; with Host
+// set, every request carries it (an ingress controller picks the Ingress
+// by it), whatever the target's address.
+func TestRampAndHost(t *testing.T) {
+	r := Ramp(5*time.Second, 10*time.Second, 4)
+	for _, c := range []struct {
+		at   time.Duration
+		want float64
+	}{{0, 0}, {4 * time.Second, 0}, {5 * time.Second, 0}, {10 * time.Second, 2}, {15 * time.Second, 4}, {time.Hour, 4}} {
+		if got := r(c.at); got != c.want {
+			t.Errorf("Ramp at %v: %v, want %v", c.at, got, c.want)
+		}
+	}
+	if got := Ramp(0, 0, 3)(0); got != 3 {
+		t.Errorf("no delay, no ramp: %v, want the rate at once", got)
+	}
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		hosts := map[string]int{}
+		client := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			mu.Lock()
+			hosts[r.Host+" via "+r.URL.Host]++
+			mu.Unlock()
+			return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Request: r}, nil
+		})}
+		var stats Stats
+		err := Run(context.Background(), Config{
+			Targets: func() []string { return []string{"http://ingress-nginx-controller.ingress-nginx.svc"} }, Rate: Constant(5), Duration: 2 * time.Second,
+			Client: client, Host: "team-a.demo",
+		}, &stats)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := hosts["team-a.demo via ingress-nginx-controller.ingress-nginx.svc"]; n < 9 || len(hosts) != 1 {
+			t.Errorf("requests by Host and address: %v, want about 10, all with Host team-a.demo", hosts)
+		}
+	})
+}

@@ -2,9 +2,12 @@ package localstack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os/exec"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -38,8 +41,15 @@ type Kubelet struct {
 	Client   kubernetes.Interface
 	NodeName string
 	// AppBinary is run for every pod, with --listen-address=<podIP>:<port>
-	// and the first container's args.
+	// and the first container's args, unless the container's command is
+	// one of Commands.
 	AppBinary string
+	// Commands maps a container command (e.g. "/loadgen", as the app
+	// image has it) to the binary run for it, with the command's other
+	// words and the container's args: a pod that runs once (a load pod,
+	// restartPolicy Never or OnFailure) and ends Succeeded or Failed with
+	// its exit status.
+	Commands map[string]string
 	// Dir receives one log file per pod.
 	Dir string
 	// Progress receives a line per pod started or stopped; nil discards.
@@ -57,6 +67,8 @@ type podProcess struct {
 	ip       string
 	uid      string
 	restarts int32
+	// command is set for a pod that runs once (Kubelet.Commands).
+	command bool
 }
 
 // Run registers the node and serves pods until ctx is done, then stops
@@ -197,6 +209,25 @@ func (k *Kubelet) sync(ctx context.Context, key string) error {
 		k.stopPod(key) // same name, new pod
 		pp = nil
 	}
+	if pp != nil && pp.command {
+		exited, err := pp.proc.Exited()
+		if !exited {
+			if pod.Status.Phase == corev1.PodRunning && pod.Status.PodIP == pp.ip {
+				return nil
+			}
+			return k.writeStatus(ctx, pod, pp)
+		}
+		if err != nil && pod.Spec.RestartPolicy == corev1.RestartPolicyOnFailure {
+			fmt.Fprintf(k.Progress, "pod %s: process failed (%v), restarting\n", key, err)
+			k.stopPod(key)
+			pp = &podProcess{restarts: pp.restarts + 1}
+			if err := k.startPod(ctx, key, pod, pp); err != nil {
+				return err
+			}
+			return k.writeStatus(ctx, pod, pp)
+		}
+		return k.writeEnded(ctx, key, pod, pp, err)
+	}
 	if pp != nil {
 		if exited, _ := pp.proc.Exited(); !exited {
 			if pod.Status.Phase == corev1.PodRunning && pod.Status.PodIP == pp.ip {
@@ -228,6 +259,18 @@ func (k *Kubelet) startPod(ctx context.Context, key string, pod *corev1.Pod, pp 
 		if len(c.Ports) > 0 {
 			port = c.Ports[0].ContainerPort
 		}
+		if bin, ok := k.commandBinary(c); ok {
+			// A pod that runs once: no port, no readiness to wait for.
+			proc, err := Start(k.Dir, "pod-"+pod.Namespace+"-"+pod.Name, bin, append(slices.Clone(c.Command[1:]), c.Args...))
+			if err != nil {
+				k.releaseIP(ip)
+				return err
+			}
+			pp.proc, pp.ip, pp.uid, pp.command = proc, ip, string(pod.UID), true
+			k.track(key, pp)
+			fmt.Fprintf(k.Progress, "pod %s: running %s (pid %d)\n", key, c.Command[0], proc.PID())
+			return nil
+		}
 		args = append(args, c.Args...)
 	}
 	addr := net.JoinHostPort(ip, strconv.Itoa(int(port)))
@@ -237,20 +280,71 @@ func (k *Kubelet) startPod(ctx context.Context, key string, pod *corev1.Pod, pp 
 		return err
 	}
 	pp.proc, pp.ip, pp.uid = proc, ip, string(pod.UID)
-	k.mu.Lock()
-	k.procs[key] = pp
-	k.mu.Unlock()
-	go func() {
-		<-proc.done
-		if k.queue != nil && !k.queue.ShuttingDown() {
-			k.queue.Add(key)
-		}
-	}()
+	k.track(key, pp)
 	if err := WaitHTTP(ctx, nil, "http://"+addr+"/readyz", 30*time.Second, proc); err != nil {
 		return err
 	}
 	fmt.Fprintf(k.Progress, "pod %s: running on %s (pid %d)\n", key, addr, proc.PID())
 	return nil
+}
+
+// commandBinary is the binary of Commands for container c's command.
+func (k *Kubelet) commandBinary(c corev1.Container) (string, bool) {
+	if len(c.Command) == 0 {
+		return "", false
+	}
+	bin, ok := k.Commands[c.Command[0]]
+	return bin, ok
+}
+
+// track records pp as key's process, and syncs key again when it exits.
+func (k *Kubelet) track(key string, pp *podProcess) {
+	k.mu.Lock()
+	k.procs[key] = pp
+	k.mu.Unlock()
+	go func() {
+		<-pp.proc.done
+		if k.queue != nil && !k.queue.ShuttingDown() {
+			k.queue.Add(key)
+		}
+	}()
+}
+
+// writeEnded writes the status of a pod that ran once and ended: Succeeded
+// when its process exited 0, else Failed, with the exit code, as a
+// kubelet writes it; the process is forgotten.
+func (k *Kubelet) writeEnded(ctx context.Context, key string, pod *corev1.Pod, pp *podProcess, exitErr error) error {
+	k.stopPod(key)
+	code := int32(0)
+	phase := corev1.PodSucceeded
+	if exitErr != nil {
+		phase, code = corev1.PodFailed, 1
+		var ee *exec.ExitError
+		if errors.As(exitErr, &ee) && ee.ExitCode() > 0 {
+			code = int32(ee.ExitCode())
+		}
+	}
+	now := metav1.Now()
+	p := pod.DeepCopy()
+	p.Status.Phase = phase
+	p.Status.Conditions = []corev1.PodCondition{
+		{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: now},
+		{Type: corev1.PodReady, Status: corev1.ConditionFalse, Reason: "PodCompleted", LastTransitionTime: now},
+	}
+	p.Status.ContainerStatuses = nil
+	for _, c := range pod.Spec.Containers {
+		p.Status.ContainerStatuses = append(p.Status.ContainerStatuses, corev1.ContainerStatus{
+			Name: c.Name, Image: c.Image, ImageID: "process://" + c.Command[0], ContainerID: fmt.Sprintf("process://%d", pp.proc.PID()),
+			RestartCount: pp.restarts, Started: ptr.To(false),
+			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: code, FinishedAt: now, Reason: map[bool]string{true: "Completed", false: "Error"}[code == 0]}},
+		})
+	}
+	fmt.Fprintf(k.Progress, "pod %s: %s (exit code %d)\n", key, phase, code)
+	_, err := k.Client.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
 }
 
 func (k *Kubelet) writeStatus(ctx context.Context, pod *corev1.Pod, pp *podProcess) error {
@@ -270,9 +364,13 @@ func (k *Kubelet) writeStatus(ctx context.Context, pod *corev1.Pod, pp *podProce
 	}
 	p.Status.Conditions = []corev1.PodCondition{cond(corev1.PodScheduled), cond(corev1.PodInitialized), cond(corev1.ContainersReady), cond(corev1.PodReady)}
 	p.Status.ContainerStatuses = nil
+	image := "process://" + k.AppBinary
+	if pp.command {
+		image = "process://" + pod.Spec.Containers[0].Command[0]
+	}
 	for _, c := range pod.Spec.Containers {
 		p.Status.ContainerStatuses = append(p.Status.ContainerStatuses, corev1.ContainerStatus{
-			Name: c.Name, Image: c.Image, ImageID: "process://" + k.AppBinary, ContainerID: fmt.Sprintf("process://%d", pp.proc.PID()),
+			Name: c.Name, Image: c.Image, ImageID: image, ContainerID: fmt.Sprintf("process://%d", pp.proc.PID()),
 			Ready: true, Started: ptr.To(true), RestartCount: pp.restarts,
 			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: started}},
 		})

@@ -299,6 +299,20 @@ func RepoRoot() (string, error) {
 	}
 }
 
+// FreshRunDir empties dir, or run/<name> in the repository when dir is
+// empty, for a command's run folder (logs, certificates, kubeconfigs), and
+// returns it.
+func FreshRunDir(dir, name string) (string, error) {
+	if dir == "" {
+		root, err := RepoRoot()
+		if err != nil {
+			return "", err
+		}
+		dir = filepath.Join(root, "run", name)
+	}
+	return dir, os.RemoveAll(dir)
+}
+
 // Binary returns the path of bin/<name> in the repository, or an error
 // telling how to build it.
 func Binary(name string) (string, error) {

@@ -11,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
@@ -117,6 +118,12 @@ var ScaleToZeroHPAs = []SeedHPA{
 // DeployApp applies manifests/app in namespace, creating the namespace
 // first, and waits for the app's one ready pod.
 func (s *Stack) DeployApp(ctx context.Context, namespace string) error {
+	return s.DeployAppWith(ctx, namespace, nil)
+}
+
+// DeployAppWith is DeployApp with each object of manifests/app changed by
+// edit (when not nil) before it is applied.
+func (s *Stack) DeployAppWith(ctx context.Context, namespace string, edit func(*unstructured.Unstructured) error) error {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}
 	if _, err := s.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
@@ -127,6 +134,11 @@ func (s *Stack) DeployApp(ctx context.Context, namespace string) error {
 	}
 	for _, o := range objs {
 		o.SetNamespace(namespace)
+		if edit != nil {
+			if err := edit(o); err != nil {
+				return err
+			}
+		}
 	}
 	if err := s.Apply(ctx, objs); err != nil {
 		return err
@@ -228,11 +240,12 @@ func currentOf(m autoscalingv2.MetricStatus) string {
 	switch {
 	case c.AverageUtilization != nil:
 		return fmt.Sprintf("%d%%", *c.AverageUtilization)
-	case c.AverageValue != nil && (c.AverageValue.MilliValue() == math.MinInt64 || c.AverageValue.MilliValue() == math.MaxInt64):
+	case c.AverageValue != nil && math.Abs(c.AverageValue.AsApproximateFloat64()) >= 0.999*math.MaxInt64/1000:
 		// At zero replicas the HPA controller divides an External or
 		// Object metric's total by 0 pods for an AverageValue target, and
 		// writes what the float-to-int conversion leaves: on amd64
-		// -9223372036854775808m, shown as -9223372036854776.
+		// -9223372036854775808m, shown as -9223372036854776 (read back
+		// from the API, its MilliValue is 0: only its float says it).
 		return "none: 0 pods to average over"
 	case c.AverageValue != nil:
 		return humanQuantity(c.AverageValue) + " avg"

@@ -1,6 +1,7 @@
 package localstack
 
 import (
+	"encoding/json"
 	"math"
 	"testing"
 
@@ -12,8 +13,9 @@ import (
 // HPA controller writes an External AverageValue of
 // -9223372036854775808m (a total divided by 0 pods), which is no value.
 func TestCurrentMetricSaysWhatTheStatusMeans(t *testing.T) {
+	// Through JSON, as the status comes from the API server.
 	external := func(avg *resource.Quantity) *autoscalingv2.HorizontalPodAutoscaler {
-		return &autoscalingv2.HorizontalPodAutoscaler{
+		h := &autoscalingv2.HorizontalPodAutoscaler{
 			Spec: autoscalingv2.HorizontalPodAutoscalerSpec{Metrics: []autoscalingv2.MetricSpec{{
 				Type: autoscalingv2.ExternalMetricSourceType,
 				External: &autoscalingv2.ExternalMetricSource{Target: autoscalingv2.MetricTarget{
@@ -24,6 +26,15 @@ func TestCurrentMetricSaysWhatTheStatusMeans(t *testing.T) {
 				External: &autoscalingv2.ExternalMetricStatus{Current: autoscalingv2.MetricValueStatus{AverageValue: avg}},
 			}}},
 		}
+		raw, err := json.Marshal(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back := &autoscalingv2.HorizontalPodAutoscaler{}
+		if err := json.Unmarshal(raw, back); err != nil {
+			t.Fatal(err)
+		}
+		return back
 	}
 	for _, c := range []struct {
 		avg           *resource.Quantity

@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/restmapper"
+	"k8s.io/client-go/tools/clientcmd"
 	cmclient "k8s.io/metrics/pkg/client/custom_metrics"
 	"sigs.k8s.io/yaml"
 
@@ -121,6 +122,28 @@ type Stack struct {
 	endpoints     *endpointsController
 	stopEndpoints context.CancelFunc
 	endpointsDone chan struct{}
+	// attached is a Stack of a cluster it did not start (Attach).
+	attached bool
+}
+
+// Attach is a Stack of a cluster that runs already, reached with
+// kubeconfig: it starts and stops nothing. Its helpers that only talk to
+// the API server (Kubectl, Render, Apply, DeployApp, HPA, WaitReady) work
+// on any cluster, as the demo's driver uses them on kind.
+func Attach(kubeconfig string) (*Stack, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Stack{Root: root, attached: true, Cluster: &Cluster{AdminKubeconfig: kubeconfig, Admin: cfg, Client: client, Procs: &Group{}}}, nil
 }
 
 // APIServiceNames are the APIServices the adapter backs: the custom
@@ -163,6 +186,11 @@ func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The app image's /loadgen, for load pods (the demo's, as on kind).
+	loadgenBin, err := Build(ctx, binDir, "./cmd/loadgen", "loadgen")
+	if err != nil {
+		return nil, err
+	}
 
 	if s.Cluster, err = StartCluster(ctx, opts.ClusterOptions); err != nil {
 		return nil, err
@@ -191,7 +219,7 @@ func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 	s.step("applied the adapter's and Prometheus' RBAC and the APIServices of the three metrics APIs from manifests/")
 
 	if !opts.NoKubelet {
-		if err := s.startKubelet(ctx, appBin, filepath.Join(opts.Dir, "pods"), progress); err != nil {
+		if err := s.startKubelet(ctx, appBin, map[string]string{"/loadgen": loadgenBin}, filepath.Join(opts.Dir, "pods"), progress); err != nil {
 			return nil, err
 		}
 		s.step("process kubelet registered node local-node")
@@ -254,11 +282,11 @@ func StartStack(ctx context.Context, opts StackOptions) (*Stack, error) {
 	return s, nil
 }
 
-func (s *Stack) startKubelet(ctx context.Context, appBin, dir string, progress io.Writer) error {
+func (s *Stack) startKubelet(ctx context.Context, appBin string, commands map[string]string, dir string, progress io.Writer) error {
 	kctx, stop := context.WithCancel(context.Background())
 	s.stopKubelet = stop
 	s.kubeletDone = make(chan error, 1)
-	s.Kubelet = &Kubelet{Client: s.Client, NodeName: "local-node", AppBinary: appBin, Dir: dir, Progress: progress}
+	s.Kubelet = &Kubelet{Client: s.Client, NodeName: "local-node", AppBinary: appBin, Commands: commands, Dir: dir, Progress: progress}
 	go func() { s.kubeletDone <- s.Kubelet.Run(kctx) }()
 	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		n, err := s.Client.CoreV1().Nodes().Get(ctx, "local-node", metav1.GetOptions{})
@@ -271,6 +299,9 @@ func (s *Stack) startKubelet(ctx context.Context, appBin, dir string, progress i
 
 // Stop stops the kubelet's pods and every server.
 func (s *Stack) Stop() error {
+	if s.attached {
+		return nil
+	}
 	if s.stopIngress != nil {
 		s.stopIngress()
 		select {
