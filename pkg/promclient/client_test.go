@@ -383,3 +383,69 @@ func TestCallerDeadlineDoesNotCancelSharedQuery(t *testing.T) {
 		}
 	})
 }
+
+// seriesAnswer is a series listing's answer of n series, each with a label
+// of size bytes.
+func seriesAnswer(n, size int) string {
+	var b strings.Builder
+	b.WriteString(`{"status":"success","data":[`)
+	for i := range n {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `{"__name__":"app_requests_total","namespace":"team-a","pod":"p-%d","note":"%s"}`, i, strings.Repeat("x", size))
+	}
+	b.WriteString(`]}`)
+	return b.String()
+}
+
+// A limited listing (WithSeriesLimit, as a team's MetricRule listings are)
+// asks Prometheus for one series more than the limit, and reads at most
+// MaxBytesPerSeries per series of it: a store that ignores the limit, or
+// sends series of huge labels, fails the listing at the bound instead of
+// filling the adapter's memory; within the bound, the listing is served.
+func TestSeriesLimitBoundsTheAnswer(t *testing.T) {
+	start, end := time.Unix(1700000000, 0), time.Unix(1700000060, 0)
+	for _, c := range []struct {
+		name     string
+		n, size  int
+		tooLarge bool
+	}{
+		{"within the bound", 3, 100, false},
+		{"labels past the bytes per series", 3, 3 * MaxBytesPerSeries, true},
+		{"a store that ignores the limit", 1000, 100, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			srv, got := fakeProm(t, 200, seriesAnswer(c.n, c.size))
+			cl, err := New(Config{URL: srv.URL})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sets, err := cl.Series(WithSeriesLimit(context.Background(), 5), []string{`{namespace="team-a"}`}, start, end)
+			if !strings.Contains((*got)[0].bodyQuery, "limit=6") {
+				t.Errorf("listing request %q: want limit=6 (one more than the limit)", (*got)[0].bodyQuery)
+			}
+			if c.tooLarge {
+				if !errors.Is(err, ErrAnswerTooLarge) {
+					t.Fatalf("got %d series, error %v; want ErrAnswerTooLarge", len(sets), err)
+				}
+				if !strings.Contains(err.Error(), fmt.Sprintf("(%d bytes)", 6*MaxBytesPerSeries)) {
+					t.Errorf("error %q does not name the bound", err)
+				}
+				return
+			}
+			if err != nil || len(sets) != c.n {
+				t.Fatalf("got %d series, error %v; want %d", len(sets), err, c.n)
+			}
+		})
+	}
+	// Without a limit, the same large answer is read (up to MaxAnswerBytes).
+	srv, _ := fakeProm(t, 200, seriesAnswer(1000, 100))
+	cl, err := New(Config{URL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sets, err := cl.Series(context.Background(), []string{`{namespace="team-a"}`}, start, end); err != nil || len(sets) != 1000 {
+		t.Errorf("unlimited listing: %d series, %v", len(sets), err)
+	}
+}
