@@ -405,6 +405,7 @@ func seriesAnswer(n, size int) string {
 // sends series of huge labels, fails the listing at the bound instead of
 // filling the adapter's memory; within the bound, the listing is served.
 func TestSeriesLimitBoundsTheAnswer(t *testing.T) {
+	// fixed date: only the range of the request, which the fake ignores.
 	start, end := time.Unix(1700000000, 0), time.Unix(1700000060, 0)
 	for _, c := range []struct {
 		name     string
