@@ -316,9 +316,9 @@ func (k *Kubelet) track(key string, pp *podProcess) {
 func (k *Kubelet) writeEnded(ctx context.Context, key string, pod *corev1.Pod, pp *podProcess, exitErr error) error {
 	k.stopPod(key)
 	code := int32(0)
-	phase := corev1.PodSucceeded
+	phase, reason := corev1.PodSucceeded, "Completed"
 	if exitErr != nil {
-		phase, code = corev1.PodFailed, 1
+		phase, reason, code = corev1.PodFailed, "Error", 1
 		var ee *exec.ExitError
 		if errors.As(exitErr, &ee) && ee.ExitCode() > 0 {
 			code = int32(ee.ExitCode())
@@ -336,7 +336,7 @@ func (k *Kubelet) writeEnded(ctx context.Context, key string, pod *corev1.Pod, p
 		p.Status.ContainerStatuses = append(p.Status.ContainerStatuses, corev1.ContainerStatus{
 			Name: c.Name, Image: c.Image, ImageID: "process://" + c.Command[0], ContainerID: fmt.Sprintf("process://%d", pp.proc.PID()),
 			RestartCount: pp.restarts, Started: ptr.To(false),
-			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: code, FinishedAt: now, Reason: map[bool]string{true: "Completed", false: "Error"}[code == 0]}},
+			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: code, FinishedAt: now, Reason: reason}},
 		})
 	}
 	fmt.Fprintf(k.Progress, "pod %s: %s (exit code %d)\n", key, phase, code)
