@@ -24,8 +24,11 @@
 // second. Before it creates the HPAs (-floor, on by default), it measures
 // the floor at the fleet's rate: the adapter answering as many requests a
 // second as the HPAs will send, each an empty answer through the API
-// server with no Prometheus query, for -window. Everything listens on 127.0.0.1 and is stopped by PID at the end
-// of each row.
+// server with no Prometheus query, for -window, after a window of no
+// request at all (the adapter idle with the fleet's objects in place), so
+// that each row also says what a request costs the adapter beyond idle,
+// in the fleet and in the floor. Everything listens on 127.0.0.1 and is
+// stopped by PID at the end of each row.
 package main
 
 import (
@@ -117,7 +120,7 @@ func run() error {
 	dirFlag := flag.String("dir", "", "Run folder (default run/bench-fleet in the repository).")
 	profiles := flag.String("profiles", "", "Folder for the adapter's CPU profile over each row's window (go tool pprof reads them).")
 	floorFlag := flag.Bool("floor", true, "Before the HPAs, measure the adapter answering as many requests a second as the fleet will send (one per HPA per sync period), each an empty answer "+
-		"(a selector of no pod: no Prometheus query) through the API server, for -window: what the serving stack costs at that rate.")
+		"(a selector of no pod: no Prometheus query) through the API server, for -window: what the serving stack costs at that rate; before it, -window with no request, the adapter idle.")
 	flag.Parse()
 	o := options{perNamespace: *perNamespace, podsPerHPA: *podsPerHPA, window: *window, kcmQPS: *kcmQPS, adapterArgs: args, adapterEnv: env, profiles: *profiles, floor: *floorFlag}
 	if o.profiles != "" {
@@ -717,7 +720,18 @@ func (r row) floorNote() string {
 	if r.floor.window == 0 {
 		return ""
 	}
-	return fmt.Sprintf("; the floor at the same rate (%s): the adapter %.1f %% of a core, %.2f of the row's", r.floor.line(), 100*r.floor.adapterCPU, r.floor.adapterCPU/r.adapterCPU)
+	return fmt.Sprintf("; the floor at the same rate (%s): the adapter %.1f %% of a core, %.2f of the row's; the row's adapter CPU per request beyond idle: %.2f ms",
+		r.floor.line(), 100*r.floor.adapterCPU, r.floor.adapterCPU/r.adapterCPU, r.perRequest())
+}
+
+// perRequest is the adapter's CPU per metric computation (one request to
+// the adapter each) beyond the idle measured before the floor, in
+// milliseconds; 0 without the floor's idle or without computations.
+func (r row) perRequest() float64 {
+	if r.floor.idleWindow == 0 || r.computations == 0 {
+		return 0
+	}
+	return 1000 * (r.adapterCPU - r.floor.idleCPU) / (r.computations / r.window.Seconds())
 }
 
 // adapterCell is the table's adapter CPU, and the floor's beside it.
@@ -725,7 +739,16 @@ func (r row) adapterCell() string {
 	if r.floor.window == 0 {
 		return fmt.Sprintf("%.1f %%", 100*r.adapterCPU)
 	}
-	return fmt.Sprintf("%.1f %% (%.1f %%)", 100*r.adapterCPU, 100*r.floor.adapterCPU)
+	return fmt.Sprintf("%.1f %% (%.1f %%; idle %.1f %%)", 100*r.adapterCPU, 100*r.floor.adapterCPU, 100*r.floor.idleCPU)
+}
+
+// perRequestCell is the adapter's CPU per request beyond idle, the
+// floor's beside it.
+func (r row) perRequestCell() string {
+	if r.floor.idleWindow == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f ms (%.2f ms)", r.perRequest(), r.floor.perRequest())
 }
 
 // share is the part of the HPA controller's mean sync its metric
@@ -747,13 +770,13 @@ func (r row) bound() string {
 
 func table(rows []row) string {
 	var b strings.Builder
-	b.WriteString("| HPAs | shared queries | syncs/s | sync mean | metric mean (share of sync) | failed computations | FailedGet* events | metric age p50 / p99 / max | adapter CPU of one core (floor at the same rate) | adapter RSS | Prometheus queries/s | Prometheus CPU | values differing |\n")
-	b.WriteString("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	b.WriteString("| HPAs | shared queries | syncs/s | sync mean | metric mean (share of sync) | failed computations | FailedGet* events | metric age p50 / p99 / max | adapter CPU of one core (floor at the same rate; idle) | adapter CPU per request beyond idle (floor) | adapter RSS | Prometheus queries/s | Prometheus CPU | values differing |\n")
+	b.WriteString("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %d | %s | %.1f | %.1f ms | %.1f ms (%.0f %%) | %.0f of %.0f | %d | %s / %s / %s | %s | %.0f MiB | %.1f | %.1f %% | %d of %d |\n",
+		fmt.Fprintf(&b, "| %d | %s | %.1f | %.1f ms | %.1f ms (%.0f %%) | %.0f of %.0f | %d | %s / %s / %s | %s | %s | %.0f MiB | %.1f | %.1f %% | %d of %d |\n",
 			r.hpas, r.shared, r.syncs/r.window.Seconds(), float64(r.syncMean)/float64(time.Millisecond), float64(r.computeMean)/float64(time.Millisecond), 100*r.share(),
 			r.compFails, r.computations, r.failedGetEvents, r.ageP50.Round(time.Second), r.ageP99.Round(time.Second), r.ageMax.Round(time.Second),
-			r.adapterCell(), float64(r.adapterRSS)/(1<<20), r.promQPS, 100*r.promCPU, r.differed, r.checked)
+			r.adapterCell(), r.perRequestCell(), float64(r.adapterRSS)/(1<<20), r.promQPS, 100*r.promCPU, r.differed, r.checked)
 	}
 	return b.String()
 }
@@ -934,11 +957,25 @@ type floorResult struct {
 	failed     int     // requests that failed or were not empty
 	adapterCPU float64 // share of one core
 	window     time.Duration
+	// idleCPU is the adapter's share of one core over a window with no
+	// request at all, before the floor's: its informers, series
+	// listings and timers with the fleet's objects in place.
+	idleCPU    float64
+	idleWindow time.Duration
 }
 
 func (f floorResult) line() string {
-	return fmt.Sprintf("floor: %.1f empty answers/s asked, %.1f/s served (%d failed): adapter %.1f %% of a core",
-		f.rate, float64(f.served)/f.window.Seconds(), f.failed, 100*f.adapterCPU)
+	return fmt.Sprintf("floor: %.1f empty answers/s asked, %.1f/s served (%d failed): adapter %.1f %% of a core; idle (no request for %s): %.1f %%, so %.2f ms of the adapter's CPU per empty answer beyond idle",
+		f.rate, float64(f.served)/f.window.Seconds(), f.failed, 100*f.adapterCPU, f.idleWindow.Round(time.Second), 100*f.idleCPU, f.perRequest())
+}
+
+// perRequest is the floor's CPU per request beyond idle, in milliseconds.
+func (f floorResult) perRequest() float64 {
+	served := float64(f.served) / f.window.Seconds()
+	if served == 0 {
+		return 0
+	}
+	return 1000 * (f.adapterCPU - f.idleCPU) / served
 }
 
 // floorSelector selects none of the fleet's pods: the adapter answers
@@ -1006,6 +1043,16 @@ func floor(ctx context.Context, s *localstack.Stack, f fleet, o options, n int, 
 		return floorResult{}, fmt.Errorf("the adapter did not serve every namespace within 3 minutes: %w", last)
 	}
 	res := floorResult{rate: float64(n) / syncPeriod.Seconds()}
+	// Idle first: the same stack and objects, no request at all.
+	pid := s.Adapter.PID()
+	cpu0, t0 := localstack.CPUSeconds(pid), time.Now()
+	select {
+	case <-time.After(o.window):
+	case <-ctx.Done():
+		return res, ctx.Err()
+	}
+	res.idleWindow = time.Since(t0)
+	res.idleCPU = (localstack.CPUSeconds(pid) - cpu0) / res.idleWindow.Seconds()
 	work := make(chan string, n)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -1023,8 +1070,7 @@ func floor(ctx context.Context, s *localstack.Stack, f fleet, o options, n int, 
 			}
 		})
 	}
-	pid := s.Adapter.PID()
-	cpu0, t0 := localstack.CPUSeconds(pid), time.Now()
+	cpu0, t0 = localstack.CPUSeconds(pid), time.Now()
 	profiled := profile(ctx, s, o, fmt.Sprintf("%d-shared-%s-floor.cpu.pprof", n, mode))
 	tick := time.NewTicker(time.Duration(float64(time.Second) / res.rate))
 	end := time.After(o.window)

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"math"
 	"strings"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -37,5 +39,29 @@ c{error="spec",metric_type="Object"} 3
 	}
 	if got := counterDelta(before, after, "c", map[string]string{"error": "!none", "metric_type": "Pods"}); got != 3 {
 		t.Errorf("Pods failures: got %g, want 3", got)
+	}
+}
+
+// The CPU per request beyond idle: the floor's over the empty answers it
+// served, the row's over its metric computations (one request each).
+func TestPerRequestIsBeyondIdle(t *testing.T) {
+	fl := floorResult{served: 8000, window: 60 * time.Second, adapterCPU: 0.19, idleCPU: 0.03, idleWindow: 60 * time.Second}
+	// (0.19 - 0.03) of a core over 133.3 requests a second.
+	if got, want := fl.perRequest(), 1.2; math.Abs(got-want) > 1e-9 {
+		t.Errorf("floor: got %g ms, want %g", got, want)
+	}
+	r := row{floor: fl, adapterCPU: 0.21, computations: 6000, window: 60 * time.Second}
+	if got, want := r.perRequest(), 1.8; math.Abs(got-want) > 1e-9 {
+		t.Errorf("row: got %g ms, want %g", got, want)
+	}
+	if got, want := r.perRequestCell(), "1.80 ms (1.20 ms)"; got != want {
+		t.Errorf("cell: got %q, want %q", got, want)
+	}
+	if got, want := r.adapterCell(), "21.0 % (19.0 %; idle 3.0 %)"; got != want {
+		t.Errorf("adapter cell: got %q, want %q", got, want)
+	}
+	// Without the floor's idle there is no per-request figure.
+	if got := (row{adapterCPU: 0.21, computations: 6000, window: time.Minute}).perRequestCell(); got != "-" {
+		t.Errorf("no floor: got %q, want -", got)
 	}
 }
