@@ -4,14 +4,14 @@
 // For each fleet size it starts the local stack without a kubelet: a real
 // kube-apiserver, the real HPA controller of kube-controller-manager (its
 // default sync period, 15 s, and worker count, 5), a real Prometheus and
-// the real adapter. In namespaces of -per-namespace HPAs it creates, per
+// the real adapter with its defaults (series listed every minute). In namespaces of -per-namespace HPAs it creates, per
 // HPA, a Deployment and its pods as objects (never scheduled; their status
 // says Running and Ready, as a kubelet would write it, so that the HPA
 // counts them) and the HPA that scales the Deployment on a metric of its
 // own: by turns a Pods metric over its pods, an Object metric of the
 // Deployment (served from its pods' series) and an External metric
 // selected by the Deployment's label. One synthetic target gives every pod
-// app_requests_total at a rate that swings by ±5 % over five minutes
+// app_requests_total at a rate (100 req/s) that swings by ±5 % over five minutes
 // (inside the HPA's 10 % tolerance: nothing scales), so every sync reads a
 // new value and writes it into the HPA's status.
 //
@@ -71,6 +71,7 @@ import (
 	cmv1beta2 "k8s.io/metrics/pkg/apis/custom_metrics/v1beta2"
 	cmscheme "k8s.io/metrics/pkg/client/custom_metrics/scheme"
 
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/adapter"
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/test/localstack"
 )
 
@@ -202,10 +203,17 @@ func plan(n, perNamespace int) fleet {
 	return f
 }
 
+// podRate is every pod's mean request rate, and each HPA's target per
+// pod. At 100 req/s the value moves by about 1.6 (1,600 milli-units, the
+// HPA status' resolution) between two syncs, at 1 by under 0.02: near
+// the swing's turning points an HPA could then read the same value at two
+// syncs, which the metric age would count as a stale one.
+const podRate = 100
+
 // counterAt is every pod's app_requests_total t seconds after start: its
-// rate is 1 + 0.05 sin(2πt/300), 1 req/s ±5 % over five minutes.
+// rate is podRate (1 + 0.05 sin(2πt/300)), ±5 % over five minutes.
 func counterAt(t float64) float64 {
-	return t + 0.05*300/(2*math.Pi)*(1-math.Cos(2*math.Pi*t/300))
+	return podRate * (t + 0.05*300/(2*math.Pi)*(1-math.Cos(2*math.Pi*t/300)))
 }
 
 // exporter serves app_requests_total for every pod of the fleet.
@@ -289,6 +297,10 @@ func measure(ctx context.Context, o options, n int, mode string) (row, error) {
 			ControllerManagerArgs: kcmArgs,
 		},
 		NoKubelet: true,
+		// The adapter's own default, as a cluster runs it: the local
+		// stack lists series every 10 s for its tests, which at 10,000
+		// pods would count six listings a minute in the adapter's CPU.
+		RelistInterval: adapter.NewOptions().MetricsRelistInterval,
 		// Prometheus scraping the adapter would count in its CPU.
 		NoAdapterScrape: true,
 		AdapterArgs:     args,
@@ -502,8 +514,8 @@ func createHPA(ctx context.Context, client kubernetes.Interface, h hpaRef, podsP
 	labels := map[string]string{"app": h.name}
 	one, maxReplicas := int32(1), int32(4*podsPerHPA)
 	metric := autoscalingv2.MetricSpec{Type: h.kind}
-	perPod := resource.MustParse("1")
-	total := *resource.NewQuantity(int64(podsPerHPA), resource.DecimalSI)
+	perPod := *resource.NewQuantity(podRate, resource.DecimalSI)
+	total := *resource.NewQuantity(int64(podRate*podsPerHPA), resource.DecimalSI)
 	switch h.kind {
 	case autoscalingv2.PodsMetricSourceType:
 		metric.Pods = &autoscalingv2.PodsMetricSource{Metric: autoscalingv2.MetricIdentifier{Name: "requests-per-second"},

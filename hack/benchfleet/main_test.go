@@ -65,3 +65,17 @@ func TestPerRequestIsBeyondIdle(t *testing.T) {
 		t.Errorf("no floor: got %q, want -", got)
 	}
 }
+
+// Every pod's rate stays within ±5 % of podRate (inside the HPA's 10 %
+// tolerance: nothing scales) and averages podRate over the swing.
+func TestCounterSwingsInsideTheTolerance(t *testing.T) {
+	for s := 0.0; s < 600; s++ {
+		rate := counterAt(s+1) - counterAt(s)
+		if rate < 0.95*podRate-1e-9 || rate > 1.05*podRate+1e-9 {
+			t.Fatalf("rate over [%g, %g]: %g, outside %g ±5 %%", s, s+1, rate, float64(podRate))
+		}
+	}
+	if got := counterAt(300) / 300; math.Abs(got-podRate) > 1e-9 {
+		t.Errorf("mean rate over one swing: %g, want %d", got, podRate)
+	}
+}
