@@ -1058,6 +1058,7 @@ func floor(ctx context.Context, s *localstack.Stack, f fleet, o options, n int, 
 	// Idle first: the same stack and objects, no request at all.
 	pid := s.Adapter.PID()
 	cpu0, t0 := localstack.CPUSeconds(pid), time.Now()
+	profiled := profile(ctx, s, o, fmt.Sprintf("%d-shared-%s-idle.cpu.pprof", n, mode))
 	select {
 	case <-time.After(o.window):
 	case <-ctx.Done():
@@ -1065,6 +1066,9 @@ func floor(ctx context.Context, s *localstack.Stack, f fleet, o options, n int, 
 	}
 	res.idleWindow = time.Since(t0)
 	res.idleCPU = (localstack.CPUSeconds(pid) - cpu0) / res.idleWindow.Seconds()
+	if err := <-profiled; err != nil {
+		return res, fmt.Errorf("the adapter's CPU profile: %w", err)
+	}
 	work := make(chan string, n)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -1083,7 +1087,7 @@ func floor(ctx context.Context, s *localstack.Stack, f fleet, o options, n int, 
 		})
 	}
 	cpu0, t0 = localstack.CPUSeconds(pid), time.Now()
-	profiled := profile(ctx, s, o, fmt.Sprintf("%d-shared-%s-floor.cpu.pprof", n, mode))
+	profiled = profile(ctx, s, o, fmt.Sprintf("%d-shared-%s-floor.cpu.pprof", n, mode))
 	tick := time.NewTicker(time.Duration(float64(time.Second) / res.rate))
 	end := time.After(o.window)
 	for i, done := 0, false; !done; i++ {

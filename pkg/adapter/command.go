@@ -145,6 +145,7 @@ func installFlags(cmd *cobra.Command, o *Options, base *basecmd.AdapterBase, log
 	base.FlagSet = fss.FlagSet("kubernetes api")
 	base.CustomMetricsAdapterServerOptions = cmoptions.NewCustomMetricsAdapterServerOptions()
 	base.Authorization.AllowCacheTTL = AuthorizedCacheTTL
+	base.DiscoveryInterval = DefaultDiscoveryInterval
 	base.InstallFlags()
 	logsapi.AddFlags(logging, fss.FlagSet("logging"))
 	// prometheus-adapter's manifests pass klog's --logtostderr, which
@@ -165,6 +166,14 @@ func installFlags(cmd *cobra.Command, o *Options, base *basecmd.AdapterBase, log
 // HPAs, docs/performance.md). A "no" is kept 10 s, as before, and a
 // revoked grant stops working within this TTL.
 const AuthorizedCacheTTL = 5 * time.Minute
+
+// DefaultDiscoveryInterval is how often the REST mapper asks the API
+// server which resource types exist (--discovery-interval), so that an
+// Object metric of a CRD installed after the adapter resolves within it.
+// custom-metrics-apiserver leaves the flag at zero, under which the
+// refresh runs back to back: a discovery of the whole API (/api and
+// /apis) more than once a second, for as long as the adapter runs.
+const DefaultDiscoveryInterval = time.Minute
 
 // Run builds the providers of the enabled APIs for the compiled rules and
 // serves until ctx is done.

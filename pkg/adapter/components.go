@@ -275,6 +275,10 @@ func (o *Options) servedAPIs(set *rules.Set) apis {
 // clients builds the Prometheus client, the REST mapper and the resolver
 // over the Kubernetes clients.
 func (o *Options) clients(base *basecmd.AdapterBase, set *rules.Set) (*components, error) {
+	if base.DiscoveryInterval <= 0 {
+		// The library would refresh the REST mapper back to back.
+		return nil, fmt.Errorf("--discovery-interval must be positive, got %v", base.DiscoveryInterval)
+	}
 	stores, err := o.stores(set)
 	if err != nil {
 		return nil, err

@@ -12,8 +12,10 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
 
 	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/promclient"
+	"github.com/custom-metrics-adapter/custom-metrics-adapter/pkg/rules"
 )
 
 func parse(t *testing.T, args ...string) *Options {
@@ -302,5 +304,25 @@ func TestAuthorizationCacheDefaults(t *testing.T) {
 	}
 	if AuthorizedCacheTTL < 2*15*time.Second {
 		t.Errorf("AuthorizedCacheTTL %s: an HPA syncing every 15 s would miss the cache", AuthorizedCacheTTL)
+	}
+}
+
+// The REST mapper is refreshed every minute by default: the library's
+// zero would run API discovery back to back, and is refused.
+func TestDiscoveryIntervalDefaultsToAMinute(t *testing.T) {
+	cmd := NewCommand(context.Background())
+	f := cmd.Flags().Lookup("discovery-interval")
+	if f == nil || f.DefValue != DefaultDiscoveryInterval.String() {
+		t.Fatalf("--discovery-interval: %+v, want the default %s", f, DefaultDiscoveryInterval)
+	}
+	if DefaultDiscoveryInterval <= 0 {
+		t.Fatalf("DefaultDiscoveryInterval %s: the REST mapper would be refreshed back to back", DefaultDiscoveryInterval)
+	}
+	for _, v := range []time.Duration{0, -time.Second} {
+		base := &basecmd.AdapterBase{DiscoveryInterval: v}
+		_, err := NewOptions().clients(base, &rules.Set{})
+		if err == nil || !strings.Contains(err.Error(), "--discovery-interval must be positive") {
+			t.Errorf("--discovery-interval=%s: got %v, want it refused", v, err)
+		}
 	}
 }
